@@ -1,0 +1,198 @@
+//! The one table that turns every error into an HTTP answer.
+//!
+//! Every 4xx/5xx body is `application/problem+json` (RFC 9457) with a stable `type`, and
+//! 401/403 carry an RFC 6750 `WWW-Authenticate` challenge. Details never echo a header
+//! value, a token or a secret.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+
+use super::request_id::RequestId;
+
+/// Every error Intercom answers with, whatever module it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route matches this path")]
+    NotFound,
+    #[error("this route does not accept the method")]
+    MethodNotAllowed { allow: Vec<String> },
+    #[error("the request path is not acceptable: {0}")]
+    BadPath(#[from] crate::proxy::path::PathError),
+    #[error("the request is malformed: {0}")]
+    BadRequest(String),
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("the upstream refused the connection")]
+    UpstreamConnect,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream answered with something that is not valid HTTP")]
+    UpstreamProtocol,
+    #[error("no healthy upstream instance is available")]
+    NoHealthyUpstream,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("an internal error occurred")]
+    Internal,
+}
+
+/// One row of the table: what the client sees for an error.
+struct Row {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+}
+
+impl ApiError {
+    fn row(&self) -> Row {
+        use ApiError::*;
+        let (status, slug, title) = match self {
+            NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            BadPath(_) => (StatusCode::BAD_REQUEST, "bad-path", "Bad request path"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            UpstreamConnect => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-unreachable",
+                "Upstream unreachable",
+            ),
+            UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Upstream timeout",
+            ),
+            UpstreamProtocol => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-protocol",
+                "Bad upstream answer",
+            ),
+            NoHealthyUpstream => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-healthy-upstream",
+                "No healthy upstream",
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "Shutting down",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        };
+        Row {
+            status,
+            slug,
+            title,
+        }
+    }
+
+    /// Binds the error to the request it answers, for the `request_id` in the body.
+    pub fn at(self, req: &HttpRequest) -> Problem {
+        let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
+        Problem {
+            error: self,
+            request_id,
+        }
+    }
+
+    /// The `Retry-After` seconds for answers that invite a retry.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::NoHealthyUpstream | ApiError::ShuttingDown => Some(5),
+            _ => None,
+        }
+    }
+}
+
+/// An error bound to its request: what handlers return.
+#[derive(Debug)]
+pub struct Problem {
+    pub error: ApiError,
+    pub request_id: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<ApiError> for Problem {
+    fn from(error: ApiError) -> Self {
+        Problem {
+            error,
+            request_id: None,
+        }
+    }
+}
+
+/// The RFC 9457 body.
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// The base of every problem `type` URI; stable, documented in the README.
+pub const PROBLEM_TYPE_BASE: &str = "urn:intercom:problem:";
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        self.error.row().status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let row = self.error.row();
+        let body = ProblemBody {
+            kind: format!("{PROBLEM_TYPE_BASE}{}", row.slug),
+            title: row.title,
+            status: row.status.as_u16(),
+            detail: self.error.to_string(),
+            request_id: self.request_id.as_deref(),
+        };
+        let mut res = HttpResponse::build(row.status);
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if let ApiError::MethodNotAllowed { allow } = &self.error {
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                res.insert_header((header::ALLOW, v));
+            }
+        }
+        if let Some(secs) = self.error.retry_after() {
+            res.insert_header((header::RETRY_AFTER, secs));
+        }
+        res.body(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// Extractor failures (bad JSON, query, path) go through the same table.
+pub fn extractor_error(err: impl std::fmt::Display, req: &HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(err.to_string()).at(req).into()
+}
+
+/// The default service: no route for this path.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
+    Err(ApiError::NotFound.at(&req))
+}

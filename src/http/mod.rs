@@ -1,0 +1,7 @@
+//! Intercom's own HTTP surface: errors, request ids, the access log, health and metrics.
+//! Thin by design: handlers translate, the work happens in the other modules.
+
+pub mod access_log;
+pub mod errors;
+pub mod health;
+pub mod request_id;

@@ -1,0 +1,53 @@
+//! Request ids: a well-formed incoming `X-Request-Id` is kept, anything else is replaced
+//! by a fresh UUID. The id goes into the request's span, upstream, and back to the client.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+
+/// The header that carries the id both ways.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// When the request arrived, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
+/// An incoming id is kept only if it is 1–128 characters of `[A-Za-z0-9._:-]`, so it can
+/// never inject into logs or headers.
+pub fn is_well_formed(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Middleware: assigns the id before anything else runs and returns it on the response.
+pub async fn assign(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let id: Arc<str> = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if is_well_formed(v.as_bytes()) => {
+            Arc::from(v.to_str().expect("checked to be ASCII"))
+        }
+        _ => Arc::from(uuid::Uuid::new_v4().to_string()),
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(RequestStart(start));
+    let mut res = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    Ok(res)
+}

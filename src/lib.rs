@@ -1,0 +1,12 @@
+//! Intercom: a token broker with a caching proxy in front of it.
+//!
+//! Services talk only to Intercom; it holds the credentials, turns the tokens it
+//! receives into the tokens each downstream service should see, and forwards the call.
+//! See `DESIGN.md` for the flows; [`startup::Application`] is where it all comes
+//! together.
+
+pub mod http;
+pub mod proxy;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,74 @@
+//! The `intercom` command: `serve` and `check-config`. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use intercom::settings::{ProcessEnv, Settings};
+use intercom::startup::Application;
+
+/// Exit code for a configuration that cannot be used (sysexits `EX_USAGE`).
+const EX_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "intercom",
+    version,
+    about = "Token broker with a caching proxy"
+)]
+struct Cli {
+    /// Directory with default.toml and <INTERCOM_ENV>.toml.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config",
+        env = "INTERCOM_CONFIG_DIR"
+    )]
+    config_dir: PathBuf,
+    /// A configuration file layered over the directory's files.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Validate the configuration and exit (0 when valid, 64 when not).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config_dir, cli.config.as_deref(), &ProcessEnv) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("intercom: invalid configuration: {err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("configuration is valid ({} routes)", settings.routes.len());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    intercom::telemetry::init_tracing(&settings.telemetry, std::io::stdout);
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings)?;
+        app.run_until_stopped().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("intercom: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

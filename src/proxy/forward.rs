@@ -1,0 +1,183 @@
+//! The forwarder: one pooled `awc` client per route and worker, bodies streamed both
+//! ways, and upstream failures turned into 502 / 503 / 504.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpResponse};
+use awc::error::{ConnectError, SendRequestError};
+
+use super::headers::remove_hop_by_hop;
+use super::routes::{Route, RouteTable};
+use crate::http::errors::ApiError;
+
+/// Per-worker HTTP clients, one per route (`awc::Client` is not `Send`), each with its
+/// own connection pool and connect timeout.
+pub struct UpstreamClients {
+    clients: Vec<awc::Client>,
+}
+
+impl UpstreamClients {
+    /// Builds the clients for one worker.
+    pub fn new(table: &RouteTable, max_connections: usize) -> Self {
+        let mut by_index: Vec<(usize, awc::Client)> = table
+            .routes()
+            .iter()
+            .map(|route| {
+                let connector = awc::Connector::new()
+                    .timeout(route.timeouts.connect)
+                    .limit(max_connections)
+                    .conn_keep_alive(Duration::from_secs(30))
+                    .conn_lifetime(Duration::from_secs(300));
+                let client = awc::Client::builder()
+                    .connector(connector)
+                    .disable_redirects()
+                    .no_default_headers()
+                    .timeout(route.timeouts.total)
+                    .finish();
+                (route.index, client)
+            })
+            .collect();
+        by_index.sort_by_key(|(i, _)| *i);
+        Self {
+            clients: by_index.into_iter().map(|(_, c)| c).collect(),
+        }
+    }
+
+    fn get(&self, route: &Route) -> &awc::Client {
+        &self.clients[route.index]
+    }
+}
+
+/// What the upstream answered, ready for the response filter.
+pub struct UpstreamAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: awc::ClientResponse,
+    /// From sending the request to receiving the response head.
+    pub latency: Duration,
+}
+
+/// The request as it goes upstream.
+pub struct OutboundRequest {
+    pub method: Method,
+    /// Path and query, already encoded.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+/// Sends the request to an instance of the route and returns the answer's head.
+///
+/// A request without a body moves on to the next instance when one refuses the
+/// connection; a request with a body cannot be replayed, so it gets the 502.
+pub async fn send(
+    clients: &UpstreamClients,
+    route: &Route,
+    outbound: OutboundRequest,
+    payload: web::Payload,
+) -> Result<UpstreamAnswer, ApiError> {
+    let client = clients.get(route);
+    let content_length = outbound
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = outbound.headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = chunked || content_length.unwrap_or(0) > 0;
+
+    let mut headers = outbound.headers;
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::HOST);
+
+    let mut payload = Some(payload);
+    let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
+    loop {
+        let Some(index) = route.upstreams.pick(&tried) else {
+            return Err(if tried.is_empty() {
+                ApiError::NoHealthyUpstream
+            } else {
+                ApiError::UpstreamConnect
+            });
+        };
+        tried.push(index);
+        let instance = route.upstreams.get(index);
+        let url = format!("{}{}", instance.base, outbound.path_and_query);
+        let mut request = client.request(outbound.method.clone(), url);
+        *request.headers_mut() = headers.clone();
+        if let Ok(host) = HeaderValue::from_str(&instance.authority) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let started = Instant::now();
+        let sending = if has_body {
+            let body = payload.take().expect("a request body is sent once");
+            match content_length {
+                Some(len) if !chunked => request.send_body(SizedStream::new(len, body)),
+                _ => request.send_stream(body),
+            }
+        } else {
+            request.send()
+        };
+        let result = tokio::time::timeout(route.timeouts.response, sending).await;
+        let response = match result {
+            Err(_elapsed) => return Err(ApiError::UpstreamTimeout),
+            Ok(Ok(response)) => response,
+            Ok(Err(SendRequestError::Connect(ConnectError::Timeout))) => {
+                route.upstreams.mark_down(index);
+                return Err(ApiError::UpstreamTimeout);
+            }
+            Ok(Err(SendRequestError::Connect(err))) => {
+                route.upstreams.mark_down(index);
+                tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream refused the connection");
+                if has_body {
+                    return Err(ApiError::UpstreamConnect);
+                }
+                continue;
+            }
+            Ok(Err(SendRequestError::Timeout)) => return Err(ApiError::UpstreamTimeout),
+            Ok(Err(SendRequestError::Body(_))) => {
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");
+                return Err(ApiError::UpstreamProtocol);
+            }
+        };
+        let latency = started.elapsed();
+        let mut headers = response.headers().clone();
+        remove_hop_by_hop(&mut headers);
+        return Ok(UpstreamAnswer {
+            status: response.status(),
+            headers,
+            body: response,
+            latency,
+        });
+    }
+}
+
+/// Turns the upstream's answer into the client's response, streaming the body.
+pub fn into_response(answer: UpstreamAnswer, method: &Method) -> HttpResponse {
+    let mut headers = answer.headers;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    headers.remove(header::CONTENT_LENGTH);
+    let mut builder = HttpResponse::build(answer.status);
+    for (name, value) in headers.iter() {
+        builder.append_header((name.clone(), value.clone()));
+    }
+    let bodiless = *method == Method::HEAD
+        || answer.status.is_informational()
+        || answer.status == StatusCode::NO_CONTENT
+        || answer.status == StatusCode::NOT_MODIFIED;
+    match length {
+        _ if bodiless && length.is_none() => builder.finish(),
+        Some(len) => builder.body(SizedStream::new(len, answer.body)),
+        None => builder.streaming(answer.body),
+    }
+}

@@ -1,0 +1,206 @@
+//! Header hygiene for both directions: hop-by-hop headers out (RFC 9110 §7.6.1, with
+//! those the `Connection` header names), `X-Forwarded-*` set from what we know rather
+//! than what the client claims, and the route's own add/set/remove rules.
+
+use std::net::IpAddr;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::settings::HeaderRules;
+
+/// Headers that belong to one connection and never cross a proxy.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(actix_web::http::header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// A route's header rules, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledRules {
+    add: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl CompiledRules {
+    /// Parses rules that `Settings::validate` has already checked.
+    pub fn compile(rules: &HeaderRules) -> Self {
+        let pair = |(k, v): (&String, &String)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        Self {
+            add: rules.add.iter().filter_map(pair).collect(),
+            set: rules.set.iter().filter_map(pair).collect(),
+            remove: rules
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// Applies remove, then set, then add.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// What the proxy knows of the client connection.
+pub struct ClientView<'a> {
+    pub peer: Option<IpAddr>,
+    pub scheme: &'a str,
+    pub host: Option<&'a str>,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Headers from a trusted proxy are
+/// extended; from anyone else they are replaced, and `Forwarded` is dropped.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: &[IpNet]) {
+    let from_trusted = client
+        .peer
+        .map(|ip| trusted.iter().any(|net| net.contains(&ip)))
+        .unwrap_or(false);
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let peer = client.peer.map(|ip| ip.to_string()).unwrap_or_default();
+    if from_trusted {
+        let prior: Vec<String> = headers
+            .get_all(&xff)
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        let chain = if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        };
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(xff, v);
+        }
+        if !headers.contains_key(&xfp) {
+            headers.insert(xfp, HeaderValue::from_static(scheme_value(client.scheme)));
+        }
+        if !headers.contains_key(&xfh) {
+            if let Some(v) = client.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                headers.insert(xfh, v);
+            }
+        }
+    } else {
+        headers.remove("forwarded");
+        match HeaderValue::from_str(&peer) {
+            Ok(v) if !peer.is_empty() => {
+                headers.insert(xff, v);
+            }
+            _ => {
+                headers.remove(&xff);
+            }
+        }
+        headers.insert(xfp, HeaderValue::from_static(scheme_value(client.scheme)));
+        match client.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(v) => {
+                headers.insert(xfh, v);
+            }
+            None => {
+                headers.remove(&xfh);
+            }
+        }
+    }
+}
+
+fn scheme_value(scheme: &str) -> &'static str {
+    if scheme == "https" {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_go_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static("connection"),
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert(
+            HeaderName::from_static("x-secret-hop"),
+            HeaderValue::from_static("1"),
+        );
+        h.insert(
+            HeaderName::from_static("te"),
+            HeaderValue::from_static("trailers"),
+        );
+        h.insert(
+            HeaderName::from_static("x-keep"),
+            HeaderValue::from_static("1"),
+        );
+        remove_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("te").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn untrusted_forwarded_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("6.6.6.6"),
+        );
+        let view = ClientView {
+            peer: Some("127.0.0.1".parse().unwrap()),
+            scheme: "http",
+            host: Some("example.test"),
+        };
+        set_forwarded(&mut h, &view, &[]);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        let trusted: IpNet = "127.0.0.0/8".parse().unwrap();
+        let mut h2 = HeaderMap::new();
+        h2.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("6.6.6.6"),
+        );
+        set_forwarded(&mut h2, &view, &[trusted]);
+        assert_eq!(h2.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.1");
+    }
+}

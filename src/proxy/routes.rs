@@ -1,0 +1,226 @@
+//! The route table: which route serves a canonical path, and the path it is sent
+//! upstream with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::Method;
+use url::Url;
+
+use super::headers::CompiledRules;
+use super::path::is_under;
+use super::upstreams::Upstreams;
+use crate::settings::{RouteSettings, RouteTimeouts};
+
+/// How the matched prefix changes before forwarding.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    Keep,
+    Strip,
+    Replace(String),
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub index: usize,
+    pub name: Arc<str>,
+    pub prefix: String,
+    pub host: Option<String>,
+    pub methods: Vec<Method>,
+    pub upstreams: Arc<Upstreams>,
+    pub rewrite: Rewrite,
+    pub request_headers: CompiledRules,
+    pub response_headers: CompiledRules,
+    pub timeouts: RouteTimeouts,
+}
+
+/// What matching a request gave.
+pub enum Match<'a> {
+    Found(&'a Route),
+    /// The path matched, but not the method; carries the methods it allows.
+    WrongMethod(Vec<String>),
+    None,
+}
+
+/// All routes, longest prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table from validated settings.
+    pub fn new(settings: &[RouteSettings], cooldown: Duration) -> Self {
+        let mut routes: Vec<Route> = settings
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let urls: Vec<Url> = r
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| Url::parse(u).ok())
+                    .collect();
+                Route {
+                    index,
+                    name: Arc::from(r.name.as_str()),
+                    prefix: r.prefix.clone(),
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    methods: r
+                        .methods
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                        .collect(),
+                    upstreams: Upstreams::new(&urls, cooldown),
+                    rewrite: match (&r.rewrite, r.strip_prefix) {
+                        (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
+                        (None, true) => Rewrite::Strip,
+                        (None, false) => Rewrite::Keep,
+                    },
+                    request_headers: CompiledRules::compile(&r.request_headers),
+                    response_headers: CompiledRules::compile(&r.response_headers),
+                    timeouts: r.timeouts.clone(),
+                }
+            })
+            .collect();
+        // Host-specific routes before host-less ones, then longer prefixes first.
+        routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
+        Self { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the route for a canonical path, host (port ignored) and method.
+    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_> {
+        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        let mut allowed: Vec<String> = Vec::new();
+        for route in &self.routes {
+            if let Some(want) = &route.host {
+                if host.as_deref() != Some(want.as_str()) {
+                    continue;
+                }
+            }
+            if !is_under(path, &route.prefix) {
+                continue;
+            }
+            if route.methods.is_empty() || route.methods.contains(method) {
+                return Match::Found(route);
+            }
+            if allowed.is_empty() {
+                allowed = route.methods.iter().map(|m| m.to_string()).collect();
+            }
+        }
+        if allowed.is_empty() {
+            Match::None
+        } else {
+            Match::WrongMethod(allowed)
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep through the closing bracket.
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+impl Route {
+    /// The path sent upstream for a canonical request path under this route's prefix.
+    pub fn upstream_path(&self, path: &str) -> String {
+        let rest = if self.prefix == "/" {
+            path
+        } else {
+            &path[self.prefix.len()..]
+        };
+        let joined = match &self.rewrite {
+            Rewrite::Keep => return path.to_string(),
+            Rewrite::Strip => rest.to_string(),
+            Rewrite::Replace(to) => format!("{to}{rest}"),
+        };
+        if joined.starts_with('/') {
+            joined
+        } else {
+            format!("/{joined}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, prefix: &str) -> RouteSettings {
+        RouteSettings {
+            name: name.into(),
+            prefix: prefix.into(),
+            host: None,
+            methods: vec![],
+            upstreams: vec!["http://127.0.0.1:1".into()],
+            strip_prefix: false,
+            rewrite: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            timeouts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_and_host_win() {
+        let mut hosted = route("hosted", "/api");
+        hosted.host = Some("Billing.Example".into());
+        let mut only_get = route("ro", "/ro");
+        only_get.methods = vec!["GET".into()];
+        let mut strip = route("strip", "/s");
+        strip.strip_prefix = true;
+        let mut rewrite = route("rw", "/old");
+        rewrite.rewrite = Some("/new/".into());
+        let table = RouteTable::new(
+            &[
+                route("root", "/"),
+                route("api", "/api"),
+                route("api-v2", "/api/v2"),
+                hosted,
+                only_get,
+                strip,
+                rewrite,
+            ],
+            Duration::from_secs(1),
+        );
+        let name = |host: Option<&str>, p: &str| match table.find(host, p, &Method::GET) {
+            Match::Found(r) => r.name.to_string(),
+            _ => "-".into(),
+        };
+        assert_eq!(name(None, "/api/v2/x"), "api-v2");
+        assert_eq!(name(None, "/api/v21"), "api");
+        assert_eq!(name(None, "/other"), "root");
+        assert_eq!(name(Some("billing.example:8080"), "/api/x"), "hosted");
+        assert!(matches!(
+            table.find(None, "/ro/x", &Method::POST),
+            Match::Found(r) if r.name.as_ref() == "root"
+        ));
+        let Match::Found(s) = table.find(None, "/s/a/b", &Method::GET) else {
+            panic!("strip route not found")
+        };
+        assert_eq!(s.upstream_path("/s/a/b"), "/a/b");
+        assert_eq!(s.upstream_path("/s"), "/");
+        let Match::Found(r) = table.find(None, "/old/a", &Method::GET) else {
+            panic!("rewrite route not found")
+        };
+        assert_eq!(r.upstream_path("/old/a"), "/new/a");
+    }
+
+    #[test]
+    fn wrong_method_reports_allowed() {
+        let mut only_get = route("ro", "/ro");
+        only_get.methods = vec!["GET".into(), "HEAD".into()];
+        let table = RouteTable::new(&[only_get], Duration::from_secs(1));
+        match table.find(None, "/ro", &Method::DELETE) {
+            Match::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD"]),
+            _ => panic!("expected 405"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Logs and metrics: the `tracing` subscriber (JSON or human), and the Prometheus
+//! recorder behind `/metrics`.
+//!
+//! Nothing here ever sees a header value: the access log is built from the method, the
+//! canonical path without its query, the route name, the status and timings.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{LogFormat, TelemetrySettings};
+
+/// Installs the global subscriber writing to `writer`. Later calls are ignored, so tests
+/// that start several apps in one process keep the first one.
+pub fn init_tracing<W>(settings: &TelemetrySettings, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match settings.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .try_init(),
+    };
+    let _ = result;
+}
+
+/// The process-wide Prometheus handle, installed once as the global recorder.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .expect("static bucket list is not empty")
+                .install_recorder()
+                .expect("the Prometheus recorder is installed only here");
+            describe_metrics();
+            handle
+        })
+        .clone()
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "intercom_http_requests_total",
+        "Requests answered, by route and status class"
+    );
+    describe_histogram!(
+        "intercom_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request to response head, by route and status class"
+    );
+    describe_histogram!(
+        "intercom_upstream_duration_seconds",
+        Unit::Seconds,
+        "Time the upstream took to answer with a response head, by route"
+    );
+    describe_counter!(
+        "intercom_upstream_errors_total",
+        "Upstream failures by route and kind (connect, timeout, unavailable)"
+    );
+    describe_counter!(
+        "intercom_http_response_bytes_total",
+        Unit::Bytes,
+        "Response body bytes whose size was known at the head, by route"
+    );
+    describe_gauge!(
+        "intercom_ready",
+        "1 while the instance is ready to take traffic"
+    );
+}
+
+/// Records the metrics of one answered request.
+pub fn record_request(
+    route: &str,
+    status: u16,
+    seconds: f64,
+    upstream_seconds: Option<f64>,
+    bytes: Option<u64>,
+) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let labels = [
+        ("route", route.to_string()),
+        ("status_class", class.to_string()),
+    ];
+    metrics::counter!("intercom_http_requests_total", &labels).increment(1);
+    metrics::histogram!("intercom_http_request_duration_seconds", &labels).record(seconds);
+    if let Some(up) = upstream_seconds {
+        metrics::histogram!("intercom_upstream_duration_seconds", "route" => route.to_string())
+            .record(up);
+    }
+    if let Some(bytes) = bytes {
+        metrics::counter!("intercom_http_response_bytes_total", "route" => route.to_string())
+            .increment(bytes);
+    }
+}
