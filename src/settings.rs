@@ -395,31 +395,26 @@ fn positive(key: &str, value: Duration) -> Result<(), SettingsError> {
 /// Turns the `config` crate's error into one that names the key.
 fn config_error(err: config::ConfigError) -> SettingsError {
     match err {
-        config::ConfigError::Type { ref key, .. } => SettingsError::new(
-            key.clone().unwrap_or_else(|| "<root>".into()),
-            strip_key_suffix(&err.to_string()),
-        ),
         config::ConfigError::NotFound(key) => SettingsError::new(key, "is required"),
-        config::ConfigError::Message(ref msg) => {
-            // serde messages look like `missing field `x`` or
-            // `unknown field `y`, expected ...` optionally followed by ` for key `a.b``.
-            let (reason, key) = match msg.rsplit_once(" for key `") {
-                Some((reason, key)) => (reason.to_string(), key.trim_end_matches('`').to_string()),
-                None => (msg.clone(), "<root>".to_string()),
-            };
-            SettingsError::new(key, reason)
-        }
         config::ConfigError::FileParse { ref uri, ref cause } => SettingsError::new(
             uri.clone().unwrap_or_else(|| "<file>".into()),
             format!("cannot parse: {cause}"),
         ),
-        other => SettingsError::new("<config>", other.to_string()),
-    }
-}
-
-fn strip_key_suffix(message: &str) -> String {
-    match message.rsplit_once(" for key `") {
-        Some((reason, _)) => reason.to_string(),
-        None => message.to_string(),
+        other => {
+            // Messages look like `missing field `x`` or `invalid value: ..., expected a
+            // duration`, optionally followed by ` for key `routes[0]timeouts.connect``.
+            let message = other.to_string();
+            match message.rsplit_once(" for key `") {
+                Some((reason, key)) => {
+                    let key = key
+                        .trim_end_matches('`')
+                        .replace("]", "].")
+                        .replace("]..", "].");
+                    let key = key.trim_end_matches('.').replace(".[", "[");
+                    SettingsError::new(key, reason.to_string())
+                }
+                None => SettingsError::new("<config>", message),
+            }
+        }
     }
 }

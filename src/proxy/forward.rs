@@ -60,12 +60,39 @@ pub struct UpstreamAnswer {
     pub latency: Duration,
 }
 
+/// How the client framed its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Sized(u64),
+    Chunked,
+}
+
+impl BodyFraming {
+    /// Reads the framing from the client's headers (before hop-by-hop removal).
+    pub fn of(headers: &HeaderMap) -> Self {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return BodyFraming::Chunked;
+        }
+        match headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(0) | None => BodyFraming::None,
+            Some(len) => BodyFraming::Sized(len),
+        }
+    }
+}
+
 /// The request as it goes upstream.
 pub struct OutboundRequest {
     pub method: Method,
     /// Path and query, already encoded.
     pub path_and_query: String,
+    /// End-to-end headers only.
     pub headers: HeaderMap,
+    pub framing: BodyFraming,
 }
 
 /// Sends the request to an instance of the route and returns the answer's head.
@@ -79,16 +106,8 @@ pub async fn send(
     payload: web::Payload,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
-    let content_length = outbound
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let chunked = outbound.headers.contains_key(header::TRANSFER_ENCODING);
-    let has_body = chunked || content_length.unwrap_or(0) > 0;
-
+    let has_body = outbound.framing != BodyFraming::None;
     let mut headers = outbound.headers;
-    remove_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::HOST);
 
@@ -113,8 +132,8 @@ pub async fn send(
         let started = Instant::now();
         let sending = if has_body {
             let body = payload.take().expect("a request body is sent once");
-            match content_length {
-                Some(len) if !chunked => request.send_body(SizedStream::new(len, body)),
+            match outbound.framing {
+                BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, body)),
                 _ => request.send_stream(body),
             }
         } else {

@@ -13,12 +13,13 @@ pub mod upstreams;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
 use crate::http::access_log::{RouteName, UpstreamLatency};
 use crate::http::errors::ApiError;
-use forward::{OutboundRequest, UpstreamAnswer, UpstreamClients};
+use crate::http::request_id::{self, RequestId};
+use forward::{BodyFraming, OutboundRequest, UpstreamAnswer, UpstreamClients};
 use headers::ClientView;
 use routes::{Match, Route, RouteTable};
 
@@ -102,6 +103,7 @@ fn rewrite(
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
+    let framing = BodyFraming::of(req.headers());
     let mut headers: HeaderMap = req.headers().clone();
     headers::remove_hop_by_hop(&mut headers);
     let view = ClientView {
@@ -115,11 +117,17 @@ fn rewrite(
         host: request_host(req),
     };
     headers::set_forwarded(&mut headers, &view, &state.trusted_proxies);
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        if let Ok(value) = header::HeaderValue::from_str(&id.0) {
+            headers.insert(request_id::X_REQUEST_ID, value);
+        }
+    }
     route.request_headers.apply(&mut headers);
     OutboundRequest {
         method: req.method().clone(),
         path_and_query,
         headers,
+        framing,
     }
 }
 

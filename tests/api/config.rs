@@ -1,0 +1,146 @@
+//! Settings: layering and validation errors that name the key.
+
+use intercom::settings::Settings;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9901"
+shutdown_delay = "5s"
+drain_timeout = "30s"
+upstream_cooldown = "5s"
+upstream_pool_size = 16
+[telemetry]
+log_format = "json"
+log_level = "info"
+"#;
+
+#[test]
+fn layers_apply_in_order_default_env_file_then_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "default.toml", BASE);
+    write(
+        dir.path(),
+        "staging.toml",
+        "[server]\nlisten = \"127.0.0.1:8081\"\nadmin_listen = \"127.0.0.1:9902\"\n",
+    );
+    write(
+        dir.path(),
+        "extra.toml",
+        "[server]\nadmin_listen = \"127.0.0.1:9903\"\n",
+    );
+    let env = vec![
+        ("INTERCOM_ENV".to_string(), "staging".to_string()),
+        (
+            "INTERCOM__SERVER__UPSTREAM_POOL_SIZE".to_string(),
+            "7".to_string(),
+        ),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let s = Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env).unwrap();
+    assert_eq!(
+        s.server.listen, "127.0.0.1:8081",
+        "profile file overrides default"
+    );
+    assert_eq!(
+        s.server.admin_listen, "127.0.0.1:9903",
+        "--config overrides profile"
+    );
+    assert_eq!(
+        s.server.upstream_pool_size, 7,
+        "environment overrides files"
+    );
+    assert_eq!(s.server.drain_timeout.as_secs(), 30, "default kept");
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let env = vec![("INTERCOM_ENV".to_string(), "dev".to_string())];
+    Settings::load(&root, None, &env).unwrap_or_else(|e| panic!("dev: {e}"));
+    Settings::load(&root, None, &Vec::new()).unwrap_or_else(|e| panic!("default: {e}"));
+}
+
+fn error_for(extra: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "default.toml", BASE);
+    write(dir.path(), "extra.toml", extra);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env) {
+        Ok(_) => panic!("accepted: {extra}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const ROUTE: &str =
+    "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n";
+
+#[test]
+fn validation_errors_name_the_key() {
+    type Case<'a> = (String, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            format!("{ROUTE}[[routes]]\nname = \"b\"\nprefix = \"/b\"\nupstreams = [\"http://127.0.0.1:1\"]\n[[routes]]\nname = \"c\"\nprefix = \"/c\"\nupstreams = [\"htp//x\"]\n"),
+            &[],
+            "routes[2].upstreams[0]: \"htp//x\" is not a valid URL",
+        ),
+        (
+            format!("{ROUTE}[[routes]]\nname = \"a\"\nprefix = \"/b\"\nupstreams = [\"http://127.0.0.1:1\"]\n"),
+            &[],
+            "routes[1].name: \"a\" is used by another route",
+        ),
+        (
+            format!("{ROUTE}[[routes]]\nname = \"b\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n"),
+            &[],
+            "routes[1].prefix",
+        ),
+        (
+            "[[routes]]\nname = \"a\"\nprefix = \"a\"\nupstreams = [\"http://127.0.0.1:1\"]\n".into(),
+            &[],
+            "routes[0].prefix",
+        ),
+        (
+            format!("{ROUTE}timeouts = {{ connect = \"0s\", response = \"1s\", total = \"2s\" }}\n"),
+            &[],
+            "routes[0].timeouts.connect: must be greater than zero",
+        ),
+        (
+            format!("{ROUTE}timeouts = {{ connect = \"soon\", response = \"1s\", total = \"2s\" }}\n"),
+            &[],
+            "routes[0].timeouts.connect",
+        ),
+        (
+            "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = []\n".into(),
+            &[],
+            "routes[0].upstreams: at least one upstream URL is required",
+        ),
+        (
+            format!("{ROUTE}methods = [\"GE T\"]\n"),
+            &[],
+            "routes[0].methods[0]",
+        ),
+        (
+            format!("{ROUTE}[routes.request_headers.set]\n\"bad header\" = \"x\"\n"),
+            &[],
+            "routes[0].request_headers.set.bad header",
+        ),
+        (String::new(), &[("INTERCOM__SERVER__LISTEN", "nowhere")], "server.listen"),
+        (String::new(), &[("INTERCOM__SERVER__DRAIN_TIMEOUT", "0s")], "server.drain_timeout"),
+        ("[server]\nlisten_typo = \"x\"\n".into(), &[], "unknown field `listen_typo`"),
+        ("[telemetry]\nlog_format = \"xml\"\n".into(), &[], "telemetry.log_format"),
+    ];
+    for (extra, env, expected) in cases {
+        let message = error_for(&extra, env);
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+}

@@ -1,0 +1,617 @@
+#![allow(dead_code)] // shared by test modules; not every test uses every helper
+//! The test harness: Intercom in-process on port 0, and the real parts it talks to —
+//! `redis-server`, the `oidc-provider` authorization server and small real upstreams —
+//! each on a free port, stopped on drop, their logs printed when a test fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::StreamExt;
+use intercom::settings::{Settings, TelemetrySettings};
+use intercom::startup::{Application, ShutdownHandle};
+use sha2::{Digest, Sha256};
+
+/// The repository root, for `config/` and `tests/authserver/`.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Everything the in-process apps log, for assertions on log content.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn log_buffer() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        let settings = TelemetrySettings {
+            log_format: intercom::settings::LogFormat::Json,
+            log_level: "debug,h2=info,hyper=info".into(),
+        };
+        intercom::telemetry::init_tracing(&settings, buffer.clone());
+        buffer
+    })
+}
+
+/// All log output of the in-process apps so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().0.lock().unwrap()).into_owned()
+}
+
+/// Builds settings from the repository's `config/` plus `extra_toml`, listening on
+/// free ports.
+pub fn settings_with(extra_toml: &str) -> Settings {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("test.toml");
+    std::fs::write(&file, extra_toml).unwrap();
+    let env = vec![
+        (
+            "INTERCOM__SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "INTERCOM__SERVER__ADMIN_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        ("INTERCOM__SERVER__WORKERS".to_string(), "2".to_string()),
+    ];
+    Settings::load(&repo_root().join("config"), Some(&file), &env)
+        .unwrap_or_else(|e| panic!("test configuration is invalid: {e}"))
+}
+
+/// A running in-process Intercom.
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub port: u16,
+    pub shutdown: ShutdownHandle,
+    pub client: awc::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{}", self.admin_address, path)
+    }
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let mut res = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        String::from_utf8(res.body().limit(10 << 20).await.unwrap().to_vec()).unwrap()
+    }
+}
+
+/// Starts Intercom in-process with the given TOML layered over `config/`.
+pub async fn spawn_app(extra_toml: &str) -> TestApp {
+    spawn_app_with(settings_with(extra_toml)).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    log_buffer();
+    let app = Application::build(settings).expect("application builds");
+    let port = app.port();
+    let admin_port = app.admin_port();
+    let shutdown = app.shutdown_handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let client = test_client();
+    let live = format!("http://127.0.0.1:{admin_port}/health/live");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(client.get(&live).send().await, Ok(r) if r.status().is_success()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Intercom did not start"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        admin_address: format!("http://127.0.0.1:{admin_port}"),
+        port,
+        shutdown,
+        client: test_client(),
+    }
+}
+
+/// A client that never follows redirects and waits long enough for slow tests.
+pub fn test_client() -> awc::Client {
+    awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(60))
+        .finish()
+}
+
+/// Sends raw bytes as one HTTP/1.1 request and returns the status and whole answer.
+/// For paths no client library would send as they are.
+pub fn raw_request(port: u16, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Waits until something accepts TCP connections on the port.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process whose log is printed if the test fails.
+pub struct ChildProcess {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildProcess {
+    pub fn spawn(name: &'static str, mut command: Command) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        command
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e} (did the test setup run?)"));
+        Self {
+            name,
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- log of {} -----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A real `redis-server` on a free port, without persistence.
+pub struct TestRedis {
+    pub port: u16,
+    pub process: ChildProcess,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        let process = ChildProcess::spawn("redis-server", cmd);
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-server did not start:\n{}",
+            process.log_text()
+        );
+        Self { port, process }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one inline command and returns the first line of the answer.
+    pub fn command(&self, line: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// The real `oidc-provider` (tests/authserver), on a free port.
+pub struct TestAuthServer {
+    pub issuer: String,
+    pub process: ChildProcess,
+}
+
+impl TestAuthServer {
+    pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let dir = repo_root().join("tests/authserver");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "tests/authserver/node_modules is missing: run scripts/test (it runs npm ci)"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", port.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = ChildProcess::spawn("oidc-provider", cmd);
+        let issuer = format!("http://127.0.0.1:{port}");
+        let client = test_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let discovery = client
+                .get(format!("{issuer}/.well-known/openid-configuration"))
+                .send()
+                .await;
+            if matches!(discovery, Ok(ref r) if r.status().is_success()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "oidc-provider did not answer its discovery document:\n{}",
+                process.log_text()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { issuer, process }
+    }
+
+    /// Call counters: introspection, exchange, token, revocation, jwks.
+    pub async fn stats(&self) -> serde_json::Value {
+        test_client()
+            .get(format!("{}/__test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A client-credentials access token (opaque).
+    pub async fn client_token(&self, client_id: &str, secret: &str, scope: &str) -> String {
+        let mut res = test_client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, secret)
+            .send_form(&[("grant_type", "client_credentials"), ("scope", scope)])
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {body}"))
+            .to_string()
+    }
+
+    /// A user access token minted directly, with a chosen lifetime.
+    pub async fn user_token(&self, sub: &str, scope: &str, ttl_secs: u64) -> String {
+        let mut res = test_client()
+            .post(format!("{}/__test/token", self.issuer))
+            .query(&[
+                ("sub", sub),
+                ("scope", scope),
+                ("ttl", &ttl_secs.to_string()),
+            ])
+            .unwrap()
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+/// A small real HTTP server that answers with what it received, as JSON: method, path,
+/// query, headers, body length and SHA-256. Special paths: `/slow?ms=N`,
+/// `/download?bytes=N` (a deterministic stream), `/status/N`.
+pub struct TestUpstream {
+    pub port: u16,
+    pub name: String,
+    hits: Arc<AtomicU64>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+#[derive(Clone)]
+struct UpstreamState {
+    name: String,
+    hits: Arc<AtomicU64>,
+}
+
+impl TestUpstream {
+    pub fn start(name: &str) -> Self {
+        Self::start_on(name, free_port())
+    }
+
+    pub fn start_on(name: &str, port: u16) -> Self {
+        let hits = Arc::new(AtomicU64::new(0));
+        let state = UpstreamState {
+            name: name.to_string(),
+            hits: hits.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(state.clone()))
+                        .route("/slow", web::to(slow))
+                        .route("/download", web::to(download))
+                        .route("/status/{code}", web::to(status))
+                        .default_service(web::to(echo))
+                })
+                .workers(2)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .bind(("127.0.0.1", port))
+                .unwrap()
+                .run();
+                tx.send(server.handle()).unwrap();
+                let _ = server.await;
+            });
+        });
+        let handle = rx.recv().unwrap();
+        assert!(wait_for_port(port, Duration::from_secs(5)));
+        Self {
+            port,
+            name: name.to_string(),
+            hits,
+            handle,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests this upstream has received.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(handle.stop(false));
+        });
+    }
+}
+
+async fn echo(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<UpstreamState>,
+) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        headers
+            .entry(name.as_str().to_string())
+            .or_insert_with(|| serde_json::Value::Array(vec![]))
+            .as_array_mut()
+            .unwrap()
+            .push(value.to_str().unwrap_or("<binary>").into());
+    }
+    HttpResponse::Ok()
+        .insert_header(("x-upstream", state.name.clone()))
+        .insert_header(("x-upstream-internal", "leak"))
+        .json(serde_json::json!({
+            "upstream": state.name,
+            "method": req.method().as_str(),
+            "path": req.path(),
+            "query": req.query_string(),
+            "headers": headers,
+            "body_len": len,
+            "body_sha256": hex::encode(hasher.finalize()),
+        }))
+}
+
+async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let ms: u64 = req
+        .query_string()
+        .strip_prefix("ms=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+    HttpResponse::Ok().body(format!("slept {ms}ms"))
+}
+
+/// The byte at position `i` of every deterministic test stream.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+/// `len` deterministic bytes as a stream of 64 KiB chunks.
+pub fn pattern_stream(
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + 'static {
+    const CHUNK: u64 = 64 * 1024;
+    futures_util::stream::iter((0..len.div_ceil(CHUNK)).map(move |c| {
+        let start = c * CHUNK;
+        let end = (start + CHUNK).min(len);
+        Ok(bytes::Bytes::from(
+            (start..end).map(pattern_byte).collect::<Vec<u8>>(),
+        ))
+    }))
+}
+
+/// The SHA-256 of `pattern_stream(len)`, in hex.
+pub fn pattern_sha256(len: u64) -> String {
+    let mut hasher = Sha256::new();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for i in 0..len {
+        buf.push(pattern_byte(i));
+        if buf.len() == 64 * 1024 {
+            hasher.update(&buf);
+            buf.clear();
+        }
+    }
+    hasher.update(&buf);
+    hex::encode(hasher.finalize())
+}
+
+async fn download(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let len: u64 = req
+        .query_string()
+        .strip_prefix("bytes=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .streaming(pattern_stream(len))
+}
+
+async fn status(path: web::Path<u16>, state: web::Data<UpstreamState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(*path).unwrap()).finish()
+}
+
+/// Runs the `intercom` binary as a child with the given configuration file.
+pub fn intercom_binary(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_intercom"));
+    cmd.arg("--config-dir")
+        .arg(repo_root().join("config"))
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Peak and current resident memory of a process, in bytes (Linux).
+pub fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Asserts a response is RFC 9457 problem+json with the given status, and returns it.
+pub async fn assert_problem(
+    res: &mut awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+    status: u16,
+) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:intercom:problem:"));
+    assert!(body["title"].is_string());
+    assert!(body["request_id"].is_string());
+    body
+}
+
+/// A socket address string for a port that nothing listens on.
+pub fn dead_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}

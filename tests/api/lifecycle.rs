@@ -1,0 +1,127 @@
+//! The binary's lifecycle: `check-config` exit codes, and SIGTERM draining in-flight
+//! requests while readiness turns 503.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[test]
+fn check_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
+         [[routes]]\nname = \"b\"\nprefix = \"/b\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
+         [[routes]]\nname = \"c\"\nprefix = \"/c\"\nupstreams = [\"htp://x\"]\n",
+    )
+    .unwrap();
+    let out = intercom_binary(&bad, &["check-config"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[2].upstreams[0]: \"htp://x\" is not a valid URL"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // `serve` fails the same way, before binding anything.
+    let port = free_port();
+    let out = intercom_binary(
+        &bad,
+        &["serve"],
+        &[("INTERCOM__SERVER__LISTEN", &format!("127.0.0.1:{port}"))],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = intercom_binary(&good, &["check-config"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = intercom_binary(&good, &["--version"], &[])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[actix_web::test]
+async fn sigterm_turns_unready_and_drains_a_slow_request() {
+    let upstream = TestUpstream::start("slow");
+    let port = free_port();
+    let admin_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("drain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             shutdown_delay = \"700ms\"\ndrain_timeout = \"10s\"\n\
+             [[routes]]\nname = \"slow\"\nprefix = \"/slow\"\nupstreams = [\"{}\"]\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let mut intercom = ChildProcess::spawn("intercom", intercom_binary(&config, &["serve"], &[]));
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "{}",
+        intercom.log_text()
+    );
+    let client = test_client();
+    let ready = format!("http://127.0.0.1:{admin_port}/health/ready");
+    assert_eq!(client.get(&ready).send().await.unwrap().status(), 200);
+
+    let slow = actix_web::rt::spawn({
+        let client = test_client();
+        let url = format!("http://127.0.0.1:{port}/slow?ms=2000");
+        async move {
+            let mut res = client.get(url).send().await.unwrap();
+            let body = res.body().await.unwrap();
+            (res.status().as_u16(), body)
+        }
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &intercom.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+    let mut res = client.get(&ready).send().await.unwrap();
+    assert_eq!(res.status(), 503, "readiness must turn 503 at once");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "shutting_down");
+
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request was cut");
+    assert_eq!(&body[..], b"slept 2000ms");
+
+    let exit = intercom.child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "exit status {exit:?}\n{}",
+        intercom.log_text()
+    );
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(700),
+        "the shutdown delay was skipped"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

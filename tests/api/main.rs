@@ -1,0 +1,10 @@
+//! Integration tests: one binary, so it links once. Each module covers one capability,
+//! against real processes started by `helpers`.
+
+mod config;
+mod harness;
+mod helpers;
+mod lifecycle;
+mod paths;
+mod proxy;
+mod streaming;

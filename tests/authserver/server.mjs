@@ -1,0 +1,169 @@
+// The development and test authorization server: the real oidc-provider package with
+// the clients, scopes and features Intercom uses. Started by `scripts/dev` and by the
+// test harness (tests/api/helpers), each time on a free port given in PORT.
+//
+// Besides the standard endpoints it serves a few test-only ones under /__test/ (never
+// part of a production AS): call counters, so tests can assert how many introspections
+// and exchanges Intercom made, and a direct way to mint user tokens with a chosen
+// lifetime (the alternative, driving a browser login, tests nothing of Intercom).
+import Provider, { errors } from 'oidc-provider';
+import { readFileSync } from 'node:fs';
+
+const port = Number(process.env.PORT || 9400);
+const host = process.env.HOST || '127.0.0.1';
+const issuer = process.env.ISSUER || `http://${host}:${port}`;
+const exchangeGrant = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const accessTokenType = 'urn:ietf:params:oauth:token-type:access_token';
+
+const defaultClients = [
+  {
+    // Intercom's own client: introspection, token exchange, client credentials.
+    client_id: 'intercom',
+    client_secret: 'intercom-dev-secret',
+    grant_types: ['client_credentials', exchangeGrant],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'invoice_read invoice_write orders_read orders_write profile',
+  },
+  {
+    // An external client with coarse API scopes.
+    client_id: 'app',
+    client_secret: 'app-dev-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'invoice_read invoice_write orders_read profile',
+  },
+  {
+    // A read-only client, for insufficient-scope answers.
+    client_id: 'reader',
+    client_secret: 'reader-dev-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'invoice_read',
+  },
+];
+const clients = process.env.CLIENTS_FILE
+  ? JSON.parse(readFileSync(process.env.CLIENTS_FILE, 'utf8'))
+  : defaultClients;
+
+const counts = { introspection: 0, exchange: 0, token: 0, revocation: 0, jwks: 0 };
+
+const provider = new Provider(issuer, {
+  clients,
+  scopes: ['openid', 'offline_access', 'profile', 'invoice_read', 'invoice_write', 'orders_read', 'orders_write'],
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    jwtIntrospection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo: (ctx, resourceIndicator) => ({
+        scope: 'invoice_read invoice_write orders_read orders_write profile',
+        audience: resourceIndicator,
+        accessTokenTTL: Number(process.env.TOKEN_TTL || 600),
+        accessTokenFormat: 'opaque',
+      }),
+    },
+  },
+  ttl: {
+    ClientCredentials: Number(process.env.TOKEN_TTL || 600),
+    AccessToken: Number(process.env.TOKEN_TTL || 600),
+  },
+});
+provider.proxy = false;
+
+// RFC 8693 token exchange. The subject token must be an active token of this AS; the
+// requested scope must be a subset of the subject's (else invalid_scope); the result
+// names the audience and carries `act` for the calling client.
+provider.registerGrantType(
+  exchangeGrant,
+  async (ctx) => {
+    counts.exchange += 1;
+    console.log(JSON.stringify({ event: 'exchange', n: counts.exchange }));
+    const params = ctx.oidc.params;
+    if (params.subject_token_type !== accessTokenType) {
+      throw new errors.InvalidRequest('unsupported subject_token_type');
+    }
+    const subject =
+      (await provider.AccessToken.find(params.subject_token)) ||
+      (await provider.ClientCredentials.find(params.subject_token));
+    if (!subject || subject.isExpired) {
+      throw new errors.InvalidGrant('subject token is invalid or expired');
+    }
+    const have = new Set((subject.scope || '').split(' ').filter(Boolean));
+    const asked = (params.scope || '').split(' ').filter(Boolean);
+    if (asked.some((s) => !have.has(s))) {
+      throw new errors.InvalidScope('requested scope exceeds the subject token', params.scope);
+    }
+    const audience = params.audience || params.resource;
+    const token = new provider.ClientCredentials({
+      client: ctx.oidc.client,
+      scope: (asked.length ? asked : [...have]).join(' ') || undefined,
+      extra: {
+        sub: subject.accountId || subject.clientId,
+        act: { sub: ctx.oidc.client.clientId },
+        orig_client_id: subject.clientId,
+      },
+    });
+    if (audience) token.aud = audience;
+    if (process.env.EXCHANGE_TTL) token.expiresIn = Number(process.env.EXCHANGE_TTL);
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: accessTokenType,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: token.scope,
+    };
+  },
+  ['subject_token', 'subject_token_type', 'audience', 'resource', 'scope', 'requested_token_type', 'actor_token', 'actor_token_type'],
+  ['audience', 'resource'],
+);
+
+// Counters and test-only helpers, before the provider's own routes.
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/__test/stats' && ctx.method === 'GET') {
+    ctx.body = counts;
+    return;
+  }
+  if (ctx.path === '/__test/reset' && ctx.method === 'POST') {
+    for (const k of Object.keys(counts)) counts[k] = 0;
+    ctx.body = counts;
+    return;
+  }
+  if (ctx.path === '/__test/token' && ctx.method === 'POST') {
+    // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app
+    const q = ctx.query;
+    const client = await provider.Client.find(q.client_id || 'app');
+    const token = new provider.AccessToken({
+      accountId: q.sub || 'alice',
+      client,
+      scope: q.scope || 'invoice_read',
+      gty: 'authorization_code',
+    });
+    token.expiresIn = Number(q.ttl || 600);
+    ctx.body = { access_token: await token.save(), expires_in: token.expiresIn };
+    return;
+  }
+  if (ctx.path === '/token/introspection') {
+    counts.introspection += 1;
+    console.log(JSON.stringify({ event: 'introspection', n: counts.introspection }));
+  } else if (ctx.path === '/token/revocation') {
+    counts.revocation += 1;
+  } else if (ctx.path === '/jwks') {
+    counts.jwks += 1;
+  } else if (ctx.path === '/token') {
+    counts.token += 1;
+  }
+  await next();
+});
+
+provider.listen(port, host, () => {
+  console.log(JSON.stringify({ event: 'listening', issuer }));
+});
