@@ -90,33 +90,71 @@ fn describe_metrics() {
     );
 }
 
-/// Records the metrics of one answered request.
-pub fn record_request(
-    route: &str,
-    status: u16,
-    seconds: f64,
-    upstream_seconds: Option<f64>,
-    bytes: Option<u64>,
-) {
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    let labels = [
-        ("route", route.to_string()),
-        ("status_class", class.to_string()),
-    ];
-    metrics::counter!("intercom_http_requests_total", &labels).increment(1);
-    metrics::histogram!("intercom_http_request_duration_seconds", &labels).record(seconds);
-    if let Some(up) = upstream_seconds {
-        metrics::histogram!("intercom_upstream_duration_seconds", "route" => route.to_string())
-            .record(up);
+/// The request metrics of one route, registered once so the hot path only touches
+/// atomics: a counter and a latency histogram per status class, upstream latency and
+/// response bytes.
+pub struct RequestMetrics {
+    by_class: [(metrics::Counter, metrics::Histogram); 5],
+    upstream: metrics::Histogram,
+    bytes: metrics::Counter,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestMetrics")
     }
-    if let Some(bytes) = bytes {
-        metrics::counter!("intercom_http_response_bytes_total", "route" => route.to_string())
-            .increment(bytes);
+}
+
+impl RequestMetrics {
+    /// Registers the series for `route` (a configured name, never request data).
+    pub fn new(route: &str) -> Self {
+        let series = |class: &'static str| {
+            let labels = [
+                ("route", route.to_string()),
+                ("status_class", class.to_string()),
+            ];
+            (
+                metrics::counter!("intercom_http_requests_total", &labels),
+                metrics::histogram!("intercom_http_request_duration_seconds", &labels),
+            )
+        };
+        Self {
+            by_class: [
+                series("1xx"),
+                series("2xx"),
+                series("3xx"),
+                series("4xx"),
+                series("5xx"),
+            ],
+            upstream: metrics::histogram!("intercom_upstream_duration_seconds", "route" => route.to_string()),
+            bytes: metrics::counter!("intercom_http_response_bytes_total", "route" => route.to_string()),
+        }
+    }
+
+    /// The metrics of requests no route matched.
+    pub fn unrouted() -> std::sync::Arc<RequestMetrics> {
+        static NONE: OnceLock<std::sync::Arc<RequestMetrics>> = OnceLock::new();
+        NONE.get_or_init(|| std::sync::Arc::new(RequestMetrics::new("none")))
+            .clone()
+    }
+
+    /// Records one answered request.
+    pub fn record(
+        &self,
+        status: u16,
+        seconds: f64,
+        upstream_seconds: Option<f64>,
+        bytes: Option<u64>,
+    ) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let (count, duration) = &self.by_class[class];
+        count.increment(1);
+        duration.record(seconds);
+        if let Some(up) = upstream_seconds {
+            self.upstream.record(up);
+        }
+        if let Some(bytes) = bytes {
+            self.bytes.increment(bytes);
+        }
     }
 }

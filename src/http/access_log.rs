@@ -10,10 +10,14 @@ use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 
 use super::request_id::{RequestId, RequestStart};
+use crate::telemetry::RequestMetrics;
 
 /// The route that served a request, set by the proxy on the response.
-#[derive(Debug, Clone)]
-pub struct RouteName(pub std::sync::Arc<str>);
+#[derive(Clone)]
+pub struct RouteTag {
+    pub name: std::sync::Arc<str>,
+    pub metrics: std::sync::Arc<RequestMetrics>,
+}
 
 /// How long the upstream took to answer with its head.
 #[derive(Debug, Clone, Copy)]
@@ -52,12 +56,10 @@ impl RootSpanBuilder for AccessLog {
             .get::<RequestStart>()
             .map(|s| s.0.elapsed())
             .unwrap_or_default();
-        let route = res
-            .response()
-            .extensions()
-            .get::<RouteName>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| "none".into());
+        let (route, metrics) = match res.response().extensions().get::<RouteTag>() {
+            Some(tag) => (tag.name.clone(), tag.metrics.clone()),
+            None => ("none".into(), RequestMetrics::unrouted()),
+        };
         let upstream = res
             .response()
             .extensions()
@@ -69,8 +71,7 @@ impl RootSpanBuilder for AccessLog {
             BodySize::Stream => None,
         };
         let status = res.status().as_u16();
-        crate::telemetry::record_request(
-            &route,
+        metrics.record(
             status,
             elapsed.as_secs_f64(),
             upstream.map(|u| u.as_secs_f64()),

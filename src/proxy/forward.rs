@@ -112,6 +112,8 @@ pub async fn send(
     headers.remove(header::HOST);
 
     let mut payload = Some(payload);
+    // Headers are cloned per attempt only when a retry on another instance is possible.
+    let mut spare_headers = Some(headers);
     let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
     loop {
         let Some(index) = route.upstreams.pick(&tried) else {
@@ -125,7 +127,12 @@ pub async fn send(
         let instance = route.upstreams.get(index);
         let url = format!("{}{}", instance.base, outbound.path_and_query);
         let mut request = client.request(outbound.method.clone(), url);
-        *request.headers_mut() = headers.clone();
+        let last_chance = has_body || tried.len() == route.upstreams.len();
+        *request.headers_mut() = if last_chance {
+            spare_headers.take().unwrap_or_default()
+        } else {
+            spare_headers.clone().unwrap_or_default()
+        };
         if let Ok(host) = HeaderValue::from_str(&instance.authority) {
             request.headers_mut().insert(header::HOST, host);
         }
@@ -187,16 +194,15 @@ pub fn into_response(answer: UpstreamAnswer, method: &Method) -> HttpResponse {
         .and_then(|v| v.parse::<u64>().ok());
     headers.remove(header::CONTENT_LENGTH);
     let mut builder = HttpResponse::build(answer.status);
-    for (name, value) in headers.iter() {
-        builder.append_header((name.clone(), value.clone()));
-    }
     let bodiless = *method == Method::HEAD
         || answer.status.is_informational()
         || answer.status == StatusCode::NO_CONTENT
         || answer.status == StatusCode::NOT_MODIFIED;
-    match length {
+    let mut response = match length {
         _ if bodiless && length.is_none() => builder.finish(),
         Some(len) => builder.body(SizedStream::new(len, answer.body)),
         None => builder.streaming(answer.body),
-    }
+    };
+    *response.headers_mut() = headers;
+    response
 }

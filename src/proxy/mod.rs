@@ -10,13 +10,11 @@ pub mod path;
 pub mod routes;
 pub mod upstreams;
 
-use std::sync::Arc;
-
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
-use crate::http::access_log::{RouteName, UpstreamLatency};
+use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
 use forward::{BodyFraming, OutboundRequest, UpstreamAnswer, UpstreamClients};
@@ -39,14 +37,14 @@ pub async fn handle(
     let clients = req
         .app_data::<UpstreamClients>()
         .expect("startup registers the upstream clients on every worker");
-    let mut route_name: Option<Arc<str>> = None;
-    let result = proxy(&req, payload, &state, clients, &mut route_name).await;
+    let mut route_tag: Option<RouteTag> = None;
+    let result = proxy(&req, payload, &state, clients, &mut route_tag).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => error.at(&req).error_response(),
     };
-    if let Some(name) = route_name {
-        response.extensions_mut().insert(RouteName(name));
+    if let Some(tag) = route_tag {
+        response.extensions_mut().insert(tag);
     }
     response
 }
@@ -56,11 +54,14 @@ async fn proxy(
     payload: web::Payload,
     state: &ProxyState,
     clients: &UpstreamClients,
-    route_name: &mut Option<Arc<str>>,
+    route_tag: &mut Option<RouteTag>,
 ) -> Result<HttpResponse, ApiError> {
     let canonical = path::canonicalize(req.uri().path())?;
     let route = pick_route(req, state, &canonical)?;
-    *route_name = Some(route.name.clone());
+    *route_tag = Some(RouteTag {
+        name: route.name.clone(),
+        metrics: route.metrics.clone(),
+    });
     let outbound = rewrite(req, state, route, &canonical);
     let answer = forward::send(clients, route, outbound, payload).await?;
     Ok(filter_response(route, answer, req))

@@ -11,6 +11,7 @@ use super::headers::CompiledRules;
 use super::path::is_under;
 use super::upstreams::Upstreams;
 use crate::settings::{RouteSettings, RouteTimeouts};
+use crate::telemetry::RequestMetrics;
 
 /// How the matched prefix changes before forwarding.
 #[derive(Debug, Clone)]
@@ -33,6 +34,7 @@ pub struct Route {
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
     pub timeouts: RouteTimeouts,
+    pub metrics: Arc<RequestMetrics>,
 }
 
 /// What matching a request gave.
@@ -80,6 +82,7 @@ impl RouteTable {
                     request_headers: CompiledRules::compile(&r.request_headers),
                     response_headers: CompiledRules::compile(&r.response_headers),
                     timeouts: r.timeouts.clone(),
+                    metrics: Arc::new(RequestMetrics::new(&r.name)),
                 }
             })
             .collect();

@@ -1,0 +1,35 @@
+# Shared by the scripts: install what a step needs, idempotently, on a fresh Debian
+# machine (as root, or with sudo).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# apt_need CMD PACKAGE...: installs the packages unless CMD is already on PATH.
+apt_need() {
+  local cmd="$1"; shift
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "==> installing $* (apt-get)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+# The Debian packages the build needs (josekit links OpenSSL).
+build_deps() {
+  if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
+    echo "==> installing libssl-dev pkg-config (apt-get)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  fi
+}
+
+# The authorization server, from the committed lock file.
+authserver_deps() {
+  apt_need node nodejs
+  if [ ! -d "$ROOT/tests/authserver/node_modules/oidc-provider" ] \
+     || [ "$ROOT/tests/authserver/package-lock.json" -nt "$ROOT/tests/authserver/node_modules" ]; then
+    echo "==> npm ci (tests/authserver)"
+    (cd "$ROOT/tests/authserver" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
