@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use intercom::settings::{ProcessEnv, Settings};
 use intercom::startup::Application;
 
+/// mimalloc: fewer cycles per request than glibc's allocator under many small,
+/// short-lived allocations across worker threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration that cannot be used (sysexits `EX_USAGE`).
 const EX_CONFIG: u8 = 64;
 
