@@ -5,8 +5,11 @@
 //! See `DESIGN.md` for the flows; [`startup::Application`] is where it all comes
 //! together.
 
+pub mod broker;
+pub mod cache;
 pub mod http;
 pub mod proxy;
+pub mod secrets;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

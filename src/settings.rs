@@ -21,6 +21,173 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+    /// The authorization server Intercom introspects and exchanges tokens at.
+    #[serde(default)]
+    pub auth_server: Option<AuthServerSettings>,
+    /// The internal tokens Intercom mints, and how it caches what it learned.
+    #[serde(default)]
+    pub tokens: TokenSettings,
+}
+
+/// Where secret references resolve.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// A TOML file of `name = "value"`, for `file:NAME` references.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// The authorization server (RFC 8414 / OpenID discovery at the issuer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthServerSettings {
+    /// Issuer URL; metadata is discovered below it.
+    pub issuer: String,
+    /// Intercom's own client at the AS.
+    pub client_id: String,
+    /// A secret reference (e.g. `file:intercom_client_secret`), never the value.
+    pub client_secret: String,
+    /// `json` (RFC 7662) or `jwt` (RFC 9701, signed and verified).
+    #[serde(default)]
+    pub introspection_format: IntrospectionFormat,
+    #[serde(default = "default_as_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_as_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Local validation of JWT access tokens from this issuer.
+    #[serde(default)]
+    pub jwt: JwtSettings,
+}
+
+fn default_as_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_as_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionFormat {
+    #[default]
+    Json,
+    Jwt,
+}
+
+/// How JWT access tokens are validated without calling the AS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Accepted `aud` values; empty means JWTs are introspected like opaque tokens.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The `alg` allow-list. `none` and HMAC algorithms are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Required `typ` header, e.g. `at+jwt`, when set.
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// At most one JWKS fetch per this interval for unknown `kid`s.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_cooldown: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            algorithms: default_algorithms(),
+            leeway: default_leeway(),
+            typ: None,
+            jwks_cooldown: default_jwks_cooldown(),
+        }
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Internal tokens and the token cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    /// `iss` of the internal JWTs: Intercom's public URL.
+    pub issuer: String,
+    /// `ES256` (default), `RS256` or `EdDSA`.
+    pub algorithm: String,
+    /// Longest lifetime of an internal JWT (never past the original token's `exp`).
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// How often the signing key rotates.
+    #[serde(with = "humantime_serde")]
+    pub key_rotation: Duration,
+    /// How long a new key is published before it signs: the JWKS `max-age`.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
+    /// Most cached tokens.
+    pub cache_capacity: u64,
+    /// Longest time a token's introspection result is cached (never past its `exp`).
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
+    /// How long an inactive token's answer is cached.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Most cached inactive tokens (a separate bound, so junk cannot evict good entries).
+    pub negative_capacity: u64,
+    /// Names of the identity headers sent upstream.
+    pub user_id_header: String,
+    pub client_id_header: String,
+    pub scopes_header: String,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:8080".into(),
+            algorithm: "ES256".into(),
+            lifetime: Duration::from_secs(300),
+            key_rotation: Duration::from_secs(24 * 3600),
+            jwks_max_age: Duration::from_secs(300),
+            cache_capacity: 100_000,
+            cache_max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(10),
+            negative_capacity: 10_000,
+            user_id_header: "x-user-id".into(),
+            client_id_header: "x-client-id".into(),
+            scopes_header: "x-scopes".into(),
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    #[default]
+    None,
+    Bearer,
+}
+
+/// Whether any or all `required_scopes` must be held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMatch {
+    Any,
+    #[default]
+    All,
 }
 
 /// Listeners and lifecycle.
@@ -105,6 +272,23 @@ pub struct RouteSettings {
     pub response_headers: HeaderRules,
     #[serde(default)]
     pub timeouts: RouteTimeouts,
+    /// `none` (default) or `bearer`: a token is required and replaced by an internal JWT.
+    #[serde(default)]
+    pub auth: RouteAuth,
+    /// Scopes the caller must hold; `prefix_*` matches any scope starting with `prefix_`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    #[serde(default)]
+    pub scope_match: ScopeMatch,
+    /// `aud` of the internal JWT; defaults to the route's name.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Further headers a client may never send to this route's upstream.
+    #[serde(default)]
+    pub internal_headers: Vec<String>,
+    /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
+    #[serde(default)]
+    pub allow_query_token: bool,
 }
 
 /// Header edits applied in the order remove → set → add.
@@ -231,6 +415,7 @@ impl Settings {
         let raw = builder.build().map_err(config_error)?;
         let settings: Settings = raw.try_deserialize().map_err(config_error)?;
         settings.validate()?;
+        settings.secret_store()?;
         Ok(settings)
     }
 
@@ -361,11 +546,97 @@ impl Settings {
                     header_name(&format!("routes[{i}].{dir}.remove[{r}]"), name)?;
                 }
             }
+            if route.auth == RouteAuth::Bearer && self.auth_server.is_none() {
+                return Err(SettingsError::new(
+                    key("auth"),
+                    "\"bearer\" needs an [auth_server] section",
+                ));
+            }
+            for (h, name) in route.internal_headers.iter().enumerate() {
+                header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
+            }
+            for (n, scope) in route.required_scopes.iter().enumerate() {
+                if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*') {
+                    return Err(SettingsError::new(
+                        format!("routes[{i}].required_scopes[{n}]"),
+                        format!("{scope:?} must be one scope, with '*' only at its end"),
+                    ));
+                }
+            }
             positive(&key("timeouts.connect"), route.timeouts.connect)?;
             positive(&key("timeouts.response"), route.timeouts.response)?;
             positive(&key("timeouts.total"), route.timeouts.total)?;
         }
+        if let Some(auth) = &self.auth_server {
+            let url = Url::parse(&auth.issuer).map_err(|_| {
+                SettingsError::new(
+                    "auth_server.issuer",
+                    format!("{:?} is not a valid URL", auth.issuer),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(SettingsError::new(
+                    "auth_server.issuer",
+                    format!("{:?} must be an http(s) URL", auth.issuer),
+                ));
+            }
+            crate::secrets::SecretRef::parse(&auth.client_secret)
+                .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
+            positive("auth_server.connect_timeout", auth.connect_timeout)?;
+            positive("auth_server.request_timeout", auth.request_timeout)?;
+            for (a, alg) in auth.jwt.algorithms.iter().enumerate() {
+                if !matches!(alg.as_str(), "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA") {
+                    return Err(SettingsError::new(
+                        format!("auth_server.jwt.algorithms[{a}]"),
+                        format!("{alg:?} is not an accepted asymmetric JWS algorithm"),
+                    ));
+                }
+            }
+            positive("auth_server.jwt.jwks_cooldown", auth.jwt.jwks_cooldown)?;
+        }
+        let t = &self.tokens;
+        Url::parse(&t.issuer).map_err(|_| {
+            SettingsError::new("tokens.issuer", format!("{:?} is not a valid URL", t.issuer))
+        })?;
+        if !matches!(t.algorithm.as_str(), "ES256" | "RS256" | "EdDSA") {
+            return Err(SettingsError::new(
+                "tokens.algorithm",
+                format!("{:?} is not one of ES256, RS256, EdDSA", t.algorithm),
+            ));
+        }
+        positive("tokens.lifetime", t.lifetime)?;
+        positive("tokens.key_rotation", t.key_rotation)?;
+        positive("tokens.cache_max_ttl", t.cache_max_ttl)?;
+        positive("tokens.negative_ttl", t.negative_ttl)?;
+        for (k, name) in [
+            ("tokens.user_id_header", &t.user_id_header),
+            ("tokens.client_id_header", &t.client_id_header),
+            ("tokens.scopes_header", &t.scopes_header),
+        ] {
+            header_name(k, name)?;
+        }
         Ok(())
+    }
+
+    /// Opens the configured secret store and checks that every reference resolves,
+    /// naming the reference (never a value) when one does not.
+    pub fn secret_store(&self) -> Result<std::sync::Arc<dyn crate::secrets::SecretStore>, SettingsError> {
+        use crate::secrets::{file::FileStore, SecretRef};
+        let store: std::sync::Arc<dyn crate::secrets::SecretStore> = match &self.secrets.file {
+            Some(path) => std::sync::Arc::new(
+                FileStore::open(path)
+                    .map_err(|e| SettingsError::new("secrets.file", e.to_string()))?,
+            ),
+            None => std::sync::Arc::new(crate::secrets::EmptyStore),
+        };
+        if let Some(auth) = &self.auth_server {
+            let reference = SecretRef::parse(&auth.client_secret)
+                .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
+            store
+                .resolve(&reference)
+                .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
+        }
+        Ok(store)
     }
 }
 

@@ -168,6 +168,12 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             timeouts: Default::default(),
+            auth: Default::default(),
+            required_scopes: vec![],
+            scope_match: Default::default(),
+            audience: None,
+            internal_headers: vec![],
+            allow_query_token: false,
         }
     }
 

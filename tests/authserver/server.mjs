@@ -8,6 +8,7 @@
 // lifetime (the alternative, driving a browser login, tests nothing of Intercom).
 import Provider, { errors } from 'oidc-provider';
 import { readFileSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
 
 const port = Number(process.env.PORT || 9400);
 const host = process.env.HOST || '127.0.0.1';
@@ -24,6 +25,8 @@ const defaultClients = [
     response_types: [],
     redirect_uris: [],
     scope: 'invoice_read invoice_write orders_read orders_write profile',
+    // RFC 9701: signed introspection answers when asked with Accept.
+    introspection_signed_response_alg: 'RS256',
   },
   {
     // An external client with coarse API scopes.
@@ -50,8 +53,22 @@ const clients = process.env.CLIENTS_FILE
 
 const counts = { introspection: 0, exchange: 0, token: 0, revocation: 0, jwks: 0 };
 
+// SIGNING_KID: sign with a fresh RSA key under this kid instead of the development key
+// (for tests that need an AS whose keys differ).
+const jwks = process.env.SIGNING_KID
+  ? {
+      keys: [{
+        ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }),
+        kid: process.env.SIGNING_KID,
+        alg: 'RS256',
+        use: 'sig',
+      }],
+    }
+  : undefined;
+
 const provider = new Provider(issuer, {
   clients,
+  ...(jwks ? { jwks } : {}),
   scopes: ['openid', 'offline_access', 'profile', 'invoice_read', 'invoice_write', 'orders_read', 'orders_write'],
   features: {
     devInteractions: { enabled: true },
@@ -67,7 +84,9 @@ const provider = new Provider(issuer, {
         scope: 'invoice_read invoice_write orders_read orders_write profile',
         audience: resourceIndicator,
         accessTokenTTL: Number(process.env.TOKEN_TTL || 600),
-        accessTokenFormat: 'opaque',
+        // Resource indicators containing "jwt" get JWT access tokens (RFC 9068).
+        accessTokenFormat: resourceIndicator.includes('jwt') ? 'jwt' : 'opaque',
+        jwt: { sign: { alg: 'RS256' } },
       }),
     },
   },

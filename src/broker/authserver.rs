@@ -1,0 +1,99 @@
+//! The authorization server's metadata, discovered once at start (OpenID Connect
+//! discovery through `openidconnect`), and the HTTP client used for every call to it:
+//! no redirects, always timeouts.
+
+use std::time::Duration;
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{AdditionalProviderMetadata, IssuerUrl, ProviderMetadata};
+use serde::{Deserialize, Serialize};
+
+/// The endpoints Intercom uses that core OpenID metadata does not name.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct OAuthEndpoints {
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
+    #[serde(default)]
+    revocation_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for OAuthEndpoints {}
+
+type Metadata = ProviderMetadata<
+    OAuthEndpoints,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// What Intercom needs to know of the AS.
+#[derive(Debug, Clone)]
+pub struct AuthServerMetadata {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub token_endpoint: Option<String>,
+    pub introspection_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("issuer {0:?} is not a valid URL")]
+    BadIssuer(String),
+    #[error("discovery at {issuer} failed: {reason}")]
+    Failed { issuer: String, reason: String },
+}
+
+/// The HTTP client for calls to the AS: pooled, never following redirects.
+pub fn http_client(connect: Duration, request: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect)
+        .timeout(request)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
+/// Reads `<issuer>/.well-known/openid-configuration` and checks that it names the issuer.
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<AuthServerMetadata, DiscoveryError> {
+    let url = IssuerUrl::new(issuer.to_string()).map_err(|_| DiscoveryError::BadIssuer(issuer.into()))?;
+    let meta = Metadata::discover_async(url, http)
+        .await
+        .map_err(|e| DiscoveryError::Failed {
+            issuer: issuer.into(),
+            reason: error_chain(&e),
+        })?;
+    Ok(AuthServerMetadata {
+        issuer: meta.issuer().to_string(),
+        jwks_uri: meta.jwks_uri().to_string(),
+        token_endpoint: meta.token_endpoint().map(|u| u.to_string()),
+        introspection_endpoint: meta.additional_metadata().introspection_endpoint.clone(),
+        revocation_endpoint: meta.additional_metadata().revocation_endpoint.clone(),
+    })
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,155 @@
+//! The phantom-token flow at the edge: a bearer token in, a verified principal and an
+//! internal JWT for the route's audience out, cached so a repeat signs nothing and
+//! calls no one.
+//!
+//! JWTs from the trusted issuer are validated locally; anything else is introspected.
+//! Inactive or invalid tokens are cached negatively; an unreachable AS is not cached,
+//! and tokens already cached keep working until they expire.
+
+use std::sync::{Arc, Mutex};
+
+use super::introspect::{IntrospectError, Introspection, Introspector};
+use super::mint::{Minted, Minter};
+use super::validate::{looks_like_jwt, JwtValidator};
+use super::{now_secs, Principal};
+use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
+
+/// Why a token was not admitted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EdgeError {
+    /// Invalid, expired, inactive or forged: 401 `invalid_token`.
+    #[error("{0}")]
+    Invalid(String),
+    /// The AS could not answer (or its answer failed verification): 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A cached principal and the internal JWTs minted for it, per audience.
+pub struct CachedToken {
+    pub principal: Principal,
+    minted: Mutex<Vec<(Arc<str>, Minted)>>,
+}
+
+impl Expiring for CachedToken {
+    fn expires_at(&self) -> u64 {
+        self.principal.exp
+    }
+}
+
+/// A token that passed, with its internal JWT for the route.
+pub struct Admitted {
+    pub token: Arc<CachedToken>,
+    pub jwt: Arc<str>,
+}
+
+/// Authenticates bearer tokens at the edge.
+pub struct EdgeAuthenticator {
+    pub introspector: Introspector,
+    pub validator: Option<JwtValidator>,
+    pub minter: Arc<Minter>,
+    cache: TokenCache<CachedToken>,
+}
+
+impl EdgeAuthenticator {
+    pub fn new(
+        introspector: Introspector,
+        validator: Option<JwtValidator>,
+        minter: Arc<Minter>,
+        limits: &CacheLimits,
+    ) -> Self {
+        Self {
+            introspector,
+            validator,
+            minter,
+            cache: TokenCache::new("edge", limits),
+        }
+    }
+
+    /// Admits `token` for `audience`, from the cache when possible.
+    pub async fn admit(&self, token: &str, audience: &Arc<str>) -> Result<Admitted, EdgeError> {
+        let key = self.cache.key(token);
+        let cached = match self.cache.lookup(&key).await {
+            Lookup::Hit(entry) => entry,
+            Lookup::NegativeHit => {
+                return Err(EdgeError::Invalid("the token is not active".into()))
+            }
+            Lookup::Miss => {
+                let load = async {
+                    match self.authenticate(token).await {
+                        Ok(principal) => {
+                            // Mint now, off the hit path: the JWT is cached with the result.
+                            let minted = match self.minter.mint(&principal, audience) {
+                                Ok(m) => vec![(audience.clone(), m)],
+                                Err(_) => Vec::new(),
+                            };
+                            LoadOutcome::Value(CachedToken {
+                                principal,
+                                minted: Mutex::new(minted),
+                            })
+                        }
+                        Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
+                        Err(e @ EdgeError::Unavailable(_)) => LoadOutcome::Failed(e),
+                    }
+                };
+                match self.cache.load(key, load).await {
+                    Loaded::Value(entry) => entry,
+                    Loaded::Rejected(e) | Loaded::Failed(e) => return Err(e),
+                }
+            }
+        };
+        let jwt = self.jwt_for(&cached, audience)?;
+        Ok(Admitted { token: cached, jwt })
+    }
+
+    /// The cached internal JWT for the audience, minted anew when missing or within a
+    /// quarter of its lifetime of expiring.
+    fn jwt_for(&self, entry: &CachedToken, audience: &Arc<str>) -> Result<Arc<str>, EdgeError> {
+        let now = now_secs();
+        let margin = (self.minter.lifetime().as_secs() / 4).max(1);
+        {
+            let minted = entry.minted.lock().expect("minted list lock");
+            if let Some((_, m)) = minted.iter().find(|(a, _)| a == audience) {
+                if m.exp > now + margin || m.exp >= entry.principal.exp {
+                    return Ok(m.jwt.clone());
+                }
+            }
+        }
+        let fresh = self
+            .minter
+            .mint(&entry.principal, audience)
+            .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
+        let jwt = fresh.jwt.clone();
+        let mut minted = entry.minted.lock().expect("minted list lock");
+        minted.retain(|(a, _)| a != audience);
+        minted.push((audience.clone(), fresh));
+        Ok(jwt)
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Principal, EdgeError> {
+        if let Some(validator) = &self.validator {
+            if looks_like_jwt(token) && validator.claims_our_issuer(token) {
+                return validator
+                    .validate(token)
+                    .await
+                    .map_err(|e| EdgeError::Invalid(e.to_string()));
+            }
+        }
+        match self.introspector.introspect(token).await {
+            Ok(Introspection::Active(p)) => Ok(p),
+            Ok(Introspection::Inactive) => Err(EdgeError::Invalid("the token is not active".into())),
+            Err(e @ IntrospectError::Unverified(_)) => {
+                tracing::error!(error = %e, "introspection answer failed verification");
+                Err(EdgeError::Unavailable(
+                    "the authorization server's answer could not be verified".into(),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "introspection failed");
+                Err(EdgeError::Unavailable(
+                    "the authorization server is unavailable".into(),
+                ))
+            }
+        }
+    }
+}

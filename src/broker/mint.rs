@@ -1,0 +1,295 @@
+//! Intercom's own signing keys and the internal JWTs (RFC 9068 `at+jwt`) it mints.
+//!
+//! Keys are generated at start and rotate on a timer. A key is published in the JWKS
+//! one rotation before it signs (so every verifier has seen it, as long as the rotation
+//! interval is at least the JWKS `max-age`), and stays published after it stops signing
+//! until every token it signed has expired.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use josekit::jwk::Jwk;
+use josekit::jws::{self, JwsHeader, JwsSigner};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::json;
+
+use super::{now_secs, Principal};
+
+/// One signing key.
+pub struct SigningKey {
+    pub kid: String,
+    signer: Box<dyn JwsSigner + Send + Sync>,
+    public: Jwk,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("key generation failed: {0}")]
+    KeyGeneration(String),
+    #[error("signing failed")]
+    Signing,
+}
+
+impl SigningKey {
+    /// Generates a key for `alg` (ES256, RS256 or EdDSA).
+    pub fn generate(alg: &str) -> Result<Self, MintError> {
+        let gen_err = |e: josekit::JoseError| MintError::KeyGeneration(e.to_string());
+        let (private, mut public) = match alg {
+            "RS256" => {
+                let pair = jws::RS256.generate_key_pair(2048).map_err(gen_err)?;
+                (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            }
+            "EdDSA" => {
+                let pair = jws::EdDSA
+                    .generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519)
+                    .map_err(gen_err)?;
+                (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            }
+            _ => {
+                let pair = jws::ES256.generate_key_pair().map_err(gen_err)?;
+                (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            }
+        };
+        let mut raw = [0u8; 12];
+        rand::Rng::fill(&mut rand::rng(), &mut raw);
+        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let signer: Box<dyn JwsSigner + Send + Sync> = match alg {
+            "RS256" => Box::new(jws::RS256.signer_from_jwk(&private).map_err(gen_err)?),
+            "EdDSA" => Box::new(jws::EdDSA.signer_from_jwk(&private).map_err(gen_err)?),
+            _ => Box::new(jws::ES256.signer_from_jwk(&private).map_err(gen_err)?),
+        };
+        public.set_key_id(&kid);
+        public.set_key_use("sig");
+        public.set_algorithm(alg);
+        Ok(Self {
+            kid,
+            signer,
+            public,
+        })
+    }
+}
+
+struct KeySet {
+    /// Published, not yet signing.
+    next: Arc<SigningKey>,
+    /// Signing.
+    current: Arc<SigningKey>,
+    /// Published until the given time (seconds since the epoch), no longer signing.
+    retired: Vec<(Arc<SigningKey>, u64)>,
+}
+
+/// The signing keys and the minting of internal JWTs.
+pub struct Minter {
+    keys: ArcSwap<KeySet>,
+    algorithm: String,
+    issuer: String,
+    lifetime: Duration,
+    jwks_max_age: Duration,
+}
+
+/// A minted internal token.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub jwt: Arc<str>,
+    pub exp: u64,
+}
+
+impl Minter {
+    pub fn new(
+        algorithm: &str,
+        issuer: &str,
+        lifetime: Duration,
+        jwks_max_age: Duration,
+    ) -> Result<Self, MintError> {
+        let keys = KeySet {
+            next: Arc::new(SigningKey::generate(algorithm)?),
+            current: Arc::new(SigningKey::generate(algorithm)?),
+            retired: Vec::new(),
+        };
+        Ok(Self {
+            keys: ArcSwap::from_pointee(keys),
+            algorithm: algorithm.to_string(),
+            issuer: issuer.to_string(),
+            lifetime,
+            jwks_max_age,
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    pub fn jwks_max_age(&self) -> Duration {
+        self.jwks_max_age
+    }
+
+    /// The kid that signs now.
+    pub fn current_kid(&self) -> String {
+        self.keys.load().current.kid.clone()
+    }
+
+    /// Promotes the published next key to signing, retires the current one (kept
+    /// published for one token lifetime), and publishes a fresh next key.
+    pub fn rotate(&self) -> Result<(), MintError> {
+        let fresh = Arc::new(SigningKey::generate(&self.algorithm)?);
+        let now = now_secs();
+        let keep_until = now + self.lifetime.as_secs() + 60;
+        self.keys.rcu(|old| {
+            let mut retired: Vec<(Arc<SigningKey>, u64)> = old
+                .retired
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .cloned()
+                .collect();
+            retired.push((old.current.clone(), keep_until));
+            KeySet {
+                next: fresh.clone(),
+                current: old.next.clone(),
+                retired,
+            }
+        });
+        metrics::counter!("intercom_signing_key_rotations_total").increment(1);
+        tracing::info!(kid = %self.current_kid(), "signing key rotated");
+        Ok(())
+    }
+
+    /// Rotates every `interval` in the background.
+    pub fn spawn_rotation(self: &Arc<Self>, interval: Duration) {
+        let minter = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(m) = minter.upgrade() else { return };
+                if let Err(e) = m.rotate() {
+                    tracing::error!(error = %e, "signing key rotation failed; keeping the current key");
+                }
+            }
+        });
+    }
+
+    /// The published keys as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        let set = self.keys.load();
+        let now = now_secs();
+        let mut keys = vec![
+            set.current.public.as_ref().clone(),
+            set.next.public.as_ref().clone(),
+        ];
+        keys.extend(
+            set.retired
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(k, _)| k.public.as_ref().clone()),
+        );
+        json!({ "keys": keys })
+    }
+
+    /// Mints the internal JWT for `principal` and `audience`: `exp` never later than the
+    /// original token's, and at most `lifetime` away.
+    pub fn mint(&self, principal: &Principal, audience: &str) -> Result<Minted, MintError> {
+        let started = Instant::now();
+        let key = self.keys.load().current.clone();
+        let now = now_secs();
+        let exp = principal.exp.min(now + self.lifetime.as_secs());
+        let mut header = JwsHeader::new();
+        header.set_token_type("at+jwt");
+        header.set_key_id(&key.kid);
+        let mut payload = JwtPayload::new();
+        payload.set_issuer(&self.issuer);
+        let subject = principal
+            .sub
+            .as_deref()
+            .or(principal.client_id.as_deref())
+            .unwrap_or("anonymous");
+        payload.set_subject(subject);
+        payload.set_audience(vec![audience]);
+        payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        let claim = |p: &mut JwtPayload, k: &str, v: serde_json::Value| {
+            p.set_claim(k, Some(v)).map_err(|_| MintError::Signing)
+        };
+        claim(&mut payload, "iat", now.into())?;
+        claim(&mut payload, "exp", exp.into())?;
+        if let Some(client_id) = &principal.client_id {
+            claim(&mut payload, "client_id", client_id.as_str().into())?;
+        }
+        claim(&mut payload, "scope", principal.scopes.join(" ").into())?;
+        if let Some(t) = principal.auth_time {
+            claim(&mut payload, "auth_time", t.into())?;
+        }
+        if let Some(acr) = &principal.acr {
+            claim(&mut payload, "acr", acr.as_str().into())?;
+        }
+        let jwt = jwt::encode_with_signer(&payload, &header, &*key.signer)
+            .map_err(|_| MintError::Signing)?;
+        metrics::histogram!("intercom_token_mint_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Minted {
+            jwt: Arc::from(jwt),
+            exp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            sub: Some("alice".into()),
+            client_id: Some("app".into()),
+            scopes: vec!["a".into(), "b".into()],
+            exp: now_secs() + 3600,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify_against_the_published_keys_across_rotation() {
+        for alg in ["ES256", "RS256", "EdDSA"] {
+            let minter = Minter::new(alg, "https://intercom.test", Duration::from_secs(300), Duration::from_secs(60)).unwrap();
+            let before = minter.mint(&principal(), "billing").unwrap();
+            assert!(before.exp <= now_secs() + 300, "capped by the lifetime");
+            minter.rotate().unwrap();
+            let after = minter.mint(&principal(), "billing").unwrap();
+            let jwks = josekit::jwk::JwkSet::from_bytes(minter.jwks().to_string()).unwrap();
+            assert_eq!(jwks.keys().len(), 3, "next, current and the retired key");
+            for token in [&before.jwt, &after.jwt] {
+                let header = jwt::decode_header(token.as_ref()).unwrap();
+                let kid = header.claim("kid").unwrap().as_str().unwrap();
+                let key = jwks.get(kid)[0];
+                let verifier: Box<dyn jws::JwsVerifier> = match alg {
+                    "RS256" => Box::new(jws::RS256.verifier_from_jwk(key).unwrap()),
+                    "EdDSA" => Box::new(jws::EdDSA.verifier_from_jwk(key).unwrap()),
+                    _ => Box::new(jws::ES256.verifier_from_jwk(key).unwrap()),
+                };
+                let (payload, header) = jwt::decode_with_verifier(token.as_ref(), &*verifier).unwrap();
+                assert_eq!(header.token_type(), Some("at+jwt"));
+                assert_eq!(payload.subject(), Some("alice"));
+                assert_eq!(payload.audience(), Some(vec!["billing"]));
+                assert_eq!(payload.claim("scope").unwrap(), "a b");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_never_passes_the_original_token() {
+        let minter = Minter::new("ES256", "https://i", Duration::from_secs(300), Duration::from_secs(60)).unwrap();
+        let mut p = principal();
+        p.exp = now_secs() + 20;
+        assert_eq!(minter.mint(&p, "x").unwrap().exp, p.exp);
+    }
+}

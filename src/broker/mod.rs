@@ -1,0 +1,79 @@
+//! The token broker, free of actix: what a token says (introspection, local JWT
+//! validation), what Intercom mints from it, and which scopes a route demands.
+//!
+//! [`edge::EdgeAuthenticator`] ties these into the phantom-token flow used by the proxy.
+
+pub mod authserver;
+pub mod edge;
+pub mod introspect;
+pub mod jwks;
+pub mod mint;
+pub mod policy;
+pub mod validate;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+/// Who is calling, as the authorization server or a verified JWT says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// Expiry of the original token (seconds since the epoch).
+    pub exp: u64,
+    pub auth_time: Option<u64>,
+    pub acr: Option<String>,
+}
+
+/// The claims Intercom reads from an introspection answer or a JWT access token.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct TokenClaims {
+    #[serde(default)]
+    pub active: Option<bool>,
+    #[serde(default)]
+    pub sub: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub azp: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub scp: Option<Vec<String>>,
+    #[serde(default)]
+    pub exp: Option<u64>,
+    #[serde(default)]
+    pub auth_time: Option<u64>,
+    #[serde(default)]
+    pub acr: Option<String>,
+}
+
+impl TokenClaims {
+    /// The principal these claims describe, expiring at `exp` (or `fallback_exp` when
+    /// the claims carry none).
+    pub(crate) fn into_principal(self, fallback_exp: u64) -> Principal {
+        let scopes = match (self.scope, self.scp) {
+            (Some(s), _) => s.split_whitespace().map(str::to_owned).collect(),
+            (None, Some(list)) => list,
+            (None, None) => Vec::new(),
+        };
+        Principal {
+            sub: self.sub,
+            client_id: self.client_id.or(self.azp),
+            scopes,
+            exp: self.exp.unwrap_or(fallback_exp),
+            auth_time: self.auth_time,
+            acr: self.acr,
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,231 @@
+//! The token cache: bounded moka caches keyed by an HMAC of the token (never the token
+//! itself), entries that never outlive the token, a separate bounded cache for inactive
+//! tokens so junk cannot evict good entries, and single-flight loading so concurrent
+//! misses for one token make one call.
+//!
+//! This is the memory tier; the shared Redis tier comes with token exchange.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use moka::Expiry;
+use sha2::Sha256;
+
+/// HMAC-SHA256 of a token under the cache's key.
+pub type CacheKey = [u8; 32];
+
+/// A cached value that knows when it must go.
+pub trait Expiring: Send + Sync + 'static {
+    /// Seconds since the epoch after which the entry must not be served.
+    fn expires_at(&self) -> u64;
+}
+
+struct UntilExpiry {
+    max_ttl: Duration,
+}
+
+impl<V: Expiring> Expiry<CacheKey, Arc<V>> for UntilExpiry {
+    fn expire_after_create(&self, _key: &CacheKey, value: &Arc<V>, _now: Instant) -> Option<Duration> {
+        let left = value.expires_at().saturating_sub(crate::broker::now_secs());
+        Some(Duration::from_secs(left).min(self.max_ttl))
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup<V> {
+    Hit(Arc<V>),
+    /// The token was recently found inactive.
+    NegativeHit,
+    Miss,
+}
+
+/// How a load ended for one caller.
+pub enum Loaded<V, E> {
+    Value(Arc<V>),
+    /// The loader said the token is not good; cached negatively.
+    Rejected(E),
+    /// The loader failed (the AS was unreachable, say); nothing cached.
+    Failed(E),
+}
+
+/// What a loader returns.
+pub enum LoadOutcome<V, E> {
+    Value(V),
+    Rejected(E),
+    Failed(E),
+}
+
+/// Limits of one token cache.
+#[derive(Debug, Clone)]
+pub struct CacheLimits {
+    pub capacity: u64,
+    pub max_ttl: Duration,
+    pub negative_capacity: u64,
+    pub negative_ttl: Duration,
+}
+
+/// One token cache (e.g. the edge's), with its metrics under `cache = name`.
+pub struct TokenCache<V: Expiring> {
+    name: &'static str,
+    mac: Hmac<Sha256>,
+    positive: moka::future::Cache<CacheKey, Arc<V>>,
+    negative: moka::future::Cache<CacheKey, ()>,
+}
+
+impl<V: Expiring> TokenCache<V> {
+    /// A cache keyed under a fresh random per-process key.
+    pub fn new(name: &'static str, limits: &CacheLimits) -> Self {
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut secret);
+        let mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key length");
+        Self {
+            name,
+            mac,
+            positive: moka::future::Cache::builder()
+                .max_capacity(limits.capacity)
+                .expire_after(UntilExpiry {
+                    max_ttl: limits.max_ttl,
+                })
+                .build(),
+            negative: moka::future::Cache::builder()
+                .max_capacity(limits.negative_capacity)
+                .time_to_live(limits.negative_ttl)
+                .build(),
+        }
+    }
+
+    /// The cache key of a token.
+    pub fn key(&self, token: &str) -> CacheKey {
+        let mut mac = self.mac.clone();
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn count(&self, result: &'static str) {
+        metrics::counter!("intercom_token_cache_requests_total", "cache" => self.name, "result" => result)
+            .increment(1);
+    }
+
+    /// Looks the key up in both caches.
+    pub async fn lookup(&self, key: &CacheKey) -> Lookup<V> {
+        if let Some(v) = self.positive.get(key).await {
+            if v.expires_at() > crate::broker::now_secs() {
+                self.count("hit");
+                return Lookup::Hit(v);
+            }
+            self.positive.invalidate(key).await;
+        }
+        if self.negative.contains_key(key) {
+            self.count("negative_hit");
+            return Lookup::NegativeHit;
+        }
+        Lookup::Miss
+    }
+
+    /// Loads a missing entry; concurrent callers for the same key share one load.
+    pub async fn load<E, F>(&self, key: CacheKey, loader: F) -> Loaded<V, E>
+    where
+        E: Clone + Send + Sync + 'static,
+        F: Future<Output = LoadOutcome<V, E>>,
+    {
+        let ran = Arc::new(AtomicBool::new(false));
+        let ran_inner = ran.clone();
+        let result = self
+            .positive
+            .try_get_with(key, async move {
+                ran_inner.store(true, Ordering::Relaxed);
+                match loader.await {
+                    LoadOutcome::Value(v) => Ok(Arc::new(v)),
+                    LoadOutcome::Rejected(e) => Err((true, e)),
+                    LoadOutcome::Failed(e) => Err((false, e)),
+                }
+            })
+            .await;
+        self.count(if ran.load(Ordering::Relaxed) { "miss" } else { "coalesced" });
+        metrics::gauge!("intercom_token_cache_entries", "cache" => self.name)
+            .set(self.positive.entry_count() as f64);
+        match result {
+            Ok(v) => Loaded::Value(v),
+            Err(shared) => {
+                let (rejected, e) = (*shared).clone();
+                if rejected {
+                    self.negative.insert(key, ()).await;
+                    Loaded::Rejected(e)
+                } else {
+                    Loaded::Failed(e)
+                }
+            }
+        }
+    }
+
+    /// Drops a token's entries (revocation, logout).
+    pub async fn invalidate(&self, key: &CacheKey) {
+        self.positive.invalidate(key).await;
+        self.negative.invalidate(key).await;
+    }
+
+    /// Entries in the positive cache (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.positive.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Entry(u64);
+    impl Expiring for Entry {
+        fn expires_at(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn limits() -> CacheLimits {
+        CacheLimits {
+            capacity: 100,
+            max_ttl: Duration::from_secs(60),
+            negative_capacity: 10,
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_keyed_hashes_and_loads_are_shared() {
+        let cache: TokenCache<Entry> = TokenCache::new("test", &limits());
+        let other: TokenCache<Entry> = TokenCache::new("test", &limits());
+        let key = cache.key("secret-token");
+        assert_eq!(key, cache.key("secret-token"));
+        assert_ne!(key, other.key("secret-token"), "a per-process key");
+        assert!(matches!(cache.lookup(&key).await, Lookup::Miss));
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let calls = calls.clone();
+                cache.load::<(), _>(key, async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    LoadOutcome::Value(Entry(crate::broker::now_secs() + 30))
+                })
+            })
+            .collect();
+        futures_util::future::join_all(tasks).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(cache.lookup(&key).await, Lookup::Hit(_)));
+    }
+
+    #[tokio::test]
+    async fn rejected_tokens_are_cached_negatively_and_expired_entries_are_not_served() {
+        let cache: TokenCache<Entry> = TokenCache::new("test", &limits());
+        let bad = cache.key("bad");
+        let r = cache.load(bad, async { LoadOutcome::<Entry, &str>::Rejected("inactive") }).await;
+        assert!(matches!(r, Loaded::Rejected("inactive")));
+        assert!(matches!(cache.lookup(&bad).await, Lookup::NegativeHit));
+        let old = cache.key("old");
+        let _ = cache.load::<(), _>(old, async { LoadOutcome::Value(Entry(crate::broker::now_secs() - 1)) }).await;
+        assert!(matches!(cache.lookup(&old).await, Lookup::Miss));
+    }
+}
