@@ -66,13 +66,17 @@ fn main() -> ExitCode {
 fn serve(settings: Settings) -> ExitCode {
     intercom::telemetry::init_tracing(&settings.telemetry, std::io::stdout);
     let result = actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings)?;
-        app.run_until_stopped().await
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await.map_err(Into::into)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ intercom::startup::StartError::Settings(_)) => {
+            eprintln!("intercom: invalid configuration: {err}");
+            ExitCode::from(EX_CONFIG)
+        }
         Err(err) => {
-            eprintln!("intercom: {err}");
+            eprintln!("intercom: cannot start: {err}");
             ExitCode::FAILURE
         }
     }

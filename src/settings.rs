@@ -57,6 +57,10 @@ pub struct AuthServerSettings {
     pub connect_timeout: Duration,
     #[serde(default = "default_as_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Overrides the discovered `jwks_uri` (keys for JWT access tokens and signed
+    /// introspection answers).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
     /// Local validation of JWT access tokens from this issuer.
     #[serde(default)]
     pub jwt: JwtSettings,
@@ -111,7 +115,9 @@ impl Default for JwtSettings {
 }
 
 fn default_algorithms() -> Vec<String> {
-    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(10)
@@ -556,7 +562,8 @@ impl Settings {
                 header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
             }
             for (n, scope) in route.required_scopes.iter().enumerate() {
-                if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*') {
+                if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*')
+                {
                     return Err(SettingsError::new(
                         format!("routes[{i}].required_scopes[{n}]"),
                         format!("{scope:?} must be one scope, with '*' only at its end"),
@@ -585,7 +592,18 @@ impl Settings {
             positive("auth_server.connect_timeout", auth.connect_timeout)?;
             positive("auth_server.request_timeout", auth.request_timeout)?;
             for (a, alg) in auth.jwt.algorithms.iter().enumerate() {
-                if !matches!(alg.as_str(), "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA") {
+                if !matches!(
+                    alg.as_str(),
+                    "RS256"
+                        | "RS384"
+                        | "RS512"
+                        | "PS256"
+                        | "PS384"
+                        | "PS512"
+                        | "ES256"
+                        | "ES384"
+                        | "EdDSA"
+                ) {
                     return Err(SettingsError::new(
                         format!("auth_server.jwt.algorithms[{a}]"),
                         format!("{alg:?} is not an accepted asymmetric JWS algorithm"),
@@ -596,7 +614,10 @@ impl Settings {
         }
         let t = &self.tokens;
         Url::parse(&t.issuer).map_err(|_| {
-            SettingsError::new("tokens.issuer", format!("{:?} is not a valid URL", t.issuer))
+            SettingsError::new(
+                "tokens.issuer",
+                format!("{:?} is not a valid URL", t.issuer),
+            )
         })?;
         if !matches!(t.algorithm.as_str(), "ES256" | "RS256" | "EdDSA") {
             return Err(SettingsError::new(
@@ -620,7 +641,9 @@ impl Settings {
 
     /// Opens the configured secret store and checks that every reference resolves,
     /// naming the reference (never a value) when one does not.
-    pub fn secret_store(&self) -> Result<std::sync::Arc<dyn crate::secrets::SecretStore>, SettingsError> {
+    pub fn secret_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::secrets::SecretStore>, SettingsError> {
         use crate::secrets::{file::FileStore, SecretRef};
         let store: std::sync::Arc<dyn crate::secrets::SecretStore> = match &self.secrets.file {
             Some(path) => std::sync::Arc::new(

@@ -11,13 +11,24 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_actix_web::TracingLogger;
 
+use crate::broker::authserver;
+use crate::broker::edge::EdgeAuthenticator;
+use crate::broker::introspect::Introspector;
+use crate::broker::jwks::RemoteJwks;
+use crate::broker::mint::Minter;
+use crate::broker::validate::{JwtValidator, SignatureCheck};
+use crate::cache::CacheLimits;
 use crate::http::access_log::AccessLog;
 use crate::http::errors::{extractor_error, not_found};
+use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
 use crate::http::request_id;
+use crate::http::wellknown;
 use crate::proxy::forward::UpstreamClients;
+use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
+use crate::secrets::SecretRef;
 use crate::settings::Settings;
 use crate::telemetry;
 
@@ -29,6 +40,121 @@ pub struct Application {
     admin: Server,
     readiness: Arc<Readiness>,
     settings: Settings,
+    minter: Option<Arc<Minter>>,
+}
+
+/// Why Intercom could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error("authorization server: {0}")]
+    Discovery(#[from] crate::broker::authserver::DiscoveryError),
+    #[error("authorization server: no introspection_endpoint in its metadata")]
+    NoIntrospection,
+    #[error("signing keys: {0}")]
+    Keys(#[from] crate::broker::mint::MintError),
+}
+
+/// The broker parts built from `[auth_server]` and `[tokens]`.
+async fn build_edge(
+    settings: &Settings,
+    readiness: &Arc<Readiness>,
+) -> Result<Option<(Arc<EdgeAuthenticator>, Arc<Minter>)>, StartError> {
+    let Some(auth) = &settings.auth_server else {
+        return Ok(None);
+    };
+    let store = settings.secret_store()?;
+    let secret = store
+        .resolve(&SecretRef::parse(&auth.client_secret).map_err(|e| {
+            crate::settings::SettingsError {
+                key: "auth_server.client_secret".into(),
+                reason: e.to_string(),
+            }
+        })?)
+        .map_err(|e| crate::settings::SettingsError {
+            key: "auth_server.client_secret".into(),
+            reason: e.to_string(),
+        })?;
+    let http = authserver::http_client(auth.connect_timeout, auth.request_timeout);
+    let meta = authserver::discover(&http, &auth.issuer).await?;
+    readiness.report("authorization_server", DependencyState::Ok, false, None);
+    let jwks_uri = auth.jwks_uri.clone().unwrap_or(meta.jwks_uri.clone());
+    let jwks = RemoteJwks::new(http.clone(), jwks_uri, auth.jwt.jwks_cooldown);
+    if let Err(e) = jwks.fetch("start").await {
+        tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
+    }
+    jwks.spawn_refresh();
+    let signature = |algorithms: Vec<String>| SignatureCheck {
+        algorithms,
+        jwks: jwks.clone(),
+    };
+    let introspector = Introspector {
+        http: http.clone(),
+        endpoint: meta
+            .introspection_endpoint
+            .clone()
+            .ok_or(StartError::NoIntrospection)?,
+        issuer: meta.issuer.clone(),
+        client_id: auth.client_id.clone(),
+        client_secret: secret,
+        format: auth.introspection_format,
+        signature: signature(auth.jwt.algorithms.clone()),
+        leeway: auth.jwt.leeway,
+        default_lifetime: settings.tokens.cache_max_ttl,
+    };
+    let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
+        issuer: meta.issuer.clone(),
+        audiences: auth.jwt.audiences.clone(),
+        typ: auth.jwt.typ.clone(),
+        leeway: auth.jwt.leeway,
+        signature: signature(auth.jwt.algorithms.clone()),
+    });
+    let t = &settings.tokens;
+    let minter = Arc::new(Minter::new(
+        &t.algorithm,
+        &t.issuer,
+        t.lifetime,
+        t.jwks_max_age,
+    )?);
+    minter.spawn_rotation(t.key_rotation);
+    let limits = CacheLimits {
+        capacity: t.cache_capacity,
+        max_ttl: t.cache_max_ttl,
+        negative_capacity: t.negative_capacity,
+        negative_ttl: t.negative_ttl,
+    };
+    let edge = EdgeAuthenticator::new(introspector, validator, minter.clone(), &limits);
+    spawn_auth_server_check(http, auth.issuer.clone(), readiness.clone());
+    Ok(Some((Arc::new(edge), minter)))
+}
+
+/// Reports the AS in readiness every 15 s (not required: cached tokens keep working).
+fn spawn_auth_server_check(http: reqwest::Client, issuer: String, readiness: Arc<Readiness>) {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let readiness = Arc::downgrade(&readiness);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let Some(readiness) = readiness.upgrade() else {
+                return;
+            };
+            let state = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => (DependencyState::Ok, None),
+                Ok(r) => (
+                    DependencyState::Down,
+                    Some(format!("status {}", r.status())),
+                ),
+                Err(_) => (DependencyState::Down, Some("unreachable".to_string())),
+            };
+            readiness.report("authorization_server", state.0, false, state.1);
+        }
+    });
 }
 
 /// Stops a running application the way SIGTERM does.
@@ -56,13 +182,18 @@ impl ShutdownHandle {
 impl Application {
     /// Binds both listeners and builds the servers. Nothing is served until
     /// [`Application::run_until_stopped`].
-    pub fn build(settings: Settings) -> std::io::Result<Self> {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = telemetry::metrics_handle();
         let readiness = Arc::new(Readiness::default());
+        let edge = build_edge(&settings, &readiness).await?;
+        let minter = edge.as_ref().map(|(_, m)| m.clone());
         let proxy_state = web::Data::new(ProxyState {
             routes: RouteTable::new(&settings.routes, settings.server.upstream_cooldown),
             trusted_proxies: settings.server.trusted_proxies.clone(),
+            edge: edge.map(|(e, _)| e),
+            identity: IdentityHeaders::from_settings(&settings.tokens),
         });
+        let minter_data = minter.clone().map(web::Data::new);
         let listener = TcpListener::bind(&settings.server.listen)?;
         let port = listener.local_addr()?.port();
         let admin_listener = TcpListener::bind(&settings.server.admin_listen)?;
@@ -76,8 +207,17 @@ impl Application {
 
         let public = HttpServer::new(move || {
             let clients = UpstreamClients::new(&proxy_state.routes, max_connections);
-            App::new()
-                .app_data(proxy_state.clone())
+            let mut app = App::new();
+            if let Some(minter) = &minter_data {
+                app = app
+                    .app_data(minter.clone())
+                    .route("/.well-known/jwks.json", web::get().to(wellknown::jwks))
+                    .route(
+                        "/.well-known/oauth-authorization-server",
+                        web::get().to(wellknown::metadata),
+                    );
+            }
+            app.app_data(proxy_state.clone())
                 .app_data(clients)
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
@@ -117,7 +257,13 @@ impl Application {
             admin,
             readiness,
             settings,
+            minter,
         })
+    }
+
+    /// Intercom's signing keys, when it mints tokens (for rotation by hand and tests).
+    pub fn minter(&self) -> Option<Arc<Minter>> {
+        self.minter.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -71,7 +71,8 @@ pub async fn discover(
     http: &reqwest::Client,
     issuer: &str,
 ) -> Result<AuthServerMetadata, DiscoveryError> {
-    let url = IssuerUrl::new(issuer.to_string()).map_err(|_| DiscoveryError::BadIssuer(issuer.into()))?;
+    let url =
+        IssuerUrl::new(issuer.to_string()).map_err(|_| DiscoveryError::BadIssuer(issuer.into()))?;
     let meta = Metadata::discover_async(url, http)
         .await
         .map_err(|e| DiscoveryError::Failed {

@@ -137,7 +137,9 @@ impl EdgeAuthenticator {
         }
         match self.introspector.introspect(token).await {
             Ok(Introspection::Active(p)) => Ok(p),
-            Ok(Introspection::Inactive) => Err(EdgeError::Invalid("the token is not active".into())),
+            Ok(Introspection::Inactive) => {
+                Err(EdgeError::Invalid("the token is not active".into()))
+            }
             Err(e @ IntrospectError::Unverified(_)) => {
                 tracing::error!(error = %e, "introspection answer failed verification");
                 Err(EdgeError::Unavailable(

@@ -60,7 +60,8 @@ impl Introspector {
             Err(IntrospectError::Unverified(_)) => "unverified",
             Err(_) => "error",
         };
-        metrics::counter!("intercom_introspection_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!("intercom_introspection_requests_total", "outcome" => outcome)
+            .increment(1);
         result
     }
 

@@ -27,7 +27,9 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the private key.
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -260,7 +262,13 @@ mod tests {
     #[test]
     fn minted_tokens_verify_against_the_published_keys_across_rotation() {
         for alg in ["ES256", "RS256", "EdDSA"] {
-            let minter = Minter::new(alg, "https://intercom.test", Duration::from_secs(300), Duration::from_secs(60)).unwrap();
+            let minter = Minter::new(
+                alg,
+                "https://intercom.test",
+                Duration::from_secs(300),
+                Duration::from_secs(60),
+            )
+            .unwrap();
             let before = minter.mint(&principal(), "billing").unwrap();
             assert!(before.exp <= now_secs() + 300, "capped by the lifetime");
             minter.rotate().unwrap();
@@ -276,7 +284,8 @@ mod tests {
                     "EdDSA" => Box::new(jws::EdDSA.verifier_from_jwk(key).unwrap()),
                     _ => Box::new(jws::ES256.verifier_from_jwk(key).unwrap()),
                 };
-                let (payload, header) = jwt::decode_with_verifier(token.as_ref(), &*verifier).unwrap();
+                let (payload, header) =
+                    jwt::decode_with_verifier(token.as_ref(), &*verifier).unwrap();
                 assert_eq!(header.token_type(), Some("at+jwt"));
                 assert_eq!(payload.subject(), Some("alice"));
                 assert_eq!(payload.audience(), Some(vec!["billing"]));
@@ -287,7 +296,13 @@ mod tests {
 
     #[test]
     fn exp_never_passes_the_original_token() {
-        let minter = Minter::new("ES256", "https://i", Duration::from_secs(300), Duration::from_secs(60)).unwrap();
+        let minter = Minter::new(
+            "ES256",
+            "https://i",
+            Duration::from_secs(300),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let mut p = principal();
         p.exp = now_secs() + 20;
         assert_eq!(minter.mint(&p, "x").unwrap().exp, p.exp);

@@ -36,7 +36,10 @@ pub struct ScopePolicy {
 impl ScopePolicy {
     pub fn new(required: &[String], mode: ScopeMatch) -> Self {
         Self {
-            required: required.iter().map(|s| (Pattern::parse(s), s.clone())).collect(),
+            required: required
+                .iter()
+                .map(|s| (Pattern::parse(s), s.clone()))
+                .collect(),
             any: mode == ScopeMatch::Any,
         }
     }
@@ -78,10 +81,16 @@ mod tests {
     fn all_any_and_wildcards() {
         let all = ScopePolicy::new(&scopes("invoice_read orders_read"), ScopeMatch::All);
         assert!(all.check(&scopes("orders_read invoice_read x")).is_ok());
-        assert_eq!(all.check(&scopes("invoice_read")), Err("orders_read".into()));
+        assert_eq!(
+            all.check(&scopes("invoice_read")),
+            Err("orders_read".into())
+        );
         let any = ScopePolicy::new(&scopes("invoice_write admin"), ScopeMatch::Any);
         assert!(any.check(&scopes("admin")).is_ok());
-        assert_eq!(any.check(&scopes("invoice_read")), Err("invoice_write admin".into()));
+        assert_eq!(
+            any.check(&scopes("invoice_read")),
+            Err("invoice_write admin".into())
+        );
         let wild = ScopePolicy::new(&scopes("invoice_*"), ScopeMatch::All);
         assert!(wild.check(&scopes("invoice_read")).is_ok());
         assert!(wild.check(&scopes("invoicex")).is_err());

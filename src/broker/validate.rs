@@ -44,7 +44,9 @@ pub enum JwtError {
 /// True if the token has the shape of a JWS compact serialization with a JSON header.
 pub fn looks_like_jwt(token: &str) -> bool {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -72,8 +74,14 @@ impl SignatureCheck {
         if !self.algorithms.iter().any(|a| a == &alg) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        let kid = header.claim("kid").and_then(|v| v.as_str()).map(str::to_owned);
-        let typ = header.claim("typ").and_then(|v| v.as_str()).map(str::to_owned);
+        let kid = header
+            .claim("kid")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let typ = header
+            .claim("typ")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         let key = self
             .jwks
             .key_for(kid.as_deref(), &alg)
@@ -146,9 +154,17 @@ impl JwtValidator {
         token
             .split('.')
             .nth(1)
-            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-            .and_then(|p| p.get("iss").and_then(|i| i.as_str()).map(|i| i == self.issuer))
+            .and_then(|p| {
+                p.get("iss")
+                    .and_then(|i| i.as_str())
+                    .map(|i| i == self.issuer)
+            })
             .unwrap_or(false)
     }
 
@@ -168,8 +184,8 @@ impl JwtValidator {
             return Err(JwtError::WrongAudience);
         }
         let exp = check_times(&payload, self.leeway)?;
-        let claims: TokenClaims =
-            serde_json::from_value(serde_json::Value::Object(payload.into())).map_err(|_| JwtError::Malformed)?;
+        let claims: TokenClaims = serde_json::from_value(serde_json::Value::Object(payload.into()))
+            .map_err(|_| JwtError::Malformed)?;
         Ok(claims.into_principal(exp))
     }
 }

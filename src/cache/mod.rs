@@ -28,7 +28,12 @@ struct UntilExpiry {
 }
 
 impl<V: Expiring> Expiry<CacheKey, Arc<V>> for UntilExpiry {
-    fn expire_after_create(&self, _key: &CacheKey, value: &Arc<V>, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<V>,
+        _now: Instant,
+    ) -> Option<Duration> {
         let left = value.expires_at().saturating_sub(crate::broker::now_secs());
         Some(Duration::from_secs(left).min(self.max_ttl))
     }
@@ -144,7 +149,11 @@ impl<V: Expiring> TokenCache<V> {
                 }
             })
             .await;
-        self.count(if ran.load(Ordering::Relaxed) { "miss" } else { "coalesced" });
+        self.count(if ran.load(Ordering::Relaxed) {
+            "miss"
+        } else {
+            "coalesced"
+        });
         metrics::gauge!("intercom_token_cache_entries", "cache" => self.name)
             .set(self.positive.entry_count() as f64);
         match result {
@@ -221,11 +230,19 @@ mod tests {
     async fn rejected_tokens_are_cached_negatively_and_expired_entries_are_not_served() {
         let cache: TokenCache<Entry> = TokenCache::new("test", &limits());
         let bad = cache.key("bad");
-        let r = cache.load(bad, async { LoadOutcome::<Entry, &str>::Rejected("inactive") }).await;
+        let r = cache
+            .load(bad, async {
+                LoadOutcome::<Entry, &str>::Rejected("inactive")
+            })
+            .await;
         assert!(matches!(r, Loaded::Rejected("inactive")));
         assert!(matches!(cache.lookup(&bad).await, Lookup::NegativeHit));
         let old = cache.key("old");
-        let _ = cache.load::<(), _>(old, async { LoadOutcome::Value(Entry(crate::broker::now_secs() - 1)) }).await;
+        let _ = cache
+            .load::<(), _>(old, async {
+                LoadOutcome::Value(Entry(crate::broker::now_secs() - 1))
+            })
+            .await;
         assert!(matches!(cache.lookup(&old).await, Lookup::Miss));
     }
 }

@@ -34,6 +34,14 @@ pub enum ApiError {
     NoHealthyUpstream,
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("the token lacks the scope this route requires: {0}")]
+    InsufficientScope(String),
+    #[error("{0}")]
+    AuthServerUnavailable(String),
     #[error("an internal error occurred")]
     Internal,
 }
@@ -87,6 +95,18 @@ impl ApiError {
                 "shutting-down",
                 "Shutting down",
             ),
+            MissingToken => (StatusCode::UNAUTHORIZED, "missing-token", "Unauthorized"),
+            InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized"),
+            InsufficientScope(_) => (
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+            ),
+            AuthServerUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth-server-unavailable",
+                "Authorization server unavailable",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -109,10 +129,29 @@ impl ApiError {
         }
     }
 
+    /// The RFC 6750 challenge for 401 and 403 answers.
+    fn challenge(&self) -> Option<String> {
+        let quoted = |s: &str| s.replace(['"', '\\'], "'");
+        match self {
+            ApiError::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            ApiError::InvalidToken(why) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(why)
+            )),
+            ApiError::InsufficientScope(scope) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(scope)
+            )),
+            _ => None,
+        }
+    }
+
     /// The `Retry-After` seconds for answers that invite a retry.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            ApiError::NoHealthyUpstream | ApiError::ShuttingDown => Some(5),
+            ApiError::NoHealthyUpstream
+            | ApiError::ShuttingDown
+            | ApiError::AuthServerUnavailable(_) => Some(5),
             _ => None,
         }
     }
@@ -152,6 +191,9 @@ struct ProblemBody<'a> {
     request_id: Option<&'a str>,
 }
 
+/// The `realm` of every `WWW-Authenticate` challenge.
+pub const REALM: &str = "intercom";
+
 /// The base of every problem `type` URI; stable, documented in the README.
 pub const PROBLEM_TYPE_BASE: &str = "urn:intercom:problem:";
 
@@ -178,6 +220,11 @@ impl ResponseError for Problem {
         if let ApiError::MethodNotAllowed { allow } = &self.error {
             if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                 res.insert_header((header::ALLOW, v));
+            }
+        }
+        if let Some(challenge) = self.error.challenge() {
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.insert_header((header::WWW_AUTHENTICATE, v));
             }
         }
         if let Some(secs) = self.error.retry_after() {

@@ -5,3 +5,4 @@ pub mod access_log;
 pub mod errors;
 pub mod health;
 pub mod request_id;
+pub mod wellknown;

@@ -38,6 +38,32 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A header name as servers behind us may read it: lowercase, `_` as `-`.
+pub fn normalize_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Removes every header whose normalized name is in `names` (already normalized), so
+/// `X_User_Id` cannot stand in for `x-user-id`.
+pub fn remove_spellings(headers: &mut HeaderMap, names: &[&str]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            names.iter().any(|want| {
+                n.len() == want.len()
+                    && n.bytes()
+                        .zip(want.bytes())
+                        .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            })
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// A route's header rules, parsed once.
 #[derive(Debug, Clone, Default)]
 pub struct CompiledRules {
@@ -178,6 +204,27 @@ mod tests {
         assert!(h.get("te").is_none());
         assert!(h.get("connection").is_none());
         assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn identity_spellings_are_all_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-user-id",
+            "x_user_id",
+            "x-user_id",
+            "x-client-id",
+            "x-other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        remove_spellings(&mut h, &["x-user-id", "x-client-id"]);
+        assert_eq!(h.len(), 1);
+        assert!(h.get("x-other").is_some());
+        assert_eq!(normalize_name("X_User-ID"), "x-user-id");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The proxy: route table, path canonicalization, header hygiene and the forwarder.
 //!
 //! [`handle`] is the request path, one phase per step and in this order:
-//! canonicalize → pick route → rewrite → forward → filter response → record.
-//! Authentication, authorization and limits slot in after "pick route" as they land.
+//! canonicalize → pick route → authenticate → authorize → rewrite and inject → forward
+//! → filter response → record. Rate limits slot in after "authorize" as they land.
 
 pub mod forward;
 pub mod headers;
+pub mod identity;
 pub mod path;
 pub mod routes;
 pub mod upstreams;
@@ -14,17 +15,25 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
+use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
+use crate::settings::RouteAuth;
 use forward::{BodyFraming, OutboundRequest, UpstreamAnswer, UpstreamClients};
 use headers::ClientView;
+use identity::{BearerError, IdentityHeaders, TokenSource};
 use routes::{Match, Route, RouteTable};
 
 /// What the proxy shares across workers.
 pub struct ProxyState {
     pub routes: RouteTable,
     pub trusted_proxies: Vec<IpNet>,
+    /// The phantom-token flow; `None` when no authorization server is configured.
+    pub edge: Option<Arc<EdgeAuthenticator>>,
+    pub identity: IdentityHeaders,
 }
 
 /// The default service of the public listener: every request not served by Intercom
@@ -62,7 +71,9 @@ async fn proxy(
         name: route.name.clone(),
         metrics: route.metrics.clone(),
     });
-    let outbound = rewrite(req, state, route, &canonical);
+    let admitted = authenticate(req, state, route).await?;
+    authorize(route, admitted.as_ref().map(|(a, _)| a))?;
+    let outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
     let answer = forward::send(clients, route, outbound, payload).await?;
     Ok(filter_response(route, answer, req))
 }
@@ -83,6 +94,39 @@ fn pick_route<'a>(
     }
 }
 
+/// Admits the bearer token of a `bearer` route (from the cache when possible).
+async fn authenticate(
+    req: &HttpRequest,
+    state: &ProxyState,
+    route: &Route,
+) -> Result<Option<(Admitted, TokenSource)>, ApiError> {
+    if route.auth == RouteAuth::None {
+        return Ok(None);
+    }
+    let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
+    let (token, source) = match identity::extract_bearer(req, route.allow_query_token) {
+        Ok(found) => found,
+        Err(BearerError::Missing) => return Err(ApiError::MissingToken),
+        Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
+    };
+    match edge.admit(&token, &route.audience).await {
+        Ok(admitted) => Ok(Some((admitted, source))),
+        Err(EdgeError::Invalid(why)) => Err(ApiError::InvalidToken(why)),
+        Err(EdgeError::Unavailable(why)) => Err(ApiError::AuthServerUnavailable(why)),
+    }
+}
+
+/// Checks the route's scope policy, on every request, cache hit or miss alike.
+fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError> {
+    match admitted {
+        Some(a) => route
+            .scopes
+            .check(&a.token.principal.scopes)
+            .map_err(ApiError::InsufficientScope),
+        None => Ok(()),
+    }
+}
+
 /// The host the client asked for: the request target's authority, else `Host`.
 fn request_host(req: &HttpRequest) -> Option<&str> {
     req.uri()
@@ -98,15 +142,26 @@ fn rewrite(
     state: &ProxyState,
     route: &Route,
     canonical: &str,
+    admitted: Option<&(Admitted, TokenSource)>,
 ) -> OutboundRequest {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
     if let Some(query) = req.uri().query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
+        let query = match admitted {
+            Some((_, TokenSource::Query)) => identity::query_without_token(query),
+            _ => query.to_string(),
+        };
+        if !query.is_empty() {
+            path_and_query.push('?');
+            path_and_query.push_str(&query);
+        }
     }
     let framing = BodyFraming::of(req.headers());
     let mut headers: HeaderMap = req.headers().clone();
     headers::remove_hop_by_hop(&mut headers);
+    state.identity.strip(&mut headers, &route.internal_headers);
+    if let Some((admitted, _)) = admitted {
+        state.identity.inject(&mut headers, admitted);
+    }
     let view = ClientView {
         peer: req.peer_addr().map(|a| a.ip()),
         // Not `connection_info()`: it believes the client's `X-Forwarded-Proto`.

@@ -10,7 +10,8 @@ use url::Url;
 use super::headers::CompiledRules;
 use super::path::is_under;
 use super::upstreams::Upstreams;
-use crate::settings::{RouteSettings, RouteTimeouts};
+use crate::broker::policy::ScopePolicy;
+use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts};
 use crate::telemetry::RequestMetrics;
 
 /// How the matched prefix changes before forwarding.
@@ -35,6 +36,13 @@ pub struct Route {
     pub response_headers: CompiledRules,
     pub timeouts: RouteTimeouts,
     pub metrics: Arc<RequestMetrics>,
+    pub auth: RouteAuth,
+    pub scopes: ScopePolicy,
+    /// `aud` of the internal JWT.
+    pub audience: Arc<str>,
+    /// Headers a client may never send here, normalized (lowercase, `_` as `-`).
+    pub internal_headers: Vec<String>,
+    pub allow_query_token: bool,
 }
 
 /// What matching a request gave.
@@ -83,6 +91,15 @@ impl RouteTable {
                     response_headers: CompiledRules::compile(&r.response_headers),
                     timeouts: r.timeouts.clone(),
                     metrics: Arc::new(RequestMetrics::new(&r.name)),
+                    auth: r.auth,
+                    scopes: ScopePolicy::new(&r.required_scopes, r.scope_match),
+                    audience: Arc::from(r.audience.as_deref().unwrap_or(&r.name)),
+                    internal_headers: r
+                        .internal_headers
+                        .iter()
+                        .map(|h| super::headers::normalize_name(h))
+                        .collect(),
+                    allow_query_token: r.allow_query_token,
                 }
             })
             .collect();

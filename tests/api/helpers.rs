@@ -126,7 +126,9 @@ pub async fn spawn_app(extra_toml: &str) -> TestApp {
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     log_buffer();
-    let app = Application::build(settings).expect("application builds");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
     let port = app.port();
     let admin_port = app.admin_port();
     let shutdown = app.shutdown_handle();
