@@ -83,6 +83,11 @@ impl Introspector {
             .await
             .map_err(|e| IntrospectError::Unreachable(without_url(e)))?;
         let status = response.status();
+        if status == reqwest::StatusCode::BAD_REQUEST {
+            // Our request is well-formed, so the token is what the AS refused (some
+            // refuse structured tokens this way instead of answering active: false).
+            return Ok(Introspection::Inactive);
+        }
         if !status.is_success() {
             return Err(IntrospectError::Status(status.as_u16()));
         }

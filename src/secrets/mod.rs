@@ -45,8 +45,9 @@ impl std::fmt::Display for Secret {
 /// Why a secret could not be had. Names the reference, never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("{0:?} is not a secret reference (expected file:NAME)")]
-    BadReference(String),
+    /// Carries nothing: a misplaced value must not be echoed.
+    #[error("is not a secret reference (expected file:NAME; the value is not shown)")]
+    BadReference,
     #[error("secret {reference:?} not found in {store}")]
     NotFound { reference: String, store: String },
     #[error("secret store {store}: {reason}")]
@@ -63,7 +64,7 @@ impl SecretRef {
     pub fn parse(text: &str) -> Result<Self, SecretError> {
         match text.split_once(':') {
             Some(("file", name)) if !name.is_empty() => Ok(SecretRef::File(name.to_string())),
-            _ => Err(SecretError::BadReference(text.to_string())),
+            _ => Err(SecretError::BadReference),
         }
     }
 }

@@ -60,8 +60,11 @@ fn layers_apply_in_order_default_env_file_then_variables() {
 #[test]
 fn the_shipped_configs_are_valid() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    // Relative paths in the dev profile resolve from the repository root, which is
+    // where cargo runs integration tests.
     let env = vec![("INTERCOM_ENV".to_string(), "dev".to_string())];
-    Settings::load(&root, None, &env).unwrap_or_else(|e| panic!("dev: {e}"));
+    let dev = Settings::load(&root, None, &env).unwrap_or_else(|e| panic!("dev: {e}"));
+    assert!(dev.auth_server.is_some());
     Settings::load(&root, None, &Vec::new()).unwrap_or_else(|e| panic!("default: {e}"));
 }
 
@@ -135,6 +138,32 @@ fn validation_errors_name_the_key() {
         (String::new(), &[("INTERCOM__SERVER__DRAIN_TIMEOUT", "0s")], "server.drain_timeout"),
         ("[server]\nlisten_typo = \"x\"\n".into(), &[], "unknown field `listen_typo`"),
         ("[telemetry]\nlog_format = \"xml\"\n".into(), &[], "telemetry.log_format"),
+        (
+            format!("{ROUTE}auth = \"bearer\"\n"),
+            &[],
+            "routes[0].auth: \"bearer\" needs an [auth_server] section",
+        ),
+        (
+            "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"file:missing\"\n".into(),
+            &[],
+            "auth_server.client_secret: secret \"file:missing\" not found",
+        ),
+        (
+            "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"plain-text-secret\"\n".into(),
+            &[],
+            "auth_server.client_secret: is not a secret reference (expected file:NAME; the value is not shown)",
+        ),
+        (
+            "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"file:x\"\n[auth_server.jwt]\nalgorithms = [\"HS256\"]\n".into(),
+            &[],
+            "auth_server.jwt.algorithms[0]",
+        ),
+        (
+            format!("{ROUTE}required_scopes = [\"a*b\"]\n"),
+            &[],
+            "routes[0].required_scopes[0]",
+        ),
+        ("[tokens]\nalgorithm = \"HS256\"\n".into(), &[], "tokens.algorithm"),
     ];
     for (extra, env, expected) in cases {
         let message = error_for(&extra, env);
@@ -143,4 +172,13 @@ fn validation_errors_name_the_key() {
             "expected {expected:?} in {message:?}"
         );
     }
+}
+
+#[test]
+fn a_secret_written_where_a_reference_belongs_is_not_echoed() {
+    let message = error_for(
+        "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"s3cr3t-value\"\n",
+        &[],
+    );
+    assert!(!message.contains("s3cr3t-value"), "{message}");
 }

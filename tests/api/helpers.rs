@@ -93,6 +93,7 @@ pub fn settings_with(extra_toml: &str) -> Settings {
 
 /// A running in-process Intercom.
 pub struct TestApp {
+    pub minter: Option<std::sync::Arc<intercom::broker::mint::Minter>>,
     pub address: String,
     pub admin_address: String,
     pub port: u16,
@@ -132,6 +133,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let port = app.port();
     let admin_port = app.admin_port();
     let shutdown = app.shutdown_handle();
+    let minter = app.minter();
     actix_web::rt::spawn(app.run_until_stopped());
     let client = test_client();
     let live = format!("http://127.0.0.1:{admin_port}/health/live");
@@ -144,6 +146,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
     TestApp {
+        minter,
         address: format!("http://127.0.0.1:{port}"),
         admin_address: format!("http://127.0.0.1:{admin_port}"),
         port,
@@ -363,6 +366,53 @@ impl TestAuthServer {
             .to_string()
     }
 
+    /// A JWT signed with this AS's key (needs `SIGNING_KID`), with any header and claims.
+    pub async fn sign(&self, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let mut res = test_client()
+            .post(format!("{}/__test/sign", self.issuer))
+            .send_json(&serde_json::json!({ "header": header, "claims": claims }))
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["jwt"].as_str().unwrap().to_string()
+    }
+
+    /// Revokes a token at the AS (RFC 7009), as the client that holds it.
+    pub async fn revoke(&self, token: &str, client_id: &str, secret: &str) {
+        let res = test_client()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(client_id, secret)
+            .send_form(&[("token", token)])
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
+    /// A client-credentials JWT access token (RFC 9068) for a resource indicator.
+    pub async fn jwt_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        resource: &str,
+    ) -> String {
+        let mut res = test_client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, secret)
+            .send_form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ])
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {body}"))
+            .to_string()
+    }
+
     /// A user access token minted directly, with a chosen lifetime.
     pub async fn user_token(&self, sub: &str, scope: &str, ttl_secs: u64) -> String {
         let mut res = test_client()
@@ -379,6 +429,25 @@ impl TestAuthServer {
         let body: serde_json::Value = res.json().await.unwrap();
         body["access_token"].as_str().unwrap().to_string()
     }
+}
+
+/// Writes the secrets file Intercom reads its AS client secret from.
+pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secrets.toml");
+    std::fs::write(&path, "intercom_client_secret = \"intercom-dev-secret\"\n").unwrap();
+    (dir, path)
+}
+
+/// The `[secrets]` and `[auth_server]` sections for a test AS, plus `extra` lines in
+/// `[auth_server]`.
+pub fn auth_config(auth: &TestAuthServer, secrets: &Path, extra: &str) -> String {
+    format!(
+        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\n\
+         client_secret = \"file:intercom_client_secret\"\n{extra}\n",
+        secrets.display(),
+        auth.issuer
+    )
 }
 
 /// A small real HTTP server that answers with what it received, as JSON: method, path,

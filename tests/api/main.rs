@@ -6,5 +6,6 @@ mod harness;
 mod helpers;
 mod lifecycle;
 mod paths;
+mod phantom;
 mod proxy;
 mod streaming;

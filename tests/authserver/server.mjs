@@ -8,7 +8,7 @@
 // lifetime (the alternative, driving a browser login, tests nothing of Intercom).
 import Provider, { errors } from 'oidc-provider';
 import { readFileSync } from 'node:fs';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, createPrivateKey, sign as cryptoSign } from 'node:crypto';
 
 const port = Number(process.env.PORT || 9400);
 const host = process.env.HOST || '127.0.0.1';
@@ -168,6 +168,21 @@ provider.use(async (ctx, next) => {
     });
     token.expiresIn = Number(q.ttl || 600);
     ctx.body = { access_token: await token.save(), expires_in: token.expiresIn };
+    return;
+  }
+  if (ctx.path === '/__test/sign' && ctx.method === 'POST' && jwks) {
+    // Signs any header and claims with this AS's own key (only with SIGNING_KID), so
+    // tests can forge tokens that are validly signed yet wrong in one claim.
+    const body = await new Promise((resolve) => {
+      let data = '';
+      ctx.req.on('data', (c) => { data += c; });
+      ctx.req.on('end', () => resolve(JSON.parse(data)));
+    });
+    const header = { alg: 'RS256', kid: process.env.SIGNING_KID, ...body.header };
+    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${b64(header)}.${b64(body.claims)}`;
+    const key = createPrivateKey({ key: jwks.keys[0], format: 'jwk' });
+    ctx.body = { jwt: `${input}.${cryptoSign('sha256', Buffer.from(input), key).toString('base64url')}` };
     return;
   }
   if (ctx.path === '/token/introspection') {

@@ -1,0 +1,729 @@
+//! Phantom tokens at the edge, against the real oidc-provider: opaque (and JWT) tokens
+//! in, an internal JWT signed by Intercom out; bad tokens refused; the cache safe.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use josekit::jwk::JwkSet;
+use josekit::jws;
+use josekit::jwt;
+
+use crate::helpers::*;
+
+/// A bearer route to `upstream` (audience "billing").
+fn bearer_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\naudience = \"billing\"\n{extra}\n",
+        upstream.url()
+    )
+}
+
+async fn get_with(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+) -> awc::ClientResponse<
+    impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+> {
+    app.client
+        .get(app.url(path))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Verifies an internal JWT independently, against Intercom's published JWKS.
+async fn verify_internal(app: &TestApp, token: &str) -> jwt::JwtPayload {
+    let mut res = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res
+        .headers()
+        .get("cache-control")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
+    let set = JwkSet::from_bytes(res.body().await.unwrap()).unwrap();
+    let header = jwt::decode_header(token).unwrap();
+    assert_eq!(header.claim("typ").unwrap(), "at+jwt");
+    assert_eq!(header.claim("alg").unwrap(), "ES256");
+    let kid = header.claim("kid").unwrap().as_str().unwrap();
+    let key = set
+        .get(kid)
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("kid {kid} not published"));
+    let verifier = jws::ES256.verifier_from_jwk(key).unwrap();
+    jwt::decode_with_verifier(token, &verifier).unwrap().0
+}
+
+fn bearer_of(seen: &serde_json::Value) -> String {
+    seen["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[actix_web::test]
+async fn opaque_tokens_become_verified_internal_jwts() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}",
+        auth_config(&auth, &secrets, ""),
+        bearer_route(
+            "inv",
+            "/inv",
+            &upstream,
+            "required_scopes = [\"invoice_read\"]"
+        )
+    );
+    let app = spawn_app(&config).await;
+
+    // A client-credentials token.
+    let token = auth
+        .client_token("app", "app-dev-secret", "invoice_read invoice_write")
+        .await;
+    let mut res = get_with(&app, "/inv/1", &token).await;
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let internal = bearer_of(&seen);
+    assert_ne!(internal, token);
+    assert!(
+        !seen.to_string().contains(&token),
+        "the opaque token reached the upstream"
+    );
+    let claims = verify_internal(&app, &internal).await;
+    assert_eq!(claims.issuer(), Some("http://127.0.0.1:8080"));
+    assert_eq!(claims.audience(), Some(vec!["billing"]));
+    assert_eq!(claims.subject(), Some("app"));
+    assert_eq!(claims.claim("client_id").unwrap(), "app");
+    assert_eq!(claims.claim("scope").unwrap(), "invoice_read invoice_write");
+    let exp = claims.claim("exp").unwrap().as_u64().unwrap();
+    assert!(
+        exp <= now() + 300 && exp > now() + 200,
+        "at most the 5-minute lifetime"
+    );
+    assert!(claims.jwt_id().is_some());
+    assert_eq!(seen["headers"]["x-client-id"], serde_json::json!(["app"]));
+    assert_eq!(
+        seen["headers"]["x-scopes"],
+        serde_json::json!(["invoice_read invoice_write"])
+    );
+
+    // A user token: the subject comes through, and exp never passes the original's.
+    let user = auth.user_token("alice", "invoice_read", 60).await;
+    let mut res = get_with(&app, "/inv/2", &user).await;
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-user-id"], serde_json::json!(["alice"]));
+    let claims = verify_internal(&app, &bearer_of(&seen)).await;
+    assert_eq!(claims.subject(), Some("alice"));
+    assert!(claims.claim("exp").unwrap().as_u64().unwrap() <= now() + 60);
+
+    // The second call is a cache hit: same internal JWT, no new introspection.
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    let mut res = get_with(&app, "/inv/3", &user).await;
+    let again: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(bearer_of(&again), bearer_of(&seen));
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before
+    );
+
+    let mut meta = app
+        .client
+        .get(app.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
+    let meta: serde_json::Value = meta.json().await.unwrap();
+    assert_eq!(
+        meta["jwks_uri"],
+        "http://127.0.0.1:8080/.well-known/jwks.json"
+    );
+
+    let metrics = app.metrics().await;
+    for series in [
+        "intercom_token_cache_requests_total{cache=\"edge\",result=\"hit\"}",
+        "intercom_token_cache_requests_total{cache=\"edge\",result=\"miss\"}",
+        "intercom_introspection_requests_total{outcome=\"active\"}",
+        "intercom_introspection_duration_seconds_bucket",
+        "intercom_token_mint_duration_seconds_bucket",
+        "intercom_jwks_fetches_total{reason=\"start\"}",
+        "intercom_token_cache_entries{cache=\"edge\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+    for secret in [&token, &user, &internal] {
+        assert!(!metrics.contains(secret.as_str()), "a token is in /metrics");
+        assert!(
+            !captured_logs().contains(secret.as_str()),
+            "a token is in the logs"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn signed_introspection_answers_are_verified_and_fail_closed() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let route = bearer_route("inv", "/inv", &upstream, "");
+    let app = spawn_app(&format!(
+        "{}{route}",
+        auth_config(&auth, &secrets, "introspection_format = \"jwt\"")
+    ))
+    .await;
+    let token = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let mut res = get_with(&app, "/inv", &token).await;
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-client-id"], serde_json::json!(["app"]));
+
+    // Intercom trusts other keys than the AS signs with: nothing is admitted.
+    let impostor = TestAuthServer::start_with_env(&[("SIGNING_KID", "keystore-CHANGE-ME")]).await;
+    let wrong_keys = format!(
+        "introspection_format = \"jwt\"\njwks_uri = \"{}/jwks\"",
+        impostor.issuer
+    );
+    let strict = spawn_app(&format!(
+        "{}{route}",
+        auth_config(&auth, &secrets, &wrong_keys)
+    ))
+    .await;
+    let hits = upstream.hits();
+    let mut res = get_with(&strict, "/inv", &token).await;
+    let body = assert_problem(&mut res, 503).await;
+    assert_eq!(body["type"], "urn:intercom:problem:auth-server-unavailable");
+    assert!(res.headers().get("retry-after").is_some());
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "an unverified answer let a request through"
+    );
+    assert!(strict
+        .metrics()
+        .await
+        .contains("intercom_introspection_requests_total{outcome=\"unverified\"}"));
+}
+
+#[actix_web::test]
+async fn bad_tokens_are_refused_with_clear_challenges() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}{}{}",
+        auth_config(
+            &auth,
+            &secrets,
+            "[auth_server.jwt]\naudiences = [\"https://jwt.api.test\"]"
+        ),
+        bearer_route(
+            "inv",
+            "/inv",
+            &upstream,
+            "required_scopes = [\"invoice_write\"]"
+        ),
+        bearer_route(
+            "wild",
+            "/wild",
+            &upstream,
+            "required_scopes = [\"invoice_*\"]"
+        ),
+        bearer_route(
+            "any",
+            "/any",
+            &upstream,
+            "required_scopes = [\"admin\", \"invoice_read\"]\nscope_match = \"any\""
+        ),
+    );
+    let app = spawn_app(&config).await;
+
+    // No token, or another scheme: a bare challenge.
+    for auth_header in [None, Some("Basic YXBwOmFwcA==")] {
+        let mut req = app.client.get(app.url("/inv"));
+        if let Some(h) = auth_header {
+            req = req.insert_header(("authorization", h));
+        }
+        let mut res = req.send().await.unwrap();
+        let body = assert_problem(&mut res, 401).await;
+        assert_eq!(body["type"], "urn:intercom:problem:missing-token");
+        assert_eq!(
+            res.headers().get("www-authenticate").unwrap(),
+            "Bearer realm=\"intercom\""
+        );
+    }
+
+    let expired = auth.user_token("bob", "invoice_write", 1).await;
+    let revoked = auth
+        .client_token("app", "app-dev-secret", "invoice_write")
+        .await;
+    auth.revoke(&revoked, "app", "app-dev-secret").await;
+    let wrong_aud = auth
+        .jwt_token(
+            "app",
+            "app-dev-secret",
+            "invoice_write",
+            "https://jwt.other.test",
+        )
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", expired),
+        ("revoked", revoked),
+        ("unknown", "never-issued-token".into()),
+        ("malformed", "a\"b".into()),
+        ("oversized", "a".repeat(10_000)),
+        ("wrong audience", wrong_aud),
+    ];
+    let hits = upstream.hits();
+    for (name, token) in cases {
+        let mut res = get_with(&app, "/inv", &token).await;
+        let body = assert_problem(&mut res, 401).await;
+        assert_eq!(body["type"], "urn:intercom:problem:invalid-token", "{name}");
+        let challenge = res
+            .headers()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(
+            challenge.starts_with("Bearer realm=\"intercom\", error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        assert!(
+            !challenge.contains(token.as_str()),
+            "{name}: the challenge quotes the token"
+        );
+    }
+    assert_eq!(upstream.hits(), hits, "a bad token reached the upstream");
+
+    // A JWT for the right audience is validated locally, without introspection.
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    let good_jwt = auth
+        .jwt_token(
+            "app",
+            "app-dev-secret",
+            "invoice_write",
+            "https://jwt.api.test",
+        )
+        .await;
+    assert_eq!(get_with(&app, "/inv", &good_jwt).await.status(), 200);
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before
+    );
+
+    // Scopes: missing → 403 naming it; wildcard and any-of pass.
+    let reader = auth
+        .client_token("reader", "reader-dev-secret", "invoice_read")
+        .await;
+    let mut res = get_with(&app, "/inv", &reader).await;
+    let body = assert_problem(&mut res, 403).await;
+    assert_eq!(body["type"], "urn:intercom:problem:insufficient-scope");
+    assert_eq!(
+        res.headers().get("www-authenticate").unwrap(),
+        "Bearer realm=\"intercom\", error=\"insufficient_scope\", scope=\"invoice_write\""
+    );
+    assert_eq!(get_with(&app, "/wild", &reader).await.status(), 200);
+    assert_eq!(get_with(&app, "/any", &reader).await.status(), 200);
+    // The cached entry is checked again on every request.
+    assert_eq!(get_with(&app, "/inv", &reader).await.status(), 403);
+}
+
+#[actix_web::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\ninternal_headers = [\"x-internal-role\"]\n",
+        auth_config(&auth, &secrets, ""),
+        bearer_route("inv", "/inv", &upstream, "internal_headers = [\"x-internal-role\"]"),
+        upstream.url()
+    );
+    let app = spawn_app(&config).await;
+    let token = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let spoofs = [
+        ("X-User-Id", "mallory"),
+        ("x_user_id", "mallory"),
+        ("X_USER-ID", "mallory"),
+        ("x-user_id", "mallory"),
+        ("X-Client_Id", "evil-client"),
+        ("x_scopes", "admin"),
+        ("X_Internal_Role", "root"),
+        ("x-internal-role", "root"),
+    ];
+    for path in ["/inv", "/open"] {
+        let mut req = app
+            .client
+            .get(app.url(path))
+            .insert_header(("authorization", format!("Bearer {token}")));
+        for (name, value) in spoofs {
+            req = req.insert_header((name, value));
+        }
+        let mut res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let seen: serde_json::Value = res.json().await.unwrap();
+        let text = seen["headers"].to_string();
+        for bad in ["mallory", "evil-client", "\"admin\"", "root"] {
+            assert!(
+                !text.contains(bad),
+                "{path}: spoofed {bad} reached the upstream: {text}"
+            );
+        }
+        let names: Vec<&String> = seen["headers"].as_object().unwrap().keys().collect();
+        assert!(!names.iter().any(|n| n.contains('_')), "{path}: {names:?}");
+        if path == "/inv" {
+            assert_eq!(seen["headers"]["x-client-id"], serde_json::json!(["app"]));
+        }
+    }
+}
+
+#[actix_web::test]
+async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
+    let auth = TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key-1")]).await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}",
+        auth_config(
+            &auth,
+            &secrets,
+            "[auth_server.jwt]\naudiences = [\"https://api.test\"]\ntyp = \"at+jwt\""
+        ),
+        bearer_route("inv", "/inv", &upstream, "")
+    );
+    let app = spawn_app(&config).await;
+    let iss = auth.issuer.clone();
+    let claims = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "iss": iss, "aud": "https://api.test", "sub": "eve", "client_id": "app",
+            "scope": "invoice_read", "iat": now(), "exp": now() + 300,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let typ = serde_json::json!({ "typ": "at+jwt" });
+
+    // The control: validly signed and right in every claim.
+    let good = auth.sign(typ.clone(), claims(serde_json::json!({}))).await;
+    assert_eq!(get_with(&app, "/inv", &good).await.status(), 200);
+
+    let b64 = |v: serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let body = b64(claims(serde_json::json!({})));
+    let alg_none = format!(
+        "{}.{body}.",
+        b64(serde_json::json!({"alg": "none", "typ": "at+jwt"}))
+    );
+    // HS256 "signed" with the AS's public key as the HMAC secret.
+    let mut jwks_res = test_client()
+        .get(format!("{iss}/jwks"))
+        .send()
+        .await
+        .unwrap();
+    let public_jwks = jwks_res.body().await.unwrap();
+    let hs_header = b64(serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "as-key-1"}));
+    let hs_signer = jws::HS256.signer_from_bytes(&public_jwks).unwrap();
+    let hs_input = format!("{hs_header}.{body}");
+    let hs_sig = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(jws::JwsSigner::sign(&hs_signer, hs_input.as_bytes()).unwrap())
+    };
+    let forged = vec![
+        ("alg none", alg_none),
+        ("HS256 with the public key", format!("{hs_input}.{hs_sig}")),
+        (
+            "unknown kid",
+            auth.sign(
+                serde_json::json!({"typ": "at+jwt", "kid": "no-such-key"}),
+                claims(serde_json::json!({})),
+            )
+            .await,
+        ),
+        (
+            "kid path trick",
+            auth.sign(
+                serde_json::json!({"typ": "at+jwt", "kid": "../../../../etc/passwd"}),
+                claims(serde_json::json!({})),
+            )
+            .await,
+        ),
+        (
+            "missing exp",
+            auth.sign(typ.clone(), claims(serde_json::json!({"exp": null})))
+                .await,
+        ),
+        (
+            "expired",
+            auth.sign(
+                typ.clone(),
+                claims(serde_json::json!({"exp": now() - 3600})),
+            )
+            .await,
+        ),
+        (
+            "not yet valid",
+            auth.sign(
+                typ.clone(),
+                claims(serde_json::json!({"nbf": now() + 3600})),
+            )
+            .await,
+        ),
+        (
+            "wrong aud",
+            auth.sign(
+                typ.clone(),
+                claims(serde_json::json!({"aud": "https://other.test"})),
+            )
+            .await,
+        ),
+        (
+            "wrong typ",
+            auth.sign(
+                serde_json::json!({"typ": "JWT"}),
+                claims(serde_json::json!({})),
+            )
+            .await,
+        ),
+        (
+            "wrong iss",
+            auth.sign(
+                typ.clone(),
+                claims(serde_json::json!({"iss": "https://evil.test"})),
+            )
+            .await,
+        ),
+        ("tampered", {
+            let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+            parts[1] = b64(claims(serde_json::json!({"scope": "admin"})));
+            parts.join(".")
+        }),
+    ];
+    let hits = upstream.hits();
+    for (name, token) in &forged {
+        let mut res = get_with(&app, "/inv", token).await;
+        let body = assert_problem(&mut res, 401).await;
+        assert_eq!(body["type"], "urn:intercom:problem:invalid-token", "{name}");
+    }
+    assert_eq!(upstream.hits(), hits, "a forged token reached the upstream");
+
+    // A flood of unknown kids: at most one JWKS fetch per cooldown.
+    let before = auth.stats().await["jwks"].as_u64().unwrap();
+    let mut flood = Vec::new();
+    for i in 0..40 {
+        flood.push(
+            auth.sign(
+                serde_json::json!({"typ": "at+jwt", "kid": format!("flood-{i}")}),
+                claims(serde_json::json!({})),
+            )
+            .await,
+        );
+    }
+    let results: Vec<u16> = futures_util::stream::iter(flood.iter())
+        .map(|t| async { get_with(&app, "/inv", t).await.status().as_u16() })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    assert!(results.iter().all(|s| *s == 401));
+    let fetched = auth.stats().await["jwks"].as_u64().unwrap() - before;
+    assert!(
+        fetched <= 1,
+        "{fetched} JWKS fetches for an unknown-kid flood"
+    );
+}
+
+#[actix_web::test]
+async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n{}",
+        auth_config(&auth, &secrets, ""),
+        bearer_route("inv", "/inv", &upstream, "")
+    );
+    let app = spawn_app(&config).await;
+    let token = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..256)
+        .map(|_| {
+            let client = test_client();
+            let url = app.url("/inv");
+            let token = token.clone();
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = auth.stats().await["introspection"].as_u64().unwrap();
+    assert_eq!(
+        after - before,
+        1,
+        "256 concurrent requests with one new token"
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains("intercom_token_cache_requests_total{cache=\"edge\",result=\"coalesced\"}"));
+
+    // 10,000 junk tokens, then the good one: still a hit.
+    let junk: Vec<u16> = futures_util::stream::iter(0..10_000)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url("/inv");
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer junk-{i}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(junk.iter().all(|s| *s == 401));
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    assert_eq!(get_with(&app, "/inv", &token).await.status(), 200);
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before,
+        "the good token was evicted by junk"
+    );
+    // A junk token seen recently is a negative hit: no new introspection.
+    assert_eq!(get_with(&app, "/inv", "junk-again").await.status(), 401);
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    assert_eq!(get_with(&app, "/inv", "junk-again").await.status(), 401);
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains("intercom_token_cache_requests_total{cache=\"edge\",result=\"negative_hit\"}"));
+}
+
+#[actix_web::test]
+async fn key_rotation_under_load_fails_no_request() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}",
+        auth_config(&auth, &secrets, ""),
+        bearer_route("inv", "/inv", &upstream, "")
+    );
+    let app = spawn_app(&config).await;
+    let minter = app.minter.clone().unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..10 {
+        tokens.push(
+            auth.client_token("app", "app-dev-secret", "invoice_read")
+                .await,
+        );
+    }
+    let mut internal = Vec::new();
+    for round in 0..6 {
+        let seen: Vec<(u16, String)> = futures_util::stream::iter(tokens.iter())
+            .map(|t| async {
+                let mut res = get_with(&app, "/inv", t).await;
+                let status = res.status().as_u16();
+                let body: serde_json::Value = res.json().await.unwrap();
+                (status, bearer_of(&body))
+            })
+            .buffer_unordered(10)
+            .collect()
+            .await;
+        assert!(
+            seen.iter().all(|(s, _)| *s == 200),
+            "round {round}: {seen:?}"
+        );
+        internal.extend(seen.into_iter().map(|(_, t)| t));
+        if round % 2 == 0 {
+            minter.rotate().unwrap();
+        }
+    }
+    // Every token any upstream received still verifies against the published JWKS.
+    for token in &internal {
+        verify_internal(&app, token).await;
+    }
+}
+
+#[actix_web::test]
+async fn cached_tokens_outlive_an_unreachable_auth_server() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let (_dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}",
+        auth_config(&auth, &secrets, "request_timeout = \"1s\""),
+        bearer_route("inv", "/inv", &upstream, "")
+    );
+    let app = spawn_app(&config).await;
+    let cached = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let fresh = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    assert_eq!(get_with(&app, "/inv", &cached).await.status(), 200);
+    drop(auth);
+    assert_eq!(
+        get_with(&app, "/inv", &cached).await.status(),
+        200,
+        "cached token stopped working"
+    );
+    let mut res = get_with(&app, "/inv", &fresh).await;
+    let body = assert_problem(&mut res, 503).await;
+    assert_eq!(body["type"], "urn:intercom:problem:auth-server-unavailable");
+    assert!(res.headers().get("retry-after").is_some());
+}
