@@ -31,6 +31,30 @@ pub struct CachedToken {
     minted: Mutex<Vec<(Arc<str>, Minted)>>,
 }
 
+impl CachedToken {
+    pub fn new(principal: Principal) -> Self {
+        Self {
+            principal,
+            minted: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The internal JWT minted for `audience`, unless missing or within `margin`
+    /// seconds of its expiry (and the original token lives longer than that).
+    pub fn cached_jwt(&self, audience: &str, margin: u64) -> Option<Arc<str>> {
+        let minted = self.minted.lock().expect("minted list lock");
+        let (_, m) = minted.iter().find(|(a, _)| a.as_ref() == audience)?;
+        (m.exp > now_secs() + margin || m.exp >= self.principal.exp).then(|| m.jwt.clone())
+    }
+
+    /// Keeps `minted` as the JWT for `audience`.
+    pub fn store_jwt(&self, audience: &Arc<str>, minted: Minted) {
+        let mut list = self.minted.lock().expect("minted list lock");
+        list.retain(|(a, _)| a != audience);
+        list.push((audience.clone(), minted));
+    }
+}
+
 impl Expiring for CachedToken {
     fn expires_at(&self) -> u64 {
         self.principal.exp
@@ -79,14 +103,11 @@ impl EdgeAuthenticator {
                     match self.authenticate(token).await {
                         Ok(principal) => {
                             // Mint now, off the hit path: the JWT is cached with the result.
-                            let minted = match self.minter.mint(&principal, audience) {
-                                Ok(m) => vec![(audience.clone(), m)],
-                                Err(_) => Vec::new(),
-                            };
-                            LoadOutcome::Value(CachedToken {
-                                principal,
-                                minted: Mutex::new(minted),
-                            })
+                            let entry = CachedToken::new(principal);
+                            if let Ok(m) = self.minter.mint(&entry.principal, audience) {
+                                entry.store_jwt(audience, m);
+                            }
+                            LoadOutcome::Value(entry)
                         }
                         Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
                         Err(e @ EdgeError::Unavailable(_)) => LoadOutcome::Failed(e),
@@ -105,24 +126,16 @@ impl EdgeAuthenticator {
     /// The cached internal JWT for the audience, minted anew when missing or within a
     /// quarter of its lifetime of expiring.
     fn jwt_for(&self, entry: &CachedToken, audience: &Arc<str>) -> Result<Arc<str>, EdgeError> {
-        let now = now_secs();
         let margin = (self.minter.lifetime().as_secs() / 4).max(1);
-        {
-            let minted = entry.minted.lock().expect("minted list lock");
-            if let Some((_, m)) = minted.iter().find(|(a, _)| a == audience) {
-                if m.exp > now + margin || m.exp >= entry.principal.exp {
-                    return Ok(m.jwt.clone());
-                }
-            }
+        if let Some(jwt) = entry.cached_jwt(audience, margin) {
+            return Ok(jwt);
         }
         let fresh = self
             .minter
             .mint(&entry.principal, audience)
             .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
         let jwt = fresh.jwt.clone();
-        let mut minted = entry.minted.lock().expect("minted list lock");
-        minted.retain(|(a, _)| a != audience);
-        minted.push((audience.clone(), fresh));
+        entry.store_jwt(audience, fresh);
         Ok(jwt)
     }
 

@@ -44,6 +44,18 @@ impl RemoteJwks {
         })
     }
 
+    /// A key set known up front (benchmarks, tests); `fetch` still replaces it.
+    pub fn with_keys(
+        http: reqwest::Client,
+        uri: String,
+        cooldown: Duration,
+        keys: JwkSet,
+    ) -> Arc<Self> {
+        let jwks = Self::new(http, uri, cooldown);
+        jwks.keys.store(Arc::new(keys));
+        jwks
+    }
+
     /// Fetches the key set now and swaps it in.
     pub async fn fetch(&self, reason: &'static str) -> Result<(), JwksError> {
         let mut last = self.last_fetch.lock().await;

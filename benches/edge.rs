@@ -1,0 +1,140 @@
+//! Criterion benchmarks of the edge's hot pieces: the cache-hit path (keyed hash,
+//! lookup, cached JWT, scope check), local JWT validation, and minting.
+//!
+//! `cargo bench --bench edge`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use intercom::broker::edge::CachedToken;
+use intercom::broker::jwks::RemoteJwks;
+use intercom::broker::mint::Minter;
+use intercom::broker::policy::ScopePolicy;
+use intercom::broker::validate::{JwtValidator, SignatureCheck};
+use intercom::broker::{now_secs, Principal};
+use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
+use intercom::settings::ScopeMatch;
+use josekit::jwk::JwkSet;
+
+fn principal() -> Principal {
+    Principal {
+        sub: Some("alice".into()),
+        client_id: Some("app".into()),
+        scopes: vec!["invoice_read".into(), "invoice_write".into()],
+        exp: now_secs() + 3600,
+        ..Default::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let limits = CacheLimits {
+        capacity: 100_000,
+        max_ttl: Duration::from_secs(3600),
+        negative_capacity: 10_000,
+        negative_ttl: Duration::from_secs(10),
+    };
+    let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
+    let minter = Minter::new(
+        "ES256",
+        "https://intercom.test",
+        Duration::from_secs(300),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let audience: Arc<str> = Arc::from("billing");
+    let tokens: Vec<String> = (0..1000)
+        .map(|i| format!("opaque-token-{i:04}-abcdefghijklmnopqrstuvwxyz"))
+        .collect();
+    rt.block_on(async {
+        for t in &tokens {
+            let entry = CachedToken::new(principal());
+            entry.store_jwt(&audience, minter.mint(&entry.principal, &audience).unwrap());
+            let _ = cache
+                .load::<(), _>(cache.key(t), async { LoadOutcome::Value(entry) })
+                .await;
+        }
+    });
+    let policy = ScopePolicy::new(&["invoice_*".to_string()], ScopeMatch::All);
+    let mut i = 0usize;
+    c.bench_function(
+        "edge cache hit (hash, lookup, cached JWT, scope check)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % tokens.len();
+                rt.block_on(async {
+                    let key = cache.key(&tokens[i]);
+                    let Lookup::Hit(entry) = cache.lookup(&key).await else {
+                        panic!("miss")
+                    };
+                    policy.check(&entry.principal.scopes).unwrap();
+                    entry.cached_jwt(&audience, 75).unwrap()
+                })
+            })
+        },
+    );
+}
+
+fn jwt_validation(c: &mut Criterion) {
+    let rt = runtime();
+    // An "AS" key pair: minted tokens stand in for the AS's JWT access tokens.
+    let minter = Minter::new(
+        "ES256",
+        "https://as.test",
+        Duration::from_secs(300),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let keys = JwkSet::from_bytes(minter.jwks().to_string()).unwrap();
+    let jwks = RemoteJwks::with_keys(
+        reqwest::Client::new(),
+        "http://127.0.0.1:1/jwks".into(),
+        Duration::from_secs(30),
+        keys,
+    );
+    let validator = JwtValidator {
+        issuer: "https://as.test".into(),
+        audiences: vec!["api".into()],
+        typ: Some("at+jwt".into()),
+        leeway: Duration::from_secs(10),
+        signature: SignatureCheck {
+            algorithms: vec!["ES256".into()],
+            jwks,
+        },
+    };
+    let token = minter.mint(&principal(), "api").unwrap().jwt;
+    c.bench_function("validate ES256 JWT access token", |b| {
+        b.iter(|| rt.block_on(validator.validate(&token)).unwrap())
+    });
+}
+
+fn minting(c: &mut Criterion) {
+    for alg in ["ES256", "EdDSA", "RS256"] {
+        let minter = Minter::new(
+            alg,
+            "https://intercom.test",
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        let p = principal();
+        c.bench_function(&format!("mint internal JWT ({alg})"), |b| {
+            b.iter(|| minter.mint(&p, "billing").unwrap())
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = cache_hit, jwt_validation, minting
+}
+criterion_main!(benches);
