@@ -67,6 +67,14 @@ async fn build_edge(
         return Ok(None);
     };
     let store = settings.secret_store()?;
+    if let Some(path) = &settings.secrets.file {
+        readiness.report(
+            "secret_store",
+            DependencyState::Ok,
+            true,
+            Some(format!("file {}", path.display())),
+        );
+    }
     let secret = store
         .resolve(&SecretRef::parse(&auth.client_secret).map_err(|e| {
             crate::settings::SettingsError {
