@@ -353,10 +353,32 @@ impl TestAuthServer {
 
     /// A client-credentials access token (opaque).
     pub async fn client_token(&self, client_id: &str, secret: &str, scope: &str) -> String {
+        self.token(client_id, secret, &[("scope", scope)]).await
+    }
+
+    /// A client-credentials JWT access token (RFC 9068) for a resource indicator.
+    pub async fn jwt_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        resource: &str,
+    ) -> String {
+        self.token(
+            client_id,
+            secret,
+            &[("scope", scope), ("resource", resource)],
+        )
+        .await
+    }
+
+    async fn token(&self, client_id: &str, secret: &str, params: &[(&str, &str)]) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend_from_slice(params);
         let mut res = test_client()
             .post(format!("{}/token", self.issuer))
             .basic_auth(client_id, secret)
-            .send_form(&[("grant_type", "client_credentials"), ("scope", scope)])
+            .send_form(&form)
             .await
             .unwrap();
         let body: serde_json::Value = res.json().await.unwrap();
@@ -386,31 +408,6 @@ impl TestAuthServer {
             .await
             .unwrap();
         assert!(res.status().is_success());
-    }
-
-    /// A client-credentials JWT access token (RFC 9068) for a resource indicator.
-    pub async fn jwt_token(
-        &self,
-        client_id: &str,
-        secret: &str,
-        scope: &str,
-        resource: &str,
-    ) -> String {
-        let mut res = test_client()
-            .post(format!("{}/token", self.issuer))
-            .basic_auth(client_id, secret)
-            .send_form(&[
-                ("grant_type", "client_credentials"),
-                ("scope", scope),
-                ("resource", resource),
-            ])
-            .await
-            .unwrap();
-        let body: serde_json::Value = res.json().await.unwrap();
-        body["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token: {body}"))
-            .to_string()
     }
 
     /// A user access token minted directly, with a chosen lifetime.

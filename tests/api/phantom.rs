@@ -10,6 +10,64 @@ use josekit::jwt;
 
 use crate::helpers::*;
 
+/// An Intercom in front of a real AS and upstream. Keep every field bound: dropping
+/// one stops that process.
+struct Edge {
+    auth: TestAuthServer,
+    upstream: TestUpstream,
+    app: TestApp,
+    _secrets: tempfile::TempDir,
+}
+
+/// Starts Intercom with `auth` as its AS (`as_extra` in `[auth_server]`) and the routes
+/// (and any other sections) that `rest` writes for the upstream.
+async fn start_edge(
+    auth: TestAuthServer,
+    as_extra: &str,
+    rest: impl FnOnce(&TestUpstream) -> String,
+) -> Edge {
+    let upstream = TestUpstream::start("billing");
+    let (dir, secrets) = secrets_file();
+    let config = format!(
+        "{}{}",
+        auth_config(&auth, &secrets, as_extra),
+        rest(&upstream)
+    );
+    let app = spawn_app(&config).await;
+    Edge {
+        auth,
+        upstream,
+        app,
+        _secrets: dir,
+    }
+}
+
+/// Sends one request per token, `concurrency` at a time, and returns the statuses.
+async fn statuses(app: &TestApp, path: &str, tokens: Vec<String>, concurrency: usize) -> Vec<u16> {
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(concurrency))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    futures_util::stream::iter(tokens)
+        .map(|token| {
+            let client = client.clone();
+            let url = app.url(path);
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
 /// A bearer route to `upstream` (audience "billing").
 fn bearer_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
     format!(
@@ -81,20 +139,15 @@ fn now() -> u64 {
 
 #[actix_web::test]
 async fn opaque_tokens_become_verified_internal_jwts() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}",
-        auth_config(&auth, &secrets, ""),
-        bearer_route(
-            "inv",
-            "/inv",
-            &upstream,
-            "required_scopes = [\"invoice_read\"]"
-        )
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(TestAuthServer::start().await, "", |up| {
+        bearer_route("inv", "/inv", up, "required_scopes = [\"invoice_read\"]")
+    })
+    .await;
 
     // A client-credentials token.
     let token = auth
@@ -182,15 +235,19 @@ async fn opaque_tokens_become_verified_internal_jwts() {
 
 #[actix_web::test]
 async fn signed_introspection_answers_are_verified_and_fail_closed() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
+    let Edge {
+        auth,
+        upstream,
+        app,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start().await,
+        "introspection_format = \"jwt\"",
+        |up| bearer_route("inv", "/inv", up, ""),
+    )
+    .await;
     let (_dir, secrets) = secrets_file();
     let route = bearer_route("inv", "/inv", &upstream, "");
-    let app = spawn_app(&format!(
-        "{}{route}",
-        auth_config(&auth, &secrets, "introspection_format = \"jwt\"")
-    ))
-    .await;
     let token = auth
         .client_token("app", "app-dev-secret", "invoice_read")
         .await;
@@ -228,36 +285,29 @@ async fn signed_introspection_answers_are_verified_and_fail_closed() {
 
 #[actix_web::test]
 async fn bad_tokens_are_refused_with_clear_challenges() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}{}{}",
-        auth_config(
-            &auth,
-            &secrets,
-            "[auth_server.jwt]\naudiences = [\"https://jwt.api.test\"]"
-        ),
-        bearer_route(
-            "inv",
-            "/inv",
-            &upstream,
-            "required_scopes = [\"invoice_write\"]"
-        ),
-        bearer_route(
-            "wild",
-            "/wild",
-            &upstream,
-            "required_scopes = [\"invoice_*\"]"
-        ),
-        bearer_route(
-            "any",
-            "/any",
-            &upstream,
-            "required_scopes = [\"admin\", \"invoice_read\"]\nscope_match = \"any\""
-        ),
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        upstream,
+        app,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start().await,
+        "[auth_server.jwt]\naudiences = [\"https://jwt.api.test\"]",
+        |up| {
+            [
+                bearer_route("inv", "/inv", up, "required_scopes = [\"invoice_write\"]"),
+                bearer_route("wild", "/wild", up, "required_scopes = [\"invoice_*\"]"),
+                bearer_route(
+                    "any",
+                    "/any",
+                    up,
+                    "required_scopes = [\"admin\", \"invoice_read\"]\nscope_match = \"any\"",
+                ),
+            ]
+            .concat()
+        },
+    )
+    .await;
 
     // No token, or another scheme: a bare challenge.
     for auth_header in [None, Some("Basic YXBwOmFwcA==")] {
@@ -353,16 +403,19 @@ async fn bad_tokens_are_refused_with_clear_challenges() {
 
 #[actix_web::test]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\ninternal_headers = [\"x-internal-role\"]\n",
-        auth_config(&auth, &secrets, ""),
-        bearer_route("inv", "/inv", &upstream, "internal_headers = [\"x-internal-role\"]"),
-        upstream.url()
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(TestAuthServer::start().await, "", |up| {
+        format!(
+            "{}[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\ninternal_headers = [\"x-internal-role\"]\n",
+            bearer_route("inv", "/inv", up, "internal_headers = [\"x-internal-role\"]"),
+            up.url()
+        )
+    })
+    .await;
     let token = auth
         .client_token("app", "app-dev-secret", "invoice_read")
         .await;
@@ -404,19 +457,17 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 
 #[actix_web::test]
 async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
-    let auth = TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key-1")]).await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}",
-        auth_config(
-            &auth,
-            &secrets,
-            "[auth_server.jwt]\naudiences = [\"https://api.test\"]\ntyp = \"at+jwt\""
-        ),
-        bearer_route("inv", "/inv", &upstream, "")
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        upstream,
+        app,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key-1")]).await,
+        "[auth_server.jwt]\naudiences = [\"https://api.test\"]\ntyp = \"at+jwt\"",
+        |up| bearer_route("inv", "/inv", up, ""),
+    )
+    .await;
     let iss = auth.issuer.clone();
     let claims = |extra: serde_json::Value| {
         let mut c = serde_json::json!({
@@ -552,11 +603,7 @@ async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
             .await,
         );
     }
-    let results: Vec<u16> = futures_util::stream::iter(flood.iter())
-        .map(|t| async { get_with(&app, "/inv", t).await.status().as_u16() })
-        .buffer_unordered(20)
-        .collect()
-        .await;
+    let results = statuses(&app, "/inv", flood, 20).await;
     assert!(results.iter().all(|s| *s == 401));
     let fetched = auth.stats().await["jwks"].as_u64().unwrap() - before;
     assert!(
@@ -567,39 +614,24 @@ async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
 
 #[actix_web::test]
 async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n{}",
-        auth_config(&auth, &secrets, ""),
-        bearer_route("inv", "/inv", &upstream, "")
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(TestAuthServer::start().await, "", |up| {
+        format!(
+            "[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n{}",
+            bearer_route("inv", "/inv", up, "")
+        )
+    })
+    .await;
     let token = auth
         .client_token("app", "app-dev-secret", "invoice_read")
         .await;
     let before = auth.stats().await["introspection"].as_u64().unwrap();
-    let statuses: Vec<u16> = futures_util::stream::iter(0..256)
-        .map(|_| {
-            let client = test_client();
-            let url = app.url("/inv");
-            let token = token.clone();
-            async move {
-                client
-                    .get(url)
-                    .insert_header(("authorization", format!("Bearer {token}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let burst = statuses(&app, "/inv", vec![token.clone(); 256], 256).await;
+    assert!(burst.iter().all(|s| *s == 200), "{burst:?}");
     let after = auth.stats().await["introspection"].as_u64().unwrap();
     assert_eq!(
         after - before,
@@ -612,24 +644,8 @@ async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
         .contains("intercom_token_cache_requests_total{cache=\"edge\",result=\"coalesced\"}"));
 
     // 10,000 junk tokens, then the good one: still a hit.
-    let junk: Vec<u16> = futures_util::stream::iter(0..10_000)
-        .map(|i| {
-            let client = app.client.clone();
-            let url = app.url("/inv");
-            async move {
-                client
-                    .get(url)
-                    .insert_header(("authorization", format!("Bearer junk-{i}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let junk_tokens = (0..10_000).map(|i| format!("junk-{i}")).collect();
+    let junk = statuses(&app, "/inv", junk_tokens, 64).await;
     assert!(junk.iter().all(|s| *s == 401));
     let before = auth.stats().await["introspection"].as_u64().unwrap();
     assert_eq!(get_with(&app, "/inv", &token).await.status(), 200);
@@ -654,15 +670,15 @@ async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
 
 #[actix_web::test]
 async fn key_rotation_under_load_fails_no_request() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}",
-        auth_config(&auth, &secrets, ""),
-        bearer_route("inv", "/inv", &upstream, "")
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(TestAuthServer::start().await, "", |up| {
+        bearer_route("inv", "/inv", up, "")
+    })
+    .await;
     let minter = app.minter.clone().unwrap();
     let mut tokens = Vec::new();
     for _ in 0..10 {
@@ -700,15 +716,17 @@ async fn key_rotation_under_load_fails_no_request() {
 
 #[actix_web::test]
 async fn cached_tokens_outlive_an_unreachable_auth_server() {
-    let auth = TestAuthServer::start().await;
-    let upstream = TestUpstream::start("billing");
-    let (_dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}",
-        auth_config(&auth, &secrets, "request_timeout = \"1s\""),
-        bearer_route("inv", "/inv", &upstream, "")
-    );
-    let app = spawn_app(&config).await;
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start().await,
+        "request_timeout = \"1s\"",
+        |up| bearer_route("inv", "/inv", up, ""),
+    )
+    .await;
     let cached = auth
         .client_token("app", "app-dev-secret", "invoice_read")
         .await;
