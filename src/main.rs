@@ -71,7 +71,10 @@ fn serve(settings: Settings) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ intercom::startup::StartError::Settings(_)) => {
+        Err(
+            err @ (intercom::startup::StartError::Settings(_)
+            | intercom::startup::StartError::Secret { .. }),
+        ) => {
             eprintln!("intercom: invalid configuration: {err}");
             ExitCode::from(EX_CONFIG)
         }

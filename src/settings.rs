@@ -32,12 +32,99 @@ pub struct Settings {
 }
 
 /// Where secret references resolve.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SecretsSettings {
     /// A TOML file of `name = "value"`, for `file:NAME` references.
-    #[serde(default)]
     pub file: Option<PathBuf>,
+    /// Vault or OpenBao, for `vault:MOUNT/PATH#KEY` references.
+    pub vault: Option<VaultSettings>,
+    /// How often every referenced secret is checked for a new value.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            vault: None,
+            poll_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How to reach and authenticate to Vault (or OpenBao).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSettings {
+    /// e.g. `https://vault.internal:8200`
+    pub address: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `token` or `approle`.
+    pub auth: VaultAuth,
+    /// Token auth: a file holding the token, or the name of an environment variable.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// AppRole auth: where the role id and secret id are read from.
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+    #[serde(default)]
+    pub role_id_file: Option<PathBuf>,
+    #[serde(default)]
+    pub role_id_env: Option<String>,
+    #[serde(default)]
+    pub secret_id_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_id_env: Option<String>,
+    /// KV engine version of the mounts referenced: 2 (default) or 1.
+    #[serde(default = "default_kv_version")]
+    pub kv_version: u8,
+    #[serde(default = "default_vault_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_kv_version() -> u8 {
+    2
+}
+fn default_vault_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuth {
+    Token,
+    Approle,
+}
+
+/// A credential Intercom adds to a route's upstream requests, replacing whatever the
+/// client sent in that header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum InjectSettings {
+    /// `Authorization: Bearer <secret>`
+    Bearer { secret: String },
+    /// `<header>: <secret>`, e.g. an API key.
+    Header { header: String, secret: String },
+    /// `Authorization: Basic base64(<username>:<secret>)`
+    Basic { username: String, secret: String },
+}
+
+impl InjectSettings {
+    pub fn secret(&self) -> &str {
+        match self {
+            InjectSettings::Bearer { secret }
+            | InjectSettings::Header { secret, .. }
+            | InjectSettings::Basic { secret, .. } => secret,
+        }
+    }
 }
 
 /// The authorization server (RFC 8414 / OpenID discovery at the issuer).
@@ -295,6 +382,9 @@ pub struct RouteSettings {
     /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
     #[serde(default)]
     pub allow_query_token: bool,
+    /// A credential from the secret store to send upstream.
+    #[serde(default)]
+    pub inject: Option<InjectSettings>,
 }
 
 /// Header edits applied in the order remove → set → add.
@@ -421,7 +511,7 @@ impl Settings {
         let raw = builder.build().map_err(config_error)?;
         let settings: Settings = raw.try_deserialize().map_err(config_error)?;
         settings.validate()?;
-        settings.secret_store()?;
+        settings.check_file_secrets()?;
         Ok(settings)
     }
 
@@ -570,6 +660,22 @@ impl Settings {
                     ));
                 }
             }
+            if let Some(inject) = &route.inject {
+                crate::secrets::SecretRef::parse(inject.secret())
+                    .map_err(|e| SettingsError::new(key("inject.secret"), e.to_string()))?;
+                match inject {
+                    InjectSettings::Header { header, .. } => {
+                        header_name(&key("inject.header"), header)?
+                    }
+                    InjectSettings::Bearer { .. } if route.auth == RouteAuth::Bearer => {
+                        return Err(SettingsError::new(
+                            key("inject"),
+                            "a bearer credential would replace the internal JWT of an auth = \"bearer\" route",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             positive(&key("timeouts.connect"), route.timeouts.connect)?;
             positive(&key("timeouts.response"), route.timeouts.response)?;
             positive(&key("timeouts.total"), route.timeouts.total)?;
@@ -612,6 +718,22 @@ impl Settings {
             }
             positive("auth_server.jwt.jwks_cooldown", auth.jwt.jwks_cooldown)?;
         }
+        if let Some(vault) = &self.secrets.vault {
+            Url::parse(&vault.address).map_err(|_| {
+                SettingsError::new(
+                    "secrets.vault.address",
+                    format!("{:?} is not a valid URL", vault.address),
+                )
+            })?;
+            if !matches!(vault.kv_version, 1 | 2) {
+                return Err(SettingsError::new(
+                    "secrets.vault.kv_version",
+                    "must be 1 or 2",
+                ));
+            }
+            positive("secrets.vault.timeout", vault.timeout)?;
+        }
+        positive("secrets.poll_interval", self.secrets.poll_interval)?;
         let t = &self.tokens;
         Url::parse(&t.issuer).map_err(|_| {
             SettingsError::new(
@@ -639,27 +761,71 @@ impl Settings {
         Ok(())
     }
 
-    /// Opens the configured secret store and checks that every reference resolves,
-    /// naming the reference (never a value) when one does not.
-    pub fn secret_store(
+    /// Every secret reference in the configuration, with the key that holds it.
+    pub fn secret_references(
         &self,
-    ) -> Result<std::sync::Arc<dyn crate::secrets::SecretStore>, SettingsError> {
-        use crate::secrets::{file::FileStore, SecretRef};
-        let store: std::sync::Arc<dyn crate::secrets::SecretStore> = match &self.secrets.file {
-            Some(path) => std::sync::Arc::new(
-                FileStore::open(path)
-                    .map_err(|e| SettingsError::new("secrets.file", e.to_string()))?,
-            ),
-            None => std::sync::Arc::new(crate::secrets::EmptyStore),
+    ) -> Result<Vec<(String, crate::secrets::SecretRef)>, SettingsError> {
+        use crate::secrets::SecretRef;
+        let mut refs = Vec::new();
+        let mut add = |key: String, text: &str| {
+            SecretRef::parse(text)
+                .map(|r| refs.push((key.clone(), r)))
+                .map_err(|e| SettingsError::new(key, e.to_string()))
         };
         if let Some(auth) = &self.auth_server {
-            let reference = SecretRef::parse(&auth.client_secret)
-                .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
-            store
-                .resolve(&reference)
-                .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
+            add("auth_server.client_secret".into(), &auth.client_secret)?;
         }
-        Ok(store)
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(inject) = &route.inject {
+                add(format!("routes[{i}].inject.secret"), inject.secret())?;
+            }
+        }
+        Ok(refs)
+    }
+
+    /// Checks what can be checked without the network: `file:` references exist.
+    /// `vault:` references are resolved at start.
+    pub fn check_file_secrets(&self) -> Result<(), SettingsError> {
+        use crate::secrets::{file::FileStore, SecretRef};
+        let refs = self.secret_references()?;
+        let file_refs: Vec<_> = refs
+            .iter()
+            .filter_map(|(k, r)| match r {
+                SecretRef::File(name) => Some((k, r, name)),
+                _ => None,
+            })
+            .collect();
+        if file_refs.is_empty() {
+            return Ok(());
+        }
+        let Some(path) = &self.secrets.file else {
+            return Err(SettingsError::new(
+                file_refs[0].0.clone(),
+                format!(
+                    "secret {:?}: [secrets] file is not set",
+                    file_refs[0].1.to_string()
+                ),
+            ));
+        };
+        let store =
+            FileStore::open(path).map_err(|e| SettingsError::new("secrets.file", e.to_string()))?;
+        for (key, reference, name) in file_refs {
+            match store.lookup(name) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(SettingsError::new(
+                        key.clone(),
+                        format!(
+                            "secret {:?} not found in {}",
+                            reference.to_string(),
+                            path.display()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(SettingsError::new("secrets.file", e.to_string())),
+            }
+        }
+        Ok(())
     }
 }
 

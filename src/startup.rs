@@ -28,7 +28,10 @@ use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
-use crate::secrets::SecretRef;
+use crate::secrets::file::FileStore;
+use crate::secrets::registry::SecretRegistry;
+use crate::secrets::vault::VaultStore;
+use crate::secrets::{SecretRef, Stores};
 use crate::settings::Settings;
 use crate::telemetry;
 
@@ -56,36 +59,98 @@ pub enum StartError {
     NoIntrospection,
     #[error("signing keys: {0}")]
     Keys(#[from] crate::broker::mint::MintError),
+    #[error("{key}: {error}")]
+    Secret {
+        key: String,
+        error: crate::secrets::SecretError,
+    },
+}
+
+/// Opens the secret stores and resolves every reference in the configuration.
+async fn build_secrets(
+    settings: &Settings,
+    readiness: &Arc<Readiness>,
+) -> Result<Arc<SecretRegistry>, StartError> {
+    let refs = settings.secret_references()?;
+    let mut stores = Stores::default();
+    if let Some(path) = &settings.secrets.file {
+        stores.file = Some(FileStore::open(path).map_err(|error| StartError::Secret {
+            key: "secrets.file".into(),
+            error,
+        })?);
+    }
+    if let Some(vault) = &settings.secrets.vault {
+        stores.vault =
+            Some(
+                VaultStore::connect(vault)
+                    .await
+                    .map_err(|error| StartError::Secret {
+                        key: "secrets.vault".into(),
+                        error,
+                    })?,
+            );
+    }
+    let all: Vec<SecretRef> = refs.iter().map(|(_, r)| r.clone()).collect();
+    let registry = match SecretRegistry::resolve(stores, &all).await {
+        Ok(r) => Arc::new(r),
+        Err(error) => {
+            let failing = match &error {
+                crate::secrets::SecretError::NotFound { reference, .. }
+                | crate::secrets::SecretError::NoStore { reference, .. } => refs
+                    .iter()
+                    .find(|(_, r)| &r.to_string() == reference)
+                    .map(|(k, _)| k.clone()),
+                _ => None,
+            };
+            return Err(StartError::Secret {
+                key: failing.unwrap_or_else(|| "secrets".into()),
+                error,
+            });
+        }
+    };
+    if !refs.is_empty() {
+        readiness.report("secret_store", DependencyState::Ok, true, None);
+        let readiness = Arc::downgrade(readiness);
+        registry.spawn_watch(settings.secrets.poll_interval, move |ok, oldest| {
+            if let Some(readiness) = readiness.upgrade() {
+                let state = if ok {
+                    DependencyState::Ok
+                } else {
+                    DependencyState::Degraded
+                };
+                let detail = (!ok).then(|| {
+                    format!(
+                        "serving last-known values; oldest is {} s old",
+                        oldest.as_secs()
+                    )
+                });
+                // Last-known values keep serving: degraded, never a reason to be unready.
+                readiness.report("secret_store", state, false, detail);
+            }
+        });
+    }
+    Ok(registry)
 }
 
 /// The broker parts built from `[auth_server]` and `[tokens]`.
 async fn build_edge(
     settings: &Settings,
     readiness: &Arc<Readiness>,
+    secrets: &SecretRegistry,
 ) -> Result<Option<(Arc<EdgeAuthenticator>, Arc<Minter>)>, StartError> {
     let Some(auth) = &settings.auth_server else {
         return Ok(None);
     };
-    let store = settings.secret_store()?;
-    if let Some(path) = &settings.secrets.file {
-        readiness.report(
-            "secret_store",
-            DependencyState::Ok,
-            true,
-            Some(format!("file {}", path.display())),
-        );
-    }
-    let secret = store
-        .resolve(&SecretRef::parse(&auth.client_secret).map_err(|e| {
-            crate::settings::SettingsError {
-                key: "auth_server.client_secret".into(),
-                reason: e.to_string(),
-            }
-        })?)
-        .map_err(|e| crate::settings::SettingsError {
-            key: "auth_server.client_secret".into(),
-            reason: e.to_string(),
-        })?;
+    let secret = secrets
+        .cell(
+            &SecretRef::parse(&auth.client_secret)
+                .map_err(|error| StartError::Secret {
+                    key: "auth_server.client_secret".into(),
+                    error,
+                })?
+                .to_string(),
+        )
+        .expect("every reference was resolved at start");
     let http = authserver::http_client(auth.connect_timeout, auth.request_timeout);
     let meta = authserver::discover(&http, &auth.issuer).await?;
     readiness.report("authorization_server", DependencyState::Ok, false, None);
@@ -193,13 +258,19 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = telemetry::metrics_handle();
         let readiness = Arc::new(Readiness::default());
-        let edge = build_edge(&settings, &readiness).await?;
+        let secrets = build_secrets(&settings, &readiness).await?;
+        let edge = build_edge(&settings, &readiness, &secrets).await?;
         let minter = edge.as_ref().map(|(_, m)| m.clone());
         let proxy_state = web::Data::new(ProxyState {
-            routes: RouteTable::new(&settings.routes, settings.server.upstream_cooldown),
+            routes: RouteTable::new(
+                &settings.routes,
+                settings.server.upstream_cooldown,
+                &secrets,
+            ),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             edge: edge.map(|(e, _)| e),
             identity: IdentityHeaders::from_settings(&settings.tokens),
+            secrets: secrets.clone(),
         });
         let minter_data = minter.clone().map(web::Data::new);
         let listener = TcpListener::bind(&settings.server.listen)?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::validate::{audience_matches, SignatureCheck};
 use super::{now_secs, Principal, TokenClaims};
-use crate::secrets::Secret;
+use crate::secrets::registry::SecretCell;
 use crate::settings::IntrospectionFormat;
 
 const JWT_MEDIA_TYPE: &str = "application/token-introspection+jwt";
@@ -38,7 +38,8 @@ pub struct Introspector {
     pub endpoint: String,
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: Secret,
+    /// Kept fresh by the secret registry: a rotated secret is used from the next call.
+    pub client_secret: std::sync::Arc<SecretCell>,
     pub format: IntrospectionFormat,
     /// Checks signed answers (RFC 9701).
     pub signature: SignatureCheck,
@@ -72,7 +73,7 @@ impl Introspector {
         };
         // RFC 6749 §2.3.1: the credentials are form-encoded before Basic encoding.
         let id = form_encode(&self.client_id);
-        let secret = form_encode(self.client_secret.expose());
+        let secret = form_encode(self.client_secret.current().expose());
         let response = self
             .http
             .post(&self.endpoint)

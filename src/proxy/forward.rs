@@ -86,6 +86,7 @@ impl BodyFraming {
 }
 
 /// The request as it goes upstream.
+#[derive(Clone)]
 pub struct OutboundRequest {
     pub method: Method,
     /// Path and query, already encoded.
@@ -103,7 +104,7 @@ pub async fn send(
     clients: &UpstreamClients,
     route: &Route,
     outbound: OutboundRequest,
-    payload: web::Payload,
+    payload: Option<web::Payload>,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
     let has_body = outbound.framing != BodyFraming::None;
@@ -111,7 +112,7 @@ pub async fn send(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::HOST);
 
-    let mut payload = Some(payload);
+    let mut payload = payload;
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
     let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
@@ -138,7 +139,9 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = if has_body {
-            let body = payload.take().expect("a request body is sent once");
+            let Some(body) = payload.take() else {
+                return Err(ApiError::Internal);
+            };
             match outbound.framing {
                 BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, body)),
                 _ => request.send_stream(body),

@@ -7,6 +7,7 @@
 pub mod forward;
 pub mod headers;
 pub mod identity;
+pub mod inject;
 pub mod path;
 pub mod routes;
 pub mod upstreams;
@@ -21,10 +22,14 @@ use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
+use crate::secrets::registry::SecretRegistry;
+use crate::secrets::Secret;
 use crate::settings::RouteAuth;
+use actix_web::http::StatusCode;
 use forward::{BodyFraming, OutboundRequest, UpstreamAnswer, UpstreamClients};
 use headers::ClientView;
 use identity::{BearerError, IdentityHeaders, TokenSource};
+use inject::Injection;
 use routes::{Match, Route, RouteTable};
 
 /// What the proxy shares across workers.
@@ -34,6 +39,8 @@ pub struct ProxyState {
     /// The phantom-token flow; `None` when no authorization server is configured.
     pub edge: Option<Arc<EdgeAuthenticator>>,
     pub identity: IdentityHeaders,
+    /// For injected credentials and their refresh on an upstream 401.
+    pub secrets: Arc<SecretRegistry>,
 }
 
 /// The default service of the public listener: every request not served by Intercom
@@ -73,9 +80,39 @@ async fn proxy(
     });
     let admitted = authenticate(req, state, route).await?;
     authorize(route, admitted.as_ref().map(|(a, _)| a))?;
-    let outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
-    let answer = forward::send(clients, route, outbound, payload).await?;
+    let (outbound, injected) = rewrite(req, state, route, &canonical, admitted.as_ref());
+    let replay = match (&injected, outbound.framing) {
+        (Some(_), BodyFraming::None) => Some(outbound.clone()),
+        _ => None,
+    };
+    let mut answer = forward::send(clients, route, outbound, Some(payload)).await?;
+    if answer.status == StatusCode::UNAUTHORIZED {
+        if let (Some(again), Some(sent), Some(inject)) = (replay, injected, &route.inject) {
+            answer = retry_with_other_credential(clients, state, route, inject, again, &sent)
+                .await?
+                .unwrap_or(answer);
+        }
+    }
     Ok(filter_response(route, answer, req))
+}
+
+/// An upstream refused an injected credential: ask the store again and retry once with
+/// the fresh (or the previous) value, so no request fails while ops roll a secret.
+async fn retry_with_other_credential(
+    clients: &UpstreamClients,
+    state: &ProxyState,
+    route: &Route,
+    inject: &Injection,
+    mut again: OutboundRequest,
+    sent: &Secret,
+) -> Result<Option<UpstreamAnswer>, ApiError> {
+    let Some(other) = inject.retry_value(sent, &state.secrets).await else {
+        return Ok(None);
+    };
+    inject.apply(&mut again.headers, &other);
+    metrics::counter!("intercom_credential_retries_total", "route" => route.name.to_string())
+        .increment(1);
+    forward::send(clients, route, again, None).await.map(Some)
 }
 
 /// Picks the route for the canonical path, or answers 404 / 405.
@@ -143,7 +180,7 @@ fn rewrite(
     route: &Route,
     canonical: &str,
     admitted: Option<&(Admitted, TokenSource)>,
-) -> OutboundRequest {
+) -> (OutboundRequest, Option<Secret>) {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
     if let Some(query) = req.uri().query() {
         let query = match admitted {
@@ -162,6 +199,11 @@ fn rewrite(
     if let Some((admitted, _)) = admitted {
         state.identity.inject(&mut headers, admitted);
     }
+    let injected = route.inject.as_ref().map(|inject| {
+        let secret = inject.cell.current();
+        inject.apply(&mut headers, &secret);
+        secret
+    });
     let view = ClientView {
         peer: req.peer_addr().map(|a| a.ip()),
         // Not `connection_info()`: it believes the client's `X-Forwarded-Proto`.
@@ -179,12 +221,13 @@ fn rewrite(
         }
     }
     route.request_headers.apply(&mut headers);
-    OutboundRequest {
+    let outbound = OutboundRequest {
         method: req.method().clone(),
         path_and_query,
         headers,
         framing,
-    }
+    };
+    (outbound, injected)
 }
 
 /// Applies the route's response rules and records the upstream's latency.

@@ -8,9 +8,11 @@ use actix_web::http::Method;
 use url::Url;
 
 use super::headers::CompiledRules;
+use super::inject::Injection;
 use super::path::is_under;
 use super::upstreams::Upstreams;
 use crate::broker::policy::ScopePolicy;
+use crate::secrets::registry::SecretRegistry;
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts};
 use crate::telemetry::RequestMetrics;
 
@@ -43,6 +45,8 @@ pub struct Route {
     /// Headers a client may never send here, normalized (lowercase, `_` as `-`).
     pub internal_headers: Vec<String>,
     pub allow_query_token: bool,
+    /// The credential injected upstream, if any.
+    pub inject: Option<Injection>,
 }
 
 /// What matching a request gave.
@@ -61,7 +65,9 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from validated settings.
-    pub fn new(settings: &[RouteSettings], cooldown: Duration) -> Self {
+    /// Builds the table from validated settings; every injected secret must be in
+    /// `secrets` (resolved at start).
+    pub fn new(settings: &[RouteSettings], cooldown: Duration, secrets: &SecretRegistry) -> Self {
         let mut routes: Vec<Route> = settings
             .iter()
             .enumerate()
@@ -100,6 +106,7 @@ impl RouteTable {
                         .map(|h| super::headers::normalize_name(h))
                         .collect(),
                     allow_query_token: r.allow_query_token,
+                    inject: r.inject.as_ref().and_then(|i| Injection::new(i, secrets)),
                 }
             })
             .collect();
@@ -191,7 +198,16 @@ mod tests {
             audience: None,
             internal_headers: vec![],
             allow_query_token: false,
+            inject: None,
         }
+    }
+
+    fn no_secrets() -> SecretRegistry {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(SecretRegistry::resolve(Default::default(), &[]))
+            .unwrap()
     }
 
     #[test]
@@ -215,6 +231,7 @@ mod tests {
                 rewrite,
             ],
             Duration::from_secs(1),
+            &no_secrets(),
         );
         let name = |host: Option<&str>, p: &str| match table.find(host, p, &Method::GET) {
             Match::Found(r) => r.name.to_string(),
@@ -243,7 +260,7 @@ mod tests {
     fn wrong_method_reports_allowed() {
         let mut only_get = route("ro", "/ro");
         only_get.methods = vec!["GET".into(), "HEAD".into()];
-        let table = RouteTable::new(&[only_get], Duration::from_secs(1));
+        let table = RouteTable::new(&[only_get], Duration::from_secs(1), &no_secrets());
         match table.find(None, "/ro", &Method::DELETE) {
             Match::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD"]),
             _ => panic!("expected 405"),

@@ -1,13 +1,21 @@
-//! Secrets: the redacting [`Secret`] type, references such as `file:intercom_client_secret`
-//! in configuration, and the stores that resolve them.
+//! Secrets: the redacting [`Secret`] type, references such as
+//! `file:intercom_client_secret` or `vault:secret/intercom/billing#api_key` in
+//! configuration, the stores that resolve them, and the registry that keeps each
+//! referenced value fresh.
 //!
-//! The embedded default is [`file::FileStore`], a local TOML file of `name = "value"`.
+//! Two stores: [`file::FileStore`], the embedded default (a local TOML file, re-read when
+//! it changes), and [`vault::VaultStore`] (HashiCorp Vault or OpenBao through `vaultrs`).
 //! A value never reaches a log line, a metric label, an error body or a panic message:
 //! `Debug` and `Display` print `[REDACTED]`, and errors name the reference, not the value.
 
 pub mod file;
+pub mod registry;
+pub mod vault;
+
+use std::future::Future;
 
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// A secret value: redacted when printed, zeroized on drop, compared in constant time.
@@ -28,6 +36,19 @@ impl Secret {
     pub fn matches(&self, candidate: &[u8]) -> bool {
         self.expose().as_bytes().ct_eq(candidate).into()
     }
+
+    /// A version tag derived from the value (for stores without versions); a hash, so
+    /// it reveals nothing usable.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.expose().as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.expose().as_bytes())
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -43,27 +64,53 @@ impl std::fmt::Display for Secret {
 }
 
 /// Why a secret could not be had. Names the reference, never a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SecretError {
     /// Carries nothing: a misplaced value must not be echoed.
-    #[error("is not a secret reference (expected file:NAME; the value is not shown)")]
+    #[error("is not a secret reference (expected file:NAME or vault:MOUNT/PATH#KEY; the value is not shown)")]
     BadReference,
     #[error("secret {reference:?} not found in {store}")]
     NotFound { reference: String, store: String },
+    #[error("secret {reference:?}: no {store} store is configured")]
+    NoStore {
+        reference: String,
+        store: &'static str,
+    },
     #[error("secret store {store}: {reason}")]
     Store { store: String, reason: String },
 }
 
-/// A parsed reference to a secret, such as `file:intercom_client_secret`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed reference to a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SecretRef {
+    /// `file:NAME`: an entry of the local secrets file.
     File(String),
+    /// `vault:MOUNT/PATH#KEY`: a key of a KV secret.
+    Vault {
+        mount: String,
+        path: String,
+        key: String,
+    },
 }
 
 impl SecretRef {
     pub fn parse(text: &str) -> Result<Self, SecretError> {
         match text.split_once(':') {
-            Some(("file", name)) if !name.is_empty() => Ok(SecretRef::File(name.to_string())),
+            Some(("file", name)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
+                Ok(SecretRef::File(name.to_string()))
+            }
+            Some(("vault", rest)) => {
+                let (location, key) = rest.split_once('#').ok_or(SecretError::BadReference)?;
+                let (mount, path) = location.split_once('/').ok_or(SecretError::BadReference)?;
+                if mount.is_empty() || path.is_empty() || key.is_empty() {
+                    return Err(SecretError::BadReference);
+                }
+                Ok(SecretRef::Vault {
+                    mount: mount.to_string(),
+                    path: path.trim_matches('/').to_string(),
+                    key: key.to_string(),
+                })
+            }
             _ => Err(SecretError::BadReference),
         }
     }
@@ -73,24 +120,67 @@ impl std::fmt::Display for SecretRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SecretRef::File(name) => write!(f, "file:{name}"),
+            SecretRef::Vault { mount, path, key } => write!(f, "vault:{mount}/{path}#{key}"),
         }
     }
 }
 
-/// Resolves secret references. The trait is the seam for other stores (Vault).
-pub trait SecretStore: Send + Sync {
-    fn resolve(&self, reference: &SecretRef) -> Result<Secret, SecretError>;
+/// A value and a version that changes when the value does.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub value: Secret,
+    pub version: String,
 }
 
-/// The store when none is configured: every reference is missing.
-pub struct EmptyStore;
+/// Resolves secret references.
+pub trait SecretStore: Send + Sync {
+    /// Reads the current value.
+    fn read(
+        &self,
+        reference: &SecretRef,
+    ) -> impl Future<Output = Result<Versioned, SecretError>> + Send;
 
-impl SecretStore for EmptyStore {
-    fn resolve(&self, reference: &SecretRef) -> Result<Secret, SecretError> {
-        Err(SecretError::NotFound {
-            reference: reference.to_string(),
-            store: "no secret store ([secrets] file is not set)".into(),
-        })
+    /// The current version without reading the value, where the store can tell
+    /// (KV v2 metadata); `None` means "read to find out".
+    fn version(
+        &self,
+        reference: &SecretRef,
+    ) -> impl Future<Output = Result<Option<String>, SecretError>> + Send;
+}
+
+/// The configured stores, each serving its own kind of reference.
+#[derive(Default)]
+pub struct Stores {
+    pub file: Option<file::FileStore>,
+    pub vault: Option<std::sync::Arc<vault::VaultStore>>,
+}
+
+impl SecretStore for Stores {
+    async fn read(&self, reference: &SecretRef) -> Result<Versioned, SecretError> {
+        match reference {
+            SecretRef::File(_) => match &self.file {
+                Some(store) => store.read(reference).await,
+                None => Err(SecretError::NoStore {
+                    reference: reference.to_string(),
+                    store: "file ([secrets] file)",
+                }),
+            },
+            SecretRef::Vault { .. } => match &self.vault {
+                Some(store) => store.read(reference).await,
+                None => Err(SecretError::NoStore {
+                    reference: reference.to_string(),
+                    store: "vault ([secrets.vault])",
+                }),
+            },
+        }
+    }
+
+    async fn version(&self, reference: &SecretRef) -> Result<Option<String>, SecretError> {
+        match (reference, &self.file, &self.vault) {
+            (SecretRef::File(_), Some(store), _) => store.version(reference).await,
+            (SecretRef::Vault { .. }, _, Some(store)) => store.version(reference).await,
+            _ => Ok(None),
+        }
     }
 }
 
@@ -105,10 +195,34 @@ mod tests {
         assert!(s.matches(b"hunter2"));
         assert!(!s.matches(b"hunter3"));
         assert!(!s.matches(b"hunter"));
+        assert_ne!(s.fingerprint(), Secret::new("hunter3").fingerprint());
+    }
+
+    #[test]
+    fn references_parse() {
         assert_eq!(
             SecretRef::parse("file:a").unwrap(),
             SecretRef::File("a".into())
         );
-        assert!(SecretRef::parse("vault").is_err());
+        let v = SecretRef::parse("vault:secret/intercom/billing#api_key").unwrap();
+        assert_eq!(
+            v,
+            SecretRef::Vault {
+                mount: "secret".into(),
+                path: "intercom/billing".into(),
+                key: "api_key".into()
+            }
+        );
+        assert_eq!(v.to_string(), "vault:secret/intercom/billing#api_key");
+        for bad in [
+            "vault",
+            "vault:secret#k",
+            "vault:secret/p",
+            "file:",
+            "plain",
+            "vault:/p#k",
+        ] {
+            assert!(SecretRef::parse(bad).is_err(), "{bad}");
+        }
     }
 }
