@@ -115,6 +115,17 @@ pub enum InjectSettings {
     Header { header: String, secret: String },
     /// `Authorization: Basic base64(<username>:<secret>)`
     Basic { username: String, secret: String },
+    /// `Authorization: Bearer <token>` with a token Intercom gets from the AS with this
+    /// client's credentials (`secret` is the client secret).
+    #[serde(rename = "client_credentials")]
+    ClientCredentials {
+        client_id: String,
+        secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        resource: Option<String>,
+    },
 }
 
 impl InjectSettings {
@@ -122,7 +133,8 @@ impl InjectSettings {
         match self {
             InjectSettings::Bearer { secret }
             | InjectSettings::Header { secret, .. }
-            | InjectSettings::Basic { secret, .. } => secret,
+            | InjectSettings::Basic { secret, .. }
+            | InjectSettings::ClientCredentials { secret, .. } => secret,
         }
     }
 }
@@ -667,7 +679,15 @@ impl Settings {
                     InjectSettings::Header { header, .. } => {
                         header_name(&key("inject.header"), header)?
                     }
-                    InjectSettings::Bearer { .. } if route.auth == RouteAuth::Bearer => {
+                    InjectSettings::ClientCredentials { .. } if self.auth_server.is_none() => {
+                        return Err(SettingsError::new(
+                            key("inject"),
+                            "\"client_credentials\" needs an [auth_server] section",
+                        ))
+                    }
+                    InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. }
+                        if route.auth == RouteAuth::Bearer =>
+                    {
                         return Err(SettingsError::new(
                             key("inject"),
                             "a bearer credential would replace the internal JWT of an auth = \"bearer\" route",

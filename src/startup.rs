@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_actix_web::TracingLogger;
 
 use crate::broker::authserver;
+use crate::broker::client_credentials::ClientCredentials;
 use crate::broker::edge::EdgeAuthenticator;
 use crate::broker::introspect::Introspector;
 use crate::broker::jwks::RemoteJwks;
@@ -26,13 +27,14 @@ use crate::http::request_id;
 use crate::http::wellknown;
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
+use crate::proxy::inject::Injection;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
 use crate::secrets::file::FileStore;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::vault::VaultStore;
 use crate::secrets::{SecretRef, Stores};
-use crate::settings::Settings;
+use crate::settings::{InjectSettings, Settings};
 use crate::telemetry;
 
 /// A built, bound, not yet running Intercom.
@@ -133,11 +135,19 @@ async fn build_secrets(
 }
 
 /// The broker parts built from `[auth_server]` and `[tokens]`.
+struct EdgeParts {
+    edge: Arc<EdgeAuthenticator>,
+    minter: Arc<Minter>,
+    /// The client for the AS, shared with client-credentials injection.
+    http: reqwest::Client,
+    token_endpoint: Option<String>,
+}
+
 async fn build_edge(
     settings: &Settings,
     readiness: &Arc<Readiness>,
     secrets: &SecretRegistry,
-) -> Result<Option<(Arc<EdgeAuthenticator>, Arc<Minter>)>, StartError> {
+) -> Result<Option<EdgeParts>, StartError> {
     let Some(auth) = &settings.auth_server else {
         return Ok(None);
     };
@@ -200,8 +210,67 @@ async fn build_edge(
         negative_ttl: t.negative_ttl,
     };
     let edge = EdgeAuthenticator::new(introspector, validator, minter.clone(), &limits);
-    spawn_auth_server_check(http, auth.issuer.clone(), readiness.clone());
-    Ok(Some((Arc::new(edge), minter)))
+    spawn_auth_server_check(http.clone(), auth.issuer.clone(), readiness.clone());
+    Ok(Some(EdgeParts {
+        edge: Arc::new(edge),
+        minter,
+        http,
+        token_endpoint: meta.token_endpoint.clone(),
+    }))
+}
+
+/// Each route's injected credential, in route order.
+fn build_injections(
+    settings: &Settings,
+    secrets: &SecretRegistry,
+    edge: Option<&EdgeParts>,
+) -> Result<Vec<Option<Injection>>, StartError> {
+    settings
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| {
+            let Some(inject) = &route.inject else {
+                return Ok(None);
+            };
+            if let InjectSettings::ClientCredentials {
+                client_id,
+                secret,
+                scope,
+                resource,
+            } = inject
+            {
+                let key = format!("routes[{i}].inject");
+                let (http, endpoint) = match edge {
+                    Some(EdgeParts {
+                        http,
+                        token_endpoint: Some(endpoint),
+                        ..
+                    }) => (http.clone(), endpoint.clone()),
+                    _ => {
+                        return Err(StartError::Settings(crate::settings::SettingsError {
+                            key,
+                            reason: "the authorization server has no token_endpoint".into(),
+                        }))
+                    }
+                };
+                let cell = SecretRef::parse(secret)
+                    .ok()
+                    .and_then(|r| secrets.cell(&r.to_string()))
+                    .expect("every reference was resolved at start");
+                let source = ClientCredentials::new(
+                    http,
+                    endpoint,
+                    client_id.clone(),
+                    cell,
+                    scope.clone(),
+                    resource.clone(),
+                );
+                return Ok(Some(Injection::fetched(source)));
+            }
+            Ok(Injection::stored(inject, secrets))
+        })
+        .collect()
 }
 
 /// Reports the AS in readiness every 15 s (not required: cached tokens keep working).
@@ -260,15 +329,16 @@ impl Application {
         let readiness = Arc::new(Readiness::default());
         let secrets = build_secrets(&settings, &readiness).await?;
         let edge = build_edge(&settings, &readiness, &secrets).await?;
-        let minter = edge.as_ref().map(|(_, m)| m.clone());
+        let injections = build_injections(&settings, &secrets, edge.as_ref())?;
+        let minter = edge.as_ref().map(|e| e.minter.clone());
         let proxy_state = web::Data::new(ProxyState {
             routes: RouteTable::new(
                 &settings.routes,
                 settings.server.upstream_cooldown,
-                &secrets,
+                injections,
             ),
             trusted_proxies: settings.server.trusted_proxies.clone(),
-            edge: edge.map(|(e, _)| e),
+            edge: edge.map(|e| e.edge),
             identity: IdentityHeaders::from_settings(&settings.tokens),
             secrets: secrets.clone(),
         });

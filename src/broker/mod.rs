@@ -4,6 +4,7 @@
 //! [`edge::EdgeAuthenticator`] ties these into the phantom-token flow used by the proxy.
 
 pub mod authserver;
+pub mod client_credentials;
 pub mod edge;
 pub mod introspect;
 pub mod jwks;

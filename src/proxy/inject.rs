@@ -7,6 +7,8 @@ use std::sync::Arc;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 
+use crate::broker::client_credentials::ClientCredentials;
+use crate::http::errors::ApiError;
 use crate::secrets::registry::{SecretCell, SecretRegistry};
 use crate::secrets::Secret;
 use crate::settings::InjectSettings;
@@ -18,34 +20,73 @@ enum Kind {
     Basic(String),
 }
 
+/// Where the credential comes from.
+enum Source {
+    /// A secret from the store, kept fresh by the registry.
+    Stored(Arc<SecretCell>),
+    /// A token Intercom gets from the AS.
+    Fetched(Arc<ClientCredentials>),
+}
+
 /// A route's injected credential.
 pub struct Injection {
     kind: Kind,
-    pub cell: Arc<SecretCell>,
+    source: Source,
 }
 
 impl std::fmt::Debug for Injection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Injection")
             .field("kind", &self.kind)
-            .field("secret", &self.cell.name)
+            .field("source", &self.source_name())
             .finish()
     }
 }
 
 impl Injection {
-    /// `None` if the reference was not resolved (settings validation prevents that).
-    pub fn new(settings: &InjectSettings, secrets: &SecretRegistry) -> Option<Self> {
+    /// A stored secret; `None` if the reference was not resolved (start-up prevents that).
+    pub fn stored(settings: &InjectSettings, secrets: &SecretRegistry) -> Option<Self> {
         let reference = crate::secrets::SecretRef::parse(settings.secret()).ok()?;
         let cell = secrets.cell(&reference.to_string())?;
         let kind = match settings {
-            InjectSettings::Bearer { .. } => Kind::Bearer,
+            InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. } => {
+                Kind::Bearer
+            }
             InjectSettings::Header { header, .. } => {
                 Kind::Header(HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()).ok()?)
             }
             InjectSettings::Basic { username, .. } => Kind::Basic(username.clone()),
         };
-        Some(Self { kind, cell })
+        Some(Self {
+            kind,
+            source: Source::Stored(cell),
+        })
+    }
+
+    /// A bearer token from the client credentials grant.
+    pub fn fetched(source: Arc<ClientCredentials>) -> Self {
+        Self {
+            kind: Kind::Bearer,
+            source: Source::Fetched(source),
+        }
+    }
+
+    fn source_name(&self) -> String {
+        match &self.source {
+            Source::Stored(cell) => cell.name.clone(),
+            Source::Fetched(cc) => format!("client_credentials:{}", cc.client_id),
+        }
+    }
+
+    /// The credential to send now.
+    pub async fn value(&self) -> Result<Secret, ApiError> {
+        match &self.source {
+            Source::Stored(cell) => Ok(cell.current()),
+            Source::Fetched(cc) => cc.token().await.map_err(|e| {
+                tracing::warn!(source = %self.source_name(), error = %e, "no token for the upstream");
+                ApiError::AuthServerUnavailable("no credential for the upstream could be obtained".into())
+            }),
+        }
     }
 
     fn header(&self) -> HeaderName {
@@ -72,7 +113,7 @@ impl Injection {
             value.set_sensitive(true);
             headers.insert(name, value);
         } else {
-            tracing::error!(secret = %self.cell.name, "the secret is not a valid header value; not sent");
+            tracing::error!(source = %self.source_name(), "the credential is not a valid header value; not sent");
         }
     }
 
@@ -80,11 +121,16 @@ impl Injection {
     /// The store is asked again first (the secret may have rotated since the last
     /// poll); otherwise the value before the last rotation is tried.
     pub async fn retry_value(&self, sent: &Secret, secrets: &SecretRegistry) -> Option<Secret> {
-        secrets.refresh(&self.cell).await;
-        let current = self.cell.current();
-        if current != *sent {
-            return Some(current);
+        match &self.source {
+            Source::Stored(cell) => {
+                secrets.refresh(cell).await;
+                let current = cell.current();
+                if current != *sent {
+                    return Some(current);
+                }
+                cell.previous().filter(|p| p != sent)
+            }
+            Source::Fetched(cc) => cc.refresh(Some(sent)).await.ok().filter(|t| t != sent),
         }
-        self.cell.previous().filter(|p| p != sent)
     }
 }

@@ -80,7 +80,8 @@ async fn proxy(
     });
     let admitted = authenticate(req, state, route).await?;
     authorize(route, admitted.as_ref().map(|(a, _)| a))?;
-    let (outbound, injected) = rewrite(req, state, route, &canonical, admitted.as_ref());
+    let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
+    let injected = inject_credential(route, &mut outbound).await?;
     let replay = match (&injected, outbound.framing) {
         (Some(_), BodyFraming::None) => Some(outbound.clone()),
         _ => None,
@@ -94,6 +95,20 @@ async fn proxy(
         }
     }
     Ok(filter_response(route, answer, req))
+}
+
+/// Sets the route's credential (a stored secret or a fetched token), replacing the
+/// client's copy of that header; returns what was sent, for a retry on 401.
+async fn inject_credential(
+    route: &Route,
+    outbound: &mut OutboundRequest,
+) -> Result<Option<Secret>, ApiError> {
+    let Some(inject) = &route.inject else {
+        return Ok(None);
+    };
+    let secret = inject.value().await?;
+    inject.apply(&mut outbound.headers, &secret);
+    Ok(Some(secret))
 }
 
 /// An upstream refused an injected credential: ask the store again and retry once with
@@ -180,7 +195,7 @@ fn rewrite(
     route: &Route,
     canonical: &str,
     admitted: Option<&(Admitted, TokenSource)>,
-) -> (OutboundRequest, Option<Secret>) {
+) -> OutboundRequest {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
     if let Some(query) = req.uri().query() {
         let query = match admitted {
@@ -199,11 +214,7 @@ fn rewrite(
     if let Some((admitted, _)) = admitted {
         state.identity.inject(&mut headers, admitted);
     }
-    let injected = route.inject.as_ref().map(|inject| {
-        let secret = inject.cell.current();
-        inject.apply(&mut headers, &secret);
-        secret
-    });
+
     let view = ClientView {
         peer: req.peer_addr().map(|a| a.ip()),
         // Not `connection_info()`: it believes the client's `X-Forwarded-Proto`.
@@ -221,13 +232,12 @@ fn rewrite(
         }
     }
     route.request_headers.apply(&mut headers);
-    let outbound = OutboundRequest {
+    OutboundRequest {
         method: req.method().clone(),
         path_and_query,
         headers,
         framing,
-    };
-    (outbound, injected)
+    }
 }
 
 /// Applies the route's response rules and records the upstream's latency.

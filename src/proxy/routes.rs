@@ -12,7 +12,6 @@ use super::inject::Injection;
 use super::path::is_under;
 use super::upstreams::Upstreams;
 use crate::broker::policy::ScopePolicy;
-use crate::secrets::registry::SecretRegistry;
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts};
 use crate::telemetry::RequestMetrics;
 
@@ -65,9 +64,14 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from validated settings.
-    /// Builds the table from validated settings; every injected secret must be in
-    /// `secrets` (resolved at start).
-    pub fn new(settings: &[RouteSettings], cooldown: Duration, secrets: &SecretRegistry) -> Self {
+    /// Builds the table from validated settings and each route's injected credential
+    /// (`injections[i]` for `settings[i]`).
+    pub fn new(
+        settings: &[RouteSettings],
+        cooldown: Duration,
+        injections: Vec<Option<Injection>>,
+    ) -> Self {
+        let mut injections = injections.into_iter();
         let mut routes: Vec<Route> = settings
             .iter()
             .enumerate()
@@ -106,7 +110,7 @@ impl RouteTable {
                         .map(|h| super::headers::normalize_name(h))
                         .collect(),
                     allow_query_token: r.allow_query_token,
-                    inject: r.inject.as_ref().and_then(|i| Injection::new(i, secrets)),
+                    inject: injections.next().flatten(),
                 }
             })
             .collect();
@@ -202,14 +206,6 @@ mod tests {
         }
     }
 
-    fn no_secrets() -> SecretRegistry {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(SecretRegistry::resolve(Default::default(), &[]))
-            .unwrap()
-    }
-
     #[test]
     fn longest_prefix_and_host_win() {
         let mut hosted = route("hosted", "/api");
@@ -231,7 +227,7 @@ mod tests {
                 rewrite,
             ],
             Duration::from_secs(1),
-            &no_secrets(),
+            Vec::new(),
         );
         let name = |host: Option<&str>, p: &str| match table.find(host, p, &Method::GET) {
             Match::Found(r) => r.name.to_string(),
@@ -260,7 +256,7 @@ mod tests {
     fn wrong_method_reports_allowed() {
         let mut only_get = route("ro", "/ro");
         only_get.methods = vec!["GET".into(), "HEAD".into()];
-        let table = RouteTable::new(&[only_get], Duration::from_secs(1), &no_secrets());
+        let table = RouteTable::new(&[only_get], Duration::from_secs(1), Vec::new());
         match table.find(None, "/ro", &Method::DELETE) {
             Match::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD"]),
             _ => panic!("expected 405"),

@@ -168,6 +168,9 @@ impl SecretRegistry {
                 for cell in registry.cells.values() {
                     all_ok &= registry.refresh(cell).await != Refresh::Failed;
                 }
+                if let Some(vault) = &registry.stores.vault {
+                    all_ok &= vault.healthy().await;
+                }
                 let oldest = registry
                     .cells
                     .values()

@@ -385,3 +385,76 @@ async fn a_bad_reference_stops_start_naming_it_and_the_file_store_reloads() {
         "a secret value is in the logs"
     );
 }
+
+#[actix_web::test]
+async fn client_credentials_tokens_are_fetched_once_and_refreshed_ahead() {
+    let auth = TestAuthServer::start_with_env(&[("TOKEN_TTL", "4")]).await;
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(
+        &file,
+        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
+    )
+    .unwrap();
+    let app = spawn_app(&format!(
+        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n{}",
+        file.display(),
+        auth.issuer,
+        inject_route("svc", &upstream, "{ type = \"client_credentials\", client_id = \"app\", secret = \"file:app_secret\", scope = \"invoice_read\" }"),
+    ))
+    .await;
+    let before = auth.stats().await["token"].as_u64().unwrap();
+    let mut tokens = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let seen =
+            seen_by_upstream(&app, "/svc", Some(("authorization", "Bearer client-token"))).await;
+        tokens.insert(
+            seen["headers"]["authorization"][0]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(tokens.len(), 1, "one token for many requests");
+    assert_eq!(
+        auth.stats().await["token"].as_u64().unwrap() - before,
+        1,
+        "one fetch"
+    );
+    let first = tokens.into_iter().next().unwrap();
+    assert_ne!(
+        first, "Bearer client-token",
+        "the client's header was replaced"
+    );
+
+    // In the last quarter of its 4 s life the token is refreshed in the background,
+    // while requests keep being served with the one still valid.
+    actix_web::rt::time::sleep(Duration::from_millis(3300)).await;
+    let seen = seen_by_upstream(&app, "/svc", None).await;
+    assert_eq!(
+        seen["headers"]["authorization"][0].as_str().unwrap(),
+        first,
+        "served while refreshing"
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen_by_upstream(&app, "/svc", None).await;
+    let second = seen["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second, first, "refreshed before expiry");
+    assert_eq!(auth.stats().await["token"].as_u64().unwrap() - before, 2);
+
+    // The token is a real one: the AS says it is active, for the route's client.
+    let mut res = test_client()
+        .post(format!("{}/token/introspection", auth.issuer))
+        .basic_auth("intercom", "intercom-dev-secret")
+        .send_form(&[("token", second.strip_prefix("Bearer ").unwrap())])
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["client_id"], "app");
+    assert!(!captured_logs().contains(second.strip_prefix("Bearer ").unwrap()));
+}

@@ -1,0 +1,158 @@
+//! Tokens Intercom obtains for itself (OAuth 2.0 client credentials) to call an upstream
+//! that wants one: cached until shortly before they expire, refreshed ahead in the
+//! background one refresh at a time, and refreshed at once when the upstream refuses
+//! the token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use serde::Deserialize;
+
+use crate::secrets::registry::SecretCell;
+use crate::secrets::Secret;
+
+/// Why no token could be had. Never quotes a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientCredentialsError {
+    #[error("the authorization server is unreachable")]
+    Unreachable,
+    #[error("the authorization server refused the client credentials grant (status {0})")]
+    Refused(u16),
+    #[error("the authorization server's token answer is malformed")]
+    Malformed,
+}
+
+struct Held {
+    token: Secret,
+    fetched: Instant,
+    expires: Instant,
+}
+
+impl Held {
+    /// Past this point a refresh starts in the background: the last quarter of the
+    /// lifetime, at most a minute before expiry.
+    fn refresh_at(&self) -> Instant {
+        let life = self.expires.saturating_duration_since(self.fetched);
+        self.expires - (life / 4).min(Duration::from_secs(60))
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// One client's token source.
+pub struct ClientCredentials {
+    pub http: reqwest::Client,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret: Arc<SecretCell>,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    held: ArcSwapOption<Held>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl ClientCredentials {
+    pub fn new(
+        http: reqwest::Client,
+        token_endpoint: String,
+        client_id: String,
+        client_secret: Arc<SecretCell>,
+        scope: Option<String>,
+        resource: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            http,
+            token_endpoint,
+            client_id,
+            client_secret,
+            scope,
+            resource,
+            held: ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current token: cached while valid; in its refresh window a background
+    /// refresh starts and the cached token is still served.
+    pub async fn token(self: &Arc<Self>) -> Result<Secret, ClientCredentialsError> {
+        let now = Instant::now();
+        if let Some(held) = self.held.load_full() {
+            if now < held.expires {
+                if now >= held.refresh_at() {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        // try_lock: one refresh at a time; others keep serving.
+                        if let Ok(_guard) = me.fetching.try_lock() {
+                            let _ = me.fetch().await;
+                        }
+                    });
+                }
+                return Ok(held.token.clone());
+            }
+        }
+        self.refresh(None).await
+    }
+
+    /// Fetches a new token unless someone already replaced `stale` (single-flight).
+    pub async fn refresh(&self, stale: Option<&Secret>) -> Result<Secret, ClientCredentialsError> {
+        let _guard = self.fetching.lock().await;
+        if let Some(held) = self.held.load_full() {
+            let replaced = stale.is_some_and(|s| *s != held.token);
+            if (replaced || stale.is_none()) && Instant::now() < held.refresh_at() {
+                return Ok(held.token.clone());
+            }
+        }
+        self.fetch().await
+    }
+
+    async fn fetch(&self) -> Result<Secret, ClientCredentialsError> {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(resource) = &self.resource {
+            form.push(("resource", resource));
+        }
+        let secret = self.client_secret.current();
+        let response = self
+            .http
+            .post(&self.token_endpoint)
+            .basic_auth(
+                form_encode(&self.client_id),
+                Some(form_encode(secret.expose())),
+            )
+            .form(&form)
+            .send()
+            .await
+            .map_err(|_| ClientCredentialsError::Unreachable)?;
+        metrics::counter!("intercom_client_credentials_fetches_total", "status" => response.status().as_u16().to_string())
+            .increment(1);
+        if !response.status().is_success() {
+            return Err(ClientCredentialsError::Refused(response.status().as_u16()));
+        }
+        let answer: TokenAnswer = response
+            .json()
+            .await
+            .map_err(|_| ClientCredentialsError::Malformed)?;
+        let now = Instant::now();
+        let token = Secret::new(answer.access_token);
+        self.held.store(Some(Arc::new(Held {
+            token: token.clone(),
+            fetched: now,
+            expires: now + Duration::from_secs(answer.expires_in.unwrap_or(300)),
+        })));
+        Ok(token)
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    serde_urlencoded::to_string([("", value)])
+        .map(|s| s[1..].to_string())
+        .unwrap_or_default()
+}
