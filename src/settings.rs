@@ -12,6 +12,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
+/// The defaults, built in so the binary needs no file to start.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
 /// The whole configuration of one Intercom process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -475,20 +478,17 @@ impl EnvSource for Vec<(String, String)> {
 }
 
 impl Settings {
-    /// Loads `config_dir/default.toml`, then `config_dir/<env>.toml` (env from
-    /// `INTERCOM_ENV`, if the file exists), then `extra` (an explicit file), then
-    /// `INTERCOM__*` variables, and validates the result.
+    /// Loads the defaults (`config/default.toml`, built into the binary), then
+    /// `config_dir/<env>.toml` (env from `INTERCOM_ENV`, if the file exists), then
+    /// `extra` (an explicit file), then `INTERCOM__*` variables, and validates the result.
     pub fn load(
         config_dir: &Path,
         extra: Option<&Path>,
         env: &dyn EnvSource,
     ) -> Result<Settings, SettingsError> {
         let vars = env.vars();
-        let mut builder = config::Config::builder().add_source(
-            config::File::from(config_dir.join("default.toml"))
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some((_, profile)) = vars.iter().find(|(k, _)| k == "INTERCOM_ENV") {
             builder = builder.add_source(
                 config::File::from(config_dir.join(format!("{profile}.toml")))

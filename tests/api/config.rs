@@ -6,27 +6,13 @@ fn write(dir: &std::path::Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
-const BASE: &str = r#"
-[server]
-listen = "127.0.0.1:8080"
-admin_listen = "127.0.0.1:9901"
-shutdown_delay = "5s"
-drain_timeout = "30s"
-upstream_cooldown = "5s"
-upstream_pool_size = 16
-[telemetry]
-log_format = "json"
-log_level = "info"
-"#;
-
 #[test]
-fn layers_apply_in_order_default_env_file_then_variables() {
+fn layers_apply_in_order_defaults_profile_file_then_variables() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "default.toml", BASE);
     write(
         dir.path(),
-        "staging.toml",
-        "[server]\nlisten = \"127.0.0.1:8081\"\nadmin_listen = \"127.0.0.1:9902\"\n",
+        "local.toml",
+        "[server]\nlisten = \"127.0.0.1:8081\"\nadmin_listen = \"127.0.0.1:9902\"\nupstream_pool_size = 16\n",
     );
     write(
         dir.path(),
@@ -34,7 +20,7 @@ fn layers_apply_in_order_default_env_file_then_variables() {
         "[server]\nadmin_listen = \"127.0.0.1:9903\"\n",
     );
     let env = vec![
-        ("INTERCOM_ENV".to_string(), "staging".to_string()),
+        ("INTERCOM_ENV".to_string(), "local".to_string()),
         (
             "INTERCOM__SERVER__UPSTREAM_POOL_SIZE".to_string(),
             "7".to_string(),
@@ -44,17 +30,25 @@ fn layers_apply_in_order_default_env_file_then_variables() {
     let s = Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env).unwrap();
     assert_eq!(
         s.server.listen, "127.0.0.1:8081",
-        "profile file overrides default"
+        "profile file overrides the defaults"
     );
     assert_eq!(
         s.server.admin_listen, "127.0.0.1:9903",
-        "--config overrides profile"
+        "--config overrides the profile"
     );
     assert_eq!(
         s.server.upstream_pool_size, 7,
         "environment overrides files"
     );
-    assert_eq!(s.server.drain_timeout.as_secs(), 30, "default kept");
+    assert_eq!(
+        s.server.drain_timeout.as_secs(),
+        30,
+        "built-in default kept"
+    );
+    // Without any file at all, the built-in defaults are a valid configuration.
+    let empty = tempfile::tempdir().unwrap();
+    let d = Settings::load(empty.path(), None, &Vec::new()).unwrap();
+    assert_eq!(d.server.listen, "127.0.0.1:8080");
 }
 
 #[test]
@@ -70,7 +64,6 @@ fn the_shipped_configs_are_valid() {
 
 fn error_for(extra: &str, env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "default.toml", BASE);
     write(dir.path(), "extra.toml", extra);
     let env: Vec<(String, String)> = env
         .iter()
