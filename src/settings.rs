@@ -324,6 +324,19 @@ pub struct ServerSettings {
     pub upstream_cooldown: Duration,
     /// Idle keep-alive connections kept per upstream host and worker.
     pub upstream_pool_size: usize,
+    /// Largest request body, unless a route says otherwise.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Time a client gets to send its request head (slow senders are cut off with 408).
+    #[serde(default = "default_client_request_timeout", with = "humantime_serde")]
+    pub client_request_timeout: Duration,
+}
+
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_client_request_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Logging.
@@ -400,6 +413,21 @@ pub struct RouteSettings {
     /// A credential from the secret store to send upstream.
     #[serde(default)]
     pub inject: Option<InjectSettings>,
+    /// Largest request body for this route (default: `server.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// `default`: Intercom's security headers fill in what the upstream did not set;
+    /// `enforce`: they replace the upstream's.
+    #[serde(default)]
+    pub security_headers: SecurityHeaders,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityHeaders {
+    #[default]
+    Default,
+    Enforce,
 }
 
 /// Header edits applied in the order remove → set → add.
@@ -535,6 +563,10 @@ impl Settings {
             return Err(SettingsError::new("server.workers", "must be at least 1"));
         }
         positive("server.drain_timeout", self.server.drain_timeout)?;
+        positive(
+            "server.client_request_timeout",
+            self.server.client_request_timeout,
+        )?;
         if self.server.upstream_pool_size == 0 {
             return Err(SettingsError::new(
                 "server.upstream_pool_size",

@@ -23,8 +23,8 @@ use crate::http::access_log::AccessLog;
 use crate::http::errors::{extractor_error, not_found};
 use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
-use crate::http::request_id;
 use crate::http::wellknown;
+use crate::http::{request_id, security_headers};
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::inject::Injection;
@@ -335,6 +335,7 @@ impl Application {
             routes: RouteTable::new(
                 &settings.routes,
                 settings.server.upstream_cooldown,
+                settings.server.max_body_bytes,
                 injections,
             ),
             trusted_proxies: settings.server.trusted_proxies.clone(),
@@ -371,11 +372,13 @@ impl Application {
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
                 .app_data(web::PathConfig::default().error_handler(extractor_error))
+                .wrap(from_fn(security_headers::apply))
                 .wrap(TracingLogger::<AccessLog>::new())
                 .wrap(from_fn(request_id::assign))
                 .default_service(web::to(proxy::handle))
         })
         .workers(workers)
+        .client_request_timeout(settings.server.client_request_timeout)
         .shutdown_timeout(drain_secs)
         .disable_signals()
         .listen(listener)?

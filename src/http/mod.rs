@@ -5,4 +5,5 @@ pub mod access_log;
 pub mod errors;
 pub mod health;
 pub mod request_id;
+pub mod security_headers;
 pub mod wellknown;

@@ -1,7 +1,15 @@
 //! The forwarder: one pooled `awc` client per route and worker, bodies streamed both
 //! ways, and upstream failures turned into 502 / 503 / 504.
 
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use actix_web::error::PayloadError;
+use bytes::Bytes;
+use futures_util::Stream;
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
@@ -48,6 +56,42 @@ impl UpstreamClients {
 
     fn get(&self, route: &Route) -> &awc::Client {
         &self.clients[route.index]
+    }
+}
+
+/// The client's request body, streamed, refused past the route's limit.
+pub struct LimitedBody {
+    inner: web::Payload,
+    left: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl LimitedBody {
+    pub fn new(inner: web::Payload, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            exceeded: Rc::new(Cell::new(false)),
+        }
+    }
+}
+
+impl Stream for LimitedBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let len = chunk.len() as u64;
+                if len > self.left {
+                    self.exceeded.set(true);
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                self.left -= len;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
     }
 }
 
@@ -104,7 +148,7 @@ pub async fn send(
     clients: &UpstreamClients,
     route: &Route,
     outbound: OutboundRequest,
-    payload: Option<web::Payload>,
+    payload: Option<LimitedBody>,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
     let has_body = outbound.framing != BodyFraming::None;
@@ -112,6 +156,7 @@ pub async fn send(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::HOST);
 
+    let exceeded = payload.as_ref().map(|p| p.exceeded.clone());
     let mut payload = payload;
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
@@ -167,9 +212,11 @@ pub async fn send(
             }
             Ok(Err(SendRequestError::Timeout)) => return Err(ApiError::UpstreamTimeout),
             Ok(Err(SendRequestError::Body(_))) => {
-                return Err(ApiError::BadRequest(
-                    "the request body could not be read".into(),
-                ))
+                return Err(if exceeded.as_ref().is_some_and(|e| e.get()) {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("the request body could not be read".into())
+                })
             }
             Ok(Err(err)) => {
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");

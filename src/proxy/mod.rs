@@ -22,11 +22,12 @@ use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
+use crate::http::security_headers::EnforceSecurityHeaders;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
 use crate::settings::RouteAuth;
 use actix_web::http::StatusCode;
-use forward::{BodyFraming, OutboundRequest, UpstreamAnswer, UpstreamClients};
+use forward::{BodyFraming, LimitedBody, OutboundRequest, UpstreamAnswer, UpstreamClients};
 use headers::ClientView;
 use identity::{BearerError, IdentityHeaders, TokenSource};
 use inject::Injection;
@@ -80,13 +81,14 @@ async fn proxy(
     });
     let admitted = authenticate(req, state, route).await?;
     authorize(route, admitted.as_ref().map(|(a, _)| a))?;
+    let body = limit(req, route, payload)?;
     let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
     let injected = inject_credential(route, &mut outbound).await?;
     let replay = match (&injected, outbound.framing) {
         (Some(_), BodyFraming::None) => Some(outbound.clone()),
         _ => None,
     };
-    let mut answer = forward::send(clients, route, outbound, Some(payload)).await?;
+    let mut answer = forward::send(clients, route, outbound, Some(body)).await?;
     if answer.status == StatusCode::UNAUTHORIZED {
         if let (Some(again), Some(sent), Some(inject)) = (replay, injected, &route.inject) {
             answer = retry_with_other_credential(clients, state, route, inject, again, &sent)
@@ -179,6 +181,17 @@ fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError>
     }
 }
 
+/// Refuses a body the route does not take: by `Content-Length` before reading any of
+/// it, and while streaming for chunked bodies.
+fn limit(req: &HttpRequest, route: &Route, payload: web::Payload) -> Result<LimitedBody, ApiError> {
+    if let BodyFraming::Sized(len) = BodyFraming::of(req.headers()) {
+        if len > route.max_body_bytes {
+            return Err(ApiError::PayloadTooLarge);
+        }
+    }
+    Ok(LimitedBody::new(payload, route.max_body_bytes))
+}
+
 /// The host the client asked for: the request target's authority, else `Host`.
 fn request_host(req: &HttpRequest) -> Option<&str> {
     req.uri()
@@ -246,5 +259,8 @@ fn filter_response(route: &Route, mut answer: UpstreamAnswer, req: &HttpRequest)
     let latency = answer.latency;
     let mut response = forward::into_response(answer, req.method());
     response.extensions_mut().insert(UpstreamLatency(latency));
+    if route.enforce_security_headers {
+        response.extensions_mut().insert(EnforceSecurityHeaders);
+    }
     response
 }

@@ -12,7 +12,7 @@ use super::inject::Injection;
 use super::path::is_under;
 use super::upstreams::Upstreams;
 use crate::broker::policy::ScopePolicy;
-use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts};
+use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
 use crate::telemetry::RequestMetrics;
 
 /// How the matched prefix changes before forwarding.
@@ -46,6 +46,8 @@ pub struct Route {
     pub allow_query_token: bool,
     /// The credential injected upstream, if any.
     pub inject: Option<Injection>,
+    pub max_body_bytes: u64,
+    pub enforce_security_headers: bool,
 }
 
 /// What matching a request gave.
@@ -69,6 +71,7 @@ impl RouteTable {
     pub fn new(
         settings: &[RouteSettings],
         cooldown: Duration,
+        max_body_bytes: u64,
         injections: Vec<Option<Injection>>,
     ) -> Self {
         let mut injections = injections.into_iter();
@@ -111,6 +114,8 @@ impl RouteTable {
                         .collect(),
                     allow_query_token: r.allow_query_token,
                     inject: injections.next().flatten(),
+                    max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
+                    enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
                 }
             })
             .collect();
@@ -203,6 +208,8 @@ mod tests {
             internal_headers: vec![],
             allow_query_token: false,
             inject: None,
+            max_body_bytes: None,
+            security_headers: Default::default(),
         }
     }
 
@@ -227,6 +234,7 @@ mod tests {
                 rewrite,
             ],
             Duration::from_secs(1),
+            1024,
             Vec::new(),
         );
         let name = |host: Option<&str>, p: &str| match table.find(host, p, &Method::GET) {
@@ -256,7 +264,7 @@ mod tests {
     fn wrong_method_reports_allowed() {
         let mut only_get = route("ro", "/ro");
         only_get.methods = vec!["GET".into(), "HEAD".into()];
-        let table = RouteTable::new(&[only_get], Duration::from_secs(1), Vec::new());
+        let table = RouteTable::new(&[only_get], Duration::from_secs(1), 1024, Vec::new());
         match table.find(None, "/ro", &Method::DELETE) {
             Match::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD"]),
             _ => panic!("expected 405"),

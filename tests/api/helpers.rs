@@ -699,18 +699,30 @@ async fn echo(
             .unwrap()
             .push(value.to_str().unwrap_or("<binary>").into());
     }
-    HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .insert_header(("x-upstream", state.name.clone()))
         .insert_header(("x-upstream-internal", "leak"))
-        .json(serde_json::json!({
-            "upstream": state.name,
-            "method": req.method().as_str(),
-            "path": req.path(),
-            "query": req.query_string(),
-            "headers": headers,
-            "body_len": len,
-            "body_sha256": hex::encode(hasher.finalize()),
-        }))
+        .insert_header(("server", "upstream-httpd/1.2.3"))
+        .insert_header(("x-powered-by", "php/5.6"));
+    // `x-echo-response-header: name: value` makes the answer carry that header.
+    if let Some((name, value)) = req
+        .headers()
+        .get("x-echo-response-header")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(": "))
+    {
+        response.insert_header((name.to_string(), value.to_string()));
+    }
+    response.json(serde_json::json!({
+        "upstream": state.name,
+        "method": req.method().as_str(),
+        "path": req.path(),
+        "query": req.query_string(),
+        "headers": headers,
+        "body_len": len,
+        "body_sha256": hex::encode(hasher.finalize()),
+    }))
 }
 
 async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {

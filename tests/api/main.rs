@@ -7,6 +7,7 @@ mod helpers;
 mod lifecycle;
 mod paths;
 mod phantom;
+mod protections;
 mod proxy;
 mod streaming;
 mod vault;

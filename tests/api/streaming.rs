@@ -21,7 +21,7 @@ async fn fifty_megabytes_each_way_without_buffering() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nworkers = 1\n\
-             [[routes]]\nname = \"big\"\nprefix = \"/big\"\nupstreams = [\"{}\"]\nstrip_prefix = true\n",
+             [[routes]]\nname = \"big\"\nprefix = \"/big\"\nupstreams = [\"{}\"]\nstrip_prefix = true\nmax_body_bytes = 104857600\n",
             upstream.url()
         ),
     )

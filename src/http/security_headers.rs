@@ -1,0 +1,67 @@
+//! Security headers on every answer of the public listener: `nosniff`, framing denied,
+//! no referrer, `X-XSS-Protection: 0` (current guidance: the old filter did harm), a
+//! strict `Content-Security-Policy` on Intercom's own answers; `Server` and upstream
+//! version headers dropped. Upstream answers keep their own values unless their route
+//! enforces Intercom's.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+
+use super::access_log::UpstreamLatency;
+
+/// Set on a proxied response whose route enforces Intercom's security headers.
+#[derive(Debug, Clone, Copy)]
+pub struct EnforceSecurityHeaders;
+
+const DEFAULTS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("x-xss-protection", "0"),
+];
+
+/// For Intercom's own answers (errors, JWKS, metadata): they never embed anything.
+const OWN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Headers that advertise software and versions.
+const FINGERPRINTS: [&str; 5] = [
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+];
+
+/// Middleware: applies the headers to every response.
+pub async fn apply(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    let (proxied, enforce) = {
+        let ext = res.response().extensions();
+        (
+            ext.get::<UpstreamLatency>().is_some(),
+            ext.get::<EnforceSecurityHeaders>().is_some(),
+        )
+    };
+    let headers = res.headers_mut();
+    for name in FINGERPRINTS {
+        headers.remove(name);
+    }
+    let mut set = |name: &'static str, value: &'static str| {
+        let name = HeaderName::from_static(name);
+        if enforce || !proxied || !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    };
+    for (name, value) in DEFAULTS {
+        set(name, value);
+    }
+    if !proxied {
+        set("content-security-policy", OWN_CSP);
+    }
+    Ok(res)
+}
