@@ -48,7 +48,12 @@ pub async fn apply(
         )
     };
     let headers = res.headers_mut();
-    for name in FINGERPRINTS {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| FINGERPRINTS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
         headers.remove(name);
     }
     let mut set = |name: &'static str, value: &'static str| {

@@ -22,18 +22,26 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, including every header named in `Connection`.
+/// Removes hop-by-hop headers, including every header named in `Connection`. One pass
+/// over the headers present (usually none of these) rather than a lookup per name.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(actix_web::http::header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            doomed.push(name.clone());
+        }
     }
-    for name in HOP_BY_HOP {
+    if doomed.is_empty() {
+        return;
+    }
+    for value in headers.get_all(actix_web::http::header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        doomed.extend(
+            text.split(',')
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -45,12 +53,12 @@ pub fn normalize_name(name: &str) -> String {
 
 /// Removes every header whose normalized name is in `names` (already normalized), so
 /// `X_User_Id` cannot stand in for `x-user-id`.
-pub fn remove_spellings(headers: &mut HeaderMap, names: &[&str]) {
+pub fn remove_spellings<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a str> + Clone) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let n = k.as_str();
-            names.iter().any(|want| {
+            names.clone().any(|want| {
                 n.len() == want.len()
                     && n.bytes()
                         .zip(want.bytes())
@@ -221,7 +229,7 @@ mod tests {
                 HeaderValue::from_static("v"),
             );
         }
-        remove_spellings(&mut h, &["x-user-id", "x-client-id"]);
+        remove_spellings(&mut h, ["x-user-id", "x-client-id"].into_iter());
         assert_eq!(h.len(), 1);
         assert!(h.get("x-other").is_some());
         assert_eq!(normalize_name("X_User-ID"), "x-user-id");

@@ -121,9 +121,8 @@ impl IdentityHeaders {
 
     /// Removes client-sent identity headers and the route's internal headers.
     pub fn strip(&self, headers: &mut HeaderMap, internal: &[String]) {
-        let mut names: Vec<&str> = self.normalized.iter().map(String::as_str).collect();
-        names.extend(internal.iter().map(String::as_str));
-        remove_spellings(headers, &names);
+        let names = self.normalized.iter().chain(internal).map(String::as_str);
+        remove_spellings(headers, names);
     }
 
     /// Replaces the client's token with the internal JWT and adds identity headers.
