@@ -236,6 +236,11 @@ pub struct TokenSettings {
     pub issuer: String,
     /// `ES256` (default), `RS256` or `EdDSA`.
     pub algorithm: String,
+    /// A secret reference to the signing key (a private JWK with a `kid`), shared by
+    /// every replica; generated at start when unset.
+    pub signing_key: Option<String>,
+    /// A secret reference to the next signing key, published ahead of use.
+    pub next_signing_key: Option<String>,
     /// Longest lifetime of an internal JWT (never past the original token's `exp`).
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
@@ -266,6 +271,8 @@ impl Default for TokenSettings {
         Self {
             issuer: "http://127.0.0.1:8080".into(),
             algorithm: "ES256".into(),
+            signing_key: None,
+            next_signing_key: None,
             lifetime: Duration::from_secs(300),
             key_rotation: Duration::from_secs(24 * 3600),
             jwks_max_age: Duration::from_secs(300),
@@ -831,6 +838,12 @@ impl Settings {
             if let Some(inject) = &route.inject {
                 add(format!("routes[{i}].inject.secret"), inject.secret())?;
             }
+        }
+        if let Some(key) = &self.tokens.signing_key {
+            add("tokens.signing_key".into(), key)?;
+        }
+        if let Some(key) = &self.tokens.next_signing_key {
+            add("tokens.next_signing_key".into(), key)?;
         }
         Ok(refs)
     }

@@ -196,13 +196,31 @@ async fn build_edge(
         signature: signature(auth.jwt.algorithms.clone()),
     });
     let t = &settings.tokens;
-    let minter = Arc::new(Minter::new(
-        &t.algorithm,
-        &t.issuer,
-        t.lifetime,
-        t.jwks_max_age,
-    )?);
-    minter.spawn_rotation(t.key_rotation);
+    let stored_cell = |text: &Option<String>| {
+        text.as_ref()
+            .and_then(|r| SecretRef::parse(r).ok())
+            .and_then(|r| secrets.cell(&r.to_string()))
+    };
+    let minter = match stored_cell(&t.signing_key) {
+        Some(current) => Arc::new(Minter::from_store(
+            current,
+            stored_cell(&t.next_signing_key),
+            &t.algorithm,
+            &t.issuer,
+            t.lifetime,
+            t.jwks_max_age,
+        )?),
+        None => {
+            let minter = Arc::new(Minter::new(
+                &t.algorithm,
+                &t.issuer,
+                t.lifetime,
+                t.jwks_max_age,
+            )?);
+            minter.spawn_rotation(t.key_rotation);
+            minter
+        }
+    };
     let limits = CacheLimits {
         capacity: t.cache_capacity,
         max_ttl: t.cache_max_ttl,

@@ -1,9 +1,11 @@
 //! Intercom's own signing keys and the internal JWTs (RFC 9068 `at+jwt`) it mints.
 //!
-//! Keys are generated at start and rotate on a timer. A key is published in the JWKS
-//! one rotation before it signs (so every verifier has seen it, as long as the rotation
-//! interval is at least the JWKS `max-age`), and stays published after it stops signing
-//! until every token it signed has expired.
+//! Keys are generated at start and rotate on a timer, or come from the secret store
+//! (`tokens.signing_key`, shared by every replica) and rotate when that secret does. A
+//! generated key is published in the JWKS one rotation before it signs (so every
+//! verifier has seen it, as long as the rotation interval is at least the JWKS
+//! `max-age`); for stored keys `tokens.next_signing_key` publishes the next one ahead.
+//! A key stays published after it stops signing until every token it signed has expired.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use josekit::jwt::{self, JwtPayload};
 use serde_json::json;
 
 use super::{now_secs, Principal};
+use crate::secrets::registry::SecretCell;
 
 /// One signing key.
 pub struct SigningKey {
@@ -42,6 +45,43 @@ pub enum MintError {
 }
 
 impl SigningKey {
+    /// A key from a private JWK (JSON) with a `kid`; its `alg`, or `default_alg`.
+    pub fn from_private_jwk(json: &str, default_alg: &str) -> Result<Self, MintError> {
+        let bad = |why: &str| MintError::KeyGeneration(format!("stored signing key: {why}"));
+        let private = Jwk::from_bytes(json.as_bytes()).map_err(|_| bad("not a JWK"))?;
+        let kid = private.key_id().ok_or_else(|| bad("no kid"))?.to_string();
+        let alg = private.algorithm().unwrap_or(default_alg).to_string();
+        let signer: Box<dyn JwsSigner + Send + Sync> = match alg.as_str() {
+            "RS256" => Box::new(
+                jws::RS256
+                    .signer_from_jwk(&private)
+                    .map_err(|_| bad("not an RS256 key"))?,
+            ),
+            "EdDSA" => Box::new(
+                jws::EdDSA
+                    .signer_from_jwk(&private)
+                    .map_err(|_| bad("not an EdDSA key"))?,
+            ),
+            "ES256" => Box::new(
+                jws::ES256
+                    .signer_from_jwk(&private)
+                    .map_err(|_| bad("not an ES256 key"))?,
+            ),
+            _ => return Err(bad("alg must be ES256, RS256 or EdDSA")),
+        };
+        let mut public = private
+            .to_public_key()
+            .map_err(|_| bad("no public parameters"))?;
+        public.set_key_id(&kid);
+        public.set_key_use("sig");
+        public.set_algorithm(&alg);
+        Ok(Self {
+            kid,
+            signer,
+            public,
+        })
+    }
+
     /// Generates a key for `alg` (ES256, RS256 or EdDSA).
     pub fn generate(alg: &str) -> Result<Self, MintError> {
         let gen_err = |e: josekit::JoseError| MintError::KeyGeneration(e.to_string());
@@ -82,16 +122,25 @@ impl SigningKey {
 
 struct KeySet {
     /// Published, not yet signing.
-    next: Arc<SigningKey>,
+    next: Option<Arc<SigningKey>>,
     /// Signing.
     current: Arc<SigningKey>,
     /// Published until the given time (seconds since the epoch), no longer signing.
     retired: Vec<(Arc<SigningKey>, u64)>,
+    /// For stored keys: the fingerprints of the secrets this set was built from.
+    stored_from: Option<(String, Option<String>)>,
+}
+
+/// Stored keys: the secrets holding the signing and the next key.
+struct StoredKeys {
+    current: Arc<SecretCell>,
+    next: Option<Arc<SecretCell>>,
 }
 
 /// The signing keys and the minting of internal JWTs.
 pub struct Minter {
     keys: ArcSwap<KeySet>,
+    stored: Option<StoredKeys>,
     algorithm: String,
     issuer: String,
     lifetime: Duration,
@@ -113,17 +162,100 @@ impl Minter {
         jwks_max_age: Duration,
     ) -> Result<Self, MintError> {
         let keys = KeySet {
-            next: Arc::new(SigningKey::generate(algorithm)?),
+            next: Some(Arc::new(SigningKey::generate(algorithm)?)),
             current: Arc::new(SigningKey::generate(algorithm)?),
             retired: Vec::new(),
+            stored_from: None,
         };
         Ok(Self {
             keys: ArcSwap::from_pointee(keys),
+            stored: None,
             algorithm: algorithm.to_string(),
             issuer: issuer.to_string(),
             lifetime,
             jwks_max_age,
         })
+    }
+
+    /// Signs with the private JWK in `current` (and publishes the one in `next`), as the
+    /// secret store has them; follows their rotation.
+    pub fn from_store(
+        current: Arc<SecretCell>,
+        next: Option<Arc<SecretCell>>,
+        algorithm: &str,
+        issuer: &str,
+        lifetime: Duration,
+        jwks_max_age: Duration,
+    ) -> Result<Self, MintError> {
+        let stored = StoredKeys { current, next };
+        let keys = Self::load_stored(&stored, algorithm)?;
+        Ok(Self {
+            keys: ArcSwap::from_pointee(keys),
+            stored: Some(stored),
+            algorithm: algorithm.to_string(),
+            issuer: issuer.to_string(),
+            lifetime,
+            jwks_max_age,
+        })
+    }
+
+    fn load_stored(stored: &StoredKeys, algorithm: &str) -> Result<KeySet, MintError> {
+        let current_secret = stored.current.current();
+        let next_secret = stored.next.as_ref().map(|c| c.current());
+        Ok(KeySet {
+            current: Arc::new(SigningKey::from_private_jwk(
+                current_secret.expose(),
+                algorithm,
+            )?),
+            next: match &next_secret {
+                Some(s) => Some(Arc::new(SigningKey::from_private_jwk(
+                    s.expose(),
+                    algorithm,
+                )?)),
+                None => None,
+            },
+            retired: Vec::new(),
+            stored_from: Some((
+                current_secret.fingerprint(),
+                next_secret.map(|s| s.fingerprint()),
+            )),
+        })
+    }
+
+    /// For stored keys: picks up a rotation of the secrets (the old signing key is
+    /// retired, still published until its tokens expire).
+    fn follow_store(&self) {
+        let Some(stored) = &self.stored else { return };
+        let seen = (
+            stored.current.current().fingerprint(),
+            stored.next.as_ref().map(|c| c.current().fingerprint()),
+        );
+        if self.keys.load().stored_from.as_ref() == Some(&seen) {
+            return;
+        }
+        match Self::load_stored(stored, &self.algorithm) {
+            Ok(mut fresh) => {
+                let old = self.keys.load();
+                let now = now_secs();
+                fresh.retired = old
+                    .retired
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .cloned()
+                    .collect();
+                if old.current.kid != fresh.current.kid {
+                    fresh
+                        .retired
+                        .push((old.current.clone(), now + self.lifetime.as_secs() + 60));
+                }
+                self.keys.store(Arc::new(fresh));
+                metrics::counter!("intercom_signing_key_rotations_total").increment(1);
+                tracing::info!(kid = %self.current_kid(), "signing key rotated from the secret store");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the stored signing key is unusable; keeping the current one")
+            }
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -146,6 +278,11 @@ impl Minter {
     /// Promotes the published next key to signing, retires the current one (kept
     /// published for one token lifetime), and publishes a fresh next key.
     pub fn rotate(&self) -> Result<(), MintError> {
+        if self.stored.is_some() {
+            // Stored keys rotate when their secret does.
+            self.follow_store();
+            return Ok(());
+        }
         let fresh = Arc::new(SigningKey::generate(&self.algorithm)?);
         let now = now_secs();
         let keep_until = now + self.lifetime.as_secs() + 60;
@@ -158,9 +295,10 @@ impl Minter {
                 .collect();
             retired.push((old.current.clone(), keep_until));
             KeySet {
-                next: fresh.clone(),
-                current: old.next.clone(),
+                next: Some(fresh.clone()),
+                current: old.next.clone().unwrap_or_else(|| fresh.clone()),
                 retired,
+                stored_from: None,
             }
         });
         metrics::counter!("intercom_signing_key_rotations_total").increment(1);
@@ -184,12 +322,13 @@ impl Minter {
 
     /// The published keys as a JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
+        self.follow_store();
         let set = self.keys.load();
         let now = now_secs();
-        let mut keys = vec![
-            set.current.public.as_ref().clone(),
-            set.next.public.as_ref().clone(),
-        ];
+        let mut keys = vec![set.current.public.as_ref().clone()];
+        if let Some(next) = &set.next {
+            keys.push(next.public.as_ref().clone());
+        }
         keys.extend(
             set.retired
                 .iter()
@@ -203,6 +342,7 @@ impl Minter {
     /// original token's, and at most `lifetime` away.
     pub fn mint(&self, principal: &Principal, audience: &str) -> Result<Minted, MintError> {
         let started = Instant::now();
+        self.follow_store();
         let key = self.keys.load().current.clone();
         let now = now_secs();
         let exp = principal.exp.min(now + self.lifetime.as_secs());

@@ -745,3 +745,72 @@ async fn cached_tokens_outlive_an_unreachable_auth_server() {
     assert_eq!(body["type"], "urn:intercom:problem:auth-server-unavailable");
     assert!(res.headers().get("retry-after").is_some());
 }
+
+/// A private ES256 JWK with the given kid, as JSON.
+fn private_jwk(kid: &str) -> String {
+    let mut jwk = jws::ES256.generate_key_pair().unwrap().to_jwk_key_pair();
+    jwk.set_key_id(kid);
+    jwk.set_algorithm("ES256");
+    serde_json::to_string(jwk.as_ref()).unwrap()
+}
+
+#[actix_web::test]
+async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("billing");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    let write_keys = |kid: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "intercom_client_secret = \"intercom-dev-secret\"\nsigning_key = '{}'\n",
+                private_jwk(kid)
+            ),
+        )
+        .unwrap()
+    };
+    write_keys("store-key-1");
+    let config = format!(
+        "[secrets]\nfile = \"{}\"\npoll_interval = \"200ms\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n[tokens]\nsigning_key = \"file:signing_key\"\n{}",
+        file.display(),
+        auth.issuer,
+        bearer_route("inv", "/inv", &upstream, "")
+    );
+    let a = spawn_app(&config).await;
+    let b = spawn_app(&config).await;
+    let token = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let mut res = get_with(&a, "/inv", &token).await;
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let minted = bearer_of(&seen);
+    assert_eq!(
+        jwt::decode_header(&minted).unwrap().claim("kid").unwrap(),
+        "store-key-1"
+    );
+    // Minted by replica A, verified with replica B's JWKS.
+    verify_internal(&b, &minted).await;
+
+    // Ops rotate the key in the store: new tokens use it, the old key stays published.
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    write_keys("store-key-2");
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    let fresh = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let mut res = get_with(&a, "/inv", &fresh).await;
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let rotated = bearer_of(&seen);
+    assert_eq!(
+        jwt::decode_header(&rotated).unwrap().claim("kid").unwrap(),
+        "store-key-2"
+    );
+    verify_internal(&a, &minted).await;
+    verify_internal(&a, &rotated).await;
+    verify_internal(&b, &rotated).await;
+    assert!(
+        !captured_logs().contains("\"d\":"),
+        "private key material in the logs"
+    );
+}
