@@ -95,6 +95,33 @@ impl Stream for LimitedBody {
     }
 }
 
+/// The body sent upstream: streamed, or held in memory when small enough to be sent
+/// again (a retry with another credential, another instance).
+pub enum RequestBody {
+    Streamed(LimitedBody),
+    Buffered(Bytes),
+}
+
+impl LimitedBody {
+    /// Reads the whole (small) body into memory.
+    pub async fn buffer(mut self) -> Result<Bytes, ApiError> {
+        use futures_util::StreamExt;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = self.next().await {
+            match chunk {
+                Ok(c) => buf.extend_from_slice(&c),
+                Err(PayloadError::Overflow) => return Err(ApiError::PayloadTooLarge),
+                Err(_) => {
+                    return Err(ApiError::BadRequest(
+                        "the request body could not be read".into(),
+                    ))
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
+}
+
 /// What the upstream answered, ready for the response filter.
 pub struct UpstreamAnswer {
     pub status: StatusCode,
@@ -148,7 +175,7 @@ pub async fn send(
     clients: &UpstreamClients,
     route: &Route,
     outbound: OutboundRequest,
-    payload: Option<LimitedBody>,
+    body: Option<RequestBody>,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
     let has_body = outbound.framing != BodyFraming::None;
@@ -156,8 +183,13 @@ pub async fn send(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::HOST);
 
-    let exceeded = payload.as_ref().map(|p| p.exceeded.clone());
-    let mut payload = payload;
+    let exceeded = match &body {
+        Some(RequestBody::Streamed(p)) => Some(p.exceeded.clone()),
+        _ => None,
+    };
+    // A streamed body is consumed by the first attempt; anything else can be resent.
+    let replayable = !matches!(body, Some(RequestBody::Streamed(_)));
+    let mut body = body;
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
     let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
@@ -184,12 +216,16 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = if has_body {
-            let Some(body) = payload.take() else {
-                return Err(ApiError::Internal);
-            };
-            match outbound.framing {
-                BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, body)),
-                _ => request.send_stream(body),
+            match body.take() {
+                Some(RequestBody::Buffered(bytes)) => {
+                    body = Some(RequestBody::Buffered(bytes.clone()));
+                    request.send_body(bytes)
+                }
+                Some(RequestBody::Streamed(stream)) => match outbound.framing {
+                    BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
+                    _ => request.send_stream(stream),
+                },
+                None => return Err(ApiError::Internal),
             }
         } else {
             request.send()
@@ -205,7 +241,7 @@ pub async fn send(
             Ok(Err(SendRequestError::Connect(err))) => {
                 route.upstreams.mark_down(index);
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream refused the connection");
-                if has_body {
+                if !replayable {
                     return Err(ApiError::UpstreamConnect);
                 }
                 continue;

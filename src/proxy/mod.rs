@@ -27,7 +27,9 @@ use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
 use crate::settings::RouteAuth;
 use actix_web::http::StatusCode;
-use forward::{BodyFraming, LimitedBody, OutboundRequest, UpstreamAnswer, UpstreamClients};
+use forward::{
+    BodyFraming, LimitedBody, OutboundRequest, RequestBody, UpstreamAnswer, UpstreamClients,
+};
 use headers::ClientView;
 use identity::{BearerError, IdentityHeaders, TokenSource};
 use inject::Injection;
@@ -81,11 +83,13 @@ async fn proxy(
     });
     let admitted = authenticate(req, state, route).await?;
     authorize(route, admitted.as_ref().map(|(a, _)| a))?;
-    let body = limit(req, route, payload)?;
+    let body = limit(req, route, payload).await?;
     let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
     let injected = inject_credential(route, &mut outbound).await?;
-    let replay = match (&injected, outbound.framing) {
-        (Some(_), BodyFraming::None) => Some(outbound.clone()),
+    // What is needed to send the request again if the credential is refused.
+    let replay = match (&injected, &body) {
+        (Some(_), RequestBody::Buffered(bytes)) => Some((outbound.clone(), Some(bytes.clone()))),
+        (Some(_), _) if outbound.framing == BodyFraming::None => Some((outbound.clone(), None)),
         _ => None,
     };
     let mut answer = forward::send(clients, route, outbound, Some(body)).await?;
@@ -120,7 +124,7 @@ async fn retry_with_other_credential(
     state: &ProxyState,
     route: &Route,
     inject: &Injection,
-    mut again: OutboundRequest,
+    (mut again, body): (OutboundRequest, Option<bytes::Bytes>),
     sent: &Secret,
 ) -> Result<Option<UpstreamAnswer>, ApiError> {
     let Some(other) = inject.retry_value(sent, &state.secrets).await else {
@@ -129,7 +133,8 @@ async fn retry_with_other_credential(
     inject.apply(&mut again.headers, &other);
     metrics::counter!("intercom_credential_retries_total", "route" => route.name.to_string())
         .increment(1);
-    forward::send(clients, route, again, None).await.map(Some)
+    let body = body.map(RequestBody::Buffered);
+    forward::send(clients, route, again, body).await.map(Some)
 }
 
 /// Picks the route for the canonical path, or answers 404 / 405.
@@ -181,15 +186,30 @@ fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError>
     }
 }
 
+/// Bodies up to this size are held in memory on routes that inject a credential, so a
+/// refused credential can be retried with the body.
+const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
+
 /// Refuses a body the route does not take: by `Content-Length` before reading any of
 /// it, and while streaming for chunked bodies.
-fn limit(req: &HttpRequest, route: &Route, payload: web::Payload) -> Result<LimitedBody, ApiError> {
-    if let BodyFraming::Sized(len) = BodyFraming::of(req.headers()) {
+async fn limit(
+    req: &HttpRequest,
+    route: &Route,
+    payload: web::Payload,
+) -> Result<RequestBody, ApiError> {
+    let framing = BodyFraming::of(req.headers());
+    if let BodyFraming::Sized(len) = framing {
         if len > route.max_body_bytes {
             return Err(ApiError::PayloadTooLarge);
         }
     }
-    Ok(LimitedBody::new(payload, route.max_body_bytes))
+    let body = LimitedBody::new(payload, route.max_body_bytes);
+    match framing {
+        BodyFraming::Sized(len) if route.inject.is_some() && len <= REPLAYABLE_BODY_BYTES => {
+            Ok(RequestBody::Buffered(body.buffer().await?))
+        }
+        _ => Ok(RequestBody::Streamed(body)),
+    }
 }
 
 /// The host the client asked for: the request target's authority, else `Host`.
