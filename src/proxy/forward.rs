@@ -188,7 +188,7 @@ pub async fn send(
         _ => None,
     };
     // A streamed body is consumed by the first attempt; anything else can be resent.
-    let replayable = !matches!(body, Some(RequestBody::Streamed(_)));
+    let replayable = !has_body || !matches!(body, Some(RequestBody::Streamed(_)));
     let mut body = body;
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
