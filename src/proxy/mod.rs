@@ -1,8 +1,10 @@
-//! The proxy: route table, path canonicalization, header hygiene and the forwarder.
+//! The proxy: route table, path canonicalization, header hygiene, identity and
+//! credential injection, and the forwarder.
 //!
-//! [`handle`] is the request path, one phase per step and in this order:
-//! canonicalize → pick route → authenticate → authorize → rewrite and inject → forward
-//! → filter response → record. Rate limits slot in after "authorize" as they land.
+//! [`proxy`] is the request path, one phase per step and in this order: canonicalize →
+//! pick route → authenticate → authorize → limit → rewrite → inject → forward (once more
+//! if the upstream refuses an injected credential) → filter response; the access log
+//! records it. Rate limits slot in after "authorize" as they land.
 
 pub mod forward;
 pub mod headers;
@@ -12,11 +14,12 @@ pub mod path;
 pub mod routes;
 pub mod upstreams;
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
-
-use std::sync::Arc;
 
 use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
@@ -26,7 +29,6 @@ use crate::http::security_headers::EnforceSecurityHeaders;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
 use crate::settings::RouteAuth;
-use actix_web::http::StatusCode;
 use forward::{
     BodyFraming, LimitedBody, OutboundRequest, RequestBody, UpstreamAnswer, UpstreamClients,
 };
