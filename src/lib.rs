@@ -13,3 +13,4 @@ pub mod secrets;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;

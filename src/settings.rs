@@ -337,6 +337,38 @@ pub struct ServerSettings {
     /// Time a client gets to send its request head (slow senders are cut off with 408).
     #[serde(default = "default_client_request_timeout", with = "humantime_serde")]
     pub client_request_timeout: Duration,
+    /// TLS on the public listener, when set.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS for the public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Refuse TLS 1.2.
+    #[serde(default)]
+    pub tls13_only: bool,
+    /// How often the files are checked for a new certificate.
+    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// A plain-HTTP listener that only redirects to HTTPS (308), when set.
+    #[serde(default)]
+    pub redirect_listen: Option<String>,
+    /// `Strict-Transport-Security: max-age` on every answer; 0 turns it off.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age_secs: u64,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_hsts() -> u64 {
+    31_536_000
 }
 
 fn default_max_body() -> u64 {

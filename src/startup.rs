@@ -23,6 +23,7 @@ use crate::http::access_log::AccessLog;
 use crate::http::errors::{extractor_error, not_found};
 use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
+use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
 use crate::http::{request_id, security_headers};
 use crate::proxy::forward::UpstreamClients;
@@ -36,6 +37,8 @@ use crate::secrets::vault::VaultStore;
 use crate::secrets::{SecretRef, Stores};
 use crate::settings::{InjectSettings, Settings};
 use crate::telemetry;
+use crate::tls::CertificateReloader;
+use actix_web::http::header::HeaderValue;
 
 /// A built, bound, not yet running Intercom.
 pub struct Application {
@@ -43,6 +46,8 @@ pub struct Application {
     admin_port: u16,
     public: Server,
     admin: Server,
+    /// The plain-HTTP listener that redirects to HTTPS, when configured.
+    redirect: Option<Server>,
     readiness: Arc<Readiness>,
     settings: Settings,
     minter: Option<Arc<Minter>>,
@@ -61,6 +66,8 @@ pub enum StartError {
     NoIntrospection,
     #[error("signing keys: {0}")]
     Keys(#[from] crate::broker::mint::MintError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{key}: {error}")]
     Secret {
         key: String,
@@ -291,6 +298,78 @@ fn build_injections(
         .collect()
 }
 
+/// The TLS configuration, with the certificate watched for changes and its expiry in
+/// readiness.
+fn build_tls(
+    settings: &Settings,
+    readiness: &Arc<Readiness>,
+) -> Result<Option<rustls::ServerConfig>, StartError> {
+    let Some(t) = &settings.server.tls else {
+        return Ok(None);
+    };
+    let certificates = CertificateReloader::load(&t.cert_file, &t.key_file)?;
+    let report = {
+        let readiness = Arc::downgrade(readiness);
+        move |not_after: i64| {
+            if let Some(readiness) = readiness.upgrade() {
+                let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                let left = not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+                let state = if left <= 0 {
+                    DependencyState::Down
+                } else if left < 14 * 24 * 3600 {
+                    DependencyState::Degraded
+                } else {
+                    DependencyState::Ok
+                };
+                readiness.report(
+                    "tls_certificate",
+                    state,
+                    false,
+                    Some(format!("expires {expires}")),
+                );
+            }
+        }
+    };
+    report(certificates.not_after());
+    certificates.spawn_watch(t.reload_interval, report);
+    Ok(Some(crate::tls::server_config(certificates, t.tls13_only)?))
+}
+
+/// The plain-HTTP listener that only redirects to HTTPS on `https_port`.
+fn redirect_server(addr: &str, https_port: u16, drain_secs: u64) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(addr)?;
+    Ok(HttpServer::new(move || {
+        App::new().default_service(web::to(move |req: HttpRequest| async move {
+            let host = req
+                .headers()
+                .get(actix_web::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let port = if https_port == 443 {
+                String::new()
+            } else {
+                format!(":{https_port}")
+            };
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            HttpResponse::PermanentRedirect()
+                .insert_header(("location", format!("https://{host}{port}{target}")))
+                .finish()
+        }))
+    })
+    .workers(1)
+    .shutdown_timeout(drain_secs)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
 /// Reports the AS in readiness every 15 s (not required: cached tokens keep working).
 fn spawn_auth_server_check(http: reqwest::Client, issuer: String, readiness: Arc<Readiness>) {
     let url = format!(
@@ -322,6 +401,7 @@ fn spawn_auth_server_check(http: reqwest::Client, issuer: String, readiness: Arc
 pub struct ShutdownHandle {
     public: ServerHandle,
     admin: ServerHandle,
+    redirect: Option<ServerHandle>,
     readiness: Arc<Readiness>,
     delay: Duration,
 }
@@ -333,6 +413,9 @@ impl ShutdownHandle {
         tracing::info!(delay_ms = self.delay.as_millis() as u64, "shutting down");
         self.readiness.begin_shutdown();
         tokio::time::sleep(self.delay).await;
+        if let Some(redirect) = &self.redirect {
+            redirect.stop(true).await;
+        }
         self.public.stop(true).await;
         self.admin.stop(true).await;
         tracing::info!("stopped");
@@ -362,6 +445,20 @@ impl Application {
             secrets: secrets.clone(),
         });
         let minter_data = minter.clone().map(web::Data::new);
+        let tls = build_tls(&settings, &readiness)?;
+        let hsts = settings
+            .server
+            .tls
+            .as_ref()
+            .filter(|t| t.hsts_max_age_secs > 0)
+            .and_then(|t| {
+                HeaderValue::from_str(&format!(
+                    "max-age={}; includeSubDomains",
+                    t.hsts_max_age_secs
+                ))
+                .ok()
+            })
+            .map(Hsts);
         let listener = TcpListener::bind(&settings.server.listen)?;
         let port = listener.local_addr()?.port();
         let admin_listener = TcpListener::bind(&settings.server.admin_listen)?;
@@ -385,6 +482,9 @@ impl Application {
                         web::get().to(wellknown::metadata),
                     );
             }
+            if let Some(hsts) = &hsts {
+                app = app.app_data(hsts.clone());
+            }
             app.app_data(proxy_state.clone())
                 .app_data(clients)
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
@@ -398,9 +498,21 @@ impl Application {
         .workers(workers)
         .client_request_timeout(settings.server.client_request_timeout)
         .shutdown_timeout(drain_secs)
-        .disable_signals()
-        .listen(listener)?
+        .disable_signals();
+        let public = match tls {
+            Some(config) => public.listen_rustls_0_23(listener, config)?,
+            None => public.listen(listener)?,
+        }
         .run();
+        let redirect = match settings
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| t.redirect_listen.as_ref())
+        {
+            Some(addr) => Some(redirect_server(addr, port, drain_secs)?),
+            None => None,
+        };
 
         let admin_readiness = web::Data::from(readiness.clone());
         let admin = HttpServer::new(move || {
@@ -425,6 +537,7 @@ impl Application {
             admin_port,
             public,
             admin,
+            redirect,
             readiness,
             settings,
             minter,
@@ -452,6 +565,7 @@ impl Application {
         ShutdownHandle {
             public: self.public.handle(),
             admin: self.admin.handle(),
+            redirect: self.redirect.as_ref().map(|r| r.handle()),
             readiness: self.readiness.clone(),
             delay: self.settings.server.shutdown_delay,
         }
@@ -470,6 +584,9 @@ impl Application {
             routes = self.settings.routes.len(),
             "intercom is serving"
         );
+        if let Some(redirect) = self.redirect {
+            tokio::spawn(redirect);
+        }
         let (public, admin) = tokio::join!(self.public, self.admin);
         public.and(admin)
     }

@@ -1,8 +1,8 @@
 //! Security headers on every answer of the public listener: `nosniff`, framing denied,
 //! no referrer, `X-XSS-Protection: 0` (current guidance: the old filter did harm), a
 //! strict `Content-Security-Policy` on Intercom's own answers; `Server` and upstream
-//! version headers dropped. Upstream answers keep their own values unless their route
-//! enforces Intercom's.
+//! version headers dropped; HSTS under TLS. Upstream answers keep their own values
+//! unless their route enforces Intercom's.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -10,6 +10,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 
 use super::access_log::UpstreamLatency;
+
+/// The `Strict-Transport-Security` value, when the listener speaks TLS.
+#[derive(Debug, Clone)]
+pub struct Hsts(pub HeaderValue);
 
 /// Set on a proxied response whose route enforces Intercom's security headers.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +43,12 @@ pub async fn apply(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let hsts = req.app_data::<Hsts>().map(|h| h.0.clone());
     let mut res = next.call(req).await?;
+    if let Some(value) = hsts {
+        res.headers_mut()
+            .insert(HeaderName::from_static("strict-transport-security"), value);
+    }
     let (proxied, enforce) = {
         let ext = res.response().extensions();
         (

@@ -10,4 +10,5 @@ mod phantom;
 mod protections;
 mod proxy;
 mod streaming;
+mod tls;
 mod vault;

@@ -1,0 +1,184 @@
+//! TLS on the public listener: handshakes with a rustls client (TLS 1.3 and 1.2),
+//! old protocols and plain HTTP refused, HSTS, the certificate reloaded without a
+//! restart, its expiry in readiness, and the redirect listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+use crate::helpers::*;
+
+/// Writes a fresh self-signed certificate for localhost / 127.0.0.1; returns its DER.
+fn write_certificate(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key, made.cert.der().to_vec())
+}
+
+/// One HTTPS request with a rustls client that trusts `trusted` and speaks `versions`;
+/// returns the answer's text, the protocol version and the server's certificate.
+async fn https_get(
+    port: u16,
+    trusted: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    path: &str,
+) -> std::io::Result<(String, String, Vec<u8>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trusted.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let (_, session) = tls.get_ref();
+    let version = format!("{:?}", session.protocol_version().unwrap());
+    let peer = session.peer_certificates().unwrap()[0].as_ref().to_vec();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    Ok((String::from_utf8_lossy(&answer).into_owned(), version, peer))
+}
+
+#[actix_web::test]
+async fn tls_handshakes_reloads_and_refuses_old_protocols() {
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_certificate(dir.path());
+    let redirect_port = free_port();
+    let app = spawn_app(&format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\nredirect_listen = \"127.0.0.1:{redirect_port}\"\n\
+         [[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        cert.display(),
+        key.display(),
+        upstream.url()
+    ))
+    .await;
+
+    let (text, version, peer) = https_get(app.port, &der, &[&rustls::version::TLS13], "/svc")
+        .await
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(version, "TLSv1_3");
+    assert_eq!(peer, der);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{text}"
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
+    let (text, version, _) = https_get(app.port, &der, &[&rustls::version::TLS12], "/svc")
+        .await
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"));
+    assert_eq!(version, "TLSv1_2");
+
+    // TLS 1.0 / 1.1 (OpenSSL's client, which still speaks them) and plain HTTP fail.
+    for flag in ["-tls1", "-tls1_1"] {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", app.port),
+                flag,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() || !text.contains("BEGIN CERTIFICATE"),
+            "{flag} handshake succeeded"
+        );
+    }
+    let (status, text) = raw_request(
+        app.port,
+        "GET /svc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_ne!(status, 200, "plain HTTP on the TLS port: {text}");
+
+    // Swap the files: the next handshake presents the new certificate.
+    let (_, _, new_der) = write_certificate(dir.path());
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    let (_, _, peer) = https_get(app.port, &new_der, &[&rustls::version::TLS13], "/svc")
+        .await
+        .unwrap();
+    assert_eq!(peer, new_der, "the reloaded certificate is not served");
+
+    let mut ready = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body["dependencies"]["tls_certificate"]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("expires "));
+
+    // The plain listener only redirects.
+    let (status, text) = raw_request(
+        redirect_port,
+        "GET /svc/x?y=1 HTTP/1.1\r\nHost: example.test:80\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 308);
+    assert!(
+        text.to_ascii_lowercase().contains(&format!(
+            "location: https://example.test:{}/svc/x?y=1",
+            app.port
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "only the three HTTPS requests reached the upstream"
+    );
+}
+
+#[actix_web::test]
+async fn tls13_only_refuses_tls12() {
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_certificate(dir.path());
+    let app = spawn_app(&format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\ntls13_only = true\n[[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        cert.display(),
+        key.display(),
+        upstream.url()
+    ))
+    .await;
+    assert!(
+        https_get(app.port, &der, &[&rustls::version::TLS12], "/svc")
+            .await
+            .is_err()
+    );
+    assert!(
+        https_get(app.port, &der, &[&rustls::version::TLS13], "/svc")
+            .await
+            .is_ok()
+    );
+}
