@@ -459,6 +459,38 @@ pub struct RouteSettings {
     /// `enforce`: they replace the upstream's.
     #[serde(default)]
     pub security_headers: SecurityHeaders,
+    /// Cross-origin access for browsers; preflights are answered by Intercom.
+    #[serde(default)]
+    pub cors: Option<CorsSettings>,
+}
+
+/// A route's CORS policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Allowed origins (`https://app.example.com`), or `["*"]` without credentials.
+    pub origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub methods: Vec<String>,
+    /// Request headers a browser may send (besides the CORS-safelisted ones).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers a browser script may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and `Authorization`; only with explicit origins.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: usize,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+fn default_cors_max_age() -> usize {
+    600
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -765,6 +797,52 @@ impl Settings {
                         ))
                     }
                     _ => {}
+                }
+            }
+            if let Some(cors) = &route.cors {
+                if route.host.is_some() {
+                    return Err(SettingsError::new(
+                        key("cors"),
+                        "CORS policies are chosen by path, so they cannot be set on host-specific routes",
+                    ));
+                }
+                if cors.origins.is_empty() {
+                    return Err(SettingsError::new(
+                        key("cors.origins"),
+                        "name at least one origin",
+                    ));
+                }
+                for (o, origin) in cors.origins.iter().enumerate() {
+                    let k = format!("routes[{i}].cors.origins[{o}]");
+                    if origin == "*" {
+                        if cors.credentials {
+                            return Err(SettingsError::new(
+                                k,
+                                "\"*\" cannot be used with credentials = true: name the origins",
+                            ));
+                        }
+                        continue;
+                    }
+                    let url = Url::parse(origin).map_err(|_| {
+                        SettingsError::new(&k, format!("{origin:?} is not an origin"))
+                    })?;
+                    if url.host_str().is_none() || url.path() != "/" || origin.ends_with('/') {
+                        return Err(SettingsError::new(
+                            k,
+                            format!("{origin:?} is not an origin like https://app.example.com"),
+                        ));
+                    }
+                }
+                for (m, method) in cors.methods.iter().enumerate() {
+                    if http::Method::from_bytes(method.as_bytes()).is_err() {
+                        return Err(SettingsError::new(
+                            format!("routes[{i}].cors.methods[{m}]"),
+                            format!("{method:?} is not an HTTP method"),
+                        ));
+                    }
+                }
+                for (h, name) in cors.headers.iter().chain(&cors.expose_headers).enumerate() {
+                    header_name(&format!("routes[{i}].cors.headers[{h}]"), name)?;
                 }
             }
             positive(&key("timeouts.connect"), route.timeouts.connect)?;

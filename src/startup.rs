@@ -25,7 +25,7 @@ use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
 use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
-use crate::http::{request_id, security_headers};
+use crate::http::{cors, request_id, security_headers};
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::inject::Injection;
@@ -445,6 +445,23 @@ impl Application {
             secrets: secrets.clone(),
         });
         let minter_data = minter.clone().map(web::Data::new);
+        // With any CORS policy, every host-less route becomes a scope (longest prefix
+        // first, as the table matches) so a policy never covers a more specific route.
+        let any_cors = settings.routes.iter().any(|r| r.cors.is_some());
+        let scopes: Vec<(String, Option<crate::settings::CorsSettings>)> = proxy_state
+            .routes
+            .routes()
+            .iter()
+            .filter(|r| any_cors && r.host.is_none())
+            .map(|r| {
+                let prefix = if r.prefix == "/" {
+                    String::new()
+                } else {
+                    r.prefix.clone()
+                };
+                (prefix, settings.routes[r.index].cors.clone())
+            })
+            .collect();
         let tls = build_tls(&settings, &readiness)?;
         let hsts = settings
             .server
@@ -484,6 +501,13 @@ impl Application {
             }
             if let Some(hsts) = &hsts {
                 app = app.app_data(hsts.clone());
+            }
+            for (prefix, policy) in &scopes {
+                let scope = web::scope(prefix).default_service(web::to(proxy::handle));
+                app = match policy {
+                    Some(policy) => app.service(scope.wrap(cors::middleware(policy))),
+                    None => app.service(scope),
+                };
             }
             app.app_data(proxy_state.clone())
                 .app_data(clients)

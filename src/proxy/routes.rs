@@ -210,6 +210,7 @@ mod tests {
             inject: None,
             max_body_bytes: None,
             security_headers: Default::default(),
+            cors: None,
         }
     }
 

@@ -157,6 +157,16 @@ fn validation_errors_name_the_key() {
             "routes[0].required_scopes[0]",
         ),
         ("[tokens]\nalgorithm = \"HS256\"\n".into(), &[], "tokens.algorithm"),
+        (
+            format!("{ROUTE}cors = {{ origins = [\"*\"], credentials = true }}\n"),
+            &[],
+            "routes[0].cors.origins[0]: \"*\" cannot be used with credentials",
+        ),
+        (
+            format!("{ROUTE}cors = {{ origins = [\"https://app.example.com/path\"] }}\n"),
+            &[],
+            "routes[0].cors.origins[0]",
+        ),
     ];
     for (extra, env, expected) in cases {
         let message = error_for(&extra, env);

@@ -2,6 +2,7 @@
 //! against real processes started by `helpers`.
 
 mod config;
+mod cors;
 mod harness;
 mod helpers;
 mod lifecycle;
