@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_actix_web::TracingLogger;
@@ -20,12 +20,13 @@ use crate::broker::mint::Minter;
 use crate::broker::validate::{JwtValidator, SignatureCheck};
 use crate::cache::CacheLimits;
 use crate::http::access_log::AccessLog;
+use crate::http::compression::CompressionPolicy;
 use crate::http::errors::{extractor_error, not_found};
 use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
 use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
-use crate::http::{cors, request_id, security_headers};
+use crate::http::{compression, cors, request_id, security_headers};
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::inject::Injection;
@@ -447,6 +448,8 @@ impl Application {
         let minter_data = minter.clone().map(web::Data::new);
         // With any CORS policy, every host-less route becomes a scope (longest prefix
         // first, as the table matches) so a policy never covers a more specific route.
+        let compress = settings.compression.enabled;
+        let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
         let any_cors = settings.routes.iter().any(|r| r.cors.is_some());
         let scopes: Vec<(String, Option<crate::settings::CorsSettings>)> = proxy_state
             .routes
@@ -502,6 +505,9 @@ impl Application {
             if let Some(hsts) = &hsts {
                 app = app.app_data(hsts.clone());
             }
+            if let Some(policy) = &compression {
+                app = app.app_data(policy.clone());
+            }
             for (prefix, policy) in &scopes {
                 let scope = web::scope(prefix).default_service(web::to(proxy::handle));
                 app = match policy {
@@ -514,6 +520,7 @@ impl Application {
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
                 .app_data(web::PathConfig::default().error_handler(extractor_error))
+                .wrap(Condition::new(compress, from_fn(compression::compress)))
                 .wrap(from_fn(security_headers::apply))
                 .wrap(TracingLogger::<AccessLog>::new())
                 .wrap(from_fn(request_id::assign))

@@ -2,6 +2,7 @@
 //! Thin by design: handlers translate, the work happens in the other modules.
 
 pub mod access_log;
+pub mod compression;
 pub mod cors;
 pub mod errors;
 pub mod health;
