@@ -21,7 +21,7 @@ use crate::broker::validate::{JwtValidator, SignatureCheck};
 use crate::cache::CacheLimits;
 use crate::http::access_log::AccessLog;
 use crate::http::compression::CompressionPolicy;
-use crate::http::errors::{extractor_error, not_found};
+use crate::http::errors::{ensure_problem, extractor_error, not_found};
 use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
 use crate::http::security_headers::Hsts;
@@ -520,6 +520,7 @@ impl Application {
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
                 .app_data(web::PathConfig::default().error_handler(extractor_error))
+                .wrap(from_fn(ensure_problem))
                 .wrap(Condition::new(compress, from_fn(compression::compress)))
                 .wrap(from_fn(security_headers::apply))
                 .wrap(TracingLogger::<AccessLog>::new())

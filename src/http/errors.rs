@@ -44,6 +44,9 @@ pub enum ApiError {
     AuthServerUnavailable(String),
     #[error("an internal error occurred")]
     Internal,
+    /// An answer built by a library layer (e.g. a CORS refusal), re-dressed.
+    #[error("the request was refused ({0})")]
+    Refused(StatusCode),
 }
 
 /// One row of the table: what the client sees for an error.
@@ -111,6 +114,15 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
+            ),
+            Refused(status) => (
+                *status,
+                if status.is_server_error() {
+                    "internal"
+                } else {
+                    "refused"
+                },
+                status.canonical_reason().unwrap_or("Refused"),
             ),
         };
         Row {
@@ -232,6 +244,32 @@ impl ResponseError for Problem {
         }
         res.body(serde_json::to_vec(&body).unwrap_or_default())
     }
+}
+
+/// Middleware: an error answer that Intercom produced without this table (a library
+/// layer such as actix-cors answers in plain text) is re-dressed as problem+json.
+/// Upstream answers pass untouched.
+pub async fn ensure_problem<B: actix_web::body::MessageBody + 'static>(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let proxied = res
+        .response()
+        .extensions()
+        .get::<super::access_log::UpstreamLatency>()
+        .is_some();
+    if (status.is_client_error() || status.is_server_error()) && !is_problem && !proxied {
+        let (req, _) = res.into_parts();
+        let answer = ApiError::Refused(status).at(&req).error_response();
+        return Ok(actix_web::dev::ServiceResponse::new(req, answer).map_into_right_body());
+    }
+    Ok(res.map_into_left_body())
 }
 
 /// Extractor failures (bad JSON, query, path) go through the same table.
