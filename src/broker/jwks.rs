@@ -5,8 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use arc_swap::ArcSwap;
 use josekit::jwk::{Jwk, JwkSet};
+use josekit::jws::JwsVerifier;
+
+/// A verifier built from one key, shared by every validation that uses it.
+pub type SharedVerifier = Arc<dyn JwsVerifier + Send + Sync>;
 
 /// Bounds on how long a fetched JWKS is trusted without a refresh.
 const MIN_REFRESH: Duration = Duration::from_secs(60);
@@ -30,6 +36,9 @@ pub struct RemoteJwks {
     /// Held while fetching (single-flight); holds when the last fetch started.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refresh_after: ArcSwap<Duration>,
+    /// Verifiers by (kid, alg), built once per key set: parsing a key costs more than
+    /// checking a signature with it.
+    verifiers: std::sync::Mutex<HashMap<(Option<String>, String), SharedVerifier>>,
 }
 
 impl RemoteJwks {
@@ -41,6 +50,7 @@ impl RemoteJwks {
             keys: ArcSwap::from_pointee(JwkSet::new()),
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_after: ArcSwap::from_pointee(DEFAULT_REFRESH),
+            verifiers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -91,6 +101,7 @@ impl RemoteJwks {
             uri: self.uri.clone(),
         })?;
         self.keys.store(Arc::new(set));
+        self.verifiers.lock().expect("verifier cache lock").clear();
         self.refresh_after.store(Arc::new(max_age));
         Ok(())
     }
@@ -114,6 +125,34 @@ impl RemoteJwks {
             tracing::warn!(error = %e, "JWKS refetch failed");
         }
         self.lookup(kid, alg)
+    }
+
+    /// The verifier for `kid` and `alg`, built by `build` from the key on first use and
+    /// kept until the key set changes.
+    pub async fn verifier<E>(
+        &self,
+        kid: Option<&str>,
+        alg: &str,
+        build: impl Fn(&str, &Jwk) -> Result<SharedVerifier, E>,
+    ) -> Option<Result<SharedVerifier, E>> {
+        let slot = (kid.map(str::to_owned), alg.to_string());
+        if let Some(v) = self
+            .verifiers
+            .lock()
+            .expect("verifier cache lock")
+            .get(&slot)
+        {
+            return Some(Ok(v.clone()));
+        }
+        let key = self.key_for(kid, alg).await?;
+        let built = build(alg, &key);
+        if let Ok(v) = &built {
+            self.verifiers
+                .lock()
+                .expect("verifier cache lock")
+                .insert(slot, v.clone());
+        }
+        Some(built)
     }
 
     fn lookup(&self, kid: Option<&str>, alg: &str) -> Option<Jwk> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use josekit::jws::{self, JwsVerifier};
+use josekit::jws;
 use josekit::jwt::{self, JwtPayload};
 
-use super::jwks::RemoteJwks;
+use super::jwks::{RemoteJwks, SharedVerifier};
 use super::{now_secs, Principal, TokenClaims};
 
 /// Why a JWT was refused. The text goes into `error_description`: it never quotes the
@@ -82,29 +82,28 @@ impl SignatureCheck {
             .claim("typ")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        let key = self
+        let verifier = self
             .jwks
-            .key_for(kid.as_deref(), &alg)
+            .verifier(kid.as_deref(), &alg, verifier_for)
             .await
-            .ok_or(JwtError::UnknownKey)?;
-        let verifier = verifier_for(&alg, &key)?;
+            .ok_or(JwtError::UnknownKey)??;
         let (payload, _) =
             jwt::decode_with_verifier(token, &*verifier).map_err(|_| JwtError::BadSignature)?;
         Ok((payload, typ))
     }
 }
 
-fn verifier_for(alg: &str, key: &josekit::jwk::Jwk) -> Result<Box<dyn JwsVerifier>, JwtError> {
-    let v: Result<Box<dyn JwsVerifier>, _> = match alg {
-        "RS256" => jws::RS256.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "RS384" => jws::RS384.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "RS512" => jws::RS512.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "PS256" => jws::PS256.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "PS384" => jws::PS384.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "PS512" => jws::PS512.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "ES256" => jws::ES256.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "ES384" => jws::ES384.verifier_from_jwk(key).map(|v| Box::new(v) as _),
-        "EdDSA" => jws::EdDSA.verifier_from_jwk(key).map(|v| Box::new(v) as _),
+fn verifier_for(alg: &str, key: &josekit::jwk::Jwk) -> Result<SharedVerifier, JwtError> {
+    let v: Result<SharedVerifier, _> = match alg {
+        "RS256" => jws::RS256.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "RS384" => jws::RS384.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "RS512" => jws::RS512.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "PS256" => jws::PS256.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "PS384" => jws::PS384.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "PS512" => jws::PS512.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "ES256" => jws::ES256.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "ES384" => jws::ES384.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
+        "EdDSA" => jws::EdDSA.verifier_from_jwk(key).map(|v| Arc::new(v) as _),
         _ => return Err(JwtError::AlgorithmNotAllowed),
     };
     // A key of the wrong type for the algorithm is as good as no key.
