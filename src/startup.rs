@@ -589,10 +589,6 @@ impl Application {
         self.admin_port
     }
 
-    pub fn readiness(&self) -> Arc<Readiness> {
-        self.readiness.clone()
-    }
-
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             public: self.public.handle(),

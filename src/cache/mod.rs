@@ -169,17 +169,6 @@ impl<V: Expiring> TokenCache<V> {
             }
         }
     }
-
-    /// Drops a token's entries (revocation, logout).
-    pub async fn invalidate(&self, key: &CacheKey) {
-        self.positive.invalidate(key).await;
-        self.negative.invalidate(key).await;
-    }
-
-    /// Entries in the positive cache (approximate, as moka counts).
-    pub fn entry_count(&self) -> u64 {
-        self.positive.entry_count()
-    }
 }
 
 #[cfg(test)]

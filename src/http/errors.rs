@@ -32,8 +32,6 @@ pub enum ApiError {
     UpstreamProtocol,
     #[error("no healthy upstream instance is available")]
     NoHealthyUpstream,
-    #[error("the service is shutting down")]
-    ShuttingDown,
     #[error("a bearer token is required")]
     MissingToken,
     #[error("{0}")]
@@ -92,11 +90,6 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-healthy-upstream",
                 "No healthy upstream",
-            ),
-            ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting-down",
-                "Shutting down",
             ),
             MissingToken => (StatusCode::UNAUTHORIZED, "missing-token", "Unauthorized"),
             InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized"),
@@ -161,9 +154,7 @@ impl ApiError {
     /// The `Retry-After` seconds for answers that invite a retry.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            ApiError::NoHealthyUpstream
-            | ApiError::ShuttingDown
-            | ApiError::AuthServerUnavailable(_) => Some(5),
+            ApiError::NoHealthyUpstream | ApiError::AuthServerUnavailable(_) => Some(5),
             _ => None,
         }
     }

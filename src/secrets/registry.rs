@@ -88,10 +88,6 @@ impl SecretRegistry {
         self.cells.get(reference).cloned()
     }
 
-    pub fn stores(&self) -> &Stores {
-        &self.stores
-    }
-
     /// Checks one secret with its store now and swaps in a new value. Concurrent
     /// callers for one cell share the check.
     pub async fn refresh(&self, cell: &SecretCell) -> Refresh {
