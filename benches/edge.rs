@@ -109,6 +109,7 @@ fn jwt_validation(c: &mut Criterion) {
             algorithms: vec!["ES256".into()],
             jwks,
         },
+        tier_claim: "plan".into(),
     };
     let token = minter.mint(&principal(), "api").unwrap().jwt;
     c.bench_function("validate ES256 JWT access token", |b| {

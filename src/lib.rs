@@ -8,7 +8,9 @@
 pub mod broker;
 pub mod cache;
 pub mod http;
+pub mod limits;
 pub mod proxy;
+pub mod redis;
 pub mod secrets;
 pub mod settings;
 pub mod startup;

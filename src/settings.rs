@@ -34,6 +34,120 @@ pub struct Settings {
     pub tokens: TokenSettings,
     #[serde(default)]
     pub compression: CompressionSettings,
+    /// The shared Redis (rate-limit counters); without it each replica limits alone.
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+}
+
+/// The shared Redis every replica talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (no password here: see `password`).
+    pub url: String,
+    /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_redis_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for a connection or a command; past it Redis counts as failed.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failure, how long Redis is left alone before it is tried again.
+    #[serde(default = "default_redis_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+fn default_redis_pool_size() -> usize {
+    16
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_redis_retry() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Rate limits: tiers of windows, chosen by a verified claim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// The token claim naming the caller's tier (e.g. `plan`).
+    pub tier_claim: String,
+    /// The tier of callers whose token has no (or an unknown) tier claim.
+    pub default_tier: String,
+    /// The tier of anonymous callers (keyed by address); `default_tier` when absent.
+    pub anonymous_tier: Option<String>,
+    /// What to do while Redis fails: `local` (limit per replica), `allow` or `deny`.
+    pub on_redis_error: OnRedisError,
+    /// Replicas sharing the limits: the local fallback allows `limit / replicas`.
+    pub replicas: u32,
+    /// Prefix of the Redis keys.
+    pub key_prefix: String,
+    /// Windows per tier.
+    pub tiers: std::collections::BTreeMap<String, Vec<WindowSettings>>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            tier_claim: "plan".into(),
+            default_tier: "free".into(),
+            anonymous_tier: None,
+            on_redis_error: OnRedisError::Local,
+            replicas: 1,
+            key_prefix: "intercom:rl".into(),
+            tiers: Default::default(),
+        }
+    }
+}
+
+/// The rate limiter's answer while Redis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Each replica limits alone at `limit / replicas`.
+    #[default]
+    Local,
+    /// Let every request through.
+    Allow,
+    /// Refuse every request (503).
+    Deny,
+}
+
+/// One window: `requests` per `per`, at most `burst` of them back to back.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSettings {
+    pub requests: u64,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Requests that may come at once (default: all of `requests`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// A route's rate limit: the global tiers, some replaced for this route.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    /// Windows per tier for this route, replacing the global ones of the same tier.
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, Vec<WindowSettings>>,
+    /// `identity` (verified `client_id`, else `sub`) or `address`; by default identity
+    /// on bearer routes and address on open ones.
+    #[serde(default)]
+    pub key: Option<RateLimitKey>,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    Identity,
+    Address,
 }
 
 /// Response compression (gzip, brotli, zstd by `Accept-Encoding`). Off by default:
@@ -495,6 +609,9 @@ pub struct RouteSettings {
     /// Cross-origin access for browsers; preflights are answered by Intercom.
     #[serde(default)]
     pub cors: Option<CorsSettings>,
+    /// Rate limit for this route (`rate_limit = {}` for the global tiers).
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimit>,
 }
 
 /// A route's CORS policy.
@@ -663,6 +780,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("server.admin_listen", &self.server.admin_listen)?;
+        self.validate_rate_limits()?;
         if self.server.workers == Some(0) {
             return Err(SettingsError::new("server.workers", "must be at least 1"));
         }
@@ -878,6 +996,31 @@ impl Settings {
                     header_name(&format!("routes[{i}].cors.headers[{h}]"), name)?;
                 }
             }
+            if let Some(limit) = &route.rate_limit {
+                for (tier, windows) in &limit.tiers {
+                    validate_windows(&key(&format!("rate_limit.tiers.{tier}")), windows)?;
+                }
+                let tier = match (route.auth, limit.key) {
+                    (RouteAuth::None, Some(RateLimitKey::Identity)) => {
+                        return Err(SettingsError::new(
+                            key("rate_limit.key"),
+                            "\"identity\" needs auth = \"bearer\": an open route has no verified identity",
+                        ))
+                    }
+                    (RouteAuth::None, _) | (_, Some(RateLimitKey::Address)) => self
+                        .rate_limit
+                        .anonymous_tier
+                        .as_ref()
+                        .unwrap_or(&self.rate_limit.default_tier),
+                    _ => &self.rate_limit.default_tier,
+                };
+                if !limit.tiers.contains_key(tier) && !self.rate_limit.tiers.contains_key(tier) {
+                    return Err(SettingsError::new(
+                        key("rate_limit"),
+                        format!("tier {tier:?} has no windows: set rate_limit.tiers.{tier}"),
+                    ));
+                }
+            }
             positive(&key("timeouts.connect"), route.timeouts.connect)?;
             positive(&key("timeouts.response"), route.timeouts.response)?;
             positive(&key("timeouts.total"), route.timeouts.total)?;
@@ -982,6 +1125,9 @@ impl Settings {
                 add(format!("routes[{i}].inject.secret"), inject.secret())?;
             }
         }
+        if let Some(password) = self.redis.as_ref().and_then(|r| r.password.as_ref()) {
+            add("redis.password".into(), password)?;
+        }
         if let Some(key) = &self.tokens.signing_key {
             add("tokens.signing_key".into(), key)?;
         }
@@ -989,6 +1135,42 @@ impl Settings {
             add("tokens.next_signing_key".into(), key)?;
         }
         Ok(refs)
+    }
+
+    /// The global rate-limit windows and the shared Redis.
+    fn validate_rate_limits(&self) -> Result<(), SettingsError> {
+        for (tier, windows) in &self.rate_limit.tiers {
+            validate_windows(&format!("rate_limit.tiers.{tier}"), windows)?;
+        }
+        if self.rate_limit.replicas == 0 {
+            return Err(SettingsError::new(
+                "rate_limit.replicas",
+                "must be at least 1",
+            ));
+        }
+        if let Some(redis) = &self.redis {
+            // The URL is not echoed: it might carry a password.
+            let url = Url::parse(&redis.url)
+                .map_err(|_| SettingsError::new("redis.url", "is not a valid URL"))?;
+            if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
+                return Err(SettingsError::new(
+                    "redis.url",
+                    "must look like redis://host:port/db",
+                ));
+            }
+            if url.password().is_some() {
+                return Err(SettingsError::new(
+                    "redis.url",
+                    "holds a password: move it to the secret store and set redis.password",
+                ));
+            }
+            if redis.pool_size == 0 {
+                return Err(SettingsError::new("redis.pool_size", "must be at least 1"));
+            }
+            positive("redis.timeout", redis.timeout)?;
+            positive("redis.retry_interval", redis.retry_interval)?;
+        }
+        Ok(())
     }
 
     /// Checks what can be checked without the network: `file:` references exist.
@@ -1035,6 +1217,34 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn validate_windows(key: &str, windows: &[WindowSettings]) -> Result<(), SettingsError> {
+    if windows.is_empty() {
+        return Err(SettingsError::new(key, "name at least one window"));
+    }
+    for (w, window) in windows.iter().enumerate() {
+        let k = format!("{key}[{w}]");
+        if window.requests == 0 {
+            return Err(SettingsError::new(
+                format!("{k}.requests"),
+                "must be at least 1",
+            ));
+        }
+        if window.per < Duration::from_secs(1) {
+            return Err(SettingsError::new(
+                format!("{k}.per"),
+                "must be at least 1s",
+            ));
+        }
+        if window.burst == Some(0) {
+            return Err(SettingsError::new(
+                format!("{k}.burst"),
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn header_name(key: &str, name: &str) -> Result<(), SettingsError> {

@@ -27,11 +27,13 @@ use crate::http::health::{self, Readiness};
 use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
 use crate::http::{compression, cors, request_id, security_headers};
+use crate::limits::RateLimiter;
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::inject::Injection;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
+use crate::redis::SharedRedis;
 use crate::secrets::file::FileStore;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::vault::VaultStore;
@@ -69,11 +71,33 @@ pub enum StartError {
     Keys(#[from] crate::broker::mint::MintError),
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("{key}: {error}")]
     Secret {
         key: String,
         error: crate::secrets::SecretError,
     },
+}
+
+/// The shared Redis pool, when `[redis]` is configured (connections open on first use).
+fn build_redis(
+    settings: &Settings,
+    readiness: &Arc<Readiness>,
+    secrets: &SecretRegistry,
+) -> Result<Option<Arc<SharedRedis>>, StartError> {
+    let Some(redis) = &settings.redis else {
+        return Ok(None);
+    };
+    let password = redis
+        .password
+        .as_ref()
+        .and_then(|r| SecretRef::parse(r).ok())
+        .and_then(|r| secrets.cell(&r.to_string()))
+        .map(|cell| cell.current());
+    SharedRedis::new(redis, password, readiness.clone())
+        .map(|r| Some(Arc::new(r)))
+        .map_err(StartError::Redis)
 }
 
 /// Opens the secret stores and resolves every reference in the configuration.
@@ -195,6 +219,7 @@ async fn build_edge(
         signature: signature(auth.jwt.algorithms.clone()),
         leeway: auth.jwt.leeway,
         default_lifetime: settings.tokens.cache_max_ttl,
+        tier_claim: settings.rate_limit.tier_claim.clone(),
     };
     let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
         issuer: meta.issuer.clone(),
@@ -202,6 +227,7 @@ async fn build_edge(
         typ: auth.jwt.typ.clone(),
         leeway: auth.jwt.leeway,
         signature: signature(auth.jwt.algorithms.clone()),
+        tier_claim: settings.rate_limit.tier_claim.clone(),
     });
     let t = &settings.tokens;
     let stored_cell = |text: &Option<String>| {
@@ -432,6 +458,8 @@ impl Application {
         let secrets = build_secrets(&settings, &readiness).await?;
         let edge = build_edge(&settings, &readiness, &secrets).await?;
         let injections = build_injections(&settings, &secrets, edge.as_ref())?;
+        let redis = build_redis(&settings, &readiness, &secrets)?;
+        let limiter = RateLimiter::new(&settings, redis.clone());
         let minter = edge.as_ref().map(|e| e.minter.clone());
         let proxy_state = web::Data::new(ProxyState {
             routes: RouteTable::new(
@@ -444,6 +472,7 @@ impl Application {
             edge: edge.map(|e| e.edge),
             identity: IdentityHeaders::from_settings(&settings.tokens),
             secrets: secrets.clone(),
+            limiter,
         });
         let minter_data = minter.clone().map(web::Data::new);
         // With any CORS policy, every host-less route becomes a scope (longest prefix

@@ -46,6 +46,8 @@ pub struct Introspector {
     pub leeway: Duration,
     /// Used when an active answer carries no `exp`.
     pub default_lifetime: Duration,
+    /// The claim naming the caller's rate-limit tier.
+    pub tier_claim: String,
 }
 
 impl Introspector {
@@ -120,7 +122,7 @@ impl Introspector {
             return Ok(Introspection::Inactive);
         }
         let fallback = now_secs() + self.default_lifetime.as_secs();
-        let principal = claims.into_principal(fallback);
+        let principal = claims.into_principal(fallback, &self.tier_claim);
         if principal.exp <= now_secs() {
             return Ok(Introspection::Inactive);
         }

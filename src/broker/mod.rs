@@ -26,6 +26,8 @@ pub struct Principal {
     pub exp: u64,
     pub auth_time: Option<u64>,
     pub acr: Option<String>,
+    /// The caller's rate-limit tier, from the configured claim (e.g. `plan`).
+    pub tier: Option<String>,
 }
 
 /// The claims Intercom reads from an introspection answer or a JWT access token.
@@ -49,12 +51,19 @@ pub(crate) struct TokenClaims {
     pub auth_time: Option<u64>,
     #[serde(default)]
     pub acr: Option<String>,
+    /// Every other claim, for the configured tier claim.
+    #[serde(flatten)]
+    pub other: std::collections::HashMap<String, serde_json::Value>,
 }
 
 impl TokenClaims {
     /// The principal these claims describe, expiring at `exp` (or `fallback_exp` when
     /// the claims carry none).
-    pub(crate) fn into_principal(self, fallback_exp: u64) -> Principal {
+    pub(crate) fn into_principal(mut self, fallback_exp: u64, tier_claim: &str) -> Principal {
+        let tier = match self.other.remove(tier_claim) {
+            Some(serde_json::Value::String(tier)) => Some(tier),
+            _ => None,
+        };
         let scopes = match (self.scope, self.scp) {
             (Some(s), _) => s.split_whitespace().map(str::to_owned).collect(),
             (None, Some(list)) => list,
@@ -67,6 +76,7 @@ impl TokenClaims {
             exp: self.exp.unwrap_or(fallback_exp),
             auth_time: self.auth_time,
             acr: self.acr,
+            tier,
         }
     }
 }

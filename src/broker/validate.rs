@@ -144,6 +144,8 @@ pub struct JwtValidator {
     pub typ: Option<String>,
     pub leeway: Duration,
     pub signature: SignatureCheck,
+    /// The claim naming the caller's rate-limit tier.
+    pub tier_claim: String,
 }
 
 impl JwtValidator {
@@ -185,7 +187,7 @@ impl JwtValidator {
         let exp = check_times(&payload, self.leeway)?;
         let claims: TokenClaims = serde_json::from_value(serde_json::Value::Object(payload.into()))
             .map_err(|_| JwtError::Malformed)?;
-        Ok(claims.into_principal(exp))
+        Ok(claims.into_principal(exp, &self.tier_claim))
     }
 }
 

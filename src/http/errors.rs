@@ -40,6 +40,10 @@ pub enum ApiError {
     InsufficientScope(String),
     #[error("{0}")]
     AuthServerUnavailable(String),
+    #[error("too many requests: retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("the rate limiter cannot decide right now")]
+    RateLimiterUnavailable,
     #[error("an internal error occurred")]
     Internal,
     /// An answer built by a library layer (e.g. a CORS refusal), re-dressed.
@@ -103,6 +107,16 @@ impl ApiError {
                 "auth-server-unavailable",
                 "Authorization server unavailable",
             ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
+            RateLimiterUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limiter-unavailable",
+                "Rate limiter unavailable",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -152,9 +166,12 @@ impl ApiError {
     }
 
     /// The `Retry-After` seconds for answers that invite a retry.
-    fn retry_after(&self) -> Option<u32> {
+    fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::NoHealthyUpstream | ApiError::AuthServerUnavailable(_) => Some(5),
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::NoHealthyUpstream
+            | ApiError::AuthServerUnavailable(_)
+            | ApiError::RateLimiterUnavailable => Some(5),
             _ => None,
         }
     }

@@ -121,6 +121,38 @@ pub struct ClientView<'a> {
     pub host: Option<&'a str>,
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+/// `X-Forwarded-For` hop that is not one (walking from the right, as each trusted
+/// proxy appended what it saw; anything further left is the client's own say).
+pub fn client_address(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer?;
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Headers from a trusted proxy are
 /// extended; from anyone else they are replaced, and `Forwarded` is dropped.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: &[IpNet]) {
@@ -233,6 +265,27 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert!(h.get("x-other").is_some());
         assert_eq!(normalize_name("X_User-ID"), "x-user-id");
+    }
+
+    #[test]
+    fn client_address_believes_forwarded_for_only_from_trusted_proxies() {
+        let trusted: IpNet = "10.0.0.0/8".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.2"),
+        );
+        let from_proxy = Some("10.0.0.1".parse().unwrap());
+        let direct = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(
+            client_address(from_proxy, &h, &[trusted]),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(client_address(direct, &h, &[trusted]), direct);
+        assert_eq!(
+            client_address(from_proxy, &HeaderMap::new(), &[trusted]),
+            from_proxy
+        );
     }
 
     #[test]

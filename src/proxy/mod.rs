@@ -4,7 +4,7 @@
 //! [`proxy`] is the request path, one phase per step and in this order: canonicalize →
 //! pick route → authenticate → authorize → limit → rewrite → inject → forward (once more
 //! if the upstream refuses an injected credential) → filter response; the access log
-//! records it. Rate limits slot in after "authorize" as they land.
+//! records it. "limit" is the rate limit, then the body size limit.
 
 pub mod forward;
 pub mod headers;
@@ -26,6 +26,7 @@ use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
 use crate::http::security_headers::EnforceSecurityHeaders;
+use crate::limits::{Caller, RateLimiter};
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
 use crate::settings::RouteAuth;
@@ -46,6 +47,16 @@ pub struct ProxyState {
     pub identity: IdentityHeaders,
     /// For injected credentials and their refresh on an upstream 401.
     pub secrets: Arc<SecretRegistry>,
+    /// Rate limits; `None` when no route has one.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// What the proxy learned about a request that its answer carries, error or not.
+#[derive(Default)]
+struct Trail {
+    route: Option<RouteTag>,
+    /// `RateLimit-Policy` and `RateLimit`.
+    rate_limit: Option<(header::HeaderValue, header::HeaderValue)>,
 }
 
 /// The default service of the public listener: every request not served by Intercom
@@ -58,14 +69,19 @@ pub async fn handle(
     let clients = req
         .app_data::<UpstreamClients>()
         .expect("startup registers the upstream clients on every worker");
-    let mut route_tag: Option<RouteTag> = None;
-    let result = proxy(&req, payload, &state, clients, &mut route_tag).await;
+    let mut trail = Trail::default();
+    let result = proxy(&req, payload, &state, clients, &mut trail).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => error.at(&req).error_response(),
     };
-    if let Some(tag) = route_tag {
+    if let Some(tag) = trail.route {
         response.extensions_mut().insert(tag);
+    }
+    if let Some((policy, current)) = trail.rate_limit {
+        let headers = response.headers_mut();
+        headers.insert(header::HeaderName::from_static("ratelimit-policy"), policy);
+        headers.insert(header::HeaderName::from_static("ratelimit"), current);
     }
     response
 }
@@ -75,16 +91,17 @@ async fn proxy(
     payload: web::Payload,
     state: &ProxyState,
     clients: &UpstreamClients,
-    route_tag: &mut Option<RouteTag>,
+    trail: &mut Trail,
 ) -> Result<HttpResponse, ApiError> {
     let canonical = path::canonicalize(req.uri().path())?;
     let route = pick_route(req, state, &canonical)?;
-    *route_tag = Some(RouteTag {
+    trail.route = Some(RouteTag {
         name: route.name.clone(),
         metrics: route.metrics.clone(),
     });
     let admitted = authenticate(req, state, route).await?;
     authorize(route, admitted.as_ref().map(|(a, _)| a))?;
+    rate_limit(req, state, route, admitted.as_ref().map(|(a, _)| a), trail).await?;
     let body = limit(req, route, payload).await?;
     let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
     let injected = inject_credential(route, &mut outbound).await?;
@@ -185,6 +202,50 @@ fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError>
             .check(&a.token.principal.scopes)
             .map_err(ApiError::InsufficientScope),
         None => Ok(()),
+    }
+}
+
+/// Counts the request against the route's rate limit, by verified identity (or the
+/// trusted client address), and refuses it with 429 when a window is spent.
+async fn rate_limit(
+    req: &HttpRequest,
+    state: &ProxyState,
+    route: &Route,
+    admitted: Option<&Admitted>,
+    trail: &mut Trail,
+) -> Result<(), ApiError> {
+    let Some(limiter) = &state.limiter else {
+        return Ok(());
+    };
+    let Some(policy) = limiter.policy(route.index) else {
+        return Ok(());
+    };
+    let principal = admitted.map(|a| &a.token.principal);
+    let identity = principal.and_then(|p| p.sub.as_deref().or(p.client_id.as_deref()));
+    let caller = match (policy.key, identity) {
+        (crate::settings::RateLimitKey::Identity, Some(id)) => Caller::Identity {
+            id,
+            tier: principal.and_then(|p| p.tier.as_deref()),
+        },
+        _ => {
+            let peer = req.peer_addr().map(|a| a.ip());
+            match headers::client_address(peer, req.headers(), &state.trusted_proxies) {
+                Some(ip) => Caller::Address(ip),
+                None => return Err(ApiError::BadRequest("no client address".into())),
+            }
+        }
+    };
+    let decision = limiter
+        .check(policy, caller)
+        .await
+        .map_err(|_| ApiError::RateLimiterUnavailable)?;
+    trail.rate_limit = decision.headers;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::RateLimited {
+            retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
+        })
     }
 }
 

@@ -211,6 +211,7 @@ mod tests {
             max_body_bytes: None,
             security_headers: Default::default(),
             cors: None,
+            rate_limit: None,
         }
     }
 

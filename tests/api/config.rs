@@ -167,6 +167,41 @@ fn validation_errors_name_the_key() {
             &[],
             "routes[0].cors.origins[0]",
         ),
+        (
+            format!("{ROUTE}rate_limit = {{}}\n"),
+            &[],
+            "routes[0].rate_limit: tier \"free\" has no windows: set rate_limit.tiers.free",
+        ),
+        (
+            format!("{ROUTE}rate_limit = {{ key = \"identity\" }}\n"),
+            &[],
+            "routes[0].rate_limit.key: \"identity\" needs auth = \"bearer\"",
+        ),
+        (
+            "[rate_limit.tiers]\nfree = [{ requests = 0, per = \"1m\" }]\n".into(),
+            &[],
+            "rate_limit.tiers.free[0].requests: must be at least 1",
+        ),
+        (
+            "[rate_limit.tiers]\nfree = [{ requests = 5, per = \"10ms\" }]\n".into(),
+            &[],
+            "rate_limit.tiers.free[0].per: must be at least 1s",
+        ),
+        (
+            "[rate_limit]\non_redis_error = \"maybe\"\n".into(),
+            &[],
+            "rate_limit.on_redis_error",
+        ),
+        (
+            "[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n".into(),
+            &[],
+            "redis.url: holds a password: move it to the secret store",
+        ),
+        (
+            "[redis]\nurl = \"http://127.0.0.1:6379\"\n".into(),
+            &[],
+            "redis.url",
+        ),
     ];
     for (extra, env, expected) in cases {
         let message = error_for(&extra, env);

@@ -250,7 +250,11 @@ pub struct TestRedis {
 
 impl TestRedis {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Starts on `port` (to bring a stopped Redis back where clients expect it).
+    pub fn start_on(port: u16) -> Self {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -273,6 +277,25 @@ impl TestRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Every key, through `redis-cli` (installed with redis-server).
+    pub fn keys(&self) -> Vec<String> {
+        self.cli(&["--scan"]).lines().map(str::to_owned).collect()
+    }
+
+    /// The raw value of `key`.
+    pub fn get(&self, key: &str) -> String {
+        self.cli(&["GET", key])
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Sends one inline command and returns the first line of the answer.
@@ -412,12 +435,24 @@ impl TestAuthServer {
 
     /// A user access token minted directly, with a chosen lifetime.
     pub async fn user_token(&self, sub: &str, scope: &str, ttl_secs: u64) -> String {
+        self.user_token_with_plan(sub, scope, ttl_secs, "").await
+    }
+
+    /// A user token whose `plan` claim (rate-limit tier) is `plan` (none when empty).
+    pub async fn user_token_with_plan(
+        &self,
+        sub: &str,
+        scope: &str,
+        ttl_secs: u64,
+        plan: &str,
+    ) -> String {
         let mut res = test_client()
             .post(format!("{}/__test/token", self.issuer))
             .query(&[
                 ("sub", sub),
                 ("scope", scope),
                 ("ttl", &ttl_secs.to_string()),
+                ("plan", plan),
             ])
             .unwrap()
             .send()

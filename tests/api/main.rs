@@ -11,6 +11,7 @@ mod paths;
 mod phantom;
 mod protections;
 mod proxy;
+mod ratelimit;
 mod streaming;
 mod tls;
 mod vault;

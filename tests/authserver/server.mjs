@@ -66,8 +66,21 @@ const jwks = process.env.SIGNING_KID
     }
   : undefined;
 
+// The `plan` claim (a rate-limit tier) of each client's client-credentials tokens;
+// user tokens from /__test/token take theirs from ?plan=.
+const clientPlans = { app: 'pro', reader: 'free' };
+
 const provider = new Provider(issuer, {
   clients,
+  // What this returns replaces a token's `extra`, so the claims set at construction
+  // (a test token's plan, an exchanged token's act) are passed through.
+  extraTokenClaims: async (ctx, token) => {
+    const extra = { ...(token.extra || {}) };
+    if (!extra.plan && token.kind === 'ClientCredentials' && clientPlans[token.clientId]) {
+      extra.plan = clientPlans[token.clientId];
+    }
+    return Object.keys(extra).length ? extra : undefined;
+  },
   ...(jwks ? { jwks } : {}),
   scopes: ['openid', 'offline_access', 'profile', 'invoice_read', 'invoice_write', 'orders_read', 'orders_write'],
   features: {
@@ -157,7 +170,7 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (ctx.path === '/__test/token' && ctx.method === 'POST') {
-    // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app
+    // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app&plan=pro
     const q = ctx.query;
     const client = await provider.Client.find(q.client_id || 'app');
     const token = new provider.AccessToken({
@@ -165,6 +178,7 @@ provider.use(async (ctx, next) => {
       client,
       scope: q.scope || 'invoice_read',
       gty: 'authorization_code',
+      ...(q.plan ? { extra: { plan: q.plan } } : {}),
     });
     token.expiresIn = Number(q.ttl || 600);
     ctx.body = { access_token: await token.save(), expires_in: token.expiresIn };

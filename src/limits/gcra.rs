@@ -1,0 +1,109 @@
+//! The shared limiter: one Lua script decides every window of a request atomically in
+//! Redis (GCRA, time from Redis's own clock), so replicas never race read-then-write
+//! and their clocks need not agree. The script is sent once and then called by hash.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use deadpool_redis::redis::Script;
+use futures_util::FutureExt;
+
+use super::policy::TierPolicy;
+use crate::redis::{RedisError, SharedRedis};
+
+/// KEYS: one per window. ARGV: interval and tolerance (µs) per window, in key order.
+/// Returns `{allowed, retry_after_us, remaining_1, reset_us_1, remaining_2, ...}`.
+/// A refused request changes nothing; an allowed one advances every window.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local retry = 0
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  tats[i] = tat
+  local allow_at = tat + interval - tolerance
+  if allow_at > now and allow_at - now > retry then retry = allow_at - now end
+end
+local out = { retry > 0 and 0 or 1, retry }
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tats[i]
+  if retry == 0 then
+    tat = tat + interval
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  local remaining = math.floor((now + tolerance - tat) / interval)
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = tat - now
+end
+return out
+"#;
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+
+/// One window's state after a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowState {
+    pub remaining: u64,
+    /// Until the window is whole again.
+    pub reset: Duration,
+}
+
+/// The limiter's answer for one request.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub retry_after: Duration,
+    /// In the tier's window order.
+    pub windows: Vec<WindowState>,
+}
+
+/// Decides one request in Redis. `caller` is the hashed identity.
+pub async fn decide(
+    redis: &SharedRedis,
+    prefix: &str,
+    route: &str,
+    tier: &TierPolicy,
+    caller: &str,
+) -> Result<Verdict, RedisError> {
+    let mut invocation = GCRA.prepare_invoke();
+    for window in &tier.windows {
+        // The hash tag keeps one caller's windows in one Redis Cluster slot.
+        invocation.key(format!(
+            "{prefix}:{{{caller}}}:{route}:{}",
+            window.key_suffix
+        ));
+        invocation.arg(window.interval_us).arg(window.tolerance_us);
+    }
+    let reply: Vec<i64> = redis
+        .run("rate_limit", move |conn| {
+            async move { invocation.invoke_async(conn).await }.boxed()
+        })
+        .await?;
+    parse(&reply, tier.windows.len())
+        .ok_or_else(|| RedisError::Failed("the rate-limit script answered oddly".into()))
+}
+
+fn parse(reply: &[i64], windows: usize) -> Option<Verdict> {
+    if reply.len() != 2 + 2 * windows {
+        return None;
+    }
+    let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
+    Some(Verdict {
+        allowed: reply[0] == 1,
+        retry_after: micros(reply[1]),
+        windows: reply[2..]
+            .chunks(2)
+            .map(|pair| WindowState {
+                remaining: pair[0].max(0) as u64,
+                reset: micros(pair[1]),
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,294 @@
+//! Rate limiting by verified identity and tier.
+//!
+//! A request on a limited route is counted by who the token says it is (`sub`, else
+//! `client_id`; never a header the client could set) or, on open routes, by the client
+//! address Intercom trusts. Its tier comes from a verified claim. The decision is one
+//! atomic Redis script over every window of the tier ([`gcra`]); while Redis fails,
+//! `on_redis_error` chooses a per-replica limiter ([`local`]), letting requests through,
+//! or refusing them. Redis keys and metric labels never hold an identity.
+
+pub mod gcra;
+pub mod local;
+pub mod policy;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::HeaderValue;
+use sha2::{Digest, Sha256};
+
+use crate::redis::SharedRedis;
+use crate::settings::{OnRedisError, Settings};
+use gcra::{Verdict, WindowState};
+use local::LocalAnswer;
+use policy::{RoutePolicy, TierPolicy};
+
+/// Who a request is counted as.
+pub enum Caller<'a> {
+    /// A verified token: its `sub` (else `client_id`) and tier claim.
+    Identity { id: &'a str, tier: Option<&'a str> },
+    /// An anonymous caller, by the address Intercom trusts.
+    Address(IpAddr),
+}
+
+/// The answer for one request, with what its headers say.
+pub struct Decision {
+    pub allowed: bool,
+    pub retry_after: Duration,
+    /// `RateLimit-Policy` and `RateLimit`, unless the limiter could not tell.
+    pub headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// Refusing because Redis fails and `on_redis_error = "deny"`.
+#[derive(Debug, thiserror::Error)]
+#[error("the rate limiter cannot decide right now")]
+pub struct LimiterUnavailable;
+
+/// Every route's limits and the shared counters.
+pub struct RateLimiter {
+    /// By route index; `None` for unlimited routes.
+    routes: Vec<Option<RoutePolicy>>,
+    redis: Option<Arc<SharedRedis>>,
+    on_error: OnRedisError,
+    prefix: String,
+}
+
+impl RateLimiter {
+    /// The limiter, or `None` when no route is limited.
+    pub fn new(settings: &Settings, redis: Option<Arc<SharedRedis>>) -> Option<Arc<Self>> {
+        let routes: Vec<Option<RoutePolicy>> = settings
+            .routes
+            .iter()
+            .map(|r| RoutePolicy::new(r, &settings.rate_limit))
+            .collect();
+        if routes.iter().all(Option::is_none) {
+            return None;
+        }
+        if redis.is_none() {
+            tracing::warn!(
+                "rate limits without [redis]: each replica limits alone at limit / rate_limit.replicas"
+            );
+        }
+        let limiter = Arc::new(Self {
+            routes,
+            redis,
+            on_error: settings.rate_limit.on_redis_error,
+            prefix: settings.rate_limit.key_prefix.clone(),
+        });
+        limiter.spawn_local_cleanup();
+        Some(limiter)
+    }
+
+    /// The policy of the route at `index`, if it is limited.
+    pub fn policy(&self, index: usize) -> Option<&RoutePolicy> {
+        self.routes.get(index).and_then(Option::as_ref)
+    }
+
+    /// Counts one request of `caller` on the route.
+    pub async fn check(
+        &self,
+        policy: &RoutePolicy,
+        caller: Caller<'_>,
+    ) -> Result<Decision, LimiterUnavailable> {
+        let (tier, hashed) = match caller {
+            Caller::Identity { id, tier } => (policy.tier_for(tier), hash_caller("id", id)),
+            Caller::Address(ip) => (policy.anonymous(), hash_caller("ip", &ip.to_string())),
+        };
+        let verdict = match &self.redis {
+            Some(redis) => {
+                match gcra::decide(redis, &self.prefix, &policy.route, tier, &hashed.hex).await {
+                    Ok(verdict) => Some(verdict),
+                    Err(_) => {
+                        metrics::counter!(
+                            "intercom_rate_limit_fallback_total",
+                            "route" => policy.route.to_string(),
+                            "mode" => mode_label(self.on_error),
+                        )
+                        .increment(1);
+                        match self.on_error {
+                            OnRedisError::Local => Some(decide_locally(tier, hashed.short)),
+                            OnRedisError::Allow => None,
+                            OnRedisError::Deny => {
+                                record(policy, tier, "unavailable");
+                                return Err(LimiterUnavailable);
+                            }
+                        }
+                    }
+                }
+            }
+            None => Some(decide_locally(tier, hashed.short)),
+        };
+        let Some(verdict) = verdict else {
+            record(policy, tier, "allowed");
+            return Ok(Decision {
+                allowed: true,
+                retry_after: Duration::ZERO,
+                headers: None,
+            });
+        };
+        record(
+            policy,
+            tier,
+            if verdict.allowed {
+                "allowed"
+            } else {
+                "limited"
+            },
+        );
+        Ok(Decision {
+            allowed: verdict.allowed,
+            retry_after: verdict.retry_after,
+            headers: Some((
+                tier.policy_header.clone(),
+                rate_limit_header(tier, &verdict),
+            )),
+        })
+    }
+
+    fn spawn_local_cleanup(self: &Arc<Self>) {
+        let limiter = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(limiter) = limiter.upgrade() else {
+                    return;
+                };
+                for policy in limiter.routes.iter().flatten() {
+                    for tier in policy.tiers() {
+                        tier.windows.iter().for_each(|w| w.local.forget_idle());
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn record(policy: &RoutePolicy, tier: &TierPolicy, outcome: &'static str) {
+    metrics::counter!(
+        "intercom_rate_limit_decisions_total",
+        "route" => policy.route.to_string(),
+        "tier" => tier.tier.to_string(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+}
+
+fn mode_label(mode: OnRedisError) -> &'static str {
+    match mode {
+        OnRedisError::Local => "local",
+        OnRedisError::Allow => "allow",
+        OnRedisError::Deny => "deny",
+    }
+}
+
+/// A caller as the counters know it: never the identity itself.
+struct HashedCaller {
+    /// For Redis keys.
+    hex: String,
+    /// For the in-memory buckets.
+    short: u64,
+}
+
+fn hash_caller(kind: &str, id: &str) -> HashedCaller {
+    let digest = Sha256::new()
+        .chain_update(b"intercom-rate-limit\0")
+        .chain_update(kind)
+        .chain_update(b"\0")
+        .chain_update(id)
+        .finalize();
+    HashedCaller {
+        hex: hex_lower(&digest[..16]),
+        short: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Every window of the tier in this replica's memory: refused if any refuses.
+fn decide_locally(tier: &TierPolicy, caller: u64) -> Verdict {
+    let mut verdict = Verdict {
+        allowed: true,
+        retry_after: Duration::ZERO,
+        windows: Vec::with_capacity(tier.windows.len()),
+    };
+    for window in &tier.windows {
+        let share = window.local.share();
+        let interval = Duration::from_secs(window.per_secs) / share.max(1) as u32;
+        let state = match window.local.check(caller) {
+            LocalAnswer::Allowed { remaining } => WindowState {
+                remaining,
+                reset: interval * (share.saturating_sub(remaining)) as u32,
+            },
+            LocalAnswer::Limited { wait } => {
+                verdict.allowed = false;
+                verdict.retry_after = verdict.retry_after.max(wait);
+                WindowState {
+                    remaining: 0,
+                    reset: interval * share as u32,
+                }
+            }
+        };
+        verdict.windows.push(state);
+    }
+    verdict
+}
+
+/// `RateLimit` for the window closest to running out (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limit_header(tier: &TierPolicy, verdict: &Verdict) -> HeaderValue {
+    let binding = verdict
+        .windows
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, w)| (w.remaining, std::cmp::Reverse(w.reset)))
+        .map(|(i, w)| (i, *w));
+    let Some((index, state)) = binding else {
+        return HeaderValue::from_static("");
+    };
+    let reset = if verdict.allowed {
+        state.reset
+    } else {
+        verdict.retry_after
+    };
+    HeaderValue::from_str(&format!(
+        "\"{}\";r={};t={}",
+        tier.windows[index].name,
+        state.remaining,
+        ceil_secs(reset)
+    ))
+    .expect("names and numbers make a valid header")
+}
+
+/// Whole seconds, rounded up: a client waiting this long is not refused again.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_are_hashed_apart_by_kind_and_never_kept_raw() {
+        let a = hash_caller("id", "alice");
+        let b = hash_caller("ip", "alice");
+        assert_ne!(a.hex, b.hex);
+        assert_eq!(a.hex.len(), 32);
+        assert!(!a.hex.contains("alice"));
+        assert_eq!(a.hex, hash_caller("id", "alice").hex);
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+    }
+}

@@ -1,0 +1,135 @@
+//! What a route allows: windows per tier, compiled once at start into what the Redis
+//! script, the local fallback and the response headers need.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderValue;
+
+use super::local::LocalWindow;
+use crate::settings::{RateLimitKey, RateLimitSettings, RouteAuth, RouteSettings, WindowSettings};
+
+/// One window as the GCRA sees it.
+#[derive(Debug)]
+pub struct Window {
+    pub requests: u64,
+    pub per_secs: u64,
+    /// The policy item's name in the headers, e.g. `free-60`.
+    pub name: String,
+    /// Microseconds between two requests at the sustained rate.
+    pub interval_us: u64,
+    /// Microseconds of credit: `burst × interval`.
+    pub tolerance_us: u64,
+    /// The Redis key's suffix; a changed window starts a fresh bucket.
+    pub key_suffix: String,
+    pub local: LocalWindow,
+}
+
+/// The windows of one tier on one route.
+#[derive(Debug)]
+pub struct TierPolicy {
+    pub tier: Arc<str>,
+    pub windows: Vec<Window>,
+    /// `RateLimit-Policy`, ready to send.
+    pub policy_header: HeaderValue,
+}
+
+impl TierPolicy {
+    fn new(tier: &str, windows: &[WindowSettings], replicas: u32) -> Self {
+        let windows: Vec<Window> = windows
+            .iter()
+            .map(|w| {
+                let per_us = w.per.as_micros() as u64;
+                let interval_us = (per_us / w.requests).max(1);
+                let burst = w.burst.unwrap_or(w.requests);
+                let per_secs = w.per.as_secs();
+                Window {
+                    requests: w.requests,
+                    per_secs,
+                    name: format!("{tier}-{per_secs}"),
+                    interval_us,
+                    tolerance_us: interval_us * burst,
+                    key_suffix: format!("{}/{}/{}", w.requests, per_secs, burst),
+                    local: LocalWindow::new(w, replicas),
+                }
+            })
+            .collect();
+        let header = windows
+            .iter()
+            .map(|w| format!("\"{}\";q={};w={}", w.name, w.requests, w.per_secs))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            tier: Arc::from(tier),
+            windows,
+            policy_header: HeaderValue::from_str(&header)
+                .expect("tier names and numbers make a valid header"),
+        }
+    }
+}
+
+/// A route's rate limit.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    pub route: Arc<str>,
+    pub key: RateLimitKey,
+    tiers: HashMap<String, Arc<TierPolicy>>,
+    default: Arc<TierPolicy>,
+    anonymous: Arc<TierPolicy>,
+}
+
+impl RoutePolicy {
+    /// The route's policy, or `None` when it has no rate limit. Settings are validated:
+    /// the default (and anonymous) tier has windows.
+    pub fn new(route: &RouteSettings, global: &RateLimitSettings) -> Option<Self> {
+        let limit = route.rate_limit.as_ref()?;
+        let key = limit.key.unwrap_or(match route.auth {
+            RouteAuth::None => RateLimitKey::Address,
+            RouteAuth::Bearer => RateLimitKey::Identity,
+        });
+        let mut tiers: HashMap<String, Arc<TierPolicy>> = HashMap::new();
+        for (tier, windows) in global.tiers.iter().chain(&limit.tiers) {
+            tiers.insert(
+                tier.clone(),
+                Arc::new(TierPolicy::new(tier, windows, global.replicas)),
+            );
+        }
+        let pick = |name: &str| tiers.get(name).cloned();
+        let default = pick(&global.default_tier);
+        let anonymous = global
+            .anonymous_tier
+            .as_deref()
+            .and_then(pick)
+            .or_else(|| default.clone());
+        // Validation saw to it that the tier each route uses has windows.
+        let (default, anonymous) = match (default, anonymous) {
+            (Some(default), Some(anonymous)) => (default, anonymous),
+            (None, Some(anonymous)) => (anonymous.clone(), anonymous),
+            _ => return None,
+        };
+        Some(Self {
+            route: Arc::from(route.name.as_str()),
+            key,
+            tiers,
+            default,
+            anonymous,
+        })
+    }
+
+    /// The tier for a verified tier claim; unknown or missing → the default tier.
+    pub fn tier_for(&self, claimed: Option<&str>) -> &Arc<TierPolicy> {
+        claimed
+            .and_then(|t| self.tiers.get(t))
+            .unwrap_or(&self.default)
+    }
+
+    /// Every tier this route knows.
+    pub fn tiers(&self) -> impl Iterator<Item = &Arc<TierPolicy>> {
+        self.tiers.values()
+    }
+
+    /// The tier for callers known only by address.
+    pub fn anonymous(&self) -> &Arc<TierPolicy> {
+        &self.anonymous
+    }
+}

@@ -1,0 +1,144 @@
+//! The shared Redis: one pool for every module that keeps state across replicas.
+//!
+//! Every call has a deadline, and after a failure Redis is left alone for
+//! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
+//! reports it `degraded` (Intercom keeps serving without it).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::future::BoxFuture;
+
+use crate::http::health::{DependencyState, Readiness};
+use crate::secrets::Secret;
+use crate::settings::RedisSettings;
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis failed a moment ago and is left alone until its retry interval passes")]
+    Resting,
+    #[error("redis did not answer in time")]
+    Timeout,
+    #[error("redis: {0}")]
+    Failed(String),
+}
+
+/// A pooled connection to the shared Redis, with deadlines and a failure back-off.
+pub struct SharedRedis {
+    pool: Pool,
+    timeout: Duration,
+    retry_interval: Duration,
+    started: Instant,
+    /// Milliseconds since `started` before which no call is tried.
+    resting_until_ms: AtomicU64,
+    healthy: AtomicBool,
+    readiness: Arc<Readiness>,
+}
+
+impl SharedRedis {
+    /// Builds the pool (connections are made on first use).
+    pub fn new(
+        settings: &RedisSettings,
+        password: Option<Secret>,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, String> {
+        let mut url = url::Url::parse(&settings.url).map_err(|e| e.to_string())?;
+        if let Some(password) = &password {
+            url.set_password(Some(password.expose()))
+                .map_err(|_| "redis.url cannot carry a password".to_string())?;
+        }
+        let mut config = deadpool_redis::Config::from_url(url.as_str());
+        config.pool = Some(PoolConfig {
+            max_size: settings.pool_size,
+            timeouts: Timeouts {
+                wait: Some(settings.timeout),
+                create: Some(settings.timeout),
+                recycle: Some(settings.timeout),
+            },
+            ..Default::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| format!("redis pool: {e}"))?;
+        readiness.report("redis", DependencyState::Ok, false, None);
+        Ok(Self {
+            pool,
+            timeout: settings.timeout,
+            retry_interval: settings.retry_interval,
+            started: Instant::now(),
+            resting_until_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            readiness,
+        })
+    }
+
+    /// Runs `op` on a pooled connection within the deadline; `name` labels the metrics.
+    pub async fn run<T, F>(&self, name: &'static str, op: F) -> Result<T, RedisError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Connection,
+        ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
+    {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        if now_ms < self.resting_until_ms.load(Ordering::Relaxed) {
+            return Err(RedisError::Resting);
+        }
+        let started = Instant::now();
+        let result = with_deadline(self.timeout, async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| RedisError::Failed(e.to_string()))?;
+            op(&mut conn)
+                .await
+                .map_err(|e| RedisError::Failed(e.to_string()))
+        })
+        .await;
+        metrics::histogram!("intercom_redis_duration_seconds", "op" => name)
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis answers again");
+                    self.readiness
+                        .report("redis", DependencyState::Ok, false, None);
+                }
+            }
+            Err(error) => {
+                metrics::counter!("intercom_redis_errors_total", "op" => name).increment(1);
+                let until = self.started.elapsed() + self.retry_interval;
+                self.resting_until_ms
+                    .store(until.as_millis() as u64, Ordering::Relaxed);
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %error, "redis failed; serving without it");
+                }
+                self.readiness.report(
+                    "redis",
+                    DependencyState::Degraded,
+                    false,
+                    Some(error.to_string()),
+                );
+            }
+        }
+        result
+    }
+
+    /// True unless the last call failed.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+async fn with_deadline<T>(
+    deadline: Duration,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    tokio::time::timeout(deadline, fut)
+        .await
+        .unwrap_or(Err(RedisError::Timeout))
+}

@@ -1,0 +1,375 @@
+//! Rate limiting against real processes: two Intercom instances sharing one real
+//! `redis-server`, tiers from claims of real oidc-provider tokens, and the fallback
+//! while Redis is gone.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::helpers::*;
+
+/// An AS, an upstream and a Redis, for Intercom instances to share. Keep it bound:
+/// dropping it stops the processes.
+struct Shared {
+    auth: TestAuthServer,
+    upstream: TestUpstream,
+    redis: Option<TestRedis>,
+    _dir: tempfile::TempDir,
+    secrets: std::path::PathBuf,
+}
+
+impl Shared {
+    async fn start() -> Self {
+        let (dir, secrets) = secrets_file();
+        Self {
+            auth: TestAuthServer::start().await,
+            upstream: TestUpstream::start("api"),
+            redis: Some(TestRedis::start()),
+            _dir: dir,
+            secrets,
+        }
+    }
+
+    fn redis(&self) -> &TestRedis {
+        self.redis.as_ref().expect("redis runs")
+    }
+
+    /// An Intercom with a bearer route `/api` and `limits` (TOML after the route, e.g.
+    /// `[routes.rate_limit]` lines and a `[rate_limit]` section).
+    async fn intercom(&self, route_limit: &str, global: &str) -> TestApp {
+        let config = format!(
+            "{}[redis]\nurl = \"{}\"\nretry_interval = \"300ms\"\n\
+             [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\n\
+             [routes.rate_limit]\n{route_limit}\n{global}\n",
+            auth_config(&self.auth, &self.secrets, ""),
+            self.redis().url(),
+            self.upstream.url(),
+        );
+        spawn_app(&config).await
+    }
+}
+
+async fn get(
+    app: &TestApp,
+    token: &str,
+    extra: &[(&str, &str)],
+) -> awc::ClientResponse<
+    impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+> {
+    let mut req = app
+        .client
+        .get(app.url("/api/things"))
+        .insert_header(("authorization", format!("Bearer {token}")));
+    for (name, value) in extra {
+        req = req.insert_header((*name, *value));
+    }
+    req.send().await.unwrap()
+}
+
+async fn status(app: &TestApp, token: &str) -> u16 {
+    get(app, token, &[]).await.status().as_u16()
+}
+
+fn header(res: &awc::ClientResponse<impl Sized>, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
+    let shared = Shared::start().await;
+    let global = "[rate_limit.tiers]\nfree = [{ requests = 100, per = \"1h\" }]";
+    let a = shared.intercom("", global).await;
+    let b = shared.intercom("", global).await;
+    let token = shared
+        .auth
+        .user_token_with_plan("carol", "invoice_read", 600, "free")
+        .await;
+    // Warm both edge caches, so the run measures the limiter (and counts these two).
+    let warm = [status(&a, &token).await, status(&b, &token).await];
+    assert_eq!(warm, [200, 200]);
+
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(32))
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let urls: Vec<String> = (0..998)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.url("/api/x")
+            } else {
+                b.url("/api/x")
+            }
+        })
+        .collect();
+    let statuses: Vec<u16> = futures_util::stream::iter(urls)
+        .map(|url| {
+            let client = client.clone();
+            let token = token.clone();
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let allowed = 2 + statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        (100..=101).contains(&allowed),
+        "allowed {allowed} of 1,000 against a limit of 100"
+    );
+    assert_eq!(allowed + limited, 1000, "only 200 and 429: {statuses:?}");
+
+    // A refusal is problem+json with Retry-After and the IETF headers.
+    let mut res = get(&b, &token, &[]).await;
+    let retry: u64 = header(&res, "retry-after").parse().unwrap();
+    assert!((1..=36).contains(&retry), "retry after {retry}");
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        "\"free-3600\";q=100;w=3600"
+    );
+    assert_eq!(
+        header(&res, "ratelimit"),
+        format!("\"free-3600\";r=0;t={retry}")
+    );
+    let body = assert_problem(&mut res, 429).await;
+    assert_eq!(body["type"], "urn:intercom:problem:rate-limited");
+
+    // Metrics count by route and tier, never by caller.
+    let metrics = a.metrics().await;
+    assert!(metrics.contains(
+        "intercom_rate_limit_decisions_total{route=\"api\",tier=\"free\",outcome=\"limited\"}"
+    ));
+    assert!(!metrics.contains("carol"));
+    // Redis keys hold a hash, never the identity; every value is a number.
+    let keys = shared.redis().keys();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    for key in &keys {
+        assert!(key.starts_with("intercom:rl:{"), "{key}");
+        assert!(!key.contains("carol") && !key.contains("app"), "{key}");
+        assert!(shared.redis().get(key).trim().parse::<u64>().is_ok());
+    }
+}
+
+#[actix_web::test]
+async fn tiers_come_from_verified_claims_and_headers_show_every_window() {
+    let shared = Shared::start().await;
+    let global = "[rate_limit]\ntier_claim = \"plan\"\ndefault_tier = \"free\"\n\
+                  [rate_limit.tiers]\nfree = [{ requests = 3, per = \"1h\" }, { requests = 1000, per = \"1d\" }]\n\
+                  pro = [{ requests = 6, per = \"1h\" }]";
+    let app = shared.intercom("", global).await;
+    let allowed = |statuses: Vec<u16>| statuses.iter().filter(|s| **s == 200).count();
+    let mut runs = Vec::new();
+    for (sub, plan) in [
+        ("pam", "pro"),
+        ("fred", "free"),
+        ("nora", ""),
+        ("uma", "platinum"),
+    ] {
+        let token = shared
+            .auth
+            .user_token_with_plan(sub, "invoice_read", 600, plan)
+            .await;
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(status(&app, &token).await);
+        }
+        runs.push(allowed(statuses));
+    }
+    // pro: 6; free, no claim and an unknown tier: the default tier's 3.
+    assert_eq!(runs, vec![6, 3, 3, 3]);
+
+    // A client-credentials token whose AS-issued `plan` is "pro".
+    let token = shared
+        .auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(status(&app, &token).await);
+    }
+    assert_eq!(allowed(statuses), 6);
+
+    // Every window in RateLimit-Policy; RateLimit names the closest to running out.
+    let token = shared
+        .auth
+        .user_token_with_plan("hal", "invoice_read", 600, "free")
+        .await;
+    let res = get(&app, &token, &[]).await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        "\"free-3600\";q=3;w=3600, \"free-86400\";q=1000;w=86400"
+    );
+    let first = header(&res, "ratelimit");
+    assert!(first.starts_with("\"free-3600\";r=2;t="), "{first}");
+    let second = header(&get(&app, &token, &[]).await, "ratelimit");
+    assert!(second.starts_with("\"free-3600\";r=1;t="), "{second}");
+}
+
+#[actix_web::test]
+async fn spoofed_identity_headers_do_not_change_the_bucket() {
+    let shared = Shared::start().await;
+    let global = "[rate_limit.tiers]\nfree = [{ requests = 3, per = \"1h\" }]";
+    let app = shared.intercom("", global).await;
+    let token = shared.auth.user_token("sam", "invoice_read", 600).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let spoof = format!("someone-else-{i}");
+        let res = get(
+            &app,
+            &token,
+            &[
+                ("x-client-id", &spoof),
+                ("x-user-id", &spoof),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-plan", "enterprise"),
+            ],
+        )
+        .await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429, 429]);
+    // Another verified identity has its own bucket.
+    let other = shared.auth.user_token("tess", "invoice_read", 600).await;
+    assert_eq!(status(&app, &other).await, 200);
+}
+
+#[actix_web::test]
+async fn burst_then_the_sustained_rate() {
+    let shared = Shared::start().await;
+    // 3,600 per hour is one a second; at most 2 back to back.
+    let route = "tiers.free = [{ requests = 3600, per = \"1h\", burst = 2 }]";
+    let app = shared.intercom(route, "").await;
+    let token = shared.auth.user_token("bo", "invoice_read", 600).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(status(&app, &token).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    let res = get(&app, &token, &[]).await;
+    assert_eq!(res.status().as_u16(), 429);
+    assert_eq!(header(&res, "retry-after"), "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(status(&app, &token).await, 200, "one more after a second");
+    assert_eq!(status(&app, &token).await, 429);
+}
+
+#[actix_web::test]
+async fn open_routes_count_by_client_address_not_by_forwarded_headers() {
+    let shared = Shared::start().await;
+    let config = format!(
+        "[redis]\nurl = \"{}\"\n[rate_limit.tiers]\nanon = [{{ requests = 2, per = \"1h\" }}]\n\
+         [rate_limit]\nanonymous_tier = \"anon\"\n\
+         [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\n[routes.rate_limit]\n",
+        shared.redis().url(),
+        shared.upstream.url()
+    );
+    let app = spawn_app(&config).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let res = app
+            .client
+            .get(app.url("/open/x"))
+            .insert_header(("x-forwarded-for", format!("198.51.100.{i}")))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+}
+
+#[actix_web::test]
+async fn redis_gone_falls_back_as_configured_then_recovers() {
+    let mut shared = Shared::start().await;
+    let port = shared.redis().port;
+    // 10 per hour over 2 replicas: the local fallback allows 5 here.
+    let tiers = "[rate_limit.tiers]\nfree = [{ requests = 10, per = \"1h\" }]";
+    let local = shared
+        .intercom(
+            "",
+            &format!("[rate_limit]\nreplicas = 2\non_redis_error = \"local\"\n{tiers}"),
+        )
+        .await;
+    let allow = shared
+        .intercom(
+            "",
+            &format!("[rate_limit]\non_redis_error = \"allow\"\n{tiers}"),
+        )
+        .await;
+    let deny = shared
+        .intercom(
+            "",
+            &format!("[rate_limit]\non_redis_error = \"deny\"\n{tiers}"),
+        )
+        .await;
+    let token = shared.auth.user_token("rita", "invoice_read", 600).await;
+    assert_eq!(status(&local, &token).await, 200);
+    assert_eq!(status(&allow, &token).await, 200);
+    assert_eq!(status(&deny, &token).await, 200);
+
+    shared.redis = None; // stops redis-server
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(status(&local, &token).await);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "local fallback at 10 / 2 replicas: {statuses:?}"
+    );
+    for _ in 0..12 {
+        assert_eq!(
+            status(&allow, &token).await,
+            200,
+            "allow lets everything by"
+        );
+    }
+    let mut res = get(&deny, &token, &[]).await;
+    let body = assert_problem(&mut res, 503).await;
+    assert_eq!(
+        body["type"],
+        "urn:intercom:problem:rate-limiter-unavailable"
+    );
+    assert!(res.headers().contains_key("retry-after"));
+    // Still ready, and readiness says why it is degraded.
+    let mut ready = local
+        .client
+        .get(local.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["dependencies"]["redis"]["status"], "degraded");
+    assert!(local
+        .metrics()
+        .await
+        .contains("intercom_rate_limit_fallback_total{route=\"api\",mode=\"local\"}"));
+
+    // Redis back on the same port: decisions are shared again within the retry interval.
+    shared.redis = Some(TestRedis::start_on(port));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut back = false;
+    for _ in 0..20 {
+        let _ = status(&deny, &token).await;
+        if !shared.redis().keys().is_empty() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the limiter went back to Redis");
+    assert_eq!(status(&deny, &token).await, 200);
+}
