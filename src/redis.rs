@@ -1,15 +1,20 @@
 //! The shared Redis: one pool for every module that keeps state across replicas.
 //!
+//! Connections are multiplexed (concurrent commands share one socket, pipelined), so a
+//! few are kept and cloned per call; the pool makes and checks them, and is asked again
+//! only when one breaks (its check on every checkout would cost a second round trip).
+//!
 //! Every call has a deadline, and after a failure Redis is left alone for
 //! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
 //! reports it `degraded` (Intercom keeps serving without it).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::future::BoxFuture;
 
 use crate::http::health::{DependencyState, Readiness};
@@ -30,6 +35,11 @@ pub enum RedisError {
 /// A pooled connection to the shared Redis, with deadlines and a failure back-off.
 pub struct SharedRedis {
     pool: Pool,
+    /// Connections in use, cloned per call; `None` until made or after a failure.
+    kept: Vec<Mutex<Option<MultiplexedConnection>>>,
+    next: AtomicUsize,
+    /// For pub/sub, which needs a connection of its own.
+    client: deadpool_redis::redis::Client,
     timeout: Duration,
     retry_interval: Duration,
     started: Instant,
@@ -64,9 +74,17 @@ impl SharedRedis {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| format!("redis pool: {e}"))?;
+        let client = deadpool_redis::redis::Client::open(url.as_str())
+            .map_err(|e| format!("redis client: {e}"))?;
+        let kept = (0..settings.pool_size.clamp(1, 4))
+            .map(|_| Mutex::new(None))
+            .collect();
         readiness.report("redis", DependencyState::Ok, false, None);
         Ok(Self {
             pool,
+            kept,
+            next: AtomicUsize::new(0),
+            client,
             timeout: settings.timeout,
             retry_interval: settings.retry_interval,
             started: Instant::now(),
@@ -80,7 +98,7 @@ impl SharedRedis {
     pub async fn run<T, F>(&self, name: &'static str, op: F) -> Result<T, RedisError>
     where
         F: for<'c> FnOnce(
-            &'c mut Connection,
+            &'c mut MultiplexedConnection,
         ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
     {
         let now_ms = self.started.elapsed().as_millis() as u64;
@@ -88,17 +106,17 @@ impl SharedRedis {
             return Err(RedisError::Resting);
         }
         let started = Instant::now();
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.kept.len();
         let result = with_deadline(self.timeout, async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisError::Failed(e.to_string()))?;
+            let mut conn = self.connection(slot).await?;
             op(&mut conn)
                 .await
                 .map_err(|e| RedisError::Failed(e.to_string()))
         })
         .await;
+        if result.is_err() {
+            *self.kept[slot].lock().expect("connection slot lock") = None;
+        }
         metrics::histogram!("intercom_redis_duration_seconds", "op" => name)
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -126,6 +144,26 @@ impl SharedRedis {
             }
         }
         result
+    }
+
+    /// The kept connection of `slot`, made through the pool when missing.
+    async fn connection(&self, slot: usize) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = self.kept[slot].lock().expect("connection slot lock").as_ref() {
+            return Ok(conn.clone());
+        }
+        let fresh = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| RedisError::Failed(e.to_string()))?;
+        let conn = deadpool_redis::Connection::take(fresh);
+        *self.kept[slot].lock().expect("connection slot lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A client for a dedicated (pub/sub) connection.
+    pub fn client(&self) -> &deadpool_redis::redis::Client {
+        &self.client
     }
 
     /// True unless the last call failed.
