@@ -56,7 +56,7 @@ fn cache_hit(c: &mut Criterion) {
         .collect();
     rt.block_on(async {
         for t in &tokens {
-            let entry = CachedToken::new(principal());
+            let entry = CachedToken::new(principal(), Default::default());
             entry.store_jwt(&audience, minter.mint(&entry.principal, &audience).unwrap());
             let _ = cache
                 .load::<(), _>(cache.key(t), async { LoadOutcome::Value(entry) })

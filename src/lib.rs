@@ -11,6 +11,7 @@ pub mod http;
 pub mod limits;
 pub mod proxy;
 pub mod redis;
+pub mod revoke;
 pub mod secrets;
 pub mod settings;
 pub mod startup;

@@ -148,7 +148,11 @@ impl SharedRedis {
 
     /// The kept connection of `slot`, made through the pool when missing.
     async fn connection(&self, slot: usize) -> Result<MultiplexedConnection, RedisError> {
-        if let Some(conn) = self.kept[slot].lock().expect("connection slot lock").as_ref() {
+        if let Some(conn) = self.kept[slot]
+            .lock()
+            .expect("connection slot lock")
+            .as_ref()
+        {
             return Ok(conn.clone());
         }
         let fresh = self

@@ -39,6 +39,114 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     #[serde(default)]
     pub rate_limit: RateLimitSettings,
+    /// The cache of exchanged tokens (routes with `exchange`).
+    #[serde(default)]
+    pub exchange: ExchangeCacheSettings,
+    #[serde(default)]
+    pub revocation: RevocationSettings,
+}
+
+/// The two-tier cache of tokens for downstream audiences.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeCacheSettings {
+    /// Entries in each replica's memory tier.
+    pub capacity: u64,
+    /// Keep the memory tier (off only to measure the Redis tier alone).
+    pub memory_tier: bool,
+    /// An entry goes this long before its token's `exp`.
+    #[serde(with = "humantime_serde")]
+    pub skew: Duration,
+    /// Past this fraction of its lifetime, a hit renews the entry in the background.
+    pub refresh_ahead: f64,
+    /// How long a refused exchange is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// The cross-replica lock that lets one replica renew an entry.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// Prefix of the Redis keys.
+    pub key_prefix: String,
+    /// Secret reference: the key of the cache-key HMAC, shared by replicas (needed with Redis).
+    pub hmac_key: Option<String>,
+    /// Secret reference: the AES-256-GCM key of Redis values (needed with Redis).
+    pub encryption_key: Option<String>,
+}
+
+impl Default for ExchangeCacheSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            memory_tier: true,
+            skew: Duration::from_secs(5),
+            refresh_ahead: 0.75,
+            negative_ttl: Duration::from_secs(10),
+            lock_ttl: Duration::from_secs(5),
+            key_prefix: "intercom:x".into(),
+            hmac_key: None,
+            encryption_key: None,
+        }
+    }
+}
+
+/// Revocation: the admin API, back-channel logout and the denylist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationSettings {
+    /// Secret reference: the bearer credential of `POST /admin/revoke` (off when unset).
+    pub admin_credential: Option<String>,
+    /// Serve `POST /backchannel-logout` for the AS's logout tokens.
+    pub backchannel_logout: bool,
+    /// The Redis pub/sub channel that carries revocations to every replica.
+    pub channel: String,
+    /// How long a revoked subject, client, session or token stays refused: at least
+    /// the longest lifetime of a token issued before the revocation.
+    #[serde(with = "humantime_serde")]
+    pub denylist_ttl: Duration,
+}
+
+impl Default for RevocationSettings {
+    fn default() -> Self {
+        Self {
+            admin_credential: None,
+            backchannel_logout: true,
+            channel: "intercom:revocations".into(),
+            denylist_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A route whose upstream receives a token for its own audience (RFC 8693).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeSettings {
+    /// The target's audience, sent as `audience` (and as `resource` with `resource = true`).
+    pub audience: String,
+    #[serde(default)]
+    pub resource: bool,
+    /// Scopes the target may receive; `prefix_*` matches a family.
+    pub allowed_scopes: Vec<String>,
+    /// Client ids that may call the target.
+    #[serde(default)]
+    pub callers: Vec<String>,
+    /// Or: callers holding any of these scopes.
+    #[serde(default)]
+    pub caller_scopes: Vec<String>,
+    /// `exchange` at the AS, or `mint` a downscoped JWT here (an AS without RFC 8693).
+    #[serde(default)]
+    pub mode: ExchangeMode,
+    /// `requested_token_type` to ask the AS for.
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+}
+
+/// Where a downstream token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeMode {
+    #[default]
+    Exchange,
+    Mint,
 }
 
 /// The shared Redis every replica talks to.
@@ -612,6 +720,9 @@ pub struct RouteSettings {
     /// Rate limit for this route (`rate_limit = {}` for the global tiers).
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimit>,
+    /// Send the upstream a token for its own audience instead of the internal JWT.
+    #[serde(default)]
+    pub exchange: Option<ExchangeSettings>,
 }
 
 /// A route's CORS policy.
@@ -996,6 +1107,32 @@ impl Settings {
                     header_name(&format!("routes[{i}].cors.headers[{h}]"), name)?;
                 }
             }
+            if let Some(exchange) = &route.exchange {
+                if route.auth != RouteAuth::Bearer {
+                    return Err(SettingsError::new(
+                        key("exchange"),
+                        "needs auth = \"bearer\": the caller's token is the subject",
+                    ));
+                }
+                if exchange.allowed_scopes.is_empty() {
+                    return Err(SettingsError::new(
+                        key("exchange.allowed_scopes"),
+                        "name the scopes the target may receive",
+                    ));
+                }
+                if exchange.callers.is_empty() && exchange.caller_scopes.is_empty() {
+                    return Err(SettingsError::new(
+                        key("exchange"),
+                        "name the callers (client ids) or caller_scopes allowed to call this target",
+                    ));
+                }
+                if route.inject.is_some() {
+                    return Err(SettingsError::new(
+                        key("exchange"),
+                        "a route either exchanges the caller's token or injects a credential",
+                    ));
+                }
+            }
             if let Some(limit) = &route.rate_limit {
                 for (tier, windows) in &limit.tiers {
                     validate_windows(&key(&format!("rate_limit.tiers.{tier}")), windows)?;
@@ -1128,6 +1265,15 @@ impl Settings {
         if let Some(password) = self.redis.as_ref().and_then(|r| r.password.as_ref()) {
             add("redis.password".into(), password)?;
         }
+        if let Some(key) = &self.exchange.hmac_key {
+            add("exchange.hmac_key".into(), key)?;
+        }
+        if let Some(key) = &self.exchange.encryption_key {
+            add("exchange.encryption_key".into(), key)?;
+        }
+        if let Some(credential) = &self.revocation.admin_credential {
+            add("revocation.admin_credential".into(), credential)?;
+        }
         if let Some(key) = &self.tokens.signing_key {
             add("tokens.signing_key".into(), key)?;
         }
@@ -1142,6 +1288,30 @@ impl Settings {
         for (tier, windows) in &self.rate_limit.tiers {
             validate_windows(&format!("rate_limit.tiers.{tier}"), windows)?;
         }
+        let exchanges = self.routes.iter().any(|r| r.exchange.is_some());
+        if exchanges && self.redis.is_some() {
+            for (key, value) in [
+                ("exchange.hmac_key", &self.exchange.hmac_key),
+                ("exchange.encryption_key", &self.exchange.encryption_key),
+            ] {
+                if value.is_none() {
+                    return Err(SettingsError::new(
+                        key,
+                        "is required with [redis]: replicas share cache keys and encrypt what they store",
+                    ));
+                }
+            }
+        }
+        if !(0.0..1.0).contains(&self.exchange.refresh_ahead) || self.exchange.refresh_ahead == 0.0
+        {
+            return Err(SettingsError::new(
+                "exchange.refresh_ahead",
+                "must be a fraction between 0 and 1",
+            ));
+        }
+        positive("exchange.negative_ttl", self.exchange.negative_ttl)?;
+        positive("exchange.lock_ttl", self.exchange.lock_ttl)?;
+        positive("revocation.denylist_ttl", self.revocation.denylist_ttl)?;
         if self.rate_limit.replicas == 0 {
             return Err(SettingsError::new(
                 "rate_limit.replicas",

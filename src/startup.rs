@@ -13,20 +13,26 @@ use tracing_actix_web::TracingLogger;
 
 use crate::broker::authserver;
 use crate::broker::client_credentials::ClientCredentials;
+use crate::broker::downstream::DownstreamTokens;
 use crate::broker::edge::EdgeAuthenticator;
+use crate::broker::exchange::TokenExchanger;
 use crate::broker::introspect::Introspector;
 use crate::broker::jwks::RemoteJwks;
 use crate::broker::mint::Minter;
 use crate::broker::validate::{JwtValidator, SignatureCheck};
+use crate::cache::sealed::Sealer;
+use crate::cache::shared_hash::SharedHasher;
+use crate::cache::tiered::TieredCache;
 use crate::cache::CacheLimits;
 use crate::http::access_log::AccessLog;
 use crate::http::compression::CompressionPolicy;
 use crate::http::errors::{ensure_problem, extractor_error, not_found};
 use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
+use crate::http::revocation::{self, RevocationState};
 use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
-use crate::http::{compression, cors, request_id, security_headers};
+use crate::http::{compression, cors, request_id, security_headers, token};
 use crate::limits::RateLimiter;
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
@@ -34,7 +40,10 @@ use crate::proxy::inject::Injection;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
 use crate::redis::SharedRedis;
+use crate::revoke::logout::LogoutVerifier;
+use crate::revoke::Revoker;
 use crate::secrets::file::FileStore;
+use crate::secrets::registry::SecretCell;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::vault::VaultStore;
 use crate::secrets::{SecretRef, Stores};
@@ -98,6 +107,48 @@ fn build_redis(
     SharedRedis::new(redis, password, readiness.clone())
         .map(|r| Some(Arc::new(r)))
         .map_err(StartError::Redis)
+}
+
+/// The cell of an optional secret reference (resolved at start).
+fn stored(secrets: &SecretRegistry, reference: &Option<String>) -> Option<Arc<SecretCell>> {
+    reference
+        .as_ref()
+        .and_then(|r| SecretRef::parse(r).ok())
+        .and_then(|r| secrets.cell(&r.to_string()))
+}
+
+/// Downstream tokens (routes with `exchange`): the two-tier cache and the exchanger.
+fn build_downstream(
+    settings: &Settings,
+    secrets: &SecretRegistry,
+    hasher: &SharedHasher,
+    redis: Option<&Arc<SharedRedis>>,
+    edge: Option<&mut EdgeParts>,
+) -> Option<Arc<DownstreamTokens>> {
+    let edge = edge?;
+    if !settings.routes.iter().any(|r| r.exchange.is_some()) {
+        return None;
+    }
+    let x = &settings.exchange;
+    let shared = match (redis, stored(secrets, &x.encryption_key)) {
+        (Some(redis), Some(key)) => Some((redis.clone(), Sealer::new(key), x.key_prefix.clone())),
+        _ => None,
+    };
+    let cache = Arc::new(TieredCache::new(
+        x.capacity,
+        x.memory_tier,
+        x.skew,
+        x.negative_ttl,
+        shared,
+    ));
+    Some(Arc::new(DownstreamTokens {
+        exchanger: edge.exchanger.take(),
+        minter: edge.minter.clone(),
+        cache,
+        hasher: hasher.clone(),
+        refresh_ahead: x.refresh_ahead,
+        lock_ttl: x.lock_ttl,
+    }))
 }
 
 /// Opens the secret stores and resolves every reference in the configuration.
@@ -173,12 +224,19 @@ struct EdgeParts {
     /// The client for the AS, shared with client-credentials injection.
     http: reqwest::Client,
     token_endpoint: Option<String>,
+    /// RFC 8693 at the AS, with Intercom's client.
+    exchanger: Option<TokenExchanger>,
+    /// Back-channel logout tokens, when enabled.
+    logout: Option<LogoutVerifier>,
+    revocation_endpoint: Option<String>,
 }
 
 async fn build_edge(
     settings: &Settings,
     readiness: &Arc<Readiness>,
     secrets: &SecretRegistry,
+    hasher: &SharedHasher,
+    redis: Option<&Arc<SharedRedis>>,
 ) -> Result<Option<EdgeParts>, StartError> {
     let Some(auth) = &settings.auth_server else {
         return Ok(None);
@@ -214,7 +272,7 @@ async fn build_edge(
             .ok_or(StartError::NoIntrospection)?,
         issuer: meta.issuer.clone(),
         client_id: auth.client_id.clone(),
-        client_secret: secret,
+        client_secret: secret.clone(),
         format: auth.introspection_format,
         signature: signature(auth.jwt.algorithms.clone()),
         leeway: auth.jwt.leeway,
@@ -261,13 +319,44 @@ async fn build_edge(
         negative_capacity: t.negative_capacity,
         negative_ttl: t.negative_ttl,
     };
-    let edge = EdgeAuthenticator::new(introspector, validator, minter.clone(), &limits);
+    let edge = EdgeAuthenticator::new(
+        introspector,
+        validator,
+        minter.clone(),
+        &limits,
+        hasher.clone(),
+    );
+    let exchanger = meta.token_endpoint.clone().map(|endpoint| TokenExchanger {
+        http: http.clone(),
+        token_endpoint: endpoint,
+        client_id: auth.client_id.clone(),
+        client_secret: secret.clone(),
+    });
+    let logout = settings
+        .revocation
+        .backchannel_logout
+        .then(|| LogoutVerifier {
+            signature: signature(auth.jwt.algorithms.clone()),
+            issuer: meta.issuer.clone(),
+            client_id: auth.client_id.clone(),
+            leeway: auth.jwt.leeway,
+            redis: redis.cloned(),
+            hasher: hasher.clone(),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            replay_prefix: format!("{}:logout", settings.exchange.key_prefix),
+        });
     spawn_auth_server_check(http.clone(), auth.issuer.clone(), readiness.clone());
     Ok(Some(EdgeParts {
         edge: Arc::new(edge),
         minter,
         http,
         token_endpoint: meta.token_endpoint.clone(),
+        exchanger,
+        logout,
+        revocation_endpoint: meta.revocation_endpoint.clone(),
     }))
 }
 
@@ -456,10 +545,36 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let readiness = Arc::new(Readiness::default());
         let secrets = build_secrets(&settings, &readiness).await?;
-        let edge = build_edge(&settings, &readiness, &secrets).await?;
-        let injections = build_injections(&settings, &secrets, edge.as_ref())?;
         let redis = build_redis(&settings, &readiness, &secrets)?;
+        let hasher = match stored(&secrets, &settings.exchange.hmac_key) {
+            Some(cell) => SharedHasher::new(&cell.current()),
+            None => SharedHasher::random(),
+        };
+        let mut edge = build_edge(&settings, &readiness, &secrets, &hasher, redis.as_ref()).await?;
+        let injections = build_injections(&settings, &secrets, edge.as_ref())?;
         let limiter = RateLimiter::new(&settings, redis.clone());
+        let downstream =
+            build_downstream(&settings, &secrets, &hasher, redis.as_ref(), edge.as_mut());
+        let revoker = edge.as_ref().map(|e| {
+            let revoker = Revoker::new(
+                hasher.clone(),
+                settings.revocation.denylist_ttl,
+                downstream.as_ref().map(|d| d.cache.clone()),
+                Some(e.edge.clone()),
+                redis.clone(),
+                settings.revocation.channel.clone(),
+                &settings.exchange.key_prefix,
+            );
+            revoker.spawn_listener();
+            revoker
+        });
+        let logout = edge
+            .as_mut()
+            .and_then(|e| e.logout.take())
+            .map(web::Data::new);
+        let admin_credential = stored(&secrets, &settings.revocation.admin_credential);
+        let revocation_endpoint = edge.as_ref().and_then(|e| e.revocation_endpoint.clone());
+        let as_http = edge.as_ref().map(|e| e.http.clone()).unwrap_or_default();
         let minter = edge.as_ref().map(|e| e.minter.clone());
         let proxy_state = web::Data::new(ProxyState {
             routes: RouteTable::new(
@@ -473,8 +588,20 @@ impl Application {
             identity: IdentityHeaders::from_settings(&settings.tokens),
             secrets: secrets.clone(),
             limiter,
+            downstream: downstream.clone(),
+            revoker: revoker.clone(),
         });
         let minter_data = minter.clone().map(web::Data::new);
+        let revocation = revoker.clone().map(|revoker| {
+            web::Data::new(RevocationState {
+                revoker,
+                admin_credential,
+                http: as_http,
+                revocation_endpoint,
+            })
+        });
+        let serves_token = downstream.is_some();
+        let admin_revocation = revocation.clone();
         // With any CORS policy, every host-less route becomes a scope (longest prefix
         // first, as the table matches) so a policy never covers a more specific route.
         let compress = settings.compression.enabled;
@@ -534,6 +661,20 @@ impl Application {
             if let Some(hsts) = &hsts {
                 app = app.app_data(hsts.clone());
             }
+            if serves_token {
+                app = app.route("/token", web::post().to(token::exchange));
+            }
+            if let Some(revocation) = &revocation {
+                app = app
+                    .app_data(revocation.clone())
+                    .route("/revoke", web::post().to(revocation::revoke_passthrough));
+                if let Some(logout) = &logout {
+                    app = app.app_data(logout.clone()).route(
+                        "/backchannel-logout",
+                        web::post().to(revocation::backchannel_logout),
+                    );
+                }
+            }
             if let Some(policy) = &compression {
                 app = app.app_data(policy.clone());
             }
@@ -577,8 +718,14 @@ impl Application {
 
         let admin_readiness = web::Data::from(readiness.clone());
         let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_readiness.clone())
+            let mut app = App::new();
+            if let Some(revocation) = &admin_revocation {
+                app = app
+                    .app_data(revocation.clone())
+                    .app_data(web::JsonConfig::default().error_handler(extractor_error))
+                    .route("/admin/revoke", web::post().to(revocation::admin_revoke));
+            }
+            app.app_data(admin_readiness.clone())
                 .app_data(web::Data::new(metrics.clone()))
                 .wrap(from_fn(request_id::assign))
                 .route("/health/live", web::get().to(health::live))

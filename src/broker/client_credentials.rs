@@ -124,8 +124,8 @@ impl ClientCredentials {
             .http
             .post(&self.token_endpoint)
             .basic_auth(
-                form_encode(&self.client_id),
-                Some(form_encode(secret.expose())),
+                super::form_encode(&self.client_id),
+                Some(super::form_encode(secret.expose())),
             )
             .form(&form)
             .send()
@@ -149,10 +149,4 @@ impl ClientCredentials {
         })));
         Ok(token)
     }
-}
-
-fn form_encode(value: &str) -> String {
-    serde_urlencoded::to_string([("", value)])
-        .map(|s| s[1..].to_string())
-        .unwrap_or_default()
 }

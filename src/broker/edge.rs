@@ -12,7 +12,9 @@ use super::introspect::{IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, JwtValidator};
 use super::{now_secs, Principal};
+use crate::cache::shared_hash::SharedHasher;
 use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
+use crate::revoke::{Ids, Kind};
 
 /// Why a token was not admitted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,13 +30,16 @@ pub enum EdgeError {
 /// A cached principal and the internal JWTs minted for it, per audience.
 pub struct CachedToken {
     pub principal: Principal,
+    /// How revocations find this token.
+    pub ids: Ids,
     minted: Mutex<Vec<(Arc<str>, Minted)>>,
 }
 
 impl CachedToken {
-    pub fn new(principal: Principal) -> Self {
+    pub fn new(principal: Principal, ids: Ids) -> Self {
         Self {
             principal,
+            ids,
             minted: Mutex::new(Vec::new()),
         }
     }
@@ -73,6 +78,7 @@ pub struct EdgeAuthenticator {
     pub validator: Option<JwtValidator>,
     pub minter: Arc<Minter>,
     cache: TokenCache<CachedToken>,
+    hasher: SharedHasher,
 }
 
 impl EdgeAuthenticator {
@@ -81,13 +87,27 @@ impl EdgeAuthenticator {
         validator: Option<JwtValidator>,
         minter: Arc<Minter>,
         limits: &CacheLimits,
+        hasher: SharedHasher,
     ) -> Self {
         Self {
             introspector,
             validator,
             minter,
             cache: TokenCache::new("edge", limits),
+            hasher,
         }
+    }
+
+    /// Drops the cached tokens whose `kind` id is `id` (a revocation).
+    pub fn evict(&self, kind: Kind, id: &str) {
+        let id = id.to_string();
+        self.cache
+            .invalidate_if(move |entry| entry.ids.get(kind) == Some(id.as_str()));
+    }
+
+    /// Drops every cached token.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Admits `token` for `audience`, from the cache when possible.
@@ -103,7 +123,8 @@ impl EdgeAuthenticator {
                     match self.authenticate(token).await {
                         Ok(principal) => {
                             // Mint now, off the hit path: the JWT is cached with the result.
-                            let entry = CachedToken::new(principal);
+                            let ids = Ids::of(&self.hasher, &principal, token);
+                            let entry = CachedToken::new(principal, ids);
                             if let Ok(m) = self.minter.mint(&entry.principal, audience) {
                                 entry.store_jwt(audience, m);
                             }

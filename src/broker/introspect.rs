@@ -74,8 +74,8 @@ impl Introspector {
             IntrospectionFormat::Jwt => JWT_MEDIA_TYPE,
         };
         // RFC 6749 §2.3.1: the credentials are form-encoded before Basic encoding.
-        let id = form_encode(&self.client_id);
-        let secret = form_encode(self.client_secret.current().expose());
+        let id = super::form_encode(&self.client_id);
+        let secret = super::form_encode(self.client_secret.current().expose());
         let response = self
             .http
             .post(&self.endpoint)
@@ -163,12 +163,6 @@ impl Introspector {
     }
 }
 
-fn form_encode(value: &str) -> String {
-    serde_urlencoded::to_string([("", value)])
-        .map(|s| s[1..].to_string())
-        .unwrap_or_default()
-}
-
 /// reqwest errors name the URL; ours never carry a token, but keep messages short.
 fn without_url(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -185,6 +179,6 @@ fn without_url(e: reqwest::Error) -> String {
 mod tests {
     #[test]
     fn client_credentials_are_form_encoded() {
-        assert_eq!(super::form_encode("a b:c%"), "a+b%3Ac%25");
+        assert_eq!(crate::broker::form_encode("a b:c%"), "a+b%3Ac%25");
     }
 }

@@ -341,6 +341,18 @@ impl Minter {
     /// Mints the internal JWT for `principal` and `audience`: `exp` never later than the
     /// original token's, and at most `lifetime` away.
     pub fn mint(&self, principal: &Principal, audience: &str) -> Result<Minted, MintError> {
+        self.mint_delegated(principal, audience, &principal.scopes, None)
+    }
+
+    /// Mints a JWT for `audience` with only `scopes`, and, when a service calls on the
+    /// principal's behalf, `act` naming it (RFC 8693 §4.1).
+    pub fn mint_delegated(
+        &self,
+        principal: &Principal,
+        audience: &str,
+        scopes: &[String],
+        actor: Option<&str>,
+    ) -> Result<Minted, MintError> {
         let started = Instant::now();
         self.follow_store();
         let key = self.keys.load().current.clone();
@@ -367,7 +379,10 @@ impl Minter {
         if let Some(client_id) = &principal.client_id {
             claim(&mut payload, "client_id", client_id.as_str().into())?;
         }
-        claim(&mut payload, "scope", principal.scopes.join(" ").into())?;
+        claim(&mut payload, "scope", scopes.join(" ").into())?;
+        if let Some(actor) = actor {
+            claim(&mut payload, "act", serde_json::json!({ "sub": actor }))?;
+        }
         if let Some(t) = principal.auth_time {
             claim(&mut payload, "auth_time", t.into())?;
         }

@@ -5,7 +5,9 @@
 
 pub mod authserver;
 pub mod client_credentials;
+pub mod downstream;
 pub mod edge;
+pub mod exchange;
 pub mod introspect;
 pub mod jwks;
 pub mod mint;
@@ -28,6 +30,10 @@ pub struct Principal {
     pub acr: Option<String>,
     /// The caller's rate-limit tier, from the configured claim (e.g. `plan`).
     pub tier: Option<String>,
+    /// When the token was issued: revocations cover tokens issued before them.
+    pub iat: Option<u64>,
+    /// The login session, for back-channel logout.
+    pub sid: Option<String>,
 }
 
 /// The claims Intercom reads from an introspection answer or a JWT access token.
@@ -51,6 +57,10 @@ pub(crate) struct TokenClaims {
     pub auth_time: Option<u64>,
     #[serde(default)]
     pub acr: Option<String>,
+    #[serde(default)]
+    pub iat: Option<u64>,
+    #[serde(default)]
+    pub sid: Option<String>,
     /// Every other claim, for the configured tier claim.
     #[serde(flatten)]
     pub other: std::collections::HashMap<String, serde_json::Value>,
@@ -77,6 +87,8 @@ impl TokenClaims {
             auth_time: self.auth_time,
             acr: self.acr,
             tier,
+            iat: self.iat,
+            sid: self.sid,
         }
     }
 }
@@ -87,4 +99,12 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value, as HTTP Basic client
+/// authentication wants it (RFC 6749 §2.3.1).
+pub(crate) fn form_encode(value: &str) -> String {
+    serde_urlencoded::to_string([("", value)])
+        .map(|s| s[1..].to_string())
+        .unwrap_or_default()
 }

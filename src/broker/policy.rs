@@ -1,7 +1,11 @@
 //! Coarse scope checks at the gateway: a route names the scopes a caller must hold,
-//! any or all of them, with prefix wildcards such as `invoice_*`.
+//! any or all of them, with prefix wildcards such as `invoice_*`. And the policy of a
+//! downstream audience: who may call it, and which of the caller's scopes it receives.
 
-use crate::settings::ScopeMatch;
+use std::sync::Arc;
+
+use super::Principal;
+use crate::settings::{ExchangeMode, ExchangeSettings, ScopeMatch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pattern {
@@ -69,6 +73,85 @@ impl ScopePolicy {
     }
 }
 
+/// The policy of one downstream audience.
+#[derive(Debug, Clone)]
+pub struct TargetPolicy {
+    pub audience: Arc<str>,
+    /// Send the audience as `resource` too.
+    pub resource: bool,
+    pub mode: ExchangeMode,
+    pub requested_token_type: Option<String>,
+    allowed: Vec<Pattern>,
+    callers: Vec<String>,
+    caller_scopes: Vec<String>,
+}
+
+impl TargetPolicy {
+    pub fn new(settings: &ExchangeSettings) -> Self {
+        Self {
+            audience: Arc::from(settings.audience.as_str()),
+            resource: settings.resource,
+            mode: settings.mode,
+            requested_token_type: settings.requested_token_type.clone(),
+            allowed: settings
+                .allowed_scopes
+                .iter()
+                .map(|s| Pattern::parse(s))
+                .collect(),
+            callers: settings.callers.clone(),
+            caller_scopes: settings.caller_scopes.clone(),
+        }
+    }
+
+    /// The scopes the target receives: the caller's ∩ the target's allowed (∩ `asked`
+    /// when given), sorted. `Err` names why not (a caller not allowed, nothing left).
+    pub fn grant(
+        &self,
+        caller: &Principal,
+        asked: Option<&[String]>,
+    ) -> Result<Vec<String>, String> {
+        let named = caller
+            .client_id
+            .as_ref()
+            .is_some_and(|c| self.callers.contains(c));
+        let by_scope = caller.scopes.iter().any(|s| self.caller_scopes.contains(s));
+        if !named && !by_scope {
+            return Err(format!("this caller may not call {}", self.audience));
+        }
+        let mut granted: Vec<String> = caller
+            .scopes
+            .iter()
+            .filter(|s| {
+                self.allowed
+                    .iter()
+                    .any(|p| p.held_by(std::slice::from_ref(*s)))
+            })
+            .filter(|s| asked.is_none_or(|asked| asked.contains(s)))
+            .cloned()
+            .collect();
+        granted.sort();
+        granted.dedup();
+        if granted.is_empty() {
+            return Err(match asked {
+                Some(asked) => asked.join(" "),
+                None => self.allowed_text(),
+            });
+        }
+        Ok(granted)
+    }
+
+    fn allowed_text(&self) -> String {
+        self.allowed
+            .iter()
+            .map(|p| match p {
+                Pattern::Exact(s) => s.clone(),
+                Pattern::Prefix(p) => format!("{p}*"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +178,44 @@ mod tests {
         assert!(wild.check(&scopes("invoice_read")).is_ok());
         assert!(wild.check(&scopes("invoicex")).is_err());
         assert!(ScopePolicy::default().check(&[]).is_ok());
+    }
+
+    #[test]
+    fn targets_grant_the_intersection_to_allowed_callers_only() {
+        let target = TargetPolicy::new(&ExchangeSettings {
+            audience: "billing".into(),
+            resource: false,
+            allowed_scopes: scopes("invoice_* profile"),
+            callers: scopes("app"),
+            caller_scopes: scopes("billing_caller"),
+            mode: ExchangeMode::Exchange,
+            requested_token_type: None,
+        });
+        let caller = |client: &str, s: &str| Principal {
+            client_id: Some(client.into()),
+            scopes: scopes(s),
+            ..Default::default()
+        };
+        assert_eq!(
+            target.grant(
+                &caller("app", "orders_read invoice_write invoice_read"),
+                None
+            ),
+            Ok(scopes("invoice_read invoice_write"))
+        );
+        assert_eq!(
+            target.grant(
+                &caller("app", "invoice_read invoice_write"),
+                Some(&scopes("invoice_read admin"))
+            ),
+            Ok(scopes("invoice_read"))
+        );
+        assert!(target.grant(&caller("app", "orders_read"), None).is_err());
+        assert!(target
+            .grant(&caller("other", "invoice_read"), None)
+            .is_err());
+        assert!(target
+            .grant(&caller("other", "invoice_read billing_caller"), None)
+            .is_ok());
     }
 }

@@ -3,7 +3,11 @@
 //! tokens so junk cannot evict good entries, and single-flight loading so concurrent
 //! misses for one token make one call.
 //!
-//! This is the memory tier; the shared Redis tier comes with token exchange.
+//! This is the edge's cache; exchanged tokens live in the two-tier [`tiered`] cache.
+
+pub mod sealed;
+pub mod shared_hash;
+pub mod tiered;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +98,7 @@ impl<V: Expiring> TokenCache<V> {
                 .expire_after(UntilExpiry {
                     max_ttl: limits.max_ttl,
                 })
+                .support_invalidation_closures()
                 .build(),
             negative: moka::future::Cache::builder()
                 .max_capacity(limits.negative_capacity)
@@ -112,6 +117,22 @@ impl<V: Expiring> TokenCache<V> {
     fn count(&self, result: &'static str) {
         metrics::counter!("intercom_token_cache_requests_total", "cache" => self.name, "result" => result)
             .increment(1);
+    }
+
+    /// Drops the entries `predicate` picks (revocations).
+    pub fn invalidate_if(&self, predicate: impl Fn(&V) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self
+            .positive
+            .invalidate_entries_if(move |_, v| predicate(v))
+        {
+            tracing::error!(error = %e, "cache invalidation failed; clearing the cache");
+            self.positive.invalidate_all();
+        }
+    }
+
+    /// Drops every entry.
+    pub fn invalidate_all(&self) {
+        self.positive.invalidate_all();
     }
 
     /// Looks the key up in both caches.

@@ -7,5 +7,7 @@ pub mod cors;
 pub mod errors;
 pub mod health;
 pub mod request_id;
+pub mod revocation;
 pub mod security_headers;
+pub mod token;
 pub mod wellknown;

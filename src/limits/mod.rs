@@ -199,17 +199,9 @@ fn hash_caller(kind: &str, id: &str) -> HashedCaller {
         .chain_update(id)
         .finalize();
     HashedCaller {
-        hex: hex_lower(&digest[..16]),
+        hex: crate::cache::shared_hash::hex(&digest[..16]),
         short: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Every window of the tier in this replica's memory: refused if any refuses.

@@ -21,12 +21,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
+use crate::broker::downstream::{DownstreamError, DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
 use crate::http::security_headers::EnforceSecurityHeaders;
 use crate::limits::{Caller, RateLimiter};
+use crate::revoke::Revoker;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
 use crate::settings::RouteAuth;
@@ -49,6 +51,10 @@ pub struct ProxyState {
     pub secrets: Arc<SecretRegistry>,
     /// Rate limits; `None` when no route has one.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Tokens for downstream audiences; `None` when no route exchanges.
+    pub downstream: Option<Arc<DownstreamTokens>>,
+    /// The denylist; `None` without an authorization server.
+    pub revoker: Option<Arc<Revoker>>,
 }
 
 /// What the proxy learned about a request that its answer carries, error or not.
@@ -100,10 +106,19 @@ async fn proxy(
         metrics: route.metrics.clone(),
     });
     let admitted = authenticate(req, state, route).await?;
-    authorize(route, admitted.as_ref().map(|(a, _)| a))?;
-    rate_limit(req, state, route, admitted.as_ref().map(|(a, _)| a), trail).await?;
+    let caller = admitted.as_ref().map(|(a, _, _)| a);
+    authorize(route, caller)?;
+    rate_limit(req, state, route, caller, trail).await?;
+    let downstream = downstream_token(state, route, admitted.as_ref()).await?;
     let body = limit(req, route, payload).await?;
+    let admitted = admitted.map(|(a, source, _)| (a, source));
     let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
+    if let Some(token) = downstream {
+        // The target's own token replaces the internal JWT.
+        if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            outbound.headers.insert(header::AUTHORIZATION, value);
+        }
+    }
     let injected = inject_credential(route, &mut outbound).await?;
     // What is needed to send the request again if the credential is refused.
     let replay = match (&injected, &body) {
@@ -172,12 +187,13 @@ fn pick_route<'a>(
     }
 }
 
-/// Admits the bearer token of a `bearer` route (from the cache when possible).
+/// Admits the bearer token of a `bearer` route (from the cache when possible), unless
+/// it was revoked; returns it too, as the subject of a token exchange.
 async fn authenticate(
     req: &HttpRequest,
     state: &ProxyState,
     route: &Route,
-) -> Result<Option<(Admitted, TokenSource)>, ApiError> {
+) -> Result<Option<(Admitted, TokenSource, String)>, ApiError> {
     if route.auth == RouteAuth::None {
         return Ok(None);
     }
@@ -187,10 +203,59 @@ async fn authenticate(
         Err(BearerError::Missing) => return Err(ApiError::MissingToken),
         Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
     };
-    match edge.admit(&token, &route.audience).await {
-        Ok(admitted) => Ok(Some((admitted, source))),
-        Err(EdgeError::Invalid(why)) => Err(ApiError::InvalidToken(why)),
-        Err(EdgeError::Unavailable(why)) => Err(ApiError::AuthServerUnavailable(why)),
+    let admitted = admit(edge, state.revoker.as_deref(), &token, &route.audience).await?;
+    Ok(Some((admitted, source, token)))
+}
+
+/// The edge's verdict on a token, refused when a revocation covers it.
+pub async fn admit(
+    edge: &EdgeAuthenticator,
+    revoker: Option<&Revoker>,
+    token: &str,
+    audience: &Arc<str>,
+) -> Result<Admitted, ApiError> {
+    let admitted = match edge.admit(token, audience).await {
+        Ok(admitted) => admitted,
+        Err(EdgeError::Invalid(why)) => return Err(ApiError::InvalidToken(why)),
+        Err(EdgeError::Unavailable(why)) => return Err(ApiError::AuthServerUnavailable(why)),
+    };
+    let cached = &admitted.token;
+    if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
+        return Err(ApiError::InvalidToken("the token was revoked".into()));
+    }
+    Ok(admitted)
+}
+
+/// The target's token on a route with `exchange`: policy, then the two-tier cache or
+/// the AS. Denied → 403 before any call to the AS.
+async fn downstream_token(
+    state: &ProxyState,
+    route: &Route,
+    admitted: Option<&(Admitted, TokenSource, String)>,
+) -> Result<Option<String>, ApiError> {
+    let (Some(target), Some((admitted, _, token))) = (&route.target, admitted) else {
+        return Ok(None);
+    };
+    let downstream = state.downstream.as_ref().ok_or(ApiError::Internal)?;
+    let subject = Subject {
+        token: token.clone(),
+        principal: admitted.token.principal.clone(),
+    };
+    downstream
+        .token_for(&subject, target, None)
+        .await
+        .map(|entry| Some(entry.token.clone()))
+        .map_err(downstream_error)
+}
+
+/// How a failed downstream token reads to the client.
+pub fn downstream_error(error: DownstreamError) -> ApiError {
+    match error {
+        DownstreamError::Denied(why) => ApiError::InsufficientScope(why),
+        DownstreamError::InvalidSubject => {
+            ApiError::InvalidToken("the authorization server refused the token".into())
+        }
+        DownstreamError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
     }
 }
 

@@ -11,7 +11,7 @@ use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::path::is_under;
 use super::upstreams::Upstreams;
-use crate::broker::policy::ScopePolicy;
+use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
 use crate::telemetry::RequestMetrics;
 
@@ -48,6 +48,8 @@ pub struct Route {
     pub inject: Option<Injection>,
     pub max_body_bytes: u64,
     pub enforce_security_headers: bool,
+    /// The downstream audience's policy, on routes that exchange the caller's token.
+    pub target: Option<TargetPolicy>,
 }
 
 /// What matching a request gave.
@@ -116,6 +118,7 @@ impl RouteTable {
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
+                    target: r.exchange.as_ref().map(TargetPolicy::new),
                 }
             })
             .collect();
@@ -212,6 +215,7 @@ mod tests {
             security_headers: Default::default(),
             cors: None,
             rate_limit: None,
+            exchange: None,
         }
     }
 

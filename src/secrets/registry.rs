@@ -28,6 +28,33 @@ pub struct SecretCell {
 }
 
 impl SecretCell {
+    /// A cell that no store backs (a per-process random key, say); it never rotates.
+    pub fn fixed(value: Secret) -> Self {
+        Self {
+            reference: SecretRef::File("(generated)".into()),
+            name: "(generated)".into(),
+            state: ArcSwap::from_pointee(CellState {
+                current: value,
+                previous: None,
+                version: String::new(),
+                checked: Instant::now(),
+            }),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Rotates to `value` as a store rotation would (for unit tests).
+    #[cfg(test)]
+    pub fn replace_for_test(&self, value: Secret) {
+        let old = self.state.load();
+        self.state.store(Arc::new(CellState {
+            current: value,
+            previous: Some(old.current.clone()),
+            version: format!("{}+", old.version),
+            checked: Instant::now(),
+        }));
+    }
+
     pub fn current(&self) -> Secret {
         self.state.load().current.clone()
     }

@@ -1,0 +1,210 @@
+//! Tokens for downstream audiences (service to service): the target's policy decides
+//! the scopes, then the token comes from the two-tier cache, or from an RFC 8693
+//! exchange at the AS (or a JWT minted here, for an AS without exchange), renewed
+//! ahead of expiry in the background, once across replicas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::exchange::{ExchangeError, ExchangeRequest, TokenExchanger, ACCESS_TOKEN_TYPE};
+use super::mint::Minter;
+use super::policy::TargetPolicy;
+use super::{now_secs, Principal};
+use crate::cache::shared_hash::{Hash, SharedHasher};
+use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, TieredCache};
+use crate::revoke::Ids;
+use crate::settings::ExchangeMode;
+
+/// Why no downstream token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DownstreamError {
+    /// Policy or the AS refused the caller or the scopes: 403 `insufficient_scope`.
+    #[error("{0}")]
+    Denied(String),
+    /// The AS refused the subject token: 401.
+    #[error("the authorization server refused the token")]
+    InvalidSubject,
+    /// 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ExchangeError> for DownstreamError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Denied(why) => DownstreamError::Denied(why),
+            ExchangeError::InvalidSubject => DownstreamError::InvalidSubject,
+            ExchangeError::Unavailable(why) => DownstreamError::Unavailable(why),
+        }
+    }
+}
+
+/// Lifetime used when the AS does not say.
+const DEFAULT_LIFETIME: u64 = 300;
+
+/// Obtains and caches downstream tokens.
+pub struct DownstreamTokens {
+    pub exchanger: Option<TokenExchanger>,
+    pub minter: Arc<Minter>,
+    pub cache: Arc<TieredCache>,
+    pub hasher: SharedHasher,
+    /// Past this fraction of an entry's lifetime a hit renews it.
+    pub refresh_ahead: f64,
+    pub lock_ttl: Duration,
+}
+
+/// One request for a downstream token.
+#[derive(Clone)]
+pub struct Subject {
+    pub token: String,
+    pub principal: Principal,
+}
+
+impl DownstreamTokens {
+    /// The token for `target`, for the caller's `subject` (∩ `asked` scopes, if any).
+    pub async fn token_for(
+        self: &Arc<Self>,
+        subject: &Subject,
+        target: &TargetPolicy,
+        asked: Option<&[String]>,
+    ) -> Result<Arc<ExchangeEntry>, DownstreamError> {
+        let scopes = target
+            .grant(&subject.principal, asked)
+            .map_err(DownstreamError::Denied)?;
+        let key = self.cache_key(&subject.token, &target.audience, &scopes);
+        let audience = &target.audience;
+        if let Some(entry) = self.cache.get_local(&key, audience).await {
+            self.maybe_renew(&entry, key, subject, target, &scopes);
+            return Ok(entry);
+        }
+        if let Some(reason) = self.cache.get_negative(&key, audience).await {
+            return Err(DownstreamError::Denied(reason));
+        }
+        let load = async {
+            match self.obtain(subject, target, &scopes).await {
+                Ok(entry) => Loaded::Value(entry),
+                Err(e @ DownstreamError::Denied(_)) | Err(e @ DownstreamError::InvalidSubject) => {
+                    Loaded::Rejected(e)
+                }
+                Err(e) => Loaded::Failed(e),
+            }
+        };
+        match self.cache.load(key, audience, load).await {
+            Ok(entry) => {
+                self.maybe_renew(&entry, key, subject, target, &scopes);
+                Ok(entry)
+            }
+            Err(LoadError::Rejected(e) | LoadError::Failed(e)) => Err(e),
+        }
+    }
+
+    fn cache_key(&self, token: &str, audience: &str, scopes: &[String]) -> Hash {
+        let scopes = scopes.join(" ");
+        self.hasher.hash(&[
+            b"exchange",
+            token.as_bytes(),
+            audience.as_bytes(),
+            scopes.as_bytes(),
+        ])
+    }
+
+    /// A fresh token from the AS (or minted here).
+    async fn obtain(
+        &self,
+        subject: &Subject,
+        target: &TargetPolicy,
+        scopes: &[String],
+    ) -> Result<ExchangeEntry, DownstreamError> {
+        let ids = Ids::of(&self.hasher, &subject.principal, &subject.token);
+        match target.mode {
+            ExchangeMode::Exchange => {
+                let exchanger = self.exchanger.as_ref().ok_or_else(|| {
+                    DownstreamError::Unavailable(
+                        "the authorization server has no token endpoint".into(),
+                    )
+                })?;
+                let issued = exchanger
+                    .exchange(&ExchangeRequest {
+                        subject_token: &subject.token,
+                        audience: &target.audience,
+                        resource: target.resource,
+                        scopes,
+                        requested_token_type: target.requested_token_type.as_deref(),
+                    })
+                    .await?;
+                let exp = now_secs() + issued.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                Ok(ExchangeEntry::new(
+                    issued.access_token,
+                    issued.issued_token_type,
+                    issued.scope.unwrap_or_else(|| scopes.join(" ")),
+                    exp,
+                    ids,
+                ))
+            }
+            ExchangeMode::Mint => {
+                let actor = subject.principal.client_id.as_deref();
+                let minted = self
+                    .minter
+                    .mint_delegated(&subject.principal, &target.audience, scopes, actor)
+                    .map_err(|e| DownstreamError::Unavailable(e.to_string()))?;
+                Ok(ExchangeEntry::new(
+                    minted.jwt.to_string(),
+                    ACCESS_TOKEN_TYPE.to_string(),
+                    scopes.join(" "),
+                    minted.exp,
+                    ids,
+                ))
+            }
+        }
+    }
+
+    /// Past the refresh point, renews the entry in the background: one task per entry
+    /// here, and one replica (the holder of a short Redis lock) across replicas; the
+    /// others pick the renewed entry up from L2. No request waits for it.
+    fn maybe_renew(
+        self: &Arc<Self>,
+        entry: &Arc<ExchangeEntry>,
+        key: Hash,
+        subject: &Subject,
+        target: &TargetPolicy,
+        scopes: &[String],
+    ) {
+        let life = entry.exp.saturating_sub(entry.created);
+        let age = now_secs().saturating_sub(entry.created);
+        if (age as f64) < life as f64 * self.refresh_ahead || !entry.claim_refresh() {
+            return;
+        }
+        metrics::counter!("intercom_exchange_cache_requests_total", "tier" => "l1", "audience" => target.audience.to_string(), "result" => "refresh_ahead")
+            .increment(1);
+        let (me, entry, subject, target, scopes) = (
+            self.clone(),
+            entry.clone(),
+            subject.clone(),
+            target.clone(),
+            scopes.to_vec(),
+        );
+        tokio::spawn(async move {
+            if me.cache.try_lock(&key, me.lock_ttl).await {
+                match me.obtain(&subject, &target, &scopes).await {
+                    Ok(fresh) => me.cache.put(key, fresh).await,
+                    Err(error) => {
+                        tracing::warn!(%error, audience = %target.audience, "renewing a downstream token failed");
+                        entry.release_refresh();
+                    }
+                }
+                return;
+            }
+            // Another replica renews it: take its result from L2 when it lands.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(newer) = me.cache.get_shared(&key, &target.audience).await {
+                    if newer.created > entry.created || newer.token != entry.token {
+                        me.cache.put_local(key, Arc::new(newer)).await;
+                        return;
+                    }
+                }
+            }
+            entry.release_refresh();
+        });
+    }
+}

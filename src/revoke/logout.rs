@@ -1,0 +1,140 @@
+//! OpenID Connect Back-Channel Logout 1.0: the AS POSTs a signed logout token; a valid
+//! one (signature by the AS's keys, `iss`, `aud` = Intercom's client, fresh `iat`, the
+//! logout event, `sub` or `sid`, no `nonce`, a `jti` never seen before) revokes the
+//! subject and/or session.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use crate::broker::now_secs;
+use crate::broker::validate::{audience_matches, JwtError, SignatureCheck};
+use crate::cache::shared_hash::{hex, SharedHasher};
+use crate::redis::SharedRedis;
+
+/// The `events` member a logout token must carry.
+pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Why a logout token was refused (400 `invalid_request` to the AS).
+#[derive(Debug, thiserror::Error)]
+pub enum LogoutError {
+    #[error("the logout token is not a valid JWT from the authorization server: {0}")]
+    Token(#[from] JwtError),
+    #[error("the logout token's {0} is wrong or missing")]
+    Claim(&'static str),
+    #[error("the logout token was already used")]
+    Replayed,
+}
+
+/// Who logged out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Logout {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+}
+
+/// Verifies logout tokens.
+pub struct LogoutVerifier {
+    pub signature: SignatureCheck,
+    pub issuer: String,
+    pub client_id: String,
+    pub leeway: Duration,
+    /// Seen `jti`s (hashed), across replicas when Redis is there.
+    pub redis: Option<std::sync::Arc<SharedRedis>>,
+    pub hasher: SharedHasher,
+    pub seen: moka::sync::Cache<String, ()>,
+    pub replay_prefix: String,
+}
+
+/// How long a `jti` is remembered; tokens older than this are refused anyway.
+const MAX_AGE: u64 = 300;
+
+impl LogoutVerifier {
+    pub async fn verify(&self, token: &str) -> Result<Logout, LogoutError> {
+        let (payload, typ) = self.signature.verify(token).await?;
+        if typ.is_some_and(|t| !t.eq_ignore_ascii_case("logout+jwt")) {
+            return Err(LogoutError::Claim("typ"));
+        }
+        if payload.issuer() != Some(self.issuer.as_str()) {
+            return Err(LogoutError::Claim("iss"));
+        }
+        if !audience_matches(&payload, std::slice::from_ref(&self.client_id)) {
+            return Err(LogoutError::Claim("aud"));
+        }
+        let now = now_secs();
+        let leeway = self.leeway.as_secs();
+        let iat = payload
+            .claim("iat")
+            .and_then(|v| v.as_u64())
+            .ok_or(LogoutError::Claim("iat"))?;
+        if iat > now + leeway || iat + MAX_AGE + leeway < now {
+            return Err(LogoutError::Claim("iat"));
+        }
+        if payload
+            .claim("exp")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|exp| exp + leeway < now)
+        {
+            return Err(LogoutError::Claim("exp"));
+        }
+        let event = payload
+            .claim("events")
+            .and_then(|e| e.as_object())
+            .and_then(|e| e.get(LOGOUT_EVENT));
+        if !event.is_some_and(|e| e.is_object()) {
+            return Err(LogoutError::Claim("events"));
+        }
+        if payload.claim("nonce").is_some() {
+            return Err(LogoutError::Claim("nonce"));
+        }
+        let text = |name: &str| {
+            payload
+                .claim(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let (sub, sid) = (text("sub"), text("sid"));
+        if sub.is_none() && sid.is_none() {
+            return Err(LogoutError::Claim("sub or sid"));
+        }
+        let jti = text("jti").ok_or(LogoutError::Claim("jti"))?;
+        self.first_use(&jti).await?;
+        Ok(Logout { sub, sid })
+    }
+
+    /// Records the `jti`; refuses one seen before (here, or by another replica).
+    async fn first_use(&self, jti: &str) -> Result<(), LogoutError> {
+        let id = hex(&self.hasher.hash(&[b"logout-jti", jti.as_bytes()]));
+        if self.seen.contains_key(&id) {
+            return Err(LogoutError::Replayed);
+        }
+        self.seen.insert(id.clone(), ());
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let key = format!("{}:{id}", self.replay_prefix);
+        let ttl = MAX_AGE + 2 * self.leeway.as_secs();
+        let first = redis
+            .run("logout_jti", move |conn| {
+                async move {
+                    let set: Option<String> = deadpool_redis::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(1)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl)
+                        .query_async(conn)
+                        .await?;
+                    Ok(set.is_some())
+                }
+                .boxed()
+            })
+            .await;
+        match first {
+            Ok(false) => Err(LogoutError::Replayed),
+            // Redis failing: the local record is what we have.
+            _ => Ok(()),
+        }
+    }
+}
