@@ -422,6 +422,17 @@ impl TestAuthServer {
         body["jwt"].as_str().unwrap().to_string()
     }
 
+    /// What the AS says of a token (introspection as Intercom's client).
+    pub async fn introspect(&self, token: &str) -> serde_json::Value {
+        let mut res = test_client()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth("intercom", "intercom-dev-secret")
+            .send_form(&[("token", token)])
+            .await
+            .unwrap();
+        res.json().await.unwrap()
+    }
+
     /// Revokes a token at the AS (RFC 7009), as the client that holds it.
     pub async fn revoke(&self, token: &str, client_id: &str, secret: &str) {
         let res = test_client()
@@ -435,7 +446,7 @@ impl TestAuthServer {
 
     /// A user access token minted directly, with a chosen lifetime.
     pub async fn user_token(&self, sub: &str, scope: &str, ttl_secs: u64) -> String {
-        self.user_token_with_plan(sub, scope, ttl_secs, "").await
+        self.user_token_with(sub, scope, ttl_secs, &[]).await
     }
 
     /// A user token whose `plan` claim (rate-limit tier) is `plan` (none when empty).
@@ -446,14 +457,25 @@ impl TestAuthServer {
         ttl_secs: u64,
         plan: &str,
     ) -> String {
+        self.user_token_with(sub, scope, ttl_secs, &[("plan", plan)])
+            .await
+    }
+
+    /// A user token with extra query parameters of `/__test/token` (`plan`, `sid`,
+    /// `client_id`).
+    pub async fn user_token_with(
+        &self,
+        sub: &str,
+        scope: &str,
+        ttl_secs: u64,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let ttl = ttl_secs.to_string();
+        let mut query = vec![("sub", sub), ("scope", scope), ("ttl", ttl.as_str())];
+        query.extend_from_slice(extra);
         let mut res = test_client()
             .post(format!("{}/__test/token", self.issuer))
-            .query(&[
-                ("sub", sub),
-                ("scope", scope),
-                ("ttl", &ttl_secs.to_string()),
-                ("plan", plan),
-            ])
+            .query(&query)
             .unwrap()
             .send()
             .await

@@ -4,6 +4,7 @@
 mod compression;
 mod config;
 mod cors;
+mod exchange;
 mod harness;
 mod helpers;
 mod lifecycle;

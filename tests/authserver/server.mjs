@@ -134,6 +134,9 @@ provider.registerGrantType(
       throw new errors.InvalidScope('requested scope exceeds the subject token', params.scope);
     }
     const audience = params.audience || params.resource;
+    if (audience && audience.includes('forbidden')) {
+      throw new errors.InvalidTarget('this audience is not served');
+    }
     const token = new provider.ClientCredentials({
       client: ctx.oidc.client,
       scope: (asked.length ? asked : [...have]).join(' ') || undefined,
@@ -170,7 +173,7 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (ctx.path === '/__test/token' && ctx.method === 'POST') {
-    // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app&plan=pro
+    // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app&plan=pro&sid=s1
     const q = ctx.query;
     const client = await provider.Client.find(q.client_id || 'app');
     const token = new provider.AccessToken({
@@ -179,6 +182,7 @@ provider.use(async (ctx, next) => {
       scope: q.scope || 'invoice_read',
       gty: 'authorization_code',
       ...(q.plan ? { extra: { plan: q.plan } } : {}),
+      ...(q.sid ? { sid: q.sid } : {}),
     });
     token.expiresIn = Number(q.ttl || 600);
     ctx.body = { access_token: await token.save(), expires_in: token.expiresIn };

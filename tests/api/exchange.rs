@@ -1,0 +1,716 @@
+//! Service to service: RFC 8693 exchange per audience at the real oidc-provider, the
+//! two-tier cache shared by two Intercom instances through one real `redis-server`,
+//! and revocation reaching every copy.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::helpers::*;
+
+const CALLER_SCOPES: &str = "invoice_read orders_read profile";
+const ADMIN: &str = "admin-credential-for-tests";
+
+/// An AS, an upstream, a Redis and the secrets two Intercom instances share.
+struct World {
+    auth: TestAuthServer,
+    upstream: TestUpstream,
+    redis: Option<TestRedis>,
+    _dir: tempfile::TempDir,
+    secrets: std::path::PathBuf,
+}
+
+impl World {
+    async fn start(as_env: &[(&str, &str)]) -> Self {
+        let (dir, secrets) = secrets_file();
+        let mut text = std::fs::read_to_string(&secrets).unwrap();
+        text.push_str(&format!(
+            "cache_hmac_key = \"hmac-key-shared-by-replicas-0123456789\"\n\
+             cache_encryption_key = \"encryption-key-shared-by-replicas-42\"\n\
+             admin_credential = \"{ADMIN}\"\n"
+        ));
+        std::fs::write(&secrets, text).unwrap();
+        Self {
+            auth: TestAuthServer::start_with_env(as_env).await,
+            upstream: TestUpstream::start("billing"),
+            redis: Some(TestRedis::start()),
+            _dir: dir,
+            secrets,
+        }
+    }
+
+    fn redis(&self) -> &TestRedis {
+        self.redis.as_ref().expect("redis runs")
+    }
+
+    /// An Intercom whose `/intercom/billing` route exchanges for "https://billing.internal";
+    /// `route` adds lines to `[routes.exchange]`, `rest` adds sections.
+    async fn intercom(&self, route: &str, rest: &str) -> TestApp {
+        self.intercom_with(route, "", rest).await
+    }
+
+    /// As [`World::intercom`], with more `[exchange]` keys.
+    async fn intercom_with(&self, route: &str, exchange: &str, rest: &str) -> TestApp {
+        let config = format!(
+            "{}[redis]\nurl = \"{}\"\nretry_interval = \"300ms\"\n\
+             [exchange]\nhmac_key = \"file:cache_hmac_key\"\nencryption_key = \"file:cache_encryption_key\"\n{exchange}\n\
+             [revocation]\nadmin_credential = \"file:admin_credential\"\n\
+             [[routes]]\nname = \"billing\"\nprefix = \"/intercom/billing\"\nstrip_prefix = true\n\
+             upstreams = [\"{}\"]\nauth = \"bearer\"\n\
+             [routes.exchange]\naudience = \"https://billing.internal\"\n\
+             allowed_scopes = [\"invoice_read\", \"invoice_write\"]\ncallers = [\"app\"]\n{route}\n{rest}\n",
+            auth_config(&self.auth, &self.secrets, ""),
+            self.redis().url(),
+            self.upstream.url(),
+        );
+        spawn_app(&config).await
+    }
+
+    async fn exchanges(&self) -> u64 {
+        self.auth.stats().await["exchange"].as_u64().unwrap()
+    }
+
+    async fn app_token(&self) -> String {
+        self.auth
+            .client_token("app", "app-dev-secret", CALLER_SCOPES)
+            .await
+    }
+}
+
+async fn call(app: &TestApp, token: &str) -> (u16, serde_json::Value) {
+    let mut res = app
+        .client
+        .get(app.url("/intercom/billing/invoices"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// The bearer token the upstream received.
+fn sent_token(seen: &serde_json::Value) -> String {
+    seen["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string()
+}
+
+async fn admin_revoke(
+    app: &TestApp,
+    credential: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut res = app
+        .client
+        .post(app.admin_url("/admin/revoke"))
+        .insert_header(("authorization", format!("Bearer {credential}")))
+        .send_json(&body)
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap_or_default())
+}
+
+/// Polls until `check` holds or `within` passes.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[actix_web::test]
+async fn an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let caller = world.app_token().await;
+
+    let (status, seen) = call(&a, &caller).await;
+    assert_eq!(status, 200, "{seen}");
+    let exchanged = sent_token(&seen);
+    assert_ne!(
+        exchanged, caller,
+        "the target never sees the caller's token"
+    );
+    assert_eq!(seen["path"], "/invoices");
+    assert_eq!(world.exchanges().await, 1);
+
+    // What the AS issued: for the target's audience, downscoped, with `act`.
+    let said = world.auth.introspect(&exchanged).await;
+    assert_eq!(said["active"], true, "{said}");
+    let aud = &said["aud"];
+    assert!(
+        aud == "https://billing.internal" || aud[0] == "https://billing.internal",
+        "{said}"
+    );
+    assert_eq!(said["scope"], "invoice_read", "caller's ∩ allowed: {said}");
+    assert_eq!(said["act"]["sub"], "intercom", "{said}");
+    assert_eq!(said["sub"], "app", "{said}");
+
+    // B: served from Redis, no second exchange, the same token.
+    let (status, seen) = call(&b, &caller).await;
+    assert_eq!(status, 200);
+    assert_eq!(sent_token(&seen), exchanged);
+    assert_eq!(world.exchanges().await, 1, "B's answer came from L2");
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("intercom_exchange_cache_requests_total{tier=\"l2\",audience=\"https://billing.internal\",result=\"hit\"}"),
+        "{metrics}"
+    );
+    // A again: an L1 hit.
+    assert_eq!(call(&a, &caller).await.0, 200);
+    assert_eq!(world.exchanges().await, 1);
+
+    // Redis holds ciphertext only, and no key names a token or an identity.
+    let keys = world.redis().keys();
+    assert!(
+        keys.iter().any(|k| k.starts_with("intercom:x:e:")),
+        "{keys:?}"
+    );
+    for key in &keys {
+        for secret in [
+            caller.as_str(),
+            exchanged.as_str(),
+            "app",
+            "intercom:x:e:eyJ",
+        ] {
+            assert!(!key.contains(secret), "key {key} holds {secret}");
+        }
+        if key.starts_with("intercom:x:e:") {
+            let value = world.redis().get(key);
+            assert!(value.starts_with("v1."), "{value}");
+            for secret in [
+                caller.as_str(),
+                exchanged.as_str(),
+                "eyJ",
+                "invoice_read",
+                "\"app\"",
+            ] {
+                assert!(!value.contains(secret), "value of {key} holds {secret}");
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn callers_and_scopes_outside_the_policy_are_denied_without_asking_the_as() {
+    let world = World::start(&[]).await;
+    let a = world
+        .intercom(
+            "",
+            "[[routes]]\nname = \"vault\"\nprefix = \"/intercom/vault\"\nupstreams = [\"http://127.0.0.1:9\"]\n\
+             auth = \"bearer\"\n[routes.exchange]\naudience = \"https://forbidden.internal\"\n\
+             allowed_scopes = [\"invoice_read\"]\ncallers = [\"app\"]\n",
+        )
+        .await;
+    // A caller the target does not list.
+    let reader = world
+        .auth
+        .client_token("reader", "reader-dev-secret", "invoice_read")
+        .await;
+    let mut res = a
+        .client
+        .get(a.url("/intercom/billing/x"))
+        .insert_header(("authorization", format!("Bearer {reader}")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 403).await;
+    assert_eq!(body["type"], "urn:intercom:problem:insufficient-scope");
+    assert!(res
+        .headers()
+        .get("www-authenticate")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    // A listed caller without any scope the target may receive.
+    let narrow = world
+        .auth
+        .client_token("app", "app-dev-secret", "orders_read")
+        .await;
+    assert_eq!(call(&a, &narrow).await.0, 403);
+    assert_eq!(
+        world.exchanges().await,
+        0,
+        "policy refusals never reach the AS"
+    );
+
+    // The AS refuses the target: 403, remembered briefly (no second call).
+    let caller = world.app_token().await;
+    for _ in 0..2 {
+        let mut res = a
+            .client
+            .get(a.url("/intercom/vault/x"))
+            .insert_header(("authorization", format!("Bearer {caller}")))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(&mut res, 403).await;
+    }
+    assert_eq!(world.exchanges().await, 1, "the refusal was cached");
+}
+
+#[actix_web::test]
+async fn concurrent_misses_for_one_token_make_one_exchange() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("", "").await;
+    let caller = world.app_token().await;
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(256))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..256)
+        .map(|_| {
+            let client = client.clone();
+            let url = a.url("/intercom/billing/x");
+            let token = caller.clone();
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(world.exchanges().await, 1);
+}
+
+#[actix_web::test]
+async fn redis_gone_keeps_serving_from_memory_and_the_as_then_shares_again() {
+    let mut world = World::start(&[]).await;
+    let port = world.redis().port;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let first = world.app_token().await;
+    assert_eq!(call(&a, &first).await.0, 200);
+
+    world.redis = None; // stops redis-server
+    assert_eq!(call(&a, &first).await.0, 200, "L1 hit");
+    let second = world.app_token().await;
+    let started = std::time::Instant::now();
+    assert_eq!(call(&a, &second).await.0, 200, "direct exchange");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut ready = a
+        .client
+        .get(a.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["dependencies"]["redis"]["status"], "degraded");
+
+    world.redis = Some(TestRedis::start_on(port));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // New callers until one's entry lands in Redis (the first may still find it resting).
+    let mut third = None;
+    for _ in 0..20 {
+        let token = world.app_token().await;
+        assert_eq!(call(&a, &token).await.0, 200);
+        if world
+            .redis()
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("intercom:x:e:"))
+        {
+            third = Some(token);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third = third.expect("A stores in Redis again");
+    let before = world.exchanges().await;
+    assert_eq!(call(&b, &third).await.0, 200);
+    assert_eq!(world.exchanges().await, before, "B: an L2 hit");
+}
+
+#[actix_web::test]
+async fn entries_are_renewed_ahead_of_expiry_without_a_request_waiting() {
+    let world = World::start(&[("EXCHANGE_TTL", "4")]).await;
+    let renewing = "refresh_ahead = 0.5\nskew = \"1s\"";
+    let a = world.intercom_with("", renewing, "").await;
+    let b = world.intercom_with("", renewing, "").await;
+    let caller = world.app_token().await;
+    let (_, seen) = call(&a, &caller).await;
+    let old = sent_token(&seen);
+    assert_eq!(call(&b, &caller).await.0, 200);
+    assert_eq!(world.exchanges().await, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past half its life: both replicas answer at once with the old token, and one of
+    // them (the holder of the Redis lock) renews it behind the request.
+    for app in [&a, &b] {
+        let (status, seen) = call(app, &caller).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            sent_token(&seen),
+            old,
+            "the request did not wait for the renewal"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(2), async || world.exchanges().await
+            == 2)
+        .await,
+        "renewed in the background"
+    );
+    let mut renewed = Vec::new();
+    for app in [&a, &b] {
+        let mut token = String::new();
+        assert!(
+            eventually(Duration::from_secs(2), async || {
+                token = sent_token(&call(app, &caller).await.1);
+                token != old
+            })
+            .await,
+            "each replica serves the renewed token"
+        );
+        renewed.push(token);
+    }
+    assert_eq!(renewed[0], renewed[1], "one renewal, shared through Redis");
+    assert_eq!(world.auth.introspect(&renewed[0]).await["active"], true);
+    assert_eq!(world.exchanges().await, 2, "renewed once across replicas");
+}
+
+#[actix_web::test]
+async fn a_revocation_on_one_instance_is_refused_on_the_other_within_a_second() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let alice = world
+        .auth
+        .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    let bob = world
+        .auth
+        .user_token_with("bob", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &alice).await.0, 200);
+        assert_eq!(call(app, &bob).await.0, 200);
+    }
+    let entries = |world: &World| {
+        world
+            .redis()
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("intercom:x:e:"))
+            .count()
+    };
+    assert_eq!(entries(&world), 2);
+
+    // The admin API refuses anyone without the credential, and bad bodies.
+    assert_eq!(
+        admin_revoke(&a, "wrong", serde_json::json!({"sub": "alice"}))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(admin_revoke(&a, ADMIN, serde_json::json!({})).await.0, 400);
+    assert_eq!(
+        admin_revoke(&a, ADMIN, serde_json::json!({"sub": "a", "sid": "b"}))
+            .await
+            .0,
+        400
+    );
+    let (status, body) = admin_revoke(&a, ADMIN, serde_json::json!({"sub": "alice"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shared_entries_evicted"], 1);
+    assert_eq!(body["announced"], true);
+    assert_eq!(entries(&world), 1, "alice's L2 entry is gone, bob's stays");
+
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), async || call(&b, &alice).await.0
+            == 401)
+        .await,
+        "B refuses alice within 1 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(call(&a, &alice).await.0, 401);
+    assert_eq!(call(&b, &bob).await.0, 200, "bob is untouched");
+    // A token issued after the revocation is fine.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = world
+        .auth
+        .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    assert_eq!(call(&b, &fresh).await.0, 200);
+    assert!(a
+        .metrics()
+        .await
+        .contains("intercom_revocations_total{source=\"admin\",kind=\"sub\"}"));
+}
+
+#[actix_web::test]
+async fn backchannel_logout_evicts_the_subject_everywhere_and_forgeries_are_refused() {
+    let world = World::start(&[("SIGNING_KID", "as-key")]).await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let carol = world
+        .auth
+        .user_token_with(
+            "carol",
+            CALLER_SCOPES,
+            600,
+            &[("client_id", "app"), ("sid", "sess-1")],
+        )
+        .await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &carol).await.0, 200);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |jti: &str| {
+        serde_json::json!({
+            "iss": world.auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120,
+            "jti": jti, "sid": "sess-1",
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
+        })
+    };
+    let post = |app: &TestApp, token: String| {
+        let client = app.client.clone();
+        let url = app.url("/backchannel-logout");
+        async move {
+            client
+                .post(url)
+                .send_form(&[("logout_token", token.as_str())])
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let header = serde_json::json!({ "typ": "logout+jwt" });
+    // Forgeries: each refused, nothing revoked.
+    let mut bad = Vec::new();
+    let mut c = claims("j-aud");
+    c["aud"] = "someone-else".into();
+    bad.push(world.auth.sign(header.clone(), c).await);
+    let mut c = claims("j-events");
+    c["events"] = serde_json::json!({});
+    bad.push(world.auth.sign(header.clone(), c).await);
+    let mut c = claims("j-nonce");
+    c["nonce"] = "n".into();
+    bad.push(world.auth.sign(header.clone(), c).await);
+    let mut c = claims("j-iss");
+    c["iss"] = "https://evil.example".into();
+    bad.push(world.auth.sign(header.clone(), c).await);
+    let mut c = claims("j-old");
+    c["iat"] = (now - 3600).into();
+    bad.push(world.auth.sign(header.clone(), c).await);
+    let mut c = claims("j-who");
+    c.as_object_mut().unwrap().remove("sid");
+    bad.push(world.auth.sign(header.clone(), c).await);
+    bad.push(
+        world
+            .auth
+            .sign(
+                serde_json::json!({ "typ": "logout+jwt", "kid": "unknown" }),
+                claims("j-kid"),
+            )
+            .await,
+    );
+    let unsigned = {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.",
+            b64(serde_json::json!({"alg": "none"})),
+            b64(claims("j-none"))
+        )
+    };
+    bad.push(unsigned);
+    bad.push("not-a-jwt".into());
+    for token in bad {
+        assert_eq!(post(&a, token).await, 400);
+    }
+    assert_eq!(call(&b, &carol).await.0, 200, "no forgery revoked anything");
+
+    let good = world.auth.sign(header.clone(), claims("j-good")).await;
+    assert_eq!(post(&a, good.clone()).await, 200);
+    assert!(
+        eventually(Duration::from_secs(1), async || call(&b, &carol).await.0
+            == 401)
+        .await,
+        "the session's token is refused on B within 1 s"
+    );
+    assert_eq!(call(&a, &carol).await.0, 401);
+    assert!(
+        !world
+            .redis()
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("intercom:x:e:")),
+        "the session's shared entry is gone"
+    );
+    assert_eq!(
+        post(&b, good).await,
+        400,
+        "a replayed logout token is refused"
+    );
+}
+
+#[actix_web::test]
+async fn the_token_endpoint_answers_in_the_rfc_8693_shape() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("", "").await;
+    let caller = world.app_token().await;
+    let form = |audience: &str, scope: &str| {
+        vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange".to_string(),
+            ),
+            ("subject_token", caller.clone()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token".to_string(),
+            ),
+            ("audience", audience.to_string()),
+            ("scope", scope.to_string()),
+        ]
+    };
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&form("https://billing.internal", "invoice_read"))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers().get("cache-control").unwrap(), "no-store");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "invoice_read");
+    assert!(body["expires_in"].as_u64().unwrap() > 0);
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(world.auth.introspect(token).await["active"], true);
+    // The same answer through the proxy: one cache.
+    let (_, seen) = call(&a, &caller).await;
+    assert_eq!(sent_token(&seen), token);
+    assert_eq!(world.exchanges().await, 1);
+
+    // Bad requests: problem+json, never a 500.
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .send_form(&form("https://billing.internal", ""))
+        .await
+        .unwrap();
+    assert_problem(&mut res, 401).await;
+    let mut wrong = form("https://billing.internal", "");
+    wrong[0].1 = "client_credentials".into();
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&wrong)
+        .await
+        .unwrap();
+    assert_problem(&mut res, 400).await;
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&form("https://nowhere.internal", ""))
+        .await
+        .unwrap();
+    assert_problem(&mut res, 400).await;
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&form("https://billing.internal", "admin"))
+        .await
+        .unwrap();
+    assert_problem(&mut res, 403).await;
+}
+
+#[actix_web::test]
+async fn mint_mode_signs_a_downscoped_token_naming_the_caller() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("mode = \"mint\"", "").await;
+    let caller = world.app_token().await;
+    let (status, seen) = call(&a, &caller).await;
+    assert_eq!(status, 200);
+    let token = sent_token(&seen);
+    let mut res = a
+        .client
+        .get(a.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    let set = josekit::jwk::JwkSet::from_bytes(res.body().await.unwrap()).unwrap();
+    let header = josekit::jwt::decode_header(&token).unwrap();
+    let kid = header.claim("kid").unwrap().as_str().unwrap();
+    let key = set.get(kid)[0];
+    let verifier = josekit::jws::ES256.verifier_from_jwk(key).unwrap();
+    let (claims, _) = josekit::jwt::decode_with_verifier(&token, &verifier).unwrap();
+    assert_eq!(claims.audience().unwrap(), vec!["https://billing.internal"]);
+    assert_eq!(claims.claim("scope").unwrap(), "invoice_read");
+    assert_eq!(claims.claim("act").unwrap()["sub"], "app");
+    assert_eq!(world.exchanges().await, 0, "minted here, not at the AS");
+}
+
+#[actix_web::test]
+async fn rfc_7009_revocation_through_intercom_reaches_every_replica() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let caller = world.app_token().await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &caller).await.0, 200);
+    }
+    // A client that does not own the token is refused by the AS, and nothing changes.
+    let res = a
+        .client
+        .post(a.url("/revoke"))
+        .basic_auth("app", "wrong-secret")
+        .send_form(&[("token", caller.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(call(&b, &caller).await.0, 200);
+
+    let res = a
+        .client
+        .post(a.url("/revoke"))
+        .basic_auth("app", "app-dev-secret")
+        .send_form(&[("token", caller.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(world.auth.introspect(&caller).await["active"], false);
+    // Both replicas had it cached; both refuse it now.
+    assert!(
+        eventually(Duration::from_secs(1), async || call(&b, &caller).await.0
+            == 401)
+        .await
+    );
+    assert_eq!(call(&a, &caller).await.0, 401);
+}
