@@ -115,7 +115,11 @@ impl SharedRedis {
         })
         .await;
         if result.is_err() {
-            *self.kept[slot].lock().expect("connection slot lock") = None;
+            // A failure usually means the server went away: every kept connection is
+            // suspect, and the next calls make fresh ones.
+            for kept in &self.kept {
+                *kept.lock().expect("connection slot lock") = None;
+            }
         }
         metrics::histogram!("intercom_redis_duration_seconds", "op" => name)
             .record(started.elapsed().as_secs_f64());
