@@ -51,6 +51,15 @@ pub fn metrics_handle() -> PrometheusHandle {
                     0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ])
                 .expect("static bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "intercom_exchange_cache_entry_age_seconds".into(),
+                    ),
+                    &[
+                        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                    ],
+                )
+                .expect("static bucket list is not empty")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed only here");
             describe_metrics();
@@ -83,6 +92,33 @@ fn describe_metrics() {
         "intercom_http_response_bytes_total",
         Unit::Bytes,
         "Response body bytes whose size was known at the head, by route"
+    );
+    describe_counter!(
+        "intercom_exchange_cache_requests_total",
+        "Exchange cache lookups by tier (l1, l2), audience and result"
+    );
+    describe_histogram!(
+        "intercom_exchange_cache_entry_age_seconds",
+        Unit::Seconds,
+        "Age of exchange cache entries when hit, by tier"
+    );
+    describe_histogram!(
+        "intercom_exchange_duration_seconds",
+        Unit::Seconds,
+        "RFC 8693 token exchange latency at the authorization server, by audience"
+    );
+    describe_counter!(
+        "intercom_revocations_total",
+        "Revocations by source (admin, backchannel_logout, rfc7009) and kind"
+    );
+    describe_counter!(
+        "intercom_rate_limit_decisions_total",
+        "Rate-limit decisions by route, tier and outcome (never by caller)"
+    );
+    describe_histogram!(
+        "intercom_redis_duration_seconds",
+        Unit::Seconds,
+        "Redis call latency by operation"
     );
     describe_gauge!(
         "intercom_ready",

@@ -75,6 +75,9 @@ fn error_for(extra: &str, env: &[(&str, &str)]) -> String {
     }
 }
 
+/// An `[auth_server]` section, so `bearer` routes pass that check.
+const AS: &str = "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"file:x\"\n";
+
 const ROUTE: &str =
     "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n";
 
@@ -201,6 +204,36 @@ fn validation_errors_name_the_key() {
             "[redis]\nurl = \"http://127.0.0.1:6379\"\n".into(),
             &[],
             "redis.url",
+        ),
+        (
+            format!("{ROUTE}exchange = {{ audience = \"b\", allowed_scopes = [\"x\"], callers = [\"app\"] }}\n"),
+            &[],
+            "routes[0].exchange: needs auth = \"bearer\"",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nexchange = {{ audience = \"b\", allowed_scopes = [\"x\"] }}\n"),
+            &[],
+            "routes[0].exchange: name the callers",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nexchange = {{ audience = \"b\", allowed_scopes = [], callers = [\"a\"] }}\n"),
+            &[],
+            "routes[0].exchange.allowed_scopes",
+        ),
+        (
+            format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n{AS}{ROUTE}auth = \"bearer\"\nexchange = {{ audience = \"b\", allowed_scopes = [\"x\"], callers = [\"a\"] }}\n"),
+            &[],
+            "exchange.hmac_key: is required with [redis]",
+        ),
+        (
+            "[exchange]\nrefresh_ahead = 1.5\n".into(),
+            &[],
+            "exchange.refresh_ahead: must be a fraction between 0 and 1",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nexchange = {{ audience = \"b\", allowed_scopes = [\"x\"], callers = [\"a\"], mode = \"steal\" }}\n"),
+            &[],
+            "routes[0].exchange.mode",
         ),
     ];
     for (extra, env, expected) in cases {
