@@ -138,6 +138,10 @@ pub struct ExchangeSettings {
     /// `requested_token_type` to ask the AS for.
     #[serde(default)]
     pub requested_token_type: Option<String>,
+    /// Send Intercom's own client-credentials token as `actor_token`, so the AS can
+    /// record the delegation (`act`) from a verified actor.
+    #[serde(default)]
+    pub actor: bool,
 }
 
 /// Where a downstream token comes from.

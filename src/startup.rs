@@ -141,8 +141,19 @@ fn build_downstream(
         x.negative_ttl,
         shared,
     ));
+    let actor = edge.exchanger.as_ref().map(|x| {
+        ClientCredentials::new(
+            edge.http.clone(),
+            x.token_endpoint.clone(),
+            x.client_id.clone(),
+            x.client_secret.clone(),
+            None,
+            None,
+        )
+    });
     Some(Arc::new(DownstreamTokens {
         exchanger: edge.exchanger.take(),
+        actor,
         minter: edge.minter.clone(),
         cache,
         hasher: hasher.clone(),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client_credentials::ClientCredentials;
 use super::exchange::{ExchangeError, ExchangeRequest, TokenExchanger, ACCESS_TOKEN_TYPE};
 use super::mint::Minter;
 use super::policy::TargetPolicy;
@@ -45,6 +46,8 @@ const DEFAULT_LIFETIME: u64 = 300;
 /// Obtains and caches downstream tokens.
 pub struct DownstreamTokens {
     pub exchanger: Option<TokenExchanger>,
+    /// Intercom's own token, for targets that send an `actor_token`.
+    pub actor: Option<Arc<ClientCredentials>>,
     pub minter: Arc<Minter>,
     pub cache: Arc<TieredCache>,
     pub hasher: SharedHasher,
@@ -123,6 +126,12 @@ impl DownstreamTokens {
                         "the authorization server has no token endpoint".into(),
                     )
                 })?;
+                let actor = match (&self.actor, target.actor) {
+                    (Some(source), true) => Some(source.token().await.map_err(|e| {
+                        DownstreamError::Unavailable(format!("no actor token: {e}"))
+                    })?),
+                    _ => None,
+                };
                 let issued = exchanger
                     .exchange(&ExchangeRequest {
                         subject_token: &subject.token,
@@ -130,6 +139,7 @@ impl DownstreamTokens {
                         resource: target.resource,
                         scopes,
                         requested_token_type: target.requested_token_type.as_deref(),
+                        actor_token: actor.as_ref().map(|s| s.expose()),
                     })
                     .await?;
                 let exp = now_secs() + issued.expires_in.unwrap_or(DEFAULT_LIFETIME);

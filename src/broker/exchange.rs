@@ -57,6 +57,8 @@ pub struct ExchangeRequest<'a> {
     pub resource: bool,
     pub scopes: &'a [String],
     pub requested_token_type: Option<&'a str>,
+    /// Intercom's own access token, as the actor (RFC 8693 §2.1).
+    pub actor_token: Option<&'a str>,
 }
 
 /// Calls the AS's token endpoint with the token-exchange grant.
@@ -100,6 +102,10 @@ impl TokenExchanger {
         }
         if let Some(kind) = request.requested_token_type {
             form.push(("requested_token_type", kind));
+        }
+        if let Some(actor) = request.actor_token {
+            form.push(("actor_token", actor));
+            form.push(("actor_token_type", ACCESS_TOKEN_TYPE));
         }
         let secret = self.client_secret.current();
         let response = self

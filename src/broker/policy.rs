@@ -81,6 +81,8 @@ pub struct TargetPolicy {
     pub resource: bool,
     pub mode: ExchangeMode,
     pub requested_token_type: Option<String>,
+    /// Send Intercom's own token as `actor_token`.
+    pub actor: bool,
     allowed: Vec<Pattern>,
     callers: Vec<String>,
     caller_scopes: Vec<String>,
@@ -93,6 +95,7 @@ impl TargetPolicy {
             resource: settings.resource,
             mode: settings.mode,
             requested_token_type: settings.requested_token_type.clone(),
+            actor: settings.actor,
             allowed: settings
                 .allowed_scopes
                 .iter()
@@ -190,6 +193,7 @@ mod tests {
             caller_scopes: scopes("billing_caller"),
             mode: ExchangeMode::Exchange,
             requested_token_type: None,
+            actor: false,
         });
         let caller = |client: &str, s: &str| Principal {
             client_id: Some(client.into()),

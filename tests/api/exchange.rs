@@ -714,3 +714,27 @@ async fn rfc_7009_revocation_through_intercom_reaches_every_replica() {
     );
     assert_eq!(call(&a, &caller).await.0, 401);
 }
+
+#[actix_web::test]
+async fn an_actor_token_vouches_for_intercom_in_the_delegation() {
+    let world = World::start(&[]).await;
+    let a = world.intercom("actor = true", "").await;
+    let caller = world.app_token().await;
+    let (status, seen) = call(&a, &caller).await;
+    assert_eq!(status, 200);
+    let stats = world.auth.stats().await;
+    assert_eq!(
+        stats["actor"], 1,
+        "the AS saw and checked an actor token: {stats}"
+    );
+    let said = world.auth.introspect(&sent_token(&seen)).await;
+    assert_eq!(said["act"]["sub"], "intercom", "{said}");
+    // A second caller reuses Intercom's cached actor token.
+    let other = world.app_token().await;
+    assert_eq!(call(&a, &other).await.0, 200);
+    assert_eq!(
+        world.auth.stats().await["token"].as_u64().unwrap(),
+        3,
+        "two caller tokens, one actor token"
+    );
+}

@@ -51,7 +51,7 @@ const clients = process.env.CLIENTS_FILE
   ? JSON.parse(readFileSync(process.env.CLIENTS_FILE, 'utf8'))
   : defaultClients;
 
-const counts = { introspection: 0, exchange: 0, token: 0, revocation: 0, jwks: 0 };
+const counts = { introspection: 0, exchange: 0, actor: 0, token: 0, revocation: 0, jwks: 0 };
 
 // SIGNING_KID: sign with a fresh RSA key under this kid instead of the development key
 // (for tests that need an AS whose keys differ).
@@ -66,11 +66,53 @@ const jwks = process.env.SIGNING_KID
     }
   : undefined;
 
+// oidc-provider's quick-start memory adapter keeps only 1,000 entries (LRU), so a
+// benchmark holding more tokens saw active tokens vanish. This one keeps every entry
+// until it expires (swept each minute). Development and tests only.
+const store = new Map();
+class MapAdapter {
+  constructor(model) { this.model = model; }
+  key(id) { return `${this.model}:${id}`; }
+  async upsert(id, payload, expiresIn) {
+    const expiresAt = expiresIn ? Date.now() + expiresIn * 1000 : Infinity;
+    store.set(this.key(id), { payload, expiresAt });
+    if (payload.grantId) {
+      const grant = `grant:${payload.grantId}`;
+      store.set(grant, { payload: [...(store.get(grant)?.payload || []), this.key(id)], expiresAt: Infinity });
+    }
+    if (payload.uid) store.set(`uid:${payload.uid}`, { payload: id, expiresAt });
+    if (payload.userCode) store.set(`userCode:${payload.userCode}`, { payload: id, expiresAt });
+  }
+  async find(id) { return MapAdapter.live(this.key(id)); }
+  async findByUid(uid) { const id = MapAdapter.live(`uid:${uid}`); return id && this.find(id); }
+  async findByUserCode(code) { const id = MapAdapter.live(`userCode:${code}`); return id && this.find(id); }
+  async consume(id) {
+    const entry = store.get(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+  async destroy(id) { store.delete(this.key(id)); }
+  async revokeByGrantId(grantId) {
+    for (const key of store.get(`grant:${grantId}`)?.payload || []) store.delete(key);
+    store.delete(`grant:${grantId}`);
+  }
+  static live(key) {
+    const entry = store.get(key);
+    if (!entry) return undefined;
+    if (entry.expiresAt <= Date.now()) { store.delete(key); return undefined; }
+    return entry.payload;
+  }
+}
+setInterval(() => {
+  const now = Date.now();
+  for (const [key, entry] of store) if (entry.expiresAt <= now) store.delete(key);
+}, 60_000).unref();
+
 // The `plan` claim (a rate-limit tier) of each client's client-credentials tokens;
 // user tokens from /__test/token take theirs from ?plan=.
 const clientPlans = { app: 'pro', reader: 'free' };
 
 const provider = new Provider(issuer, {
+  adapter: MapAdapter,
   clients,
   // What this returns replaces a token's `extra`, so the claims set at construction
   // (a test token's plan, an exchanged token's act) are passed through.
@@ -128,6 +170,18 @@ provider.registerGrantType(
     if (!subject || subject.isExpired) {
       throw new errors.InvalidGrant('subject token is invalid or expired');
     }
+    // An actor token (RFC 8693 §2.1) must be an active token; `act` then names its client.
+    let actor = ctx.oidc.client.clientId;
+    if (params.actor_token) {
+      const actorToken =
+        (await provider.ClientCredentials.find(params.actor_token)) ||
+        (await provider.AccessToken.find(params.actor_token));
+      if (!actorToken || actorToken.isExpired || params.actor_token_type !== accessTokenType) {
+        throw new errors.InvalidGrant('actor token is invalid or expired');
+      }
+      counts.actor += 1;
+      actor = actorToken.clientId;
+    }
     const have = new Set((subject.scope || '').split(' ').filter(Boolean));
     const asked = (params.scope || '').split(' ').filter(Boolean);
     if (asked.some((s) => !have.has(s))) {
@@ -142,7 +196,7 @@ provider.registerGrantType(
       scope: (asked.length ? asked : [...have]).join(' ') || undefined,
       extra: {
         sub: subject.accountId || subject.clientId,
-        act: { sub: ctx.oidc.client.clientId },
+        act: { sub: actor },
         orig_client_id: subject.clientId,
       },
     });
