@@ -1,16 +1,19 @@
 //! The shared Redis: one pool for every module that keeps state across replicas.
 //!
-//! Connections are multiplexed (concurrent commands share one socket, pipelined), so a
-//! few are kept and cloned per call; the pool makes and checks them, and is asked again
-//! only when one breaks (its check on every checkout would cost a second round trip).
+//! Connections are multiplexed (concurrent commands share one socket, pipelined), so
+//! each worker thread keeps one and clones it per call: its I/O task then runs on the
+//! worker that uses it, with no hop between threads. The pool makes and checks
+//! connections, and is asked again only after a failure (its check on every checkout
+//! would cost a second round trip).
 //!
 //! Every call has a deadline, and after a failure Redis is left alone for
 //! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
 //! reports it `degraded` (Intercom keeps serving without it).
 
 use std::future::Future;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
@@ -35,9 +38,10 @@ pub enum RedisError {
 /// A pooled connection to the shared Redis, with deadlines and a failure back-off.
 pub struct SharedRedis {
     pool: Pool,
-    /// Connections in use, cloned per call; `None` until made or after a failure.
-    kept: Vec<Mutex<Option<MultiplexedConnection>>>,
-    next: AtomicUsize,
+    /// Tells this instance's connections apart in the threads' `KEPT` lists.
+    id: usize,
+    /// Bumped on every failure: connections of an older generation are not reused.
+    generation: AtomicU64,
     /// For pub/sub, which needs a connection of its own.
     client: deadpool_redis::redis::Client,
     timeout: Duration,
@@ -76,14 +80,12 @@ impl SharedRedis {
             .map_err(|e| format!("redis pool: {e}"))?;
         let client = deadpool_redis::redis::Client::open(url.as_str())
             .map_err(|e| format!("redis client: {e}"))?;
-        let kept = (0..settings.pool_size.clamp(1, 4))
-            .map(|_| Mutex::new(None))
-            .collect();
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         readiness.report("redis", DependencyState::Ok, false, None);
         Ok(Self {
             pool,
-            kept,
-            next: AtomicUsize::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             client,
             timeout: settings.timeout,
             retry_interval: settings.retry_interval,
@@ -106,9 +108,8 @@ impl SharedRedis {
             return Err(RedisError::Resting);
         }
         let started = Instant::now();
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.kept.len();
         let result = with_deadline(self.timeout, async {
-            let mut conn = self.connection(slot).await?;
+            let mut conn = self.connection().await?;
             op(&mut conn)
                 .await
                 .map_err(|e| RedisError::Failed(e.to_string()))
@@ -117,9 +118,7 @@ impl SharedRedis {
         if result.is_err() {
             // A failure usually means the server went away: every kept connection is
             // suspect, and the next calls make fresh ones.
-            for kept in &self.kept {
-                *kept.lock().expect("connection slot lock") = None;
-            }
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
         metrics::histogram!("intercom_redis_duration_seconds", "op" => name)
             .record(started.elapsed().as_secs_f64());
@@ -150,14 +149,17 @@ impl SharedRedis {
         result
     }
 
-    /// The kept connection of `slot`, made through the pool when missing.
-    async fn connection(&self, slot: usize) -> Result<MultiplexedConnection, RedisError> {
-        if let Some(conn) = self.kept[slot]
-            .lock()
-            .expect("connection slot lock")
-            .as_ref()
-        {
-            return Ok(conn.clone());
+    /// This thread's connection, made through the pool when missing or outdated.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let kept = KEPT.with(|kept| {
+            kept.borrow()
+                .iter()
+                .find(|k| k.owner == self.id && k.generation == generation)
+                .map(|k| k.conn.clone())
+        });
+        if let Some(conn) = kept {
+            return Ok(conn);
         }
         let fresh = self
             .pool
@@ -165,7 +167,15 @@ impl SharedRedis {
             .await
             .map_err(|e| RedisError::Failed(e.to_string()))?;
         let conn = deadpool_redis::Connection::take(fresh);
-        *self.kept[slot].lock().expect("connection slot lock") = Some(conn.clone());
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            kept.retain(|k| k.owner != self.id);
+            kept.push(Kept {
+                owner: self.id,
+                generation,
+                conn: conn.clone(),
+            });
+        });
         Ok(conn)
     }
 
@@ -178,6 +188,17 @@ impl SharedRedis {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+}
+
+/// A connection kept by a thread for one [`SharedRedis`].
+struct Kept {
+    owner: usize,
+    generation: u64,
+    conn: MultiplexedConnection,
+}
+
+thread_local! {
+    static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
 }
 
 async fn with_deadline<T>(
