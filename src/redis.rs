@@ -10,8 +10,8 @@
 //! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
 //! reports it `degraded` (Intercom keeps serving without it).
 
-use std::future::Future;
 use std::cell::RefCell;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

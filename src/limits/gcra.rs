@@ -11,30 +11,42 @@ use futures_util::FutureExt;
 use super::policy::TierPolicy;
 use crate::redis::{RedisError, SharedRedis};
 
-/// KEYS: one per window. ARGV: interval and tolerance (µs) per window, in key order.
-/// Returns `{allowed, retry_after_us, remaining_1, reset_us_1, remaining_2, ...}`.
-/// A refused request changes nothing; an allowed one advances every window.
+/// KEYS: one per window. ARGV: the cells to reserve beyond this request (at most), the
+/// share divisor (a reservation takes at most `left / divisor` of any window), then
+/// interval and tolerance (µs) per window, in key order.
+/// Returns `{allowed, retry_after_us, reserved, remaining_1, reset_us_1, ...}`.
+/// A refused request changes nothing; an allowed one advances every window by itself
+/// and the reserved cells.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local extra = tonumber(ARGV[1])
+local divisor = tonumber(ARGV[2])
 local tats = {}
 local retry = 0
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i + 1])
+  local tolerance = tonumber(ARGV[2 * i + 2])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   tats[i] = tat
   local allow_at = tat + interval - tolerance
-  if allow_at > now and allow_at - now > retry then retry = allow_at - now end
+  if allow_at > now then
+    if allow_at - now > retry then retry = allow_at - now end
+  else
+    local left = math.floor((now + tolerance - tat - interval) / interval)
+    local share = math.floor(left / divisor)
+    if share < extra then extra = share end
+  end
 end
-local out = { retry > 0 and 0 or 1, retry }
+if retry > 0 or extra < 0 then extra = 0 end
+local out = { retry > 0 and 0 or 1, retry, extra }
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i + 1])
+  local tolerance = tonumber(ARGV[2 * i + 2])
   local tat = tats[i]
   if retry == 0 then
-    tat = tat + interval
+    tat = tat + interval * (1 + extra)
     redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   local remaining = math.floor((now + tolerance - tat) / interval)
@@ -62,17 +74,35 @@ pub struct Verdict {
     pub retry_after: Duration,
     /// In the tier's window order.
     pub windows: Vec<WindowState>,
+    /// Cells reserved for this replica's next requests (see [`super::lease`]).
+    pub reserved: u64,
 }
 
-/// Decides one request in Redis. `caller` is the hashed identity.
-pub async fn decide(
-    redis: &SharedRedis,
-    prefix: &str,
-    route: &str,
-    tier: &TierPolicy,
-    caller: &str,
-) -> Result<Verdict, RedisError> {
+/// What to ask the script.
+pub struct Ask<'a> {
+    pub prefix: &'a str,
+    pub route: &'a str,
+    pub tier: &'a TierPolicy,
+    /// The hashed identity.
+    pub caller: &'a str,
+    /// Cells to reserve beyond this request, at most.
+    pub want: u64,
+    /// `2 × replicas`: no reservation takes more than `left / divisor` of a window.
+    pub divisor: u64,
+}
+
+/// Decides one request in Redis (and reserves cells for the next ones).
+pub async fn decide(redis: &SharedRedis, ask: Ask<'_>) -> Result<Verdict, RedisError> {
+    let Ask {
+        prefix,
+        route,
+        tier,
+        caller,
+        want,
+        divisor,
+    } = ask;
     let mut invocation = GCRA.prepare_invoke();
+    invocation.arg(want).arg(divisor.max(1));
     for window in &tier.windows {
         // The hash tag keeps one caller's windows in one Redis Cluster slot.
         invocation.key(format!(
@@ -91,14 +121,15 @@ pub async fn decide(
 }
 
 fn parse(reply: &[i64], windows: usize) -> Option<Verdict> {
-    if reply.len() != 2 + 2 * windows {
+    if reply.len() != 3 + 2 * windows {
         return None;
     }
     let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
     Some(Verdict {
         allowed: reply[0] == 1,
         retry_after: micros(reply[1]),
-        windows: reply[2..]
+        reserved: reply[2].max(0) as u64,
+        windows: reply[3..]
             .chunks(2)
             .map(|pair| WindowState {
                 remaining: pair[0].max(0) as u64,

@@ -8,6 +8,7 @@
 //! or refusing them. Redis keys and metric labels never hold an identity.
 
 pub mod gcra;
+pub mod lease;
 pub mod local;
 pub mod policy;
 
@@ -20,7 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::redis::SharedRedis;
 use crate::settings::{OnRedisError, Settings};
-use gcra::{Verdict, WindowState};
+use gcra::{Ask, Verdict, WindowState};
+use lease::{Leases, Spend};
 use local::LocalAnswer;
 use policy::{RoutePolicy, TierPolicy};
 
@@ -52,6 +54,9 @@ pub struct RateLimiter {
     redis: Option<Arc<SharedRedis>>,
     on_error: OnRedisError,
     prefix: String,
+    /// Cells reserved in Redis for this replica's next requests, per caller.
+    leases: Leases,
+    replicas: u64,
 }
 
 impl RateLimiter {
@@ -60,7 +65,8 @@ impl RateLimiter {
         let routes: Vec<Option<RoutePolicy>> = settings
             .routes
             .iter()
-            .map(|r| RoutePolicy::new(r, &settings.rate_limit))
+            .enumerate()
+            .map(|(i, r)| RoutePolicy::new(i, r, &settings.rate_limit))
             .collect();
         if routes.iter().all(Option::is_none) {
             return None;
@@ -75,6 +81,8 @@ impl RateLimiter {
             redis,
             on_error: settings.rate_limit.on_redis_error,
             prefix: settings.rate_limit.key_prefix.clone(),
+            leases: Leases::default(),
+            replicas: u64::from(settings.rate_limit.replicas),
         });
         limiter.spawn_local_cleanup();
         Some(limiter)
@@ -97,9 +105,35 @@ impl RateLimiter {
         };
         let verdict = match &self.redis {
             Some(redis) => {
-                match gcra::decide(redis, &self.prefix, &policy.route, tier, &hashed.hex).await {
+                let key = (policy.index, Arc::as_ptr(tier) as usize, hashed.short);
+                let ask = match self.leases.spend(key) {
+                    Spend::Local(verdict) => Ok(verdict),
+                    Spend::Ask { want } => gcra::decide(
+                        redis,
+                        Ask {
+                            prefix: &self.prefix,
+                            route: &policy.route,
+                            tier,
+                            caller: &hashed.hex,
+                            want,
+                            divisor: 2 * self.replicas,
+                        },
+                    )
+                    .await
+                    .map(|mut verdict| {
+                        self.leases.settle(key, &verdict);
+                        // The cells reserved here are this caller's too.
+                        for window in &mut verdict.windows {
+                            window.remaining += verdict.reserved;
+                        }
+                        verdict
+                    }),
+                };
+                match ask {
                     Ok(verdict) => Some(verdict),
                     Err(_) => {
+                        // What Redis held may be gone with it: start afresh afterwards.
+                        self.leases.clear();
                         metrics::counter!(
                             "intercom_rate_limit_fallback_total",
                             "route" => policy.route.to_string(),
@@ -210,6 +244,7 @@ fn decide_locally(tier: &TierPolicy, caller: u64) -> Verdict {
         allowed: true,
         retry_after: Duration::ZERO,
         windows: Vec::with_capacity(tier.windows.len()),
+        reserved: 0,
     };
     for window in &tier.windows {
         let share = window.local.share();

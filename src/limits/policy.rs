@@ -71,6 +71,8 @@ impl TierPolicy {
 /// A route's rate limit.
 #[derive(Debug)]
 pub struct RoutePolicy {
+    /// The route's index in the table.
+    pub index: usize,
     pub route: Arc<str>,
     pub key: RateLimitKey,
     tiers: HashMap<String, Arc<TierPolicy>>,
@@ -81,7 +83,7 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     /// The route's policy, or `None` when it has no rate limit. Settings are validated:
     /// the default (and anonymous) tier has windows.
-    pub fn new(route: &RouteSettings, global: &RateLimitSettings) -> Option<Self> {
+    pub fn new(index: usize, route: &RouteSettings, global: &RateLimitSettings) -> Option<Self> {
         let limit = route.rate_limit.as_ref()?;
         let key = limit.key.unwrap_or(match route.auth {
             RouteAuth::None => RateLimitKey::Address,
@@ -108,6 +110,7 @@ impl RoutePolicy {
             _ => return None,
         };
         Some(Self {
+            index,
             route: Arc::from(route.name.as_str()),
             key,
             tiers,

@@ -284,6 +284,18 @@ impl TestRedis {
         self.cli(&["--scan"]).lines().map(str::to_owned).collect()
     }
 
+    /// How often Redis ran `command` (lowercase), from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The raw value of `key`.
     pub fn get(&self, key: &str) -> String {
         self.cli(&["GET", key])

@@ -8,6 +8,9 @@ use futures_util::StreamExt;
 
 use crate::helpers::*;
 
+/// Cells one decision may reserve (`limits::lease::MAX_RESERVATION`).
+const MAX_RESERVED: u64 = intercom::limits::lease::MAX_RESERVATION;
+
 /// An AS, an upstream and a Redis, for Intercom instances to share. Keep it bound:
 /// dropping it stops the processes.
 struct Shared {
@@ -372,4 +375,41 @@ async fn redis_gone_falls_back_as_configured_then_recovers() {
     }
     assert!(back, "the limiter went back to Redis");
     assert_eq!(status(&deny, &token).await, 200);
+}
+
+#[actix_web::test]
+async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_trips() {
+    let shared = Shared::start().await;
+    // A cell every 86 ms: little refills while the test runs.
+    let global = "[rate_limit.tiers]\nfree = [{ requests = 1000000, per = \"1d\" }]";
+    let app = shared.intercom("", global).await;
+    let token = shared.auth.user_token("busy", "invoice_read", 600).await;
+    assert_eq!(status(&app, &token).await, 200);
+    let before = shared.redis().calls("evalsha") + shared.redis().calls("eval");
+    let mut remaining = Vec::new();
+    for _ in 0..300 {
+        let res = get(&app, &token, &[]).await;
+        assert_eq!(res.status().as_u16(), 200);
+        let current = header(&res, "ratelimit");
+        let r: u64 = current
+            .split(";r=")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{current}"));
+        remaining.push(r);
+    }
+    let decisions = shared.redis().calls("evalsha") + shared.redis().calls("eval") - before;
+    assert!(
+        decisions <= 30,
+        "300 requests took {decisions} decisions in Redis; reserved cells should serve most"
+    );
+    // Every request counted (reserved cells are charged in Redis at once), give or
+    // take the little the window refilled meanwhile.
+    assert!(
+        remaining[299] <= 1_000_000 - 301 + 30,
+        "{}",
+        remaining[299]
+    );
+    assert!(remaining.iter().all(|r| *r >= 1_000_000 - 301 - MAX_RESERVED));
 }
