@@ -75,12 +75,12 @@ impl DownstreamTokens {
             .grant(&subject.principal, asked)
             .map_err(DownstreamError::Denied)?;
         let key = self.cache_key(&subject.token, &target.audience, &scopes);
-        let audience = &target.audience;
-        if let Some(entry) = self.cache.get_local(&key, audience).await {
+        let m = &*target.metrics;
+        if let Some(entry) = self.cache.get_local(&key, m).await {
             self.maybe_renew(&entry, key, subject, target, &scopes);
             return Ok(entry);
         }
-        if let Some(reason) = self.cache.get_negative(&key, audience).await {
+        if let Some(reason) = self.cache.get_negative(&key, m).await {
             return Err(DownstreamError::Denied(reason));
         }
         let load = async {
@@ -92,7 +92,7 @@ impl DownstreamTokens {
                 Err(e) => Loaded::Failed(e),
             }
         };
-        match self.cache.load(key, audience, load).await {
+        match self.cache.load(key, m, load).await {
             Ok(entry) => {
                 self.maybe_renew(&entry, key, subject, target, &scopes);
                 Ok(entry)
@@ -184,8 +184,7 @@ impl DownstreamTokens {
         if (age as f64) < life as f64 * self.refresh_ahead || !entry.claim_refresh() {
             return;
         }
-        metrics::counter!("intercom_exchange_cache_requests_total", "tier" => "l1", "audience" => target.audience.to_string(), "result" => "refresh_ahead")
-            .increment(1);
+        target.metrics.l1.refresh_ahead.increment(1);
         let (me, entry, subject, target, scopes) = (
             self.clone(),
             entry.clone(),
@@ -207,7 +206,7 @@ impl DownstreamTokens {
             // Another replica renews it: take its result from L2 when it lands.
             for _ in 0..10 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(newer) = me.cache.get_shared(&key, &target.audience).await {
+                if let Some(newer) = me.cache.get_shared(&key, &target.metrics).await {
                     if newer.created > entry.created || newer.token != entry.token {
                         me.cache.put_local(key, Arc::new(newer)).await;
                         return;

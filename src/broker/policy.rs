@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::Principal;
+use crate::cache::tiered::ExchangeMetrics;
 use crate::settings::{ExchangeMode, ExchangeSettings, ScopeMatch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub struct TargetPolicy {
     pub requested_token_type: Option<String>,
     /// Send Intercom's own token as `actor_token`.
     pub actor: bool,
+    /// The exchange cache's metrics for this audience.
+    pub metrics: Arc<ExchangeMetrics>,
     allowed: Vec<Pattern>,
     callers: Vec<String>,
     caller_scopes: Vec<String>,
@@ -96,6 +99,7 @@ impl TargetPolicy {
             mode: settings.mode,
             requested_token_type: settings.requested_token_type.clone(),
             actor: settings.actor,
+            metrics: Arc::new(ExchangeMetrics::new(&settings.audience)),
             allowed: settings
                 .allowed_scopes
                 .iter()

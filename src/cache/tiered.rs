@@ -148,20 +148,19 @@ impl TieredCache {
     }
 
     /// An L1 hit, if any.
-    pub async fn get_local(&self, key: &Hash, audience: &str) -> Option<Arc<ExchangeEntry>> {
+    pub async fn get_local(&self, key: &Hash, m: &ExchangeMetrics) -> Option<Arc<ExchangeEntry>> {
         let entry = self.l1.as_ref()?.get(key).await?;
         if !self.fresh(&entry) {
             return None;
         }
-        count("l1", audience, "hit");
-        age("l1", &entry);
+        m.l1.hit(&entry);
         Some(entry)
     }
 
     /// The reason a recent exchange for this key was refused.
-    pub async fn get_negative(&self, key: &Hash, audience: &str) -> Option<String> {
+    pub async fn get_negative(&self, key: &Hash, m: &ExchangeMetrics) -> Option<String> {
         let reason = self.negative.get(key).await?;
-        count("l1", audience, "negative_hit");
+        m.l1.negative_hit.increment(1);
         Some(reason)
     }
 
@@ -170,7 +169,7 @@ impl TieredCache {
     pub async fn load<E, F>(
         &self,
         key: Hash,
-        audience: &str,
+        m: &ExchangeMetrics,
         loader: F,
     ) -> Result<Arc<ExchangeEntry>, LoadError<E>>
     where
@@ -181,7 +180,7 @@ impl TieredCache {
         let ran_inner = ran.clone();
         let work = async move {
             ran_inner.store(true, Ordering::Relaxed);
-            if let Some(entry) = self.get_shared(&key, audience).await {
+            if let Some(entry) = self.get_shared(&key, m).await {
                 return Ok(Arc::new(entry));
             }
             match loader.await {
@@ -197,15 +196,11 @@ impl TieredCache {
             Some(l1) => l1.try_get_with(key, work).await.map_err(|e| (*e).clone()),
             None => work.await,
         };
-        count(
-            "l1",
-            audience,
-            if ran.load(Ordering::Relaxed) {
-                "miss"
-            } else {
-                "coalesced"
-            },
-        );
+        if ran.load(Ordering::Relaxed) {
+            m.l1.miss.increment(1);
+        } else {
+            m.l1.coalesced.increment(1);
+        }
         match result {
             Ok(entry) => Ok(entry),
             Err((true, e)) => {
@@ -239,7 +234,7 @@ impl TieredCache {
 
     /// An L2 entry, unsealed; `None` on a miss, a stale or unreadable value, or a
     /// Redis failure (the caller then loads directly).
-    pub async fn get_shared(&self, key: &Hash, audience: &str) -> Option<ExchangeEntry> {
+    pub async fn get_shared(&self, key: &Hash, m: &ExchangeMetrics) -> Option<ExchangeEntry> {
         let tier = self.l2.as_ref()?;
         let redis_key = Self::entry_key(&tier.prefix, key);
         let lookup = redis_key.clone();
@@ -258,7 +253,7 @@ impl TieredCache {
         {
             Ok(value) => value,
             Err(_) => {
-                count("l2", audience, "error");
+                m.l2.error.increment(1);
                 return None;
             }
         };
@@ -267,11 +262,8 @@ impl TieredCache {
             .and_then(|plain| serde_json::from_slice::<ExchangeEntry>(&plain).ok())
             .filter(|e| self.fresh(e));
         match &entry {
-            Some(e) => {
-                count("l2", audience, "hit");
-                age("l2", e);
-            }
-            None => count("l2", audience, "miss"),
+            Some(e) => m.l2.hit(e),
+            None => m.l2.miss.increment(1),
         }
         entry
     }
@@ -458,12 +450,56 @@ impl TieredCache {
     }
 }
 
-fn count(tier: &'static str, audience: &str, result: &'static str) {
-    metrics::counter!("intercom_exchange_cache_requests_total", "tier" => tier, "audience" => audience.to_string(), "result" => result)
-        .increment(1);
+/// One tier's lookup counters for one audience.
+pub struct TierCounters {
+    pub hit: metrics::Counter,
+    pub miss: metrics::Counter,
+    pub negative_hit: metrics::Counter,
+    pub coalesced: metrics::Counter,
+    pub refresh_ahead: metrics::Counter,
+    pub error: metrics::Counter,
+    /// Entry age at a hit.
+    pub age: metrics::Histogram,
 }
 
-fn age(tier: &'static str, entry: &ExchangeEntry) {
-    metrics::histogram!("intercom_exchange_cache_entry_age_seconds", "tier" => tier)
-        .record(now_secs().saturating_sub(entry.created) as f64);
+impl TierCounters {
+    fn new(tier: &'static str, audience: &str) -> Self {
+        let counter = |result: &'static str| metrics::counter!("intercom_exchange_cache_requests_total", "tier" => tier, "audience" => audience.to_string(), "result" => result);
+        Self {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            negative_hit: counter("negative_hit"),
+            coalesced: counter("coalesced"),
+            refresh_ahead: counter("refresh_ahead"),
+            error: counter("error"),
+            age: metrics::histogram!("intercom_exchange_cache_entry_age_seconds", "tier" => tier),
+        }
+    }
+
+    fn hit(&self, entry: &ExchangeEntry) {
+        self.hit.increment(1);
+        self.age
+            .record(now_secs().saturating_sub(entry.created) as f64);
+    }
+}
+
+/// The cache metrics of one audience, registered once so a hit only touches atomics.
+pub struct ExchangeMetrics {
+    pub l1: TierCounters,
+    pub l2: TierCounters,
+}
+
+impl ExchangeMetrics {
+    pub fn new(audience: &str) -> Self {
+        Self {
+            l1: TierCounters::new("l1", audience),
+            l2: TierCounters::new("l2", audience),
+        }
+    }
+}
+
+impl std::fmt::Debug for ExchangeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeMetrics")
+    }
 }

@@ -102,10 +102,19 @@ impl Leases {
         }
         if let Some(until) = lease.denied_until {
             if now < until {
+                // Another decision may have landed since; the refusal is what stands.
+                let windows = lease
+                    .known
+                    .iter()
+                    .map(|w| WindowState {
+                        remaining: 0,
+                        reset: w.reset,
+                    })
+                    .collect();
                 return Spend::Local(Verdict {
                     allowed: false,
                     retry_after: until - now,
-                    windows: lease.known.clone(),
+                    windows,
                     reserved: 0,
                 });
             }

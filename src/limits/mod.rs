@@ -144,7 +144,7 @@ impl RateLimiter {
                             OnRedisError::Local => Some(decide_locally(tier, hashed.short)),
                             OnRedisError::Allow => None,
                             OnRedisError::Deny => {
-                                record(policy, tier, "unavailable");
+                                tier.decisions.unavailable.increment(1);
                                 return Err(LimiterUnavailable);
                             }
                         }
@@ -154,22 +154,18 @@ impl RateLimiter {
             None => Some(decide_locally(tier, hashed.short)),
         };
         let Some(verdict) = verdict else {
-            record(policy, tier, "allowed");
+            tier.decisions.allowed.increment(1);
             return Ok(Decision {
                 allowed: true,
                 retry_after: Duration::ZERO,
                 headers: None,
             });
         };
-        record(
-            policy,
-            tier,
-            if verdict.allowed {
-                "allowed"
-            } else {
-                "limited"
-            },
-        );
+        if verdict.allowed {
+            tier.decisions.allowed.increment(1);
+        } else {
+            tier.decisions.limited.increment(1);
+        }
         Ok(Decision {
             allowed: verdict.allowed,
             retry_after: verdict.retry_after,
@@ -197,16 +193,6 @@ impl RateLimiter {
             }
         });
     }
-}
-
-fn record(policy: &RoutePolicy, tier: &TierPolicy, outcome: &'static str) {
-    metrics::counter!(
-        "intercom_rate_limit_decisions_total",
-        "route" => policy.route.to_string(),
-        "tier" => tier.tier.to_string(),
-        "outcome" => outcome,
-    )
-    .increment(1);
 }
 
 fn mode_label(mode: OnRedisError) -> &'static str {
@@ -280,15 +266,14 @@ fn rate_limit_header(tier: &TierPolicy, verdict: &Verdict) -> HeaderValue {
         return HeaderValue::from_static("");
     };
     let reset = if verdict.allowed {
-        state.reset
+        ceil_secs(state.reset)
     } else {
-        verdict.retry_after
+        // As `Retry-After` says.
+        ceil_secs(verdict.retry_after).max(1)
     };
     HeaderValue::from_str(&format!(
         "\"{}\";r={};t={}",
-        tier.windows[index].name,
-        state.remaining,
-        ceil_secs(reset)
+        tier.windows[index].name, state.remaining, reset
     ))
     .expect("names and numbers make a valid header")
 }

@@ -32,10 +32,38 @@ pub struct TierPolicy {
     pub windows: Vec<Window>,
     /// `RateLimit-Policy`, ready to send.
     pub policy_header: HeaderValue,
+    /// `intercom_rate_limit_decisions_total` by outcome, registered once.
+    pub decisions: Decisions,
+}
+
+/// The decision counters of one route and tier.
+#[derive(Debug)]
+pub struct Decisions {
+    pub allowed: metrics::Counter,
+    pub limited: metrics::Counter,
+    pub unavailable: metrics::Counter,
+}
+
+impl Decisions {
+    fn new(route: &str, tier: &str) -> Self {
+        let counter = |outcome: &'static str| {
+            metrics::counter!(
+                "intercom_rate_limit_decisions_total",
+                "route" => route.to_string(),
+                "tier" => tier.to_string(),
+                "outcome" => outcome,
+            )
+        };
+        Self {
+            allowed: counter("allowed"),
+            limited: counter("limited"),
+            unavailable: counter("unavailable"),
+        }
+    }
 }
 
 impl TierPolicy {
-    fn new(tier: &str, windows: &[WindowSettings], replicas: u32) -> Self {
+    fn new(route: &str, tier: &str, windows: &[WindowSettings], replicas: u32) -> Self {
         let windows: Vec<Window> = windows
             .iter()
             .map(|w| {
@@ -64,6 +92,7 @@ impl TierPolicy {
             windows,
             policy_header: HeaderValue::from_str(&header)
                 .expect("tier names and numbers make a valid header"),
+            decisions: Decisions::new(route, tier),
         }
     }
 }
@@ -93,7 +122,7 @@ impl RoutePolicy {
         for (tier, windows) in global.tiers.iter().chain(&limit.tiers) {
             tiers.insert(
                 tier.clone(),
-                Arc::new(TierPolicy::new(tier, windows, global.replicas)),
+                Arc::new(TierPolicy::new(&route.name, tier, windows, global.replicas)),
             );
         }
         let pick = |name: &str| tiers.get(name).cloned();

@@ -406,10 +406,8 @@ async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_tr
     );
     // Every request counted (reserved cells are charged in Redis at once), give or
     // take the little the window refilled meanwhile.
-    assert!(
-        remaining[299] <= 1_000_000 - 301 + 30,
-        "{}",
-        remaining[299]
-    );
-    assert!(remaining.iter().all(|r| *r >= 1_000_000 - 301 - MAX_RESERVED));
+    assert!(remaining[299] <= 1_000_000 - 301 + 30, "{}", remaining[299]);
+    assert!(remaining
+        .iter()
+        .all(|r| *r >= 1_000_000 - 301 - MAX_RESERVED));
 }
