@@ -44,6 +44,26 @@ pub struct Settings {
     pub exchange: ExchangeCacheSettings,
     #[serde(default)]
     pub revocation: RevocationSettings,
+    #[serde(default)]
+    pub token_endpoint: TokenEndpointSettings,
+}
+
+/// `POST /token`: besides a bearer token, services may authenticate as clients here.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEndpointSettings {
+    /// Clients that authenticate with HTTP Basic (RFC 6749 §2.3.1).
+    #[serde(default)]
+    pub clients: Vec<TokenClientSettings>,
+}
+
+/// One client of `POST /token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClientSettings {
+    pub client_id: String,
+    /// Secret reference to its client secret.
+    pub secret: String,
 }
 
 /// The two-tier cache of tokens for downstream audiences.
@@ -1278,6 +1298,12 @@ impl Settings {
         if let Some(credential) = &self.revocation.admin_credential {
             add("revocation.admin_credential".into(), credential)?;
         }
+        for (i, client) in self.token_endpoint.clients.iter().enumerate() {
+            add(
+                format!("token_endpoint.clients[{i}].secret"),
+                &client.secret,
+            )?;
+        }
         if let Some(key) = &self.tokens.signing_key {
             add("tokens.signing_key".into(), key)?;
         }
@@ -1316,6 +1342,15 @@ impl Settings {
         positive("exchange.negative_ttl", self.exchange.negative_ttl)?;
         positive("exchange.lock_ttl", self.exchange.lock_ttl)?;
         positive("revocation.denylist_ttl", self.revocation.denylist_ttl)?;
+        let mut client_ids = std::collections::HashSet::new();
+        for (i, client) in self.token_endpoint.clients.iter().enumerate() {
+            if client.client_id.is_empty() || !client_ids.insert(client.client_id.as_str()) {
+                return Err(SettingsError::new(
+                    format!("token_endpoint.clients[{i}].client_id"),
+                    format!("{:?} is empty or used twice", client.client_id),
+                ));
+            }
+        }
         if self.rate_limit.replicas == 0 {
             return Err(SettingsError::new(
                 "rate_limit.replicas",

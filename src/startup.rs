@@ -31,6 +31,7 @@ use crate::http::health::DependencyState;
 use crate::http::health::{self, Readiness};
 use crate::http::revocation::{self, RevocationState};
 use crate::http::security_headers::Hsts;
+use crate::http::token::TokenClients;
 use crate::http::wellknown;
 use crate::http::{compression, cors, request_id, security_headers, token};
 use crate::limits::RateLimiter;
@@ -612,6 +613,19 @@ impl Application {
             })
         });
         let serves_token = downstream.is_some();
+        let token_clients = web::Data::new(TokenClients(
+            settings
+                .token_endpoint
+                .clients
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.client_id.clone(),
+                        stored(&secrets, &Some(c.secret.clone()))?,
+                    ))
+                })
+                .collect(),
+        ));
         let admin_revocation = revocation.clone();
         // With any CORS policy, every host-less route becomes a scope (longest prefix
         // first, as the table matches) so a policy never covers a more specific route.
@@ -673,7 +687,9 @@ impl Application {
                 app = app.app_data(hsts.clone());
             }
             if serves_token {
-                app = app.route("/token", web::post().to(token::exchange));
+                app = app
+                    .app_data(token_clients.clone())
+                    .route("/token", web::post().to(token::exchange));
             }
             if let Some(revocation) = &revocation {
                 app = app

@@ -34,6 +34,8 @@ pub enum ApiError {
     NoHealthyUpstream,
     #[error("a bearer token is required")]
     MissingToken,
+    #[error("client authentication failed")]
+    InvalidClient,
     #[error("{0}")]
     InvalidToken(String),
     #[error("the token lacks the scope this route requires: {0}")]
@@ -96,6 +98,7 @@ impl ApiError {
                 "No healthy upstream",
             ),
             MissingToken => (StatusCode::UNAUTHORIZED, "missing-token", "Unauthorized"),
+            InvalidClient => (StatusCode::UNAUTHORIZED, "invalid-client", "Unauthorized"),
             InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized"),
             InsufficientScope(_) => (
                 StatusCode::FORBIDDEN,
@@ -153,6 +156,7 @@ impl ApiError {
         let quoted = |s: &str| s.replace(['"', '\\'], "'");
         match self {
             ApiError::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            ApiError::InvalidClient => Some(format!("Basic realm=\"{REALM}\"")),
             ApiError::InvalidToken(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted(why)

@@ -1,17 +1,65 @@
 //! `POST /token`: RFC 8693 token exchange for services that want the token rather than
-//! the proxy. The caller authenticates with its bearer token; the answer comes from the
-//! same target policies and the same two-tier cache as the proxy's routes.
+//! the proxy. The caller authenticates with its bearer token, or as a client configured
+//! in `[token_endpoint]` (HTTP Basic); the answer comes from the same target policies
+//! and the same two-tier cache as the proxy's routes.
+
+use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{ApiError, Problem};
 use crate::broker::downstream::Subject;
 use crate::broker::exchange::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
-use crate::broker::now_secs;
+use crate::broker::{now_secs, Principal};
 use crate::proxy::identity::{self, BearerError};
 use crate::proxy::{self as proxy_mod, ProxyState};
+use crate::secrets::registry::SecretCell;
+
+/// The clients that may authenticate with HTTP Basic.
+#[derive(Default)]
+pub struct TokenClients(pub Vec<(String, Arc<SecretCell>)>);
+
+impl TokenClients {
+    /// The client named by `Authorization: Basic`, if its secret matches (constant time;
+    /// the previous value too while it rotates). `None` when the header is not Basic.
+    fn authenticate(&self, req: &HttpRequest) -> Option<Result<String, ApiError>> {
+        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+        let encoded = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok());
+        let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+            return Some(Err(ApiError::InvalidClient));
+        };
+        let (id, secret) = (form_decode(id), form_decode(secret));
+        let known = self.0.iter().find(|(client, _)| *client == id);
+        let accepted = known.is_some_and(|(_, cell)| {
+            std::iter::once(cell.current())
+                .chain(cell.previous())
+                .fold(false, |ok, s| s.matches(secret.as_bytes()) | ok)
+        });
+        Some(if accepted {
+            Ok(id)
+        } else {
+            Err(ApiError::InvalidClient)
+        })
+    }
+}
+
+/// RFC 6749 §2.3.1: client ids and secrets are form-encoded inside Basic.
+fn form_decode(text: &str) -> String {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={text}"))
+        .ok()
+        .and_then(|mut pairs| pairs.pop())
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| text.to_string())
+}
 
 /// The RFC 8693 request (form-encoded).
 #[derive(Debug, Deserialize)]
@@ -42,6 +90,7 @@ struct ExchangeAnswer<'a> {
 pub async fn exchange(
     req: HttpRequest,
     state: web::Data<ProxyState>,
+    clients: web::Data<TokenClients>,
     form: web::Form<ExchangeForm>,
 ) -> Result<HttpResponse, Problem> {
     let bad = |why: &str| ApiError::BadRequest(why.to_string()).at(&req);
@@ -77,37 +126,38 @@ pub async fn exchange(
         (Some(edge), Some(downstream)) => (edge, downstream),
         _ => return Err(ApiError::NotFound.at(&req)),
     };
-    // The caller authenticates with its own bearer token; the policy is checked against it.
-    let caller_token = match identity::extract_bearer(&req, false) {
-        Ok((token, _)) => token,
-        Err(BearerError::Missing) => return Err(ApiError::MissingToken.at(&req)),
-        Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into()).at(&req)),
-    };
+    // The caller: a configured client (HTTP Basic), or whoever its bearer token says.
     let revoker = state.revoker.as_deref();
-    let caller = proxy_mod::admit(edge, revoker, &caller_token, &target.audience)
+    let caller_id = match clients.authenticate(&req) {
+        Some(Ok(client_id)) => Some(client_id),
+        Some(Err(e)) => return Err(e.at(&req)),
+        None => {
+            let token = match identity::extract_bearer(&req, false) {
+                Ok((token, _)) => token,
+                Err(BearerError::Missing) => return Err(ApiError::MissingToken.at(&req)),
+                Err(BearerError::Malformed(why)) => {
+                    return Err(ApiError::InvalidToken(why.into()).at(&req))
+                }
+            };
+            let caller = proxy_mod::admit(edge, revoker, &token, &target.audience)
+                .await
+                .map_err(|e| e.at(&req))?;
+            caller.token.principal.client_id.clone()
+        }
+    };
+    let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience)
         .await
         .map_err(|e| e.at(&req))?;
-    let subject = if form.subject_token == caller_token {
-        caller.token.principal.clone()
-    } else {
-        proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience)
-            .await
-            .map_err(|e| e.at(&req))?
-            .token
-            .principal
-            .clone()
-    };
-    // The caller must be allowed; the scopes are the subject's, downscoped.
-    target
-        .grant(&caller.token.principal, None)
-        .map_err(|why| ApiError::InsufficientScope(why).at(&req))?;
     let asked: Option<Vec<String>> = form
         .scope
         .as_deref()
         .map(|s| s.split_whitespace().map(str::to_owned).collect());
-    // The caller acts for the subject: the policy's caller is the caller's client.
-    let mut subject_principal = subject;
-    subject_principal.client_id = caller.token.principal.client_id.clone();
+    // The caller acts for the subject: the target's policy judges the caller's client
+    // and grants from the subject's scopes.
+    let subject_principal = Principal {
+        client_id: caller_id,
+        ..subject.token.principal.clone()
+    };
     let entry = downstream
         .token_for(
             &Subject {

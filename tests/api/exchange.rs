@@ -27,7 +27,8 @@ impl World {
         text.push_str(&format!(
             "cache_hmac_key = \"hmac-key-shared-by-replicas-0123456789\"\n\
              cache_encryption_key = \"encryption-key-shared-by-replicas-42\"\n\
-             admin_credential = \"{ADMIN}\"\n"
+             admin_credential = \"{ADMIN}\"\n\
+             token_client_app = \"app:token-endpoint-secret\"\n"
         ));
         std::fs::write(&secrets, text).unwrap();
         Self {
@@ -735,4 +736,61 @@ async fn an_actor_token_vouches_for_intercom_in_the_delegation() {
     let stats = world.auth.stats().await;
     let issued = stats["token"].as_u64().unwrap() - stats["exchange"].as_u64().unwrap();
     assert_eq!(issued, 3, "two caller tokens and one actor token: {stats}");
+}
+
+#[actix_web::test]
+async fn the_token_endpoint_takes_configured_clients_with_basic_authentication() {
+    let world = World::start(&[]).await;
+    let a = world
+        .intercom(
+            "",
+            "[token_endpoint]\nclients = [{ client_id = \"app\", secret = \"file:token_client_app\" }]",
+        )
+        .await;
+    let subject = world
+        .auth
+        .user_token_with("dora", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    let form = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", subject.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("audience", "https://billing.internal"),
+    ];
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .basic_auth("app", "app:token-endpoint-secret")
+        .send_form(&form)
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["scope"], "invoice_read");
+    let said = world
+        .auth
+        .introspect(body["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(said["sub"], "dora", "{said}");
+    for (id, secret) in [("app", "wrong"), ("stranger", "app:token-endpoint-secret")] {
+        let mut res = a
+            .client
+            .post(a.url("/token"))
+            .basic_auth(id, secret)
+            .send_form(&form)
+            .await
+            .unwrap();
+        assert_problem(&mut res, 401).await;
+        assert_eq!(
+            res.headers().get("www-authenticate").unwrap(),
+            "Basic realm=\"intercom\""
+        );
+    }
+    assert_eq!(world.exchanges().await, 1);
 }
