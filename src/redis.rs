@@ -190,6 +190,30 @@ impl SharedRedis {
     }
 }
 
+/// Every key matching `pattern` (SCAN, never KEYS: Redis keeps serving meanwhile).
+pub async fn scan_keys(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+) -> deadpool_redis::redis::RedisResult<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            return Ok(keys);
+        }
+    }
+}
+
 /// A connection kept by a thread for one [`SharedRedis`].
 struct Kept {
     owner: usize,

@@ -114,23 +114,20 @@ impl ClientCredentials {
     async fn fetch(&self) -> Result<Secret, ClientCredentialsError> {
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(scope) = &self.scope {
-            form.push(("scope", scope));
+            form.push(("scope", scope.as_str()));
         }
         if let Some(resource) = &self.resource {
-            form.push(("resource", resource));
+            form.push(("resource", resource.as_str()));
         }
-        let secret = self.client_secret.current();
-        let response = self
-            .http
-            .post(&self.token_endpoint)
-            .basic_auth(
-                super::form_encode(&self.client_id),
-                Some(super::form_encode(secret.expose())),
-            )
-            .form(&form)
-            .send()
-            .await
-            .map_err(|_| ClientCredentialsError::Unreachable)?;
+        let response = super::post_as_client(
+            &self.http,
+            &self.token_endpoint,
+            &self.client_id,
+            &self.client_secret,
+            &form,
+        )
+        .await
+        .map_err(|_| ClientCredentialsError::Unreachable)?;
         metrics::counter!("intercom_client_credentials_fetches_total", "status" => response.status().as_u16().to_string())
             .increment(1);
         if !response.status().is_success() {

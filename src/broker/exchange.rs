@@ -107,20 +107,17 @@ impl TokenExchanger {
             form.push(("actor_token", actor));
             form.push(("actor_token_type", ACCESS_TOKEN_TYPE));
         }
-        let secret = self.client_secret.current();
-        let response = self
-            .http
-            .post(&self.token_endpoint)
-            .basic_auth(
-                super::form_encode(&self.client_id),
-                Some(super::form_encode(secret.expose())),
-            )
-            .form(&form)
-            .send()
-            .await
-            .map_err(|_| {
-                ExchangeError::Unavailable("the authorization server is unreachable".into())
-            })?;
+        let response = super::post_as_client(
+            &self.http,
+            &self.token_endpoint,
+            &self.client_id,
+            &self.client_secret,
+            &form,
+        )
+        .await
+        .map_err(|_| {
+            ExchangeError::Unavailable("the authorization server is unreachable".into())
+        })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|_| {
             ExchangeError::Unavailable("the authorization server's answer broke off".into())

@@ -412,29 +412,14 @@ impl TieredCache {
                 async move {
                     let mut entries = 0;
                     for (n, pattern) in patterns.iter().enumerate() {
-                        let mut cursor: u64 = 0;
-                        loop {
-                            let (next, keys): (u64, Vec<String>) =
-                                deadpool_redis::redis::cmd("SCAN")
-                                    .arg(cursor)
-                                    .arg("MATCH")
-                                    .arg(pattern)
-                                    .arg("COUNT")
-                                    .arg(500)
-                                    .query_async(conn)
-                                    .await?;
-                            if !keys.is_empty() {
-                                let deleted: usize = deadpool_redis::redis::cmd("DEL")
-                                    .arg(&keys)
-                                    .query_async(conn)
-                                    .await?;
-                                if n == 0 {
-                                    entries += deleted;
-                                }
-                            }
-                            cursor = next;
-                            if cursor == 0 {
-                                break;
+                        let keys = crate::redis::scan_keys(conn, pattern).await?;
+                        for chunk in keys.chunks(500) {
+                            let deleted: usize = deadpool_redis::redis::cmd("DEL")
+                                .arg(chunk)
+                                .query_async(conn)
+                                .await?;
+                            if n == 0 {
+                                entries += deleted;
                             }
                         }
                     }

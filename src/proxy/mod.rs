@@ -2,9 +2,10 @@
 //! credential injection, and the forwarder.
 //!
 //! [`proxy`] is the request path, one phase per step and in this order: canonicalize →
-//! pick route → authenticate → authorize → limit → rewrite → inject → forward (once more
-//! if the upstream refuses an injected credential) → filter response; the access log
-//! records it. "limit" is the rate limit, then the body size limit.
+//! pick route → authenticate (revocations included) → authorize → rate limit →
+//! downstream token (routes with `exchange`) → body limit → rewrite → inject → forward
+//! (once more if the upstream refuses an injected credential) → filter response; the
+//! access log records it.
 
 pub mod forward;
 pub mod headers;

@@ -329,23 +329,7 @@ impl Revoker {
         let found: Result<Vec<(String, Option<u64>)>, _> = redis
             .run("denylist_load", move |conn| {
                 async move {
-                    let mut keys: Vec<String> = Vec::new();
-                    let mut cursor: u64 = 0;
-                    loop {
-                        let (next, batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(500)
-                            .query_async(conn)
-                            .await?;
-                        keys.extend(batch);
-                        cursor = next;
-                        if cursor == 0 {
-                            break;
-                        }
-                    }
+                    let keys = crate::redis::scan_keys(conn, &pattern).await?;
                     if keys.is_empty() {
                         return Ok(Vec::new());
                     }
