@@ -569,13 +569,11 @@ impl Application {
             build_downstream(&settings, &secrets, &hasher, redis.as_ref(), edge.as_mut());
         let revoker = edge.as_ref().map(|e| {
             let revoker = Revoker::new(
+                &settings,
                 hasher.clone(),
-                settings.revocation.denylist_ttl,
                 downstream.as_ref().map(|d| d.cache.clone()),
                 Some(e.edge.clone()),
                 redis.clone(),
-                settings.revocation.channel.clone(),
-                &settings.exchange.key_prefix,
             );
             revoker.spawn_listener();
             revoker

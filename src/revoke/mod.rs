@@ -20,6 +20,7 @@ use crate::broker::{now_secs, Principal};
 use crate::cache::shared_hash::{hex, unhex, Hash, SharedHasher};
 use crate::cache::tiered::TieredCache;
 use crate::redis::SharedRedis;
+use crate::settings::Settings;
 
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -129,16 +130,15 @@ pub struct Revoker {
 }
 
 impl Revoker {
-    #[allow(clippy::too_many_arguments)]
+    /// `exchange` and `edge` are the memory tiers it evicts from.
     pub fn new(
+        settings: &Settings,
         hasher: SharedHasher,
-        ttl: Duration,
         exchange: Option<Arc<TieredCache>>,
         edge: Option<Arc<EdgeAuthenticator>>,
         redis: Option<Arc<SharedRedis>>,
-        channel: String,
-        key_prefix: &str,
     ) -> Arc<Self> {
+        let ttl = settings.revocation.denylist_ttl;
         Arc::new(Self {
             hasher,
             denylist: moka::sync::Cache::builder()
@@ -150,8 +150,8 @@ impl Revoker {
             exchange,
             edge,
             redis,
-            channel,
-            deny_prefix: format!("{key_prefix}:deny"),
+            channel: settings.revocation.channel.clone(),
+            deny_prefix: format!("{}:deny", settings.exchange.key_prefix),
             origin: uuid::Uuid::new_v4().to_string(),
         })
     }
