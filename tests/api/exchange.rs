@@ -171,6 +171,12 @@ async fn an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
     assert_eq!(call(&a, &caller).await.0, 200);
     assert_eq!(world.exchanges().await, 1);
 
+    // Neither token reaches a log line or a metric.
+    let logs = captured_logs();
+    let metrics = a.metrics().await;
+    for secret in [caller.as_str(), exchanged.as_str()] {
+        assert!(!logs.contains(secret) && !metrics.contains(secret));
+    }
     // Redis holds ciphertext only, and no key names a token or an identity.
     let keys = world.redis().keys();
     assert!(
