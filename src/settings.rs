@@ -543,6 +543,9 @@ pub struct TokenSettings {
     pub user_id_header: String,
     pub client_id_header: String,
     pub scopes_header: String,
+    /// Accept Intercom's own internal JWTs as bearer tokens (a service calling another
+    /// through Intercom with the token it received); revocations apply to them too.
+    pub accept_internal: bool,
 }
 
 impl Default for TokenSettings {
@@ -562,6 +565,7 @@ impl Default for TokenSettings {
             user_id_header: "x-user-id".into(),
             client_id_header: "x-client-id".into(),
             scopes_header: "x-scopes".into(),
+            accept_internal: false,
         }
     }
 }

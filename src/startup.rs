@@ -19,7 +19,7 @@ use crate::broker::exchange::TokenExchanger;
 use crate::broker::introspect::Introspector;
 use crate::broker::jwks::RemoteJwks;
 use crate::broker::mint::Minter;
-use crate::broker::validate::{JwtValidator, SignatureCheck};
+use crate::broker::validate::{InternalValidator, JwtValidator, SignatureCheck};
 use crate::cache::sealed::Sealer;
 use crate::cache::shared_hash::SharedHasher;
 use crate::cache::tiered::TieredCache;
@@ -331,9 +331,15 @@ async fn build_edge(
         negative_capacity: t.negative_capacity,
         negative_ttl: t.negative_ttl,
     };
+    let internal = t.accept_internal.then(|| InternalValidator {
+        minter: minter.clone(),
+        leeway: auth.jwt.leeway,
+        tier_claim: settings.rate_limit.tier_claim.clone(),
+    });
     let edge = EdgeAuthenticator::new(
         introspector,
         validator,
+        internal,
         minter.clone(),
         &limits,
         hasher.clone(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::introspect::{IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
-use super::validate::{looks_like_jwt, JwtValidator};
+use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
 use super::{now_secs, Principal};
 use crate::cache::shared_hash::SharedHasher;
 use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
@@ -76,6 +76,8 @@ pub struct Admitted {
 pub struct EdgeAuthenticator {
     pub introspector: Introspector,
     pub validator: Option<JwtValidator>,
+    /// Intercom's own internal JWTs, when `tokens.accept_internal` is on.
+    pub internal: Option<InternalValidator>,
     pub minter: Arc<Minter>,
     cache: TokenCache<CachedToken>,
     hasher: SharedHasher,
@@ -85,6 +87,7 @@ impl EdgeAuthenticator {
     pub fn new(
         introspector: Introspector,
         validator: Option<JwtValidator>,
+        internal: Option<InternalValidator>,
         minter: Arc<Minter>,
         limits: &CacheLimits,
         hasher: SharedHasher,
@@ -92,6 +95,7 @@ impl EdgeAuthenticator {
         Self {
             introspector,
             validator,
+            internal,
             minter,
             cache: TokenCache::new("edge", limits),
             hasher,
@@ -161,6 +165,13 @@ impl EdgeAuthenticator {
     }
 
     async fn authenticate(&self, token: &str) -> Result<Principal, EdgeError> {
+        if let Some(internal) = &self.internal {
+            if looks_like_jwt(token) && internal.claims_our_issuer(token) {
+                return internal
+                    .validate(token)
+                    .map_err(|e| EdgeError::Invalid(e.to_string()));
+            }
+        }
         if let Some(validator) = &self.validator {
             if looks_like_jwt(token) && validator.claims_our_issuer(token) {
                 return validator

@@ -320,6 +320,28 @@ impl Minter {
         });
     }
 
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> &str {
+        &self.algorithm
+    }
+
+    /// A published key by `kid` (current, next, or retired and not yet expired).
+    pub fn public_key(&self, kid: &str) -> Option<Jwk> {
+        self.follow_store();
+        let set = self.keys.load();
+        let now = now_secs();
+        std::iter::once(&set.current)
+            .chain(set.next.iter())
+            .chain(
+                set.retired
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(k, _)| k),
+            )
+            .find(|k| k.kid == kid)
+            .map(|k| k.public.clone())
+    }
+
     /// The published keys as a JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
         self.follow_store();
@@ -388,6 +410,9 @@ impl Minter {
         }
         if let Some(acr) = &principal.acr {
             claim(&mut payload, "acr", acr.as_str().into())?;
+        }
+        if let Some(sid) = &principal.sid {
+            claim(&mut payload, "sid", sid.as_str().into())?;
         }
         let jwt = jwt::encode_with_signer(&payload, &header, &*key.signer)
             .map_err(|_| MintError::Signing)?;

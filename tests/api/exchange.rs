@@ -800,3 +800,56 @@ async fn the_token_endpoint_takes_configured_clients_with_basic_authentication()
     }
     assert_eq!(world.exchanges().await, 1);
 }
+
+#[actix_web::test]
+async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subject() {
+    let world = World::start(&[]).await;
+    let a = world
+        .intercom(
+            "mode = \"mint\"",
+            &format!(
+                "[tokens]\naccept_internal = true\n\
+                 [[routes]]\nname = \"orders\"\nprefix = \"/api/orders\"\nupstreams = [\"{}\"]\n\
+                 auth = \"bearer\"\naudience = \"orders-svc\"\n",
+                world.upstream.url()
+            ),
+        )
+        .await;
+    let alice = world
+        .auth
+        .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app"), ("sid", "s-9")])
+        .await;
+    // The orders service receives Intercom's internal JWT for alice...
+    let mut res = a
+        .client
+        .get(a.url("/api/orders/1"))
+        .insert_header(("authorization", format!("Bearer {alice}")))
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let internal = sent_token(&seen);
+    assert_ne!(internal, alice);
+    // ...and calls billing through Intercom with it.
+    let (status, seen) = call(&a, &internal).await;
+    assert_eq!(status, 200, "{seen}");
+    let minted = sent_token(&seen);
+    let claims = josekit::jwt::decode_header(&minted).unwrap();
+    assert_eq!(claims.claim("typ").unwrap(), "at+jwt");
+    // A tampered internal JWT is refused.
+    let mut forged = internal.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert_eq!(call(&a, &forged).await.0, 401);
+    // Revoking the session refuses the internal JWT minted before it.
+    let (status, _) = admin_revoke(&a, ADMIN, serde_json::json!({"sid": "s-9"})).await;
+    assert_eq!(status, 200);
+    let mut res = a
+        .client
+        .get(a.url("/intercom/billing/x"))
+        .insert_header(("authorization", format!("Bearer {internal}")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 401).await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked"), "{body}");
+}
