@@ -817,7 +817,12 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
         .await;
     let alice = world
         .auth
-        .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app"), ("sid", "s-9")])
+        .user_token_with(
+            "alice",
+            CALLER_SCOPES,
+            600,
+            &[("client_id", "app"), ("sid", "s-9")],
+        )
         .await;
     // The orders service receives Intercom's internal JWT for alice...
     let mut res = a
@@ -851,5 +856,8 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
         .await
         .unwrap();
     let body = assert_problem(&mut res, 401).await;
-    assert!(body["detail"].as_str().unwrap().contains("revoked"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
 }
