@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the edge's hot pieces: the cache-hit path (keyed hash,
-//! lookup, cached JWT, scope check), local JWT validation, and minting.
+//! lookup, cached JWT, scope check), local JWT validation, minting, a rate-limit
+//! decision from reserved cells, and sealing / opening a Redis value.
 //!
 //! `cargo bench --bench edge`
 
@@ -133,9 +134,47 @@ fn minting(c: &mut Criterion) {
     }
 }
 
+fn rate_limit_reserved_cell(c: &mut Criterion) {
+    use intercom::limits::gcra::{Verdict, WindowState};
+    use intercom::limits::lease::{Leases, Spend};
+    let leases = Leases::default();
+    let key = (0, 0, 42);
+    let refill = Verdict {
+        allowed: true,
+        retry_after: Duration::ZERO,
+        windows: vec![WindowState {
+            remaining: 1_000_000,
+            reset: Duration::from_secs(60),
+        }],
+        reserved: 64,
+    };
+    c.bench_function("rate-limit decision from a reserved cell", |b| {
+        b.iter(|| {
+            if let Spend::Ask { .. } = leases.spend(key) {
+                leases.settle(key, &refill);
+            }
+        })
+    });
+}
+
+fn sealing(c: &mut Criterion) {
+    use intercom::cache::sealed::Sealer;
+    use intercom::secrets::registry::SecretCell;
+    use intercom::secrets::Secret;
+    let sealer = Sealer::new(Arc::new(SecretCell::fixed(Secret::new("bench key"))));
+    let value = vec![b'x'; 900];
+    let sealed = sealer.seal(&value, b"intercom:x:e:key").unwrap();
+    c.bench_function("seal a 900-byte exchange entry (AES-256-GCM)", |b| {
+        b.iter(|| sealer.seal(&value, b"intercom:x:e:key").unwrap())
+    });
+    c.bench_function("open a 900-byte exchange entry", |b| {
+        b.iter(|| sealer.open(&sealed, b"intercom:x:e:key").unwrap())
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache_hit, jwt_validation, minting
+    targets = cache_hit, jwt_validation, minting, rate_limit_reserved_cell, sealing
 }
 criterion_main!(benches);
