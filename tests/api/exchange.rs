@@ -598,13 +598,18 @@ async fn the_token_endpoint_answers_in_the_rfc_8693_shape() {
             ("scope", scope.to_string()),
         ]
     };
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {caller}")))
-        .send_form(&form("https://billing.internal", "invoice_read"))
-        .await
-        .unwrap();
+    let post = |bearer: Option<&str>, form: Vec<(&'static str, String)>| {
+        let mut req = a.client.post(a.url("/token"));
+        if let Some(token) = bearer {
+            req = req.insert_header(("authorization", format!("Bearer {token}")));
+        }
+        async move { req.send_form(&form).await.unwrap() }
+    };
+    let mut res = post(
+        Some(&caller),
+        form("https://billing.internal", "invoice_read"),
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(res.headers().get("cache-control").unwrap(), "no-store");
     let body: serde_json::Value = res.json().await.unwrap();
@@ -623,39 +628,26 @@ async fn the_token_endpoint_answers_in_the_rfc_8693_shape() {
     assert_eq!(world.exchanges().await, 1);
 
     // Bad requests: problem+json, never a 500.
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .send_form(&form("https://billing.internal", ""))
-        .await
-        .unwrap();
-    assert_problem(&mut res, 401).await;
-    let mut wrong = form("https://billing.internal", "");
-    wrong[0].1 = "client_credentials".into();
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {caller}")))
-        .send_form(&wrong)
-        .await
-        .unwrap();
-    assert_problem(&mut res, 400).await;
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {caller}")))
-        .send_form(&form("https://nowhere.internal", ""))
-        .await
-        .unwrap();
-    assert_problem(&mut res, 400).await;
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {caller}")))
-        .send_form(&form("https://billing.internal", "admin"))
-        .await
-        .unwrap();
-    assert_problem(&mut res, 403).await;
+    let mut wrong_grant = form("https://billing.internal", "");
+    wrong_grant[0].1 = "client_credentials".into();
+    let cases = [
+        (None, form("https://billing.internal", ""), 401),
+        (Some(caller.as_str()), wrong_grant, 400),
+        (
+            Some(caller.as_str()),
+            form("https://nowhere.internal", ""),
+            400,
+        ),
+        (
+            Some(caller.as_str()),
+            form("https://billing.internal", "admin"),
+            403,
+        ),
+    ];
+    for (bearer, form, status) in cases {
+        let mut res = post(bearer, form).await;
+        assert_problem(&mut res, status).await;
+    }
 }
 
 #[actix_web::test]
