@@ -720,6 +720,7 @@ impl Application {
                 .app_data(clients)
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
+                .app_data(web::FormConfig::default().error_handler(extractor_error))
                 .app_data(web::PathConfig::default().error_handler(extractor_error))
                 .wrap(from_fn(ensure_problem))
                 .wrap(Condition::new(compress, from_fn(compression::compress)))

@@ -552,6 +552,15 @@ async fn backchannel_logout_evicts_the_subject_everywhere_and_forgeries_are_refu
     for token in bad {
         assert_eq!(post(&a, token).await, 400);
     }
+    // No form at all: a problem, like every other refusal.
+    let mut res = a
+        .client
+        .post(a.url("/backchannel-logout"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 400).await;
+    assert_eq!(body["type"], "urn:intercom:problem:bad-request");
     assert_eq!(call(&b, &carol).await.0, 200, "no forgery revoked anything");
 
     let good = world.auth.sign(header.clone(), claims("j-good")).await;
