@@ -114,7 +114,7 @@ impl RateLimiter {
                             prefix: &self.prefix,
                             route: &policy.route,
                             tier,
-                            caller: &hashed.hex,
+                            caller: &hashed.hex(),
                             want,
                             divisor: 2 * self.replicas,
                         },
@@ -205,21 +205,28 @@ fn mode_label(mode: OnRedisError) -> &'static str {
 
 /// A caller as the counters know it: never the identity itself.
 struct HashedCaller {
-    /// For Redis keys.
-    hex: String,
-    /// For the in-memory buckets.
+    digest: [u8; 32],
+    /// For the in-memory buckets and leases.
     short: u64,
 }
 
+impl HashedCaller {
+    /// For Redis keys (made only when Redis is asked).
+    fn hex(&self) -> String {
+        crate::cache::shared_hash::hex(&self.digest[..16])
+    }
+}
+
 fn hash_caller(kind: &str, id: &str) -> HashedCaller {
-    let digest = Sha256::new()
+    let digest: [u8; 32] = Sha256::new()
         .chain_update(b"intercom-rate-limit\0")
         .chain_update(kind)
         .chain_update(b"\0")
         .chain_update(id)
-        .finalize();
+        .finalize()
+        .into();
     HashedCaller {
-        hex: crate::cache::shared_hash::hex(&digest[..16]),
+        digest,
         short: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
     }
 }
@@ -291,10 +298,10 @@ mod tests {
     fn callers_are_hashed_apart_by_kind_and_never_kept_raw() {
         let a = hash_caller("id", "alice");
         let b = hash_caller("ip", "alice");
-        assert_ne!(a.hex, b.hex);
-        assert_eq!(a.hex.len(), 32);
-        assert!(!a.hex.contains("alice"));
-        assert_eq!(a.hex, hash_caller("id", "alice").hex);
+        assert_ne!(a.hex(), b.hex());
+        assert_eq!(a.hex().len(), 32);
+        assert!(!a.hex().contains("alice"));
+        assert_eq!(a.hex(), hash_caller("id", "alice").hex());
     }
 
     #[test]

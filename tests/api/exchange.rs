@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use crate::helpers::*;
 
 const CALLER_SCOPES: &str = "invoice_read orders_read profile";
@@ -272,29 +270,10 @@ async fn concurrent_misses_for_one_token_make_one_exchange() {
     let world = World::start(&[]).await;
     let a = world.intercom("", "").await;
     let caller = world.app_token().await;
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().limit(256))
-        .timeout(Duration::from_secs(60))
-        .finish();
-    let statuses: Vec<u16> = futures_util::stream::iter(0..256)
-        .map(|_| {
-            let client = client.clone();
-            let url = a.url("/intercom/billing/x");
-            let token = caller.clone();
-            async move {
-                client
-                    .get(url)
-                    .insert_header(("authorization", format!("Bearer {token}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
+    let requests = (0..256)
+        .map(|_| (a.url("/intercom/billing/x"), caller.clone()))
+        .collect();
+    let statuses = concurrent_gets(requests, 256).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(world.exchanges().await, 1);
 }

@@ -912,3 +912,30 @@ pub async fn assert_problem(
 pub fn dead_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
+
+/// Sends `GET url` with `Authorization: Bearer token` for each pair, `concurrency` at a
+/// time, and returns the statuses (in completion order).
+pub async fn concurrent_gets(requests: Vec<(String, String)>, concurrency: usize) -> Vec<u16> {
+    use futures_util::StreamExt;
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(concurrency))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    futures_util::stream::iter(requests)
+        .map(|(url, token)| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(url)
+                    .insert_header(("authorization", format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}

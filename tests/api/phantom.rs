@@ -44,28 +44,8 @@ async fn start_edge(
 
 /// Sends one request per token, `concurrency` at a time, and returns the statuses.
 async fn statuses(app: &TestApp, path: &str, tokens: Vec<String>, concurrency: usize) -> Vec<u16> {
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().limit(concurrency))
-        .timeout(Duration::from_secs(60))
-        .finish();
-    futures_util::stream::iter(tokens)
-        .map(|token| {
-            let client = client.clone();
-            let url = app.url(path);
-            async move {
-                client
-                    .get(url)
-                    .insert_header(("authorization", format!("Bearer {token}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await
+    let requests = tokens.into_iter().map(|t| (app.url(path), t)).collect();
+    concurrent_gets(requests, concurrency).await
 }
 
 /// A bearer route to `upstream` (audience "billing").

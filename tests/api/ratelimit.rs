@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use crate::helpers::*;
 
 /// Cells one decision may reserve (`limits::lease::MAX_RESERVATION`).
@@ -94,37 +92,13 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     let warm = [status(&a, &token).await, status(&b, &token).await];
     assert_eq!(warm, [200, 200]);
 
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().limit(32))
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let urls: Vec<String> = (0..998)
+    let requests = (0..998)
         .map(|i| {
-            if i % 2 == 0 {
-                a.url("/api/x")
-            } else {
-                b.url("/api/x")
-            }
+            let app = if i % 2 == 0 { &a } else { &b };
+            (app.url("/api/x"), token.clone())
         })
         .collect();
-    let statuses: Vec<u16> = futures_util::stream::iter(urls)
-        .map(|url| {
-            let client = client.clone();
-            let token = token.clone();
-            async move {
-                client
-                    .get(url)
-                    .insert_header(("authorization", format!("Bearer {token}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let statuses = concurrent_gets(requests, 32).await;
     let allowed = 2 + statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert!(
