@@ -155,6 +155,28 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     }
 }
 
+/// The value of a series in a Prometheus text exposition, summed over every label set
+/// that `series` is a prefix of (`name`, `name{a="b"}` or `name{a="b",`); 0 when absent.
+/// Tests compare values and changes, never the mere presence of a series.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| {
+            name.strip_prefix(series).is_some_and(|rest| {
+                rest.is_empty() || series.ends_with([',', '{']) || rest.starts_with(['{', ',', '}'])
+            })
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}
+
+/// The test process's metrics now: every in-process app records into this one registry,
+/// so tests compare a value before and after what they do.
+pub fn process_metrics() -> String {
+    intercom::telemetry::metrics_handle().render()
+}
+
 /// A client that never follows redirects and waits long enough for slow tests.
 pub fn test_client() -> awc::Client {
     awc::Client::builder()
@@ -181,6 +203,26 @@ pub fn raw_request(port: u16, request: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// Polls `check` every 25 ms until it holds or `within` passes: for whatever a
+/// background task (a poller, a subscriber, a refresher) does in its own time. The
+/// deadline is generous on purpose; a passing check returns at once.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// How long background work may take on a loaded 2-core machine before a test calls it
+/// lost: far beyond what it takes, so that only a broken feature reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Waits until something accepts TCP connections on the port.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
@@ -230,7 +272,16 @@ impl ChildProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether the process has already ended (e.g. it could not bind its port).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
 }
+
+/// How often a child that binds a port chosen beforehand is retried on another port
+/// when something else took it first.
+const PORT_ATTEMPTS: usize = 5;
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
@@ -242,6 +293,24 @@ impl Drop for ChildProcess {
     }
 }
 
+/// The `process_id` of the Redis answering on `port`, if one answers.
+fn redis_pid(port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    while !text.contains("process_id:") || !text[text.find("process_id:")?..].contains('\n') {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let rest = &text[text.find("process_id:")? + "process_id:".len()..];
+    rest.lines().next()?.trim().parse().ok()
+}
+
 /// A real `redis-server` on a free port, without persistence.
 pub struct TestRedis {
     pub port: u16,
@@ -249,12 +318,22 @@ pub struct TestRedis {
 }
 
 impl TestRedis {
+    /// Starts on a free port, retrying on another if the chosen one was taken meanwhile.
     pub fn start() -> Self {
+        for _ in 1..PORT_ATTEMPTS {
+            if let Some(redis) = Self::try_start_on(free_port()) {
+                return redis;
+            }
+        }
         Self::start_on(free_port())
     }
 
     /// Starts on `port` (to bring a stopped Redis back where clients expect it).
     pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|| panic!("redis-server could not bind {port}"))
+    }
+
+    fn try_start_on(port: u16) -> Option<Self> {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -266,13 +345,23 @@ impl TestRedis {
             "--appendonly",
             "no",
         ]);
-        let process = ChildProcess::spawn("redis-server", cmd);
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server did not start:\n{}",
-            process.log_text()
-        );
-        Self { port, process }
+        let mut process = ChildProcess::spawn("redis-server", cmd);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if process.exited() {
+                return None; // the port was taken
+            }
+            // Our own child, not another Redis on the same port: it reports our pid.
+            if redis_pid(port) == Some(process.pid()) {
+                return Some(Self { port, process });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start:\n{}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -338,8 +427,18 @@ impl TestAuthServer {
         Self::start_with_env(&[]).await
     }
 
+    /// Starts on a free port, retrying on another if the chosen one was taken meanwhile.
     pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        for attempt in 1..=PORT_ATTEMPTS {
+            if let Some(auth) = Self::try_start_on(free_port(), env).await {
+                return auth;
+            }
+            eprintln!("oidc-provider: port taken, attempt {attempt}");
+        }
+        panic!("oidc-provider found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    async fn try_start_on(port: u16, env: &[(&str, &str)]) -> Option<Self> {
         let dir = repo_root().join("tests/authserver");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -352,26 +451,28 @@ impl TestAuthServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let process = ChildProcess::spawn("oidc-provider", cmd);
+        let mut process = ChildProcess::spawn("oidc-provider", cmd);
         let issuer = format!("http://127.0.0.1:{port}");
         let client = test_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let discovery = client
-                .get(format!("{issuer}/.well-known/openid-configuration"))
-                .send()
-                .await;
-            if matches!(discovery, Ok(ref r) if r.status().is_success()) {
-                break;
+            if process.exited() {
+                return None;
+            }
+            let answer = client.get(format!("{issuer}/__test/pid")).send().await;
+            if let Ok(mut answer) = answer {
+                let pid = answer.json::<serde_json::Value>().await.ok();
+                if pid.and_then(|p| p["pid"].as_u64()) == Some(u64::from(process.pid())) {
+                    return Some(Self { issuer, process });
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "oidc-provider did not answer its discovery document:\n{}",
+                "oidc-provider did not answer:\n{}",
                 process.log_text()
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { issuer, process }
     }
 
     /// Call counters: introspection, exchange, token, revocation, jwks.
@@ -535,18 +636,34 @@ fn free_port_pair() -> u16 {
 }
 
 impl TestOpenBao {
+    /// Starts on a free pair of ports (API and cluster), retrying on another pair if the
+    /// chosen one was taken meanwhile.
     pub async fn start() -> Self {
         let mut bao = Self {
             port: free_port_pair(),
             root_token: format!("root-{}", uuid::Uuid::new_v4()),
             process: None,
         };
+        for _ in 1..PORT_ATTEMPTS {
+            if bao.try_launch().await {
+                return bao;
+            }
+            bao.port = free_port_pair();
+        }
         bao.launch().await;
         bao
     }
 
     /// (Re)starts the server on its port. Dev mode keeps nothing across restarts.
     pub async fn launch(&mut self) {
+        assert!(
+            self.try_launch().await,
+            "OpenBao could not bind {}",
+            self.port
+        );
+    }
+
+    async fn try_launch(&mut self) -> bool {
         let mut cmd = Command::new(bao_binary());
         cmd.args([
             "server",
@@ -554,16 +671,22 @@ impl TestOpenBao {
             &format!("-dev-root-token-id={}", self.root_token),
             &format!("-dev-listen-address=127.0.0.1:{}", self.port),
         ]);
-        let process = ChildProcess::spawn("openbao", cmd);
+        let mut process = ChildProcess::spawn("openbao", cmd);
         let client = test_client();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if process.exited() {
+                return false;
+            }
+            // Our own server: a stranger on the port does not know our root token.
             let health = client
-                .get(format!("{}/v1/sys/health", self.address()))
+                .get(format!("{}/v1/auth/token/lookup-self", self.address()))
+                .insert_header(("x-vault-token", self.root_token.as_str()))
                 .send()
                 .await;
             if matches!(health, Ok(ref r) if r.status().is_success()) {
-                break;
+                self.process = Some(process);
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -572,7 +695,6 @@ impl TestOpenBao {
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
-        self.process = Some(process);
     }
 
     pub fn stop(&mut self) {
@@ -665,11 +787,19 @@ struct UpstreamState {
 }
 
 impl TestUpstream {
+    /// Starts on a port the OS picks; the socket is bound before the port is known, so
+    /// nothing else can take it.
     pub fn start(name: &str) -> Self {
-        Self::start_on(name, free_port())
+        Self::start_with(name, TcpListener::bind("127.0.0.1:0").unwrap())
     }
 
+    /// Starts on `port` (to bring an upstream back where Intercom expects it).
     pub fn start_on(name: &str, port: u16) -> Self {
+        Self::start_with(name, TcpListener::bind(("127.0.0.1", port)).unwrap())
+    }
+
+    fn start_with(name: &str, listener: TcpListener) -> Self {
+        let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let required_key = Arc::new(Mutex::new(None));
         let state = UpstreamState {
@@ -692,7 +822,7 @@ impl TestUpstream {
                 .workers(2)
                 .disable_signals()
                 .shutdown_timeout(1)
-                .bind(("127.0.0.1", port))
+                .listen(listener)
                 .unwrap()
                 .run();
                 tx.send(server.handle()).unwrap();
@@ -868,6 +998,41 @@ pub fn intercom_binary(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Co
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Intercom as its own process, serving `config(port, admin_port)` written into `dir`.
+/// The ports are chosen first, so a clash (another test took one meanwhile) ends the
+/// process at start-up: then it is started again on other ports.
+pub async fn serve_process(
+    dir: &Path,
+    config: impl Fn(u16, u16) -> String,
+) -> (ChildProcess, u16, u16) {
+    let client = test_client();
+    for _ in 0..PORT_ATTEMPTS {
+        let (port, admin_port) = (free_port(), free_port());
+        let file = dir.join("intercom.toml");
+        std::fs::write(&file, config(port, admin_port)).unwrap();
+        let mut process = ChildProcess::spawn("intercom", intercom_binary(&file, &["serve"], &[]));
+        let live = format!("http://127.0.0.1:{admin_port}/health/live");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if process.exited() {
+                break; // a port was taken: choose others
+            }
+            let answered =
+                matches!(client.get(&live).send().await, Ok(r) if r.status().is_success());
+            if answered && TcpStream::connect(("127.0.0.1", port)).is_ok() && !process.exited() {
+                return (process, port, admin_port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Intercom did not start:\n{}",
+                process.log_text()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("Intercom found no free ports in {PORT_ATTEMPTS} attempts");
 }
 
 /// Peak and current resident memory of a process, in bytes (Linux).

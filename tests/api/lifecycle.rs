@@ -63,26 +63,16 @@ fn check_config_exits_64_naming_the_key() {
 #[actix_web::test]
 async fn sigterm_turns_unready_and_drains_a_slow_request() {
     let upstream = TestUpstream::start("slow");
-    let port = free_port();
-    let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("drain.toml");
-    std::fs::write(
-        &config,
+    let (mut intercom, port, admin_port) = serve_process(dir.path(), |port, admin_port| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
              shutdown_delay = \"700ms\"\ndrain_timeout = \"10s\"\n\
              [[routes]]\nname = \"slow\"\nprefix = \"/slow\"\nupstreams = [\"{}\"]\n",
             upstream.url()
-        ),
-    )
-    .unwrap();
-    let mut intercom = ChildProcess::spawn("intercom", intercom_binary(&config, &["serve"], &[]));
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "{}",
-        intercom.log_text()
-    );
+        )
+    })
+    .await;
     let client = test_client();
     let ready = format!("http://127.0.0.1:{admin_port}/health/ready");
     assert_eq!(client.get(&ready).send().await.unwrap().status(), 200);
@@ -96,17 +86,28 @@ async fn sigterm_turns_unready_and_drains_a_slow_request() {
             (res.status().as_u16(), body)
         }
     });
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // The slow request is in flight once the upstream has it.
+    assert!(eventually(PATIENCE, async || upstream.hits() >= 1).await);
     let signalled = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &intercom.pid().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    actix_web::rt::time::sleep(Duration::from_millis(150)).await;
-    let mut res = client.get(&ready).send().await.unwrap();
-    assert_eq!(res.status(), 503, "readiness must turn 503 at once");
-    let body: serde_json::Value = res.json().await.unwrap();
+    // Readiness turns 503 during the shutdown delay, while the slow request drains.
+    let mut body = serde_json::Value::Null;
+    assert!(
+        eventually(PATIENCE, async || {
+            let mut res = client.get(&ready).send().await.unwrap();
+            if res.status() != 503 {
+                return false;
+            }
+            body = res.json().await.unwrap();
+            true
+        })
+        .await,
+        "readiness did not turn 503"
+    );
     assert_eq!(body["status"], "shutting_down");
 
     let (status, body) = slow.await.unwrap();

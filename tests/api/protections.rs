@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
@@ -23,26 +22,22 @@ async fn oversized_bodies_are_refused_without_reading_them() {
         route("default", &upstream, ""),
     ))
     .await;
-    // Announce 50 MB, send 1 KB, and wait: the 413 comes without the rest.
+    // Announce 50 MB, send 1 KB, and wait: the 413 comes without the rest (a server
+    // that waited for it would never answer; the read would time out).
     let mut stream = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream
         .write_all(b"POST /default/x HTTP/1.1\r\nHost: t\r\nContent-Length: 52428800\r\n\r\n")
         .unwrap();
     stream.write_all(&[b'a'; 1024]).unwrap();
-    let started = Instant::now();
     let mut answer = [0u8; 512];
-    let n = stream.read(&mut answer).unwrap();
+    let n = stream
+        .read(&mut answer)
+        .expect("Intercom waited for the body");
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(
         text.contains("urn:intercom:problem:payload-too-large") || text.contains("problem+json")
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "Intercom waited for the body"
     );
 
     // Within the limit passes; the route's own limit is smaller than the server's.
@@ -114,21 +109,17 @@ async fn slow_senders_are_cut_off() {
         route("svc", &upstream, "")
     ))
     .await;
+    // The headers never finish: Intercom closes the connection (a read that times out
+    // instead means it kept waiting).
     let mut stream = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream
         .write_all(b"GET /svc HTTP/1.1\r\nHost: t\r\n")
         .unwrap();
-    let started = Instant::now();
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    let ended = stream.read_to_end(&mut answer);
+    assert!(ended.is_ok(), "the slow sender was not cut off: {ended:?}");
     let text = String::from_utf8_lossy(&answer);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the slow sender was not cut off"
-    );
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"

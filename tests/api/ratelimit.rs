@@ -124,9 +124,12 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
 
     // Metrics count by route and tier, never by caller.
     let metrics = a.metrics().await;
-    assert!(metrics.contains(
-        "intercom_rate_limit_decisions_total{route=\"api\",tier=\"free\",outcome=\"limited\"}"
-    ));
+    assert!(
+        metric(
+            &metrics,
+            "intercom_rate_limit_decisions_total{route=\"api\",tier=\"free\",outcome=\"limited\"}"
+        ) >= 1.0
+    );
     assert!(!metrics.contains("carol"));
     // Redis keys hold a hash, never the identity; every value is a number.
     let keys = shared.redis().keys();
@@ -330,10 +333,12 @@ async fn redis_gone_falls_back_as_configured_then_recovers() {
     assert_eq!(ready.status().as_u16(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["dependencies"]["redis"]["status"], "degraded");
-    assert!(local
-        .metrics()
-        .await
-        .contains("intercom_rate_limit_fallback_total{route=\"api\",mode=\"local\"}"));
+    assert!(
+        metric(
+            &local.metrics().await,
+            "intercom_rate_limit_fallback_total{route=\"api\",mode=\"local\"}"
+        ) >= 1.0
+    );
 
     // Redis back on the same port: decisions are shared again within the retry interval.
     shared.redis = Some(TestRedis::start_on(port));
@@ -358,6 +363,7 @@ async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_tr
     let global = "[rate_limit.tiers]\nfree = [{ requests = 1000000, per = \"1d\" }]";
     let app = shared.intercom("", global).await;
     let token = shared.auth.user_token("busy", "invoice_read", 600).await;
+    let started = std::time::Instant::now();
     assert_eq!(status(&app, &token).await, 200);
     let before = shared.redis().calls("evalsha") + shared.redis().calls("eval");
     let mut remaining = Vec::new();
@@ -379,8 +385,14 @@ async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_tr
         "300 requests took {decisions} decisions in Redis; reserved cells should serve most"
     );
     // Every request counted (reserved cells are charged in Redis at once), give or
-    // take the little the window refilled meanwhile.
-    assert!(remaining[299] <= 1_000_000 - 301 + 30, "{}", remaining[299]);
+    // take what the window refilled while the test ran: one cell per 86.4 ms of the
+    // time it measured, plus the first request's.
+    let refilled = (started.elapsed().as_millis() as u64).div_ceil(86) + 2;
+    assert!(
+        remaining[299] <= 1_000_000 - 301 + refilled,
+        "{} (refilled at most {refilled})",
+        remaining[299]
+    );
     assert!(remaining
         .iter()
         .all(|r| *r >= 1_000_000 - 301 - MAX_RESERVED));

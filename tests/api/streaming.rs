@@ -1,8 +1,6 @@
 //! Bodies stream through both ways: 50 MB up and 50 MB down arrive whole (by hash),
 //! and Intercom's memory does not grow by the body size.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -13,26 +11,16 @@ const SIZE: u64 = 50 * 1024 * 1024;
 #[actix_web::test]
 async fn fifty_megabytes_each_way_without_buffering() {
     let upstream = TestUpstream::start("big");
-    let port = free_port();
-    let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("stream.toml");
-    std::fs::write(
-        &config,
+    // A separate process, so its memory is its own.
+    let (intercom, port, _) = serve_process(dir.path(), |port, admin_port| {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nworkers = 1\n\
              [[routes]]\nname = \"big\"\nprefix = \"/big\"\nupstreams = [\"{}\"]\nstrip_prefix = true\nmax_body_bytes = 104857600\n",
             upstream.url()
-        ),
-    )
-    .unwrap();
-    // A separate process, so its memory is its own.
-    let intercom = ChildProcess::spawn("intercom", intercom_binary(&config, &["serve"], &[]));
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "{}",
-        intercom.log_text()
-    );
+        )
+    })
+    .await;
     let client = test_client();
     let base = format!("http://127.0.0.1:{port}");
 

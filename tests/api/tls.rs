@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -121,11 +120,14 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
 
     // Swap the files: the next handshake presents the new certificate.
     let (_, _, new_der) = write_certificate(dir.path());
-    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
-    let (_, _, peer) = https_get(app.port, &new_der, &[&rustls::version::TLS13], "/svc")
-        .await
-        .unwrap();
-    assert_eq!(peer, new_der, "the reloaded certificate is not served");
+    assert!(
+        eventually(PATIENCE, async || {
+            let answer = https_get(app.port, &new_der, &[&rustls::version::TLS13], "/svc").await;
+            matches!(answer, Ok((_, _, peer)) if peer == new_der)
+        })
+        .await,
+        "the reloaded certificate is not served"
+    );
 
     let mut ready = app
         .client

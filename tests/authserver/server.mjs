@@ -221,6 +221,11 @@ provider.use(async (ctx, next) => {
     ctx.body = counts;
     return;
   }
+  if (ctx.path === '/__test/pid' && ctx.method === 'GET') {
+    // The harness checks that the server on its port is its own child.
+    ctx.body = { pid: process.pid };
+    return;
+  }
   if (ctx.path === '/__test/reset' && ctx.method === 'POST') {
     for (const k of Object.keys(counts)) counts[k] = 0;
     ctx.body = counts;
