@@ -103,12 +103,28 @@ impl SharedRedis {
             &'c mut MultiplexedConnection,
         ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
     {
+        self.run_within(name, self.timeout, op).await
+    }
+
+    /// As [`SharedRedis::run`], with a deadline of its own: for the few calls that move
+    /// more than a request's worth of data (loading the denylist).
+    pub async fn run_within<T, F>(
+        &self,
+        name: &'static str,
+        deadline: Duration,
+        op: F,
+    ) -> Result<T, RedisError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut MultiplexedConnection,
+        ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
+    {
         let now_ms = self.started.elapsed().as_millis() as u64;
         if now_ms < self.resting_until_ms.load(Ordering::Relaxed) {
             return Err(RedisError::Resting);
         }
         let started = Instant::now();
-        let result = with_deadline(self.timeout, async {
+        let result = with_deadline(deadline, async {
             let mut conn = self.connection().await?;
             op(&mut conn)
                 .await
@@ -182,6 +198,22 @@ impl SharedRedis {
     /// A client for a dedicated (pub/sub) connection.
     pub fn client(&self) -> &deadpool_redis::redis::Client {
         &self.client
+    }
+
+    /// Drops every kept connection, so the next calls make fresh ones: for when Redis is
+    /// known to have restarted (a dedicated connection to it broke and came back).
+    pub fn renew_connections(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long Redis is left alone after a failure.
+    pub fn retry_interval(&self) -> Duration {
+        self.retry_interval
+    }
+
+    /// The deadline of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// True unless the last call failed.

@@ -46,6 +46,23 @@ pub struct Settings {
     pub revocation: RevocationSettings,
     #[serde(default)]
     pub token_endpoint: TokenEndpointSettings,
+    /// What replicas that share Redis must agree on.
+    #[serde(default)]
+    pub replicas: ReplicasSettings,
+}
+
+/// Replicas sharing one Redis hash what they share (revocation ids, logout `jti`s, cache
+/// keys, rate-limit callers) under one key, so that a revocation announced by one is
+/// recognised by all, and nothing in Redis can be reversed to an identity.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasSettings {
+    /// Secret reference: the HMAC key every replica hashes shared ids under (required
+    /// with `[redis]`; without Redis each process draws its own).
+    pub shared_key: Option<String>,
+    /// Secret reference: a second key while `shared_key` rotates. Revocations are also
+    /// announced and stored under it, so replicas still on it recognise them.
+    pub rotation_shared_key: Option<String>,
 }
 
 /// `POST /token`: besides a bearer token, services may authenticate as clients here.
@@ -87,8 +104,6 @@ pub struct ExchangeCacheSettings {
     pub lock_ttl: Duration,
     /// Prefix of the Redis keys.
     pub key_prefix: String,
-    /// Secret reference: the key of the cache-key HMAC, shared by replicas (needed with Redis).
-    pub hmac_key: Option<String>,
     /// Secret reference: the AES-256-GCM key of Redis values (needed with Redis).
     pub encryption_key: Option<String>,
 }
@@ -103,7 +118,6 @@ impl Default for ExchangeCacheSettings {
             negative_ttl: Duration::from_secs(10),
             lock_ttl: Duration::from_secs(5),
             key_prefix: "intercom:x".into(),
-            hmac_key: None,
             encryption_key: None,
         }
     }
@@ -123,6 +137,10 @@ pub struct RevocationSettings {
     /// the longest lifetime of a token issued before the revocation.
     #[serde(with = "humantime_serde")]
     pub denylist_ttl: Duration,
+    /// A token issued up to this long after a revocation is still covered by it: the
+    /// AS's clock and this replica's differ a little.
+    #[serde(with = "humantime_serde")]
+    pub clock_leeway: Duration,
 }
 
 impl Default for RevocationSettings {
@@ -132,6 +150,7 @@ impl Default for RevocationSettings {
             backchannel_logout: true,
             channel: "intercom:revocations".into(),
             denylist_ttl: Duration::from_secs(3600),
+            clock_leeway: Duration::from_secs(1),
         }
     }
 }
@@ -695,6 +714,10 @@ pub struct RouteSettings {
     pub name: String,
     /// Path prefix, matched on whole segments of the canonical path.
     pub prefix: String,
+    /// Match `prefix` ignoring ASCII case, for upstreams that route that way (Express,
+    /// ASP.NET): `/API/Admin` then cannot slip past an `/api/admin` route.
+    #[serde(default)]
+    pub case_insensitive: bool,
     /// Only requests for this `Host` (port ignored) match, when set.
     #[serde(default)]
     pub host: Option<String>,
@@ -1293,8 +1316,11 @@ impl Settings {
         if let Some(password) = self.redis.as_ref().and_then(|r| r.password.as_ref()) {
             add("redis.password".into(), password)?;
         }
-        if let Some(key) = &self.exchange.hmac_key {
-            add("exchange.hmac_key".into(), key)?;
+        if let Some(key) = &self.replicas.shared_key {
+            add("replicas.shared_key".into(), key)?;
+        }
+        if let Some(key) = &self.replicas.rotation_shared_key {
+            add("replicas.rotation_shared_key".into(), key)?;
         }
         if let Some(key) = &self.exchange.encryption_key {
             add("exchange.encryption_key".into(), key)?;
@@ -1321,20 +1347,6 @@ impl Settings {
     fn validate_rate_limits(&self) -> Result<(), SettingsError> {
         for (tier, windows) in &self.rate_limit.tiers {
             validate_windows(&format!("rate_limit.tiers.{tier}"), windows)?;
-        }
-        let exchanges = self.routes.iter().any(|r| r.exchange.is_some());
-        if exchanges && self.redis.is_some() {
-            for (key, value) in [
-                ("exchange.hmac_key", &self.exchange.hmac_key),
-                ("exchange.encryption_key", &self.exchange.encryption_key),
-            ] {
-                if value.is_none() {
-                    return Err(SettingsError::new(
-                        key,
-                        "is required with [redis]: replicas share cache keys and encrypt what they store",
-                    ));
-                }
-            }
         }
         if !(0.0..1.0).contains(&self.exchange.refresh_ahead) || self.exchange.refresh_ahead == 0.0
         {
@@ -1382,6 +1394,25 @@ impl Settings {
             }
             positive("redis.timeout", redis.timeout)?;
             positive("redis.retry_interval", redis.retry_interval)?;
+        }
+        if self.redis.is_some() && self.replicas.shared_key.is_none() {
+            return Err(SettingsError::new(
+                "replicas.shared_key",
+                "is required with [redis]: replicas hash revocation ids, logout ids, cache keys and rate-limit callers under one shared key",
+            ));
+        }
+        if self.replicas.rotation_shared_key.is_some() && self.replicas.shared_key.is_none() {
+            return Err(SettingsError::new(
+                "replicas.rotation_shared_key",
+                "needs replicas.shared_key",
+            ));
+        }
+        let exchanges = self.routes.iter().any(|r| r.exchange.is_some());
+        if exchanges && self.redis.is_some() && self.exchange.encryption_key.is_none() {
+            return Err(SettingsError::new(
+                "exchange.encryption_key",
+                "is required with [redis]: replicas encrypt what they store",
+            ));
         }
         Ok(())
     }

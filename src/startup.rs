@@ -42,7 +42,7 @@ use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
-use crate::revoke::Revoker;
+use crate::revoke::{Evicts, Revoker};
 use crate::secrets::file::FileStore;
 use crate::secrets::registry::SecretCell;
 use crate::secrets::registry::SecretRegistry;
@@ -564,22 +564,28 @@ impl Application {
         let readiness = Arc::new(Readiness::default());
         let secrets = build_secrets(&settings, &readiness).await?;
         let redis = build_redis(&settings, &readiness, &secrets)?;
-        let hasher = match stored(&secrets, &settings.exchange.hmac_key) {
+        let hasher = match stored(&secrets, &settings.replicas.shared_key) {
             Some(cell) => SharedHasher::new(&cell.current()),
             None => SharedHasher::random(),
         };
+        let rotation = stored(&secrets, &settings.replicas.rotation_shared_key)
+            .map(|cell| SharedHasher::new(&cell.current()));
         let mut edge = build_edge(&settings, &readiness, &secrets, &hasher, redis.as_ref()).await?;
         let injections = build_injections(&settings, &secrets, edge.as_ref())?;
-        let limiter = RateLimiter::new(&settings, redis.clone());
+        let limiter = RateLimiter::new(&settings, redis.clone(), hasher.clone());
         let downstream =
             build_downstream(&settings, &secrets, &hasher, redis.as_ref(), edge.as_mut());
         let revoker = edge.as_ref().map(|e| {
             let revoker = Revoker::new(
                 &settings,
                 hasher.clone(),
-                downstream.as_ref().map(|d| d.cache.clone()),
-                Some(e.edge.clone()),
+                rotation.clone(),
+                Evicts {
+                    exchange: downstream.as_ref().map(|d| d.cache.clone()),
+                    edge: Some(e.edge.clone()),
+                },
                 redis.clone(),
+                readiness.clone(),
             );
             revoker.spawn_listener();
             revoker

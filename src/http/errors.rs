@@ -46,6 +46,10 @@ pub enum ApiError {
     RateLimited { retry_after: u64 },
     #[error("the rate limiter cannot decide right now")]
     RateLimiterUnavailable,
+    /// Applied on this replica, but Redis did not take it yet: it is queued and retried,
+    /// and the sender (the AS) should retry too.
+    #[error("the revocation is applied here but not yet shared with the other replicas")]
+    RevocationNotShared,
     #[error("an internal error occurred")]
     Internal,
     /// An answer built by a library layer (e.g. a CORS refusal), re-dressed.
@@ -120,6 +124,11 @@ impl ApiError {
                 "rate-limiter-unavailable",
                 "Rate limiter unavailable",
             ),
+            RevocationNotShared => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation-not-shared",
+                "Revocation not shared yet",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -175,7 +184,8 @@ impl ApiError {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
             ApiError::NoHealthyUpstream
             | ApiError::AuthServerUnavailable(_)
-            | ApiError::RateLimiterUnavailable => Some(5),
+            | ApiError::RateLimiterUnavailable
+            | ApiError::RevocationNotShared => Some(5),
             _ => None,
         }
     }

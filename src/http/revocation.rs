@@ -92,7 +92,12 @@ pub async fn admin_revoke(
     }
     let target = body.into_inner().target().map_err(|e| e.at(&req))?;
     let revoked = state.revoker.revoke(target, "admin").await;
-    Ok(HttpResponse::Ok()
+    // 202 while the revocation waits in the queue for Redis: applied here, shared later.
+    let mut answer = match revoked.queued {
+        true => HttpResponse::Accepted(),
+        false => HttpResponse::Ok(),
+    };
+    Ok(answer
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(revoked))
 }
@@ -113,17 +118,26 @@ pub async fn backchannel_logout(
         .verify(&form.logout_token)
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()).at(&req))?;
-    if let Some(sub) = logout.sub {
-        state
+    let mut queued = false;
+    if let Some(sub) = logout.sub.clone() {
+        queued |= state
             .revoker
             .revoke(Target::One(Kind::Sub, sub), "backchannel_logout")
-            .await;
+            .await
+            .queued;
     }
-    if let Some(sid) = logout.sid {
-        state
+    if let Some(sid) = logout.sid.clone() {
+        queued |= state
             .revoker
             .revoke(Target::One(Kind::Sid, sid), "backchannel_logout")
-            .await;
+            .await
+            .queued;
+    }
+    // Not shared yet: a 5xx makes the AS send the logout again (OIDC BCL §2.8), and
+    // its retry must not count as a replay.
+    if queued {
+        verifier.forget(&logout.jti_id).await;
+        return Err(ApiError::RevocationNotShared.at(&req));
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -170,11 +184,14 @@ pub async fn revoke_passthrough(
         .unwrap_or("application/json")
         .to_string();
     let bytes = answer.bytes().await.unwrap_or_default();
-    if status.is_success() {
-        state
+    if status.is_success()
+        && state
             .revoker
             .revoke(Target::One(Kind::Token, form.token), "rfc7009")
-            .await;
+            .await
+            .queued
+    {
+        return Err(ApiError::RevocationNotShared.at(&req));
     }
     let status = actix_web::http::StatusCode::from_u16(status.as_u16())
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);

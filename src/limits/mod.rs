@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
-use sha2::{Digest, Sha256};
 
+use crate::cache::shared_hash::SharedHasher;
 use crate::redis::SharedRedis;
 use crate::settings::{OnRedisError, Settings};
 use gcra::{Ask, Verdict, WindowState};
@@ -57,11 +57,18 @@ pub struct RateLimiter {
     /// Cells reserved in Redis for this replica's next requests, per caller.
     leases: Leases,
     replicas: u64,
+    /// Callers are keyed hashes under the replicas' shared key: an address or an id in
+    /// a Redis key cannot be found again by hashing candidates.
+    hasher: SharedHasher,
 }
 
 impl RateLimiter {
     /// The limiter, or `None` when no route is limited.
-    pub fn new(settings: &Settings, redis: Option<Arc<SharedRedis>>) -> Option<Arc<Self>> {
+    pub fn new(
+        settings: &Settings,
+        redis: Option<Arc<SharedRedis>>,
+        hasher: SharedHasher,
+    ) -> Option<Arc<Self>> {
         let routes: Vec<Option<RoutePolicy>> = settings
             .routes
             .iter()
@@ -83,6 +90,7 @@ impl RateLimiter {
             prefix: settings.rate_limit.key_prefix.clone(),
             leases: Leases::default(),
             replicas: u64::from(settings.rate_limit.replicas),
+            hasher,
         });
         limiter.spawn_local_cleanup();
         Some(limiter)
@@ -100,8 +108,11 @@ impl RateLimiter {
         caller: Caller<'_>,
     ) -> Result<Decision, LimiterUnavailable> {
         let (tier, hashed) = match caller {
-            Caller::Identity { id, tier } => (policy.tier_for(tier), hash_caller("id", id)),
-            Caller::Address(ip) => (policy.anonymous(), hash_caller("ip", &ip.to_string())),
+            Caller::Identity { id, tier } => (policy.tier_for(tier), self.hash_caller("id", id)),
+            Caller::Address(ip) => (
+                policy.anonymous(),
+                self.hash_caller("ip", &anonymous_network(ip)),
+            ),
         };
         let verdict = match &self.redis {
             Some(redis) => {
@@ -217,17 +228,30 @@ impl HashedCaller {
     }
 }
 
-fn hash_caller(kind: &str, id: &str) -> HashedCaller {
-    let digest: [u8; 32] = Sha256::new()
-        .chain_update(b"intercom-rate-limit\0")
-        .chain_update(kind)
-        .chain_update(b"\0")
-        .chain_update(id)
-        .finalize()
-        .into();
-    HashedCaller {
-        digest,
-        short: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
+impl RateLimiter {
+    fn hash_caller(&self, kind: &str, id: &str) -> HashedCaller {
+        let digest = self
+            .hasher
+            .hash(&[b"rate-limit", kind.as_bytes(), id.as_bytes()]);
+        HashedCaller {
+            digest,
+            short: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// What an anonymous caller is counted as: its IPv4 address, or its IPv6 /64 (one
+/// host's or one customer's network hands out any number of addresses within it).
+pub fn anonymous_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -294,14 +318,53 @@ pub fn ceil_secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn callers_are_hashed_apart_by_kind_and_never_kept_raw() {
-        let a = hash_caller("id", "alice");
-        let b = hash_caller("ip", "alice");
+    fn limiter(key: &str) -> Arc<RateLimiter> {
+        let mut settings: Settings = crate::settings::Settings::load(
+            std::path::Path::new("/nonexistent"),
+            None,
+            &Vec::<(String, String)>::new(),
+        )
+        .expect("the defaults load");
+        settings.routes = vec![serde_json::from_value(serde_json::json!({
+            "name": "r", "prefix": "/r", "upstreams": ["http://127.0.0.1:1"], "rate_limit": {}
+        }))
+        .expect("a route")];
+        settings.rate_limit.tiers.insert(
+            "free".into(),
+            serde_json::from_value(serde_json::json!([{ "requests": 1, "per": "1s" }])).unwrap(),
+        );
+        RateLimiter::new(
+            &settings,
+            None,
+            SharedHasher::new(&crate::secrets::Secret::new(key)),
+        )
+        .expect("a limited route")
+    }
+
+    #[actix_web::test]
+    async fn callers_are_keyed_hashes_apart_by_kind_and_never_kept_raw() {
+        let limiter = limiter("k1");
+        let a = limiter.hash_caller("id", "alice");
+        let b = limiter.hash_caller("ip", "alice");
         assert_ne!(a.hex(), b.hex());
         assert_eq!(a.hex().len(), 32);
         assert!(!a.hex().contains("alice"));
-        assert_eq!(a.hex(), hash_caller("id", "alice").hex());
+        assert_eq!(a.hex(), limiter.hash_caller("id", "alice").hex());
+        // Under another key the same caller is another hash: without the key, hashing
+        // every IPv4 address does not find one.
+        assert_ne!(
+            a.hex(),
+            self::limiter("k2").hash_caller("id", "alice").hex()
+        );
+    }
+
+    #[test]
+    fn anonymous_ipv6_callers_count_per_64() {
+        let net = |s: &str| anonymous_network(s.parse().unwrap());
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(net("192.0.2.7"), "192.0.2.7");
     }
 
     #[test]

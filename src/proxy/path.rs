@@ -3,7 +3,11 @@
 //! The upstream must see exactly the path that was matched, so anything whose meaning a
 //! server behind us might read differently is refused rather than guessed at: dot
 //! segments in any encoding, encoded separators, backslashes, double encoding, control
-//! characters and invalid (including overlong) UTF-8. Empty segments (`//`) collapse.
+//! characters and invalid (including overlong) UTF-8; path parameters (`;`, which
+//! servlet containers cut off: `/api/admin;x/users` is `/api/admin/users` to Tomcat);
+//! segments ending in a dot or whitespace (which IIS and .NET trim); and characters
+//! whose compatibility form (NFKC) is a separator, a dot segment or a `;` (full-width
+//! and other look-alikes). Empty segments (`//`) collapse.
 
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 
@@ -26,6 +30,12 @@ pub enum PathError {
     DotSegment,
     #[error("the path is encoded more than once")]
     DoubleEncoded,
+    #[error("the path holds a ';' (a path parameter)")]
+    Parameter,
+    #[error("a path segment ends in a dot or whitespace")]
+    TrailingDot,
+    #[error("the path holds a look-alike of '/', '\\', '.' or ';'")]
+    LookAlike,
 }
 
 /// Characters re-encoded when the canonical path is forwarded: everything outside
@@ -47,8 +57,11 @@ const PATH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// Look-alikes of '.' that some servers fold to it (NFKC).
-const DOT_LOOKALIKES: [char; 3] = ['\u{FF0E}', '\u{2024}', '\u{FE52}'];
+/// Look-alikes that NFKC does not fold but some servers (and filesystems) still read
+/// as a separator.
+const SLASH_LOOKALIKES: [char; 6] = [
+    '\u{2215}', '\u{2044}', '\u{29F8}', '\u{2216}', '\u{29F5}', '\u{29F9}',
+];
 
 /// Decodes and checks `raw` (the path as received, without the query) and returns the
 /// canonical, decoded path.
@@ -89,16 +102,7 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(decoded.len());
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
     for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        // `..;x` is `..` to servlet containers; `.` look-alikes are dots to some others.
-        let bare = segment.split(';').next().unwrap_or("");
-        let folded: String = bare
-            .chars()
-            .map(|c| if DOT_LOOKALIKES.contains(&c) { '.' } else { c })
-            .collect();
-        let trimmed = folded.trim_end_matches([' ', '\t']);
-        if trimmed == "." || trimmed == ".." || bare.is_empty() && segment.starts_with(';') {
-            return Err(PathError::DotSegment);
-        }
+        check_segment(segment)?;
         out.push('/');
         out.push_str(segment);
     }
@@ -106,6 +110,41 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Refuses a decoded segment that an upstream might read as something else.
+fn check_segment(segment: &str) -> Result<(), PathError> {
+    // Non-ASCII text is judged by its compatibility form: `．．` is `..`, `／` is `/`.
+    let folded: std::borrow::Cow<str> = if segment.is_ascii() {
+        segment.into()
+    } else {
+        use unicode_normalization::UnicodeNormalization;
+        if segment.chars().any(|c| SLASH_LOOKALIKES.contains(&c)) {
+            return Err(PathError::LookAlike);
+        }
+        let nfkc: String = segment.nfkc().collect();
+        if nfkc.contains(['/', '\\', ';']) || nfkc.chars().any(char::is_control) {
+            return Err(PathError::LookAlike);
+        }
+        nfkc.into()
+    };
+    let trimmed = folded.trim_end_matches(char::is_whitespace);
+    if trimmed == "." || trimmed == ".." {
+        return Err(PathError::DotSegment);
+    }
+    if segment.contains(';') {
+        // `..;x` is `..`, and `admin;x` is `admin`, to servlet containers.
+        let bare = segment.split(';').next().unwrap_or("");
+        return Err(if matches!(bare.trim_end(), "." | "..") {
+            PathError::DotSegment
+        } else {
+            PathError::Parameter
+        });
+    }
+    if folded.ends_with('.') || folded.ends_with(char::is_whitespace) {
+        return Err(PathError::TrailingDot);
+    }
+    Ok(())
 }
 
 /// True if the bytes still hold a `%XX` escape (the raw path was encoded twice).
@@ -120,15 +159,21 @@ pub fn encode(canonical: &str) -> String {
     utf8_percent_encode(canonical, PATH_ENCODE).to_string()
 }
 
-/// True if `path` is `prefix` or lies below it, on whole segments.
-pub fn is_under(path: &str, prefix: &str) -> bool {
+/// True if `path` is `prefix` or lies below it, on whole segments; with
+/// `ignore_case`, ASCII letters match either case (for upstreams that route so).
+pub fn is_under(path: &str, prefix: &str, ignore_case: bool) -> bool {
     if prefix == "/" {
         return true;
     }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = match ignore_case {
+        true => head.eq_ignore_ascii_case(prefix),
+        false => head == prefix,
+    };
+    let rest = &path[prefix.len()..];
+    same && (rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -170,10 +215,40 @@ mod tests {
     }
 
     #[test]
+    fn what_upstreams_read_differently_is_refused() {
+        for raw in [
+            "/api/admin;x/users",
+            "/api/admin%3Bx/users",
+            "/api/admin%3bx/users",
+            "/api/admin;/users",
+            "/api/admin./users",
+            "/api/admin%2E/users",
+            "/api/admin%20/users",
+            "/api/admin%09/users",
+            "/api/admin%E3%80%80/users",
+            "/api%EF%BC%8Fadmin/users",
+            "/api%E2%88%95admin/users",
+            "/api%EF%BC%BCadmin/users",
+            "/api%EF%B9%A8admin/users",
+            "/api/admin%EF%BC%9Bx/users",
+            "/api/admin%00/users",
+            "/api/%EF%BC%8E%EF%BC%8E/admin",
+        ] {
+            assert!(canonicalize(raw).is_err(), "{raw} was accepted");
+        }
+        assert_eq!(canonicalize("/api/v1.2/x").unwrap(), "/api/v1.2/x");
+        assert_eq!(canonicalize("/caf%C3%A9/x").unwrap(), "/café/x");
+    }
+
+    #[test]
     fn prefix_matching_is_by_segment() {
-        assert!(is_under("/api", "/api"));
-        assert!(is_under("/api/x", "/api"));
-        assert!(!is_under("/apix", "/api"));
-        assert!(is_under("/anything", "/"));
+        assert!(is_under("/api", "/api", false));
+        assert!(is_under("/api/x", "/api", false));
+        assert!(!is_under("/apix", "/api", false));
+        assert!(is_under("/anything", "/", false));
+        assert!(!is_under("/API/x", "/api", false));
+        assert!(is_under("/API/x", "/api", true));
+        assert!(!is_under("/APIx", "/api", true));
+        assert!(!is_under("/é", "/ab", true));
     }
 }

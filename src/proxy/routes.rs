@@ -29,6 +29,8 @@ pub struct Route {
     pub index: usize,
     pub name: Arc<str>,
     pub prefix: String,
+    /// Match the prefix ignoring ASCII case (Express, ASP.NET upstreams route so).
+    pub ignore_case: bool,
     pub host: Option<String>,
     pub methods: Vec<Method>,
     pub upstreams: Arc<Upstreams>,
@@ -90,6 +92,7 @@ impl RouteTable {
                     index,
                     name: Arc::from(r.name.as_str()),
                     prefix: r.prefix.clone(),
+                    ignore_case: r.case_insensitive,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods: r
                         .methods
@@ -141,7 +144,7 @@ impl RouteTable {
                     continue;
                 }
             }
-            if !is_under(path, &route.prefix) {
+            if !is_under(path, &route.prefix, route.ignore_case) {
                 continue;
             }
             if route.methods.is_empty() || route.methods.contains(method) {
@@ -196,6 +199,7 @@ mod tests {
         RouteSettings {
             name: name.into(),
             prefix: prefix.into(),
+            case_insensitive: false,
             host: None,
             methods: vec![],
             upstreams: vec!["http://127.0.0.1:1".into()],

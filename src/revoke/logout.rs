@@ -31,6 +31,9 @@ pub enum LogoutError {
 pub struct Logout {
     pub sub: Option<String>,
     pub sid: Option<String>,
+    /// The hashed `jti`, to forget it when the logout could not be shared (the AS then
+    /// sends the same token again, and that must not count as a replay).
+    pub jti_id: String,
 }
 
 /// Verifies logout tokens.
@@ -99,19 +102,39 @@ impl LogoutVerifier {
             return Err(LogoutError::Claim("sub or sid"));
         }
         let jti = text("jti").ok_or(LogoutError::Claim("jti"))?;
-        self.first_use(&jti).await?;
-        Ok(Logout { sub, sid })
+        let jti_id = self.first_use(&jti).await?;
+        Ok(Logout { sub, sid, jti_id })
     }
 
-    /// Records the `jti`; refuses one seen before (here, or by another replica).
-    async fn first_use(&self, jti: &str) -> Result<(), LogoutError> {
+    /// Forgets a recorded `jti` (here, and in Redis when it answers).
+    pub async fn forget(&self, jti_id: &str) {
+        self.seen.invalidate(jti_id);
+        if let Some(redis) = &self.redis {
+            let key = format!("{}:{jti_id}", self.replay_prefix);
+            let _ = redis
+                .run("logout_jti", move |conn| {
+                    async move {
+                        deadpool_redis::redis::cmd("DEL")
+                            .arg(&key)
+                            .query_async::<()>(conn)
+                            .await
+                    }
+                    .boxed()
+                })
+                .await;
+        }
+    }
+
+    /// Records the `jti` and returns its hash; refuses one seen before (here, or by
+    /// another replica).
+    async fn first_use(&self, jti: &str) -> Result<String, LogoutError> {
         let id = hex(&self.hasher.hash(&[b"logout-jti", jti.as_bytes()]));
         if self.seen.contains_key(&id) {
             return Err(LogoutError::Replayed);
         }
         self.seen.insert(id.clone(), ());
         let Some(redis) = &self.redis else {
-            return Ok(());
+            return Ok(id);
         };
         let key = format!("{}:{id}", self.replay_prefix);
         let ttl = MAX_AGE + 2 * self.leeway.as_secs();
@@ -134,7 +157,7 @@ impl LogoutVerifier {
         match first {
             Ok(false) => Err(LogoutError::Replayed),
             // Redis failing: the local record is what we have.
-            _ => Ok(()),
+            _ => Ok(id),
         }
     }
 }

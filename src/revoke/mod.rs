@@ -5,11 +5,16 @@
 //! lifetime, so tokens issued before the revocation are refused even where they are
 //! still cached or validated locally. Everything travels hashed (see
 //! [`crate::cache::shared_hash`]); no identity reaches Redis.
+//!
+//! The denylist is one sorted set (members `kind:id`, scores the revocation time), so a
+//! replica loads it whole in one call. An announcement Redis does not take is queued
+//! and retried until it is shared; callers learn it was not shared yet (`queued`).
 
 pub mod logout;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -19,6 +24,7 @@ use crate::broker::edge::EdgeAuthenticator;
 use crate::broker::{now_secs, Principal};
 use crate::cache::shared_hash::{hex, unhex, Hash, SharedHasher};
 use crate::cache::tiered::TieredCache;
+use crate::http::health::{DependencyState, Readiness};
 use crate::redis::SharedRedis;
 use crate::settings::Settings;
 
@@ -93,13 +99,14 @@ pub enum Target {
     Everything,
 }
 
-/// The message every replica hears.
-#[derive(Debug, Serialize, Deserialize)]
+/// The message every replica hears: the id under every shared key the sender holds
+/// (two while the key rotates), so replicas on either key recognise it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Announcement {
     /// `None` for everything.
     kind: Option<Kind>,
     #[serde(default)]
-    id: Option<String>,
+    ids: Vec<String>,
     at: u64,
     origin: String,
 }
@@ -112,47 +119,74 @@ pub struct Revoked {
     pub shared_entries_evicted: usize,
     /// Whether other replicas were told (false without Redis, or while it fails).
     pub announced: bool,
+    /// Redis failed: the announcement waits in this replica's queue and is retried
+    /// until it is shared.
+    pub queued: bool,
 }
 
 /// Revokes, and keeps the denylist.
 pub struct Revoker {
     hasher: SharedHasher,
+    /// The other shared key during a rotation: revocations are announced under it too.
+    rotation: Option<SharedHasher>,
     denylist: moka::sync::Cache<(Kind, String), u64>,
     /// Spares the hot path its lookups until anything was ever revoked.
     ever_denied: AtomicBool,
     ttl: Duration,
+    /// A token issued this long after a revocation is still covered by it (the AS's
+    /// clock and ours differ a little).
+    leeway: u64,
     exchange: Option<Arc<TieredCache>>,
     edge: Option<Arc<EdgeAuthenticator>>,
     redis: Option<Arc<SharedRedis>>,
+    readiness: Arc<Readiness>,
     channel: String,
-    deny_prefix: String,
+    /// The sorted set of the denylist: members `kind:id`, scores the revocation time.
+    deny_key: String,
     origin: String,
+    /// Announcements Redis did not take yet, oldest first.
+    pending: Mutex<VecDeque<Announcement>>,
 }
 
+/// The memory tiers a revocation evicts from.
+pub struct Evicts {
+    pub exchange: Option<Arc<TieredCache>>,
+    pub edge: Option<Arc<EdgeAuthenticator>>,
+}
+
+/// The longest a queue of unshared announcements grows; past it the oldest are dropped
+/// with an error log (Redis has been gone for a long while by then).
+const MAX_PENDING: usize = 100_000;
+
 impl Revoker {
-    /// `exchange` and `edge` are the memory tiers it evicts from.
+    /// `rotation` is the second shared key while one rotates.
     pub fn new(
         settings: &Settings,
         hasher: SharedHasher,
-        exchange: Option<Arc<TieredCache>>,
-        edge: Option<Arc<EdgeAuthenticator>>,
+        rotation: Option<SharedHasher>,
+        evicts: Evicts,
         redis: Option<Arc<SharedRedis>>,
+        readiness: Arc<Readiness>,
     ) -> Arc<Self> {
         let ttl = settings.revocation.denylist_ttl;
         Arc::new(Self {
             hasher,
+            rotation,
             denylist: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
                 .build(),
             ever_denied: AtomicBool::new(false),
             ttl,
-            exchange,
-            edge,
+            leeway: settings.revocation.clock_leeway.as_secs(),
+            exchange: evicts.exchange,
+            edge: evicts.edge,
             redis,
+            readiness,
             channel: settings.revocation.channel.clone(),
-            deny_prefix: format!("{}:deny", settings.exchange.key_prefix),
+            deny_key: format!("{}:denylist", settings.exchange.key_prefix),
             origin: uuid::Uuid::new_v4().to_string(),
+            pending: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -160,8 +194,9 @@ impl Revoker {
         &self.hasher
     }
 
-    /// True when a revocation at or after the token's `iat` covers one of its ids (a
-    /// token without `iat` counts as issued before).
+    /// True when a revocation covers one of the token's ids and the token was issued
+    /// before it, or within the clock leeway after it (a token without `iat` counts as
+    /// issued before).
     pub fn is_denied(&self, ids: &Ids, iat: Option<u64>) -> bool {
         if !self.ever_denied.load(Ordering::Relaxed) {
             return false;
@@ -171,7 +206,7 @@ impl Revoker {
             ids.get(*kind).is_some_and(|id| {
                 self.denylist
                     .get(&(*kind, id.to_string()))
-                    .is_some_and(|at| at >= issued)
+                    .is_some_and(|at| at.saturating_add(self.leeway) >= issued)
             })
         })
     }
@@ -187,41 +222,74 @@ impl Revoker {
     /// Revokes `target` everywhere; `source` labels the metric.
     pub async fn revoke(&self, target: Target, source: &'static str) -> Revoked {
         let at = now_secs();
-        let (kind, id) = match &target {
+        let (kind, ids) = match &target {
             Target::One(kind, value) => {
-                (Some(*kind), Some(hex(&id_hash(&self.hasher, *kind, value))))
+                let ids = std::iter::once(&self.hasher)
+                    .chain(&self.rotation)
+                    .map(|hasher| hex(&id_hash(hasher, *kind, value)))
+                    .collect();
+                (Some(*kind), ids)
             }
-            Target::Everything => (None, None),
+            Target::Everything => (None, Vec::new()),
         };
         metrics::counter!("intercom_revocations_total", "source" => source, "kind" => kind.map_or("everything", Kind::label))
             .increment(1);
-        self.apply(kind, id.as_deref(), at).await;
-        let shared_entries_evicted = match (&self.exchange, kind, &id) {
-            (Some(cache), Some(kind), Some(id)) => cache.evict_shared(kind, id).await,
-            (Some(cache), None, _) => cache.clear_shared().await,
-            _ => 0,
+        self.apply(kind, &ids, at).await;
+        let mut shared_entries_evicted = 0;
+        if let Some(cache) = &self.exchange {
+            match kind {
+                Some(kind) => {
+                    for id in &ids {
+                        shared_entries_evicted += cache.evict_shared(kind, id).await;
+                    }
+                }
+                None => shared_entries_evicted = cache.clear_shared().await,
+            }
+        }
+        let message = Announcement {
+            kind,
+            ids,
+            at,
+            origin: self.origin.clone(),
         };
-        let announced = self.announce(kind, id, at).await;
+        let (announced, queued) = match &self.redis {
+            None => (false, false),
+            // Older announcements first, so a replica never hears them out of order.
+            Some(_) if self.has_pending() => {
+                self.queue(message);
+                (false, true)
+            }
+            Some(_) => match self.announce(&message).await {
+                true => (true, false),
+                false => {
+                    self.queue(message);
+                    (false, true)
+                }
+            },
+        };
         Revoked {
             kind: kind.map_or("everything", Kind::label),
             shared_entries_evicted,
             announced,
+            queued,
         }
     }
 
     /// The local part: denylist, exchange memory tier, edge cache.
-    async fn apply(&self, kind: Option<Kind>, id: Option<&str>, at: u64) {
-        match (kind, id) {
-            (Some(kind), Some(id)) => {
-                self.deny(kind, id, at);
-                if let Some(cache) = &self.exchange {
-                    cache.evict_local(kind, id);
-                }
-                if let Some(edge) = &self.edge {
-                    edge.evict(kind, id);
+    async fn apply(&self, kind: Option<Kind>, ids: &[String], at: u64) {
+        match kind {
+            Some(kind) => {
+                for id in ids {
+                    self.deny(kind, id, at);
+                    if let Some(cache) = &self.exchange {
+                        cache.evict_local(kind, id);
+                    }
+                    if let Some(edge) = &self.edge {
+                        edge.evict(kind, id);
+                    }
                 }
             }
-            _ => {
+            None => {
                 if let Some(cache) = &self.exchange {
                     cache.clear_local();
                 }
@@ -232,30 +300,58 @@ impl Revoker {
         }
     }
 
-    /// Stores the denylist entry and publishes the revocation.
-    async fn announce(&self, kind: Option<Kind>, id: Option<String>, at: u64) -> bool {
+    fn has_pending(&self) -> bool {
+        !self.pending.lock().expect("never poisoned").is_empty()
+    }
+
+    fn queue(&self, message: Announcement) {
+        let mut pending = self.pending.lock().expect("never poisoned");
+        if pending.len() >= MAX_PENDING {
+            pending.pop_front();
+            tracing::error!("revocation queue full: the oldest unshared revocation is dropped");
+        }
+        pending.push_back(message);
+        metrics::gauge!("intercom_revocations_pending").set(pending.len() as f64);
+    }
+
+    /// Stores the denylist entries and publishes the revocation; false when Redis did not
+    /// take it.
+    async fn announce(&self, message: &Announcement) -> bool {
         let Some(redis) = &self.redis else {
             return false;
         };
-        let message = Announcement {
-            kind,
-            id: id.clone(),
-            at,
-            origin: self.origin.clone(),
-        };
-        let payload = serde_json::to_string(&message).expect("announcements serialize");
+        let payload = serde_json::to_string(message).expect("announcements serialize");
         let channel = self.channel.clone();
-        let deny_key = match (kind, &id) {
-            (Some(kind), Some(id)) => Some(format!("{}:{}:{id}", self.deny_prefix, kind.label())),
-            _ => None,
+        let members: Vec<String> = match message.kind {
+            Some(kind) => message
+                .ids
+                .iter()
+                .map(|id| format!("{}:{id}", kind.label()))
+                .collect(),
+            None => Vec::new(),
         };
-        let ttl = self.ttl.as_secs().max(1);
+        let deny_key = self.deny_key.clone();
+        let (at, ttl) = (message.at, self.ttl.as_secs().max(1));
         redis
             .run("revoke_announce", move |conn| {
                 async move {
                     let mut pipe = deadpool_redis::redis::pipe();
-                    if let Some(key) = &deny_key {
-                        pipe.cmd("SET").arg(key).arg(at).arg("EX").arg(ttl).ignore();
+                    for member in &members {
+                        // GT: a later revocation of the same id is never moved back.
+                        pipe.cmd("ZADD")
+                            .arg(&deny_key)
+                            .arg("GT")
+                            .arg(at)
+                            .arg(member)
+                            .ignore();
+                    }
+                    if !members.is_empty() {
+                        pipe.cmd("ZREMRANGEBYSCORE")
+                            .arg(&deny_key)
+                            .arg("-inf")
+                            .arg(format!("({}", now_secs().saturating_sub(ttl)))
+                            .ignore();
+                        pipe.cmd("EXPIRE").arg(&deny_key).arg(ttl).ignore();
                     }
                     pipe.cmd("PUBLISH").arg(&channel).arg(&payload).ignore();
                     pipe.query_async::<()>(conn).await
@@ -266,14 +362,52 @@ impl Revoker {
             .is_ok()
     }
 
-    /// Listens for other replicas' revocations, reconnecting after failures, and loads
-    /// the stored denylist on every (re)connection so nothing missed meanwhile is lost.
+    /// Shares queued announcements, oldest first, until Redis takes them all.
+    async fn flush_pending(&self) {
+        loop {
+            let next = self
+                .pending
+                .lock()
+                .expect("never poisoned")
+                .front()
+                .cloned();
+            let Some(message) = next else { return };
+            if !self.announce(&message).await {
+                return;
+            }
+            let mut pending = self.pending.lock().expect("never poisoned");
+            pending.pop_front();
+            metrics::gauge!("intercom_revocations_pending").set(pending.len() as f64);
+        }
+    }
+
+    /// Listens for other replicas' revocations, reconnecting after failures; loads the
+    /// stored denylist on every (re)connection, retried until it loads, so nothing
+    /// missed meanwhile is lost; and shares what is queued.
     pub fn spawn_listener(self: &Arc<Self>) {
         let Some(redis) = self.redis.clone() else {
             return;
         };
+        self.readiness.report(
+            "denylist",
+            DependencyState::Degraded,
+            false,
+            Some("not loaded from Redis yet".into()),
+        );
         let me = Arc::downgrade(self);
+        let retry = redis.retry_interval();
+        tokio::spawn({
+            let me = me.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(retry).await;
+                    let Some(this) = me.upgrade() else { return };
+                    this.flush_pending().await;
+                }
+            }
+        });
         tokio::spawn(async move {
+            let mut first = true;
             loop {
                 let Some(this) = me.upgrade() else { return };
                 let client = redis.client().clone();
@@ -282,8 +416,16 @@ impl Revoker {
                 match client.get_async_pubsub().await {
                     Ok(mut pubsub) => {
                         if pubsub.subscribe(&channel).await.is_ok() {
-                            if let Some(this) = me.upgrade() {
-                                this.load_denylist().await;
+                            if !std::mem::take(&mut first) {
+                                // Back after a break: kept connections may be dead ones.
+                                redis.renew_connections();
+                            }
+                            while let Some(this) = me.upgrade() {
+                                if this.load_denylist().await {
+                                    break;
+                                }
+                                drop(this);
+                                tokio::time::sleep(retry).await;
                             }
                             let mut messages = pubsub.on_message();
                             while let Some(message) = messages.next().await {
@@ -295,12 +437,21 @@ impl Revoker {
                             }
                         }
                         tracing::warn!("revocation channel closed; reconnecting");
+                        if let Some(this) = me.upgrade() {
+                            // Announcements may be missed until it is back and reloaded.
+                            this.readiness.report(
+                                "denylist",
+                                DependencyState::Degraded,
+                                false,
+                                Some("the revocation channel is reconnecting".into()),
+                            );
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot listen for revocations; retrying");
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(retry).await;
             }
         });
     }
@@ -313,43 +464,59 @@ impl Revoker {
         if message.origin == self.origin {
             return;
         }
-        if let Some(id) = &message.id {
-            if unhex(id).is_none() {
-                return;
-            }
+        if message.ids.iter().any(|id| unhex(id).is_none()) {
+            return;
         }
-        self.apply(message.kind, message.id.as_deref(), message.at)
-            .await;
+        self.apply(message.kind, &message.ids, message.at).await;
     }
 
-    /// Reads the stored denylist entries into memory.
-    async fn load_denylist(&self) {
-        let Some(redis) = &self.redis else { return };
-        let pattern = format!("{}:*", self.deny_prefix);
-        let found: Result<Vec<(String, Option<u64>)>, _> = redis
-            .run("denylist_load", move |conn| {
+    /// Reads the stored denylist into memory in one call (with a deadline of its own,
+    /// since it may be large); true once it loaded. Readiness shows the denylist
+    /// `degraded` until then.
+    async fn load_denylist(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let key = self.deny_key.clone();
+        let since = now_secs().saturating_sub(self.ttl.as_secs());
+        let deadline = (redis.timeout() * 20).max(Duration::from_secs(2));
+        let found: Result<Vec<(String, u64)>, _> = redis
+            .run_within("denylist_load", deadline, move |conn| {
                 async move {
-                    let keys = crate::redis::scan_keys(conn, &pattern).await?;
-                    if keys.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let values: Vec<Option<u64>> = deadpool_redis::redis::cmd("MGET")
-                        .arg(&keys)
+                    deadpool_redis::redis::cmd("ZRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(since)
+                        .arg("+inf")
+                        .arg("WITHSCORES")
                         .query_async(conn)
-                        .await?;
-                    Ok(keys.into_iter().zip(values).collect())
+                        .await
                 }
                 .boxed()
             })
             .await;
-        for (key, at) in found.unwrap_or_default() {
-            let mut parts = key.rsplit(':');
-            let (Some(id), Some(kind), Some(at)) = (parts.next(), parts.next(), at) else {
+        let Ok(found) = found else {
+            self.readiness.report(
+                "denylist",
+                DependencyState::Degraded,
+                false,
+                Some("loading from Redis failed; retrying".into()),
+            );
+            return false;
+        };
+        let loaded = found.len();
+        for (member, at) in found {
+            let Some((kind, id)) = member.split_once(':') else {
                 continue;
             };
             if let Some(kind) = Kind::ALL.into_iter().find(|k| k.label() == kind) {
-                self.deny(kind, id, at);
+                if unhex(id).is_some() {
+                    self.deny(kind, id, at);
+                }
             }
         }
+        metrics::gauge!("intercom_denylist_loaded_entries").set(loaded as f64);
+        self.readiness
+            .report("denylist", DependencyState::Ok, false, None);
+        true
     }
 }

@@ -223,7 +223,17 @@ fn validation_errors_name_the_key() {
         (
             format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n{AS}{ROUTE}auth = \"bearer\"\nexchange = {{ audience = \"b\", allowed_scopes = [\"x\"], callers = [\"a\"] }}\n"),
             &[],
-            "exchange.hmac_key: is required with [redis]",
+            "replicas.shared_key: is required with [redis]",
+        ),
+        (
+            format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n{AS}{ROUTE}auth = \"bearer\"\n"),
+            &[],
+            "replicas.shared_key: is required with [redis]",
+        ),
+        (
+            "[replicas]\nrotation_shared_key = \"file:k\"\n".into(),
+            &[],
+            "replicas.rotation_shared_key: needs replicas.shared_key",
         ),
         (
             "[exchange]\nrefresh_ahead = 1.5\n".into(),

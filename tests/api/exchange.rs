@@ -23,8 +23,7 @@ impl World {
         let (dir, secrets) = secrets_file();
         let mut text = std::fs::read_to_string(&secrets).unwrap();
         text.push_str(&format!(
-            "cache_hmac_key = \"hmac-key-shared-by-replicas-0123456789\"\n\
-             cache_encryption_key = \"encryption-key-shared-by-replicas-42\"\n\
+            "cache_encryption_key = \"encryption-key-shared-by-replicas-42\"\n\
              admin_credential = \"{ADMIN}\"\n\
              token_client_app = \"app:token-endpoint-secret\"\n"
         ));
@@ -51,15 +50,15 @@ impl World {
     /// As [`World::intercom`], with more `[exchange]` keys.
     async fn intercom_with(&self, route: &str, exchange: &str, rest: &str) -> TestApp {
         let config = format!(
-            "{}[redis]\nurl = \"{}\"\nretry_interval = \"300ms\"\n\
-             [exchange]\nhmac_key = \"file:cache_hmac_key\"\nencryption_key = \"file:cache_encryption_key\"\n{exchange}\n\
+            "{}{}\
+             [exchange]\nencryption_key = \"file:cache_encryption_key\"\n{exchange}\n\
              [revocation]\nadmin_credential = \"file:admin_credential\"\n\
              [[routes]]\nname = \"billing\"\nprefix = \"/intercom/billing\"\nstrip_prefix = true\n\
              upstreams = [\"{}\"]\nauth = \"bearer\"\n\
              [routes.exchange]\naudience = \"https://billing.internal\"\n\
              allowed_scopes = [\"invoice_read\", \"invoice_write\"]\ncallers = [\"app\"]\n{route}\n{rest}\n",
             auth_config(&self.auth, &self.secrets, ""),
-            self.redis().url(),
+            redis_config(self.redis(), "retry_interval = \"300ms\""),
             self.upstream.url(),
         );
         spawn_app(&config).await
@@ -312,6 +311,22 @@ async fn redis_gone_keeps_serving_from_memory_and_the_as_then_shares_again() {
         "A stores in Redis again"
     );
     let third = third.unwrap();
+    // B is back on Redis once it resubscribed and reloaded the denylist.
+    assert!(
+        eventually(PATIENCE, async || {
+            let mut ready = b
+                .client
+                .get(b.admin_url("/health/ready"))
+                .send()
+                .await
+                .unwrap();
+            let ready: serde_json::Value = ready.json().await.unwrap();
+            let deps = &ready["dependencies"];
+            deps["redis"]["status"] == "ok" && deps["denylist"]["status"] == "ok"
+        })
+        .await,
+        "B did not reconnect to Redis"
+    );
     let before = world.exchanges().await;
     assert_eq!(call(&b, &third).await.0, 200);
     assert_eq!(world.exchanges().await, before, "B: an L2 hit");
@@ -418,7 +433,7 @@ async fn a_revocation_on_one_instance_is_refused_on_the_other() {
     assert_eq!(call(&a, &alice).await.0, 401);
     assert_eq!(call(&b, &bob).await.0, 200, "bob is untouched");
     // A token issued after the revocation is fine.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let fresh = world
         .auth
         .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app")])

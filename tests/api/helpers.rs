@@ -344,6 +344,9 @@ impl TestRedis {
             "",
             "--appendonly",
             "no",
+            // DEBUG POPULATE fills a keyspace for the tests that need a large one.
+            "--enable-debug-command",
+            "local",
         ]);
         let mut process = ChildProcess::spawn("redis-server", cmd);
         let deadline = Instant::now() + PATIENCE;
@@ -752,8 +755,22 @@ impl TestOpenBao {
 pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("secrets.toml");
-    std::fs::write(&path, "intercom_client_secret = \"intercom-dev-secret\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "intercom_client_secret = \"intercom-dev-secret\"\n\
+         replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n",
+    )
+    .unwrap();
     (dir, path)
+}
+
+/// The `[redis]` and `[replicas]` sections for replicas sharing `redis` (the shared key
+/// is in [`secrets_file`]), plus `extra` lines in `[redis]`.
+pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
+    format!(
+        "[redis]\nurl = \"{}\"\n{extra}\n[replicas]\nshared_key = \"file:replicas_shared_key\"\n",
+        redis.url()
+    )
 }
 
 /// The `[secrets]` and `[auth_server]` sections for a test AS, plus `extra` lines in

@@ -13,6 +13,7 @@ mod phantom;
 mod protections;
 mod proxy;
 mod ratelimit;
+mod revocation;
 mod streaming;
 mod tls;
 mod vault;

@@ -71,3 +71,67 @@ async fn escape_attempts_get_400_and_never_reach_an_upstream() {
         "an escape attempt reached the admin upstream"
     );
 }
+
+/// Nested routes on one kind of upstream: `/api` is open, `/api/admin` is another
+/// service. Each variant below is `/api/admin/users` to some server behind a gateway
+/// (Tomcat, Spring and Jetty cut `;` parameters, IIS and .NET trim trailing dots and
+/// spaces, some fold full-width and other look-alike separators); none may reach the
+/// outer route's upstream.
+#[actix_web::test]
+async fn nested_routes_no_variant_reaches_the_outer_upstream() {
+    let outer = TestUpstream::start("outer");
+    let inner = TestUpstream::start("inner");
+    let config = format!(
+        "[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\n\
+         [[routes]]\nname = \"admin\"\nprefix = \"/api/admin\"\ncase_insensitive = true\nupstreams = [\"{}\"]\n",
+        outer.url(),
+        inner.url()
+    );
+    let app = spawn_app(&config).await;
+    let get = |path: &str| {
+        raw_request(
+            app.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(get("/api/ok").0, 200);
+    assert_eq!(outer.hits(), 1, "the outer route works");
+    for path in [
+        "/api/admin;x/users",
+        "/api/admin;jsessionid=1/users",
+        "/api/admin%3Bx/users",
+        "/api/admin%3b/users",
+        "/api/admin./users",
+        "/api/admin%2E/users",
+        "/api/admin%20/users",
+        "/api/admin%09/users",
+        "/api/admin%C2%A0/users",
+        "/api%EF%BC%8Fadmin/users",
+        "/api%E2%88%95admin/users",
+        "/api%E2%81%84admin/users",
+        "/api%EF%BC%BCadmin/users",
+        "/api%EF%B9%A8admin/users",
+        "/api/admin%EF%BC%9Bx/users",
+        "/api/admin%00/users",
+    ] {
+        let (status, text) = get(path);
+        assert_eq!(status, 400, "{path} answered {status}:\n{text}");
+        assert!(
+            text.contains("urn:intercom:problem:bad-path"),
+            "{path}: {text}"
+        );
+    }
+    // Case: the inner route matches any case (its upstream routes so), so the outer
+    // route never sees a differently cased admin path.
+    for path in ["/API/ADMIN/users", "/Api/Admin/users", "/api/ADMIN/users"] {
+        let (status, text) = get(path);
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(text.contains("x-upstream: inner"), "{path} went to: {text}");
+    }
+    assert_eq!(
+        outer.hits(),
+        1,
+        "a variant reached the outer route's upstream"
+    );
+    assert_eq!(inner.hits(), 3);
+}

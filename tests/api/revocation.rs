@@ -1,0 +1,217 @@
+//! Revocation reaches every replica: through the shared key even without an exchange
+//! route, from a denylist loaded whole into a replica started later (into a large
+//! Redis), and after a Redis outage, from the queue of announcements not shared yet.
+
+use crate::helpers::*;
+
+const ADMIN: &str = "admin-credential-for-revocation-tests";
+
+/// Replicas sharing one real redis-server and the real AS, with a plain bearer route
+/// (`/api`, no exchange) and the admin API.
+struct Replicas {
+    auth: TestAuthServer,
+    upstream: TestUpstream,
+    redis: Option<TestRedis>,
+    _dir: tempfile::TempDir,
+    secrets: std::path::PathBuf,
+}
+
+impl Replicas {
+    async fn start() -> Self {
+        let (dir, secrets) = secrets_file();
+        let mut text = std::fs::read_to_string(&secrets).unwrap();
+        text.push_str(&format!("admin_credential = \"{ADMIN}\"\n"));
+        std::fs::write(&secrets, text).unwrap();
+        Self {
+            auth: TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key")]).await,
+            upstream: TestUpstream::start("api"),
+            redis: Some(TestRedis::start()),
+            _dir: dir,
+            secrets,
+        }
+    }
+
+    fn redis(&self) -> &TestRedis {
+        self.redis.as_ref().expect("redis runs")
+    }
+
+    async fn replica(&self) -> TestApp {
+        spawn_app(&format!(
+            "{}{}[revocation]\nadmin_credential = \"file:admin_credential\"\n\
+             [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\n",
+            auth_config(&self.auth, &self.secrets, ""),
+            redis_config(self.redis(), "retry_interval = \"300ms\""),
+            self.upstream.url(),
+        ))
+        .await
+    }
+}
+
+async fn call(app: &TestApp, token: &str) -> u16 {
+    app.client
+        .get(app.url("/api/x"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn admin_revoke(app: &TestApp, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let mut res = app
+        .client
+        .post(app.admin_url("/admin/revoke"))
+        .insert_header(("authorization", format!("Bearer {ADMIN}")))
+        .send_json(&body)
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap_or_default())
+}
+
+async fn dependency(app: &TestApp, name: &str) -> String {
+    let mut res = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    body["dependencies"][name]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[actix_web::test]
+async fn replicas_without_an_exchange_route_share_revocations() {
+    let world = Replicas::start().await;
+    let a = world.replica().await;
+    let b = world.replica().await;
+    let dora = world.auth.user_token("dora", "invoice_read", 600).await;
+    let eve = world.auth.user_token("eve", "invoice_read", 600).await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &dora).await, 200);
+        assert_eq!(call(app, &eve).await, 200);
+    }
+    let (status, body) = admin_revoke(&a, serde_json::json!({"sub": "dora"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["announced"], true);
+    // B admitted dora from its own cache; it hashes her id under the same shared key as
+    // A, so A's announcement finds her there.
+    assert!(
+        eventually(PATIENCE, async || call(&b, &dora).await == 401).await,
+        "B keeps admitting a token revoked on A"
+    );
+    assert_eq!(call(&a, &dora).await, 401);
+    assert_eq!(call(&b, &eve).await, 200, "eve is untouched");
+    // Redis holds the denylist hashed: no subject in a key or a member.
+    let members = world.redis().command("ZRANGE intercom:x:denylist 0 -1");
+    assert!(!members.contains("dora"), "{members}");
+}
+
+#[actix_web::test]
+async fn a_replica_started_into_a_large_redis_loads_the_whole_denylist() {
+    let world = Replicas::start().await;
+    // A production-sized keyspace: 300,000 other keys (a whole-keyspace SCAN would not
+    // finish within one call's deadline).
+    assert_eq!(world.redis().command("DEBUG POPULATE 300000 other"), "+OK");
+    let a = world.replica().await;
+    let frank = world.auth.user_token("frank", "invoice_read", 600).await;
+    assert_eq!(call(&a, &frank).await, 200);
+    for sub in ["frank", "gina", "hal"] {
+        let (status, _) = admin_revoke(&a, serde_json::json!({ "sub": sub })).await;
+        assert_eq!(status, 200);
+    }
+    // B starts after the revocations: it never heard them, it loads them.
+    let b = world.replica().await;
+    assert!(
+        eventually(PATIENCE, async || dependency(&b, "denylist").await == "ok").await,
+        "the denylist never loaded"
+    );
+    assert_eq!(
+        call(&b, &frank).await,
+        401,
+        "B admits a token revoked before it started"
+    );
+    let ivan = world.auth.user_token("ivan", "invoice_read", 600).await;
+    assert_eq!(call(&b, &ivan).await, 200);
+}
+
+#[actix_web::test]
+async fn revocations_during_a_redis_outage_are_queued_and_shared_when_it_returns() {
+    let mut world = Replicas::start().await;
+    let port = world.redis().port;
+    let a = world.replica().await;
+    let b = world.replica().await;
+    let jo = world
+        .auth
+        .user_token_with("jo", "invoice_read", 600, &[("sid", "sess-jo")])
+        .await;
+    let kim = world.auth.user_token("kim", "invoice_read", 600).await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &jo).await, 200);
+        assert_eq!(call(app, &kim).await, 200);
+    }
+
+    world.redis = None; // stops redis-server
+                        // The admin API: applied here at once, queued for the others (202).
+    let (status, body) = admin_revoke(&a, serde_json::json!({"sub": "kim"})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["announced"], false);
+    assert_eq!(body["queued"], true);
+    assert_eq!(call(&a, &kim).await, 401);
+
+    // A back-channel logout that cannot be shared is a 5xx, so the AS sends it again.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let logout = world
+        .auth
+        .sign(
+            serde_json::json!({ "typ": "logout+jwt" }),
+            serde_json::json!({
+                "iss": world.auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120,
+                "jti": "outage-1", "sid": "sess-jo",
+                "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
+            }),
+        )
+        .await;
+    let post_logout = async || {
+        let mut res = a
+            .client
+            .post(a.url("/backchannel-logout"))
+            .send_form(&[("logout_token", logout.as_str())])
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.body().await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = post_logout().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("urn:intercom:problem:revocation-not-shared"),
+        "{body}"
+    );
+
+    // Redis returns: the queue drains, and B refuses both without hearing them live
+    // (it reloads the denylist when it resubscribes, or hears the queued announcement).
+    world.redis = Some(TestRedis::start_on(port));
+    assert!(
+        eventually(PATIENCE, async || call(&b, &kim).await == 401).await,
+        "a revocation made during the outage never reached B"
+    );
+    assert!(
+        eventually(PATIENCE, async || call(&b, &jo).await == 401).await,
+        "a logout made during the outage never reached B"
+    );
+    // The AS's retry of the same logout token is accepted, not refused as a replay.
+    let (status, body) = post_logout().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        metric(&a.metrics().await, "intercom_revocations_pending") == 0.0,
+        "the queue drained"
+    );
+}
