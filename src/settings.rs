@@ -755,6 +755,10 @@ pub struct RouteSettings {
     /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
     #[serde(default)]
     pub allow_query_token: bool,
+    /// Forward `X-HTTP-Method-Override` and its kin (removed otherwise: frameworks would
+    /// run another method than the one Intercom checked).
+    #[serde(default)]
+    pub allow_method_override: bool,
     /// A credential from the secret store to send upstream.
     #[serde(default)]
     pub inject: Option<InjectSettings>,

@@ -46,6 +46,69 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers that say where a request came from, as a proxy in front would set them: from
+/// an untrusted peer they are the client's own say, and go (in every spelling).
+const FORWARDING: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+];
+
+/// Headers that make some servers and frameworks route to another URL than the one
+/// Intercom matched: never forwarded.
+const URL_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Headers that make frameworks treat a request as another method: only forwarded to
+/// routes that allow them (`allow_method_override`).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+
+/// Removes what the client should not control, in every spelling (any case, `_` for
+/// `-`): URL overrides always; method overrides unless the route allows them; from an
+/// untrusted peer every forwarding header (`Forwarded`, all `X-Forwarded-*`,
+/// `X-Real-IP`, ...); from a trusted one only the underscore spellings, which no proxy
+/// sets. [`set_forwarded`] then writes what Intercom saw.
+pub fn remove_client_routing(
+    headers: &mut HeaderMap,
+    from_trusted: bool,
+    allow_method_override: bool,
+) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            let normalized;
+            let n = if name.contains('_') {
+                normalized = name.replace('_', "-");
+                normalized.as_str()
+            } else {
+                name
+            };
+            let forwarding = FORWARDING.contains(&n) || n.starts_with("x-forwarded-");
+            URL_OVERRIDES.contains(&n)
+                || (!allow_method_override && METHOD_OVERRIDES.contains(&n))
+                || (forwarding && (!from_trusted || name.contains('_')))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// True when the peer is one of the trusted proxies.
+pub fn is_trusted(peer: Option<IpAddr>, trusted: &[IpNet]) -> bool {
+    peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+}
+
 /// A header name as servers behind us may read it: lowercase, `_` as `-`.
 pub fn normalize_name(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
@@ -154,12 +217,9 @@ pub fn client_address(
 }
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Headers from a trusted proxy are
-/// extended; from anyone else they are replaced, and `Forwarded` is dropped.
+/// extended; from anyone else they are replaced (after [`remove_client_routing`]).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: &[IpNet]) {
-    let from_trusted = client
-        .peer
-        .map(|ip| trusted.iter().any(|net| net.contains(&ip)))
-        .unwrap_or(false);
+    let from_trusted = is_trusted(client.peer, trusted);
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
@@ -187,7 +247,6 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: 
             }
         }
     } else {
-        headers.remove("forwarded");
         match HeaderValue::from_str(&peer) {
             Ok(v) if !peer.is_empty() => {
                 headers.insert(xff, v);

@@ -87,7 +87,15 @@ fn check_token(token: &str) -> Result<String, BearerError> {
 pub fn query_without_token(query: &str) -> String {
     query
         .split('&')
-        .filter(|pair| !pair.starts_with("access_token=") && *pair != "access_token")
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            // `access%5Ftoken`, `access_token%00`, `+access_token`: as a server decodes it.
+            let decoded = percent_encoding::percent_decode_str(&name.replace('+', " "))
+                .decode_utf8_lossy()
+                .trim_matches(|c: char| c.is_whitespace() || c.is_control())
+                .to_ascii_lowercase();
+            decoded != "access_token"
+        })
         .collect::<Vec<_>>()
         .join("&")
 }

@@ -101,6 +101,17 @@ async fn proxy(
     trail: &mut Trail,
 ) -> Result<HttpResponse, ApiError> {
     let canonical = path::canonicalize(req.uri().path())?;
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .nth(1)
+        .is_some()
+    {
+        // Which one would the upstream read? Neither is guessed at.
+        return Err(ApiError::BadRequest(
+            "more than one Authorization header".into(),
+        ));
+    }
     let route = pick_route(req, state, &canonical)?;
     trail.route = Some(RouteTag {
         name: route.name.clone(),
@@ -360,9 +371,10 @@ fn rewrite(
 ) -> OutboundRequest {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
     if let Some(query) = req.uri().query() {
-        let query = match admitted {
-            Some((_, TokenSource::Query)) => identity::query_without_token(query),
-            _ => query.to_string(),
+        // On bearer routes a token in the query never travels on, however it is spelled.
+        let query = match route.auth {
+            RouteAuth::Bearer => identity::query_without_token(query),
+            RouteAuth::None => query.to_string(),
         };
         if !query.is_empty() {
             path_and_query.push('?');
@@ -387,6 +399,11 @@ fn rewrite(
         },
         host: request_host(req),
     };
+    headers::remove_client_routing(
+        &mut headers,
+        headers::is_trusted(view.peer, &state.trusted_proxies),
+        route.allow_method_override,
+    );
     headers::set_forwarded(&mut headers, &view, &state.trusted_proxies);
     if let Some(id) = req.extensions().get::<RequestId>() {
         if let Ok(value) = header::HeaderValue::from_str(&id.0) {

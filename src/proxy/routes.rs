@@ -46,6 +46,7 @@ pub struct Route {
     /// Headers a client may never send here, normalized (lowercase, `_` as `-`).
     pub internal_headers: Vec<String>,
     pub allow_query_token: bool,
+    pub allow_method_override: bool,
     /// The credential injected upstream, if any.
     pub inject: Option<Injection>,
     pub max_body_bytes: u64,
@@ -118,6 +119,7 @@ impl RouteTable {
                         .map(|h| super::headers::normalize_name(h))
                         .collect(),
                     allow_query_token: r.allow_query_token,
+                    allow_method_override: r.allow_method_override,
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
@@ -214,6 +216,7 @@ mod tests {
             audience: None,
             internal_headers: vec![],
             allow_query_token: false,
+            allow_method_override: false,
             inject: None,
             max_body_bytes: None,
             security_headers: Default::default(),

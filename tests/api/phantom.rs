@@ -438,6 +438,39 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
             assert_eq!(seen["headers"]["x-client-id"], serde_json::json!(["app"]));
         }
     }
+
+    // A token in the query, however it is spelled, never reaches the upstream of a
+    // bearer route (here the caller authenticates with the header).
+    let mut res = app
+        .client
+        .get(app.url(
+            "/inv?access_token=q-secret-1&access%5Ftoken=q-secret-2&ACCESS_TOKEN=q-secret-3&Access%5FToken=q-secret-4&page=2",
+        ))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["query"], "page=2", "{seen}");
+    assert!(!seen.to_string().contains("q-secret"), "{seen}");
+
+    // Two Authorization headers: which one would the upstream read? Refused.
+    let hits = _upstream.hits();
+    let mut res = app
+        .client
+        .get(app.url("/inv"))
+        .append_header(("authorization", format!("Bearer {token}")))
+        .append_header(("authorization", "Bearer other-token"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 400).await;
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("more than one Authorization"));
+    assert_eq!(_upstream.hits(), hits);
 }
 
 #[actix_web::test]

@@ -407,3 +407,86 @@ async fn secrets_in_headers_and_queries_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
 }
+
+/// Forwarding, URL-override and method-override headers from an untrusted client never
+/// reach the upstream, in any spelling; Intercom writes `X-Forwarded-*` from what it saw.
+#[actix_web::test]
+async fn client_routing_headers_are_removed_in_every_spelling() {
+    let up = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "{}{}",
+        route("svc", "/svc", &up.url(), ""),
+        route(
+            "legacy",
+            "/legacy",
+            &up.url(),
+            "allow_method_override = true"
+        ),
+    ))
+    .await;
+    let spoofs = [
+        ("Forwarded", "for=203.0.113.9;host=evil.example;proto=https"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X_Forwarded_For", "203.0.113.9"),
+        ("x-forwarded_host", "evil.example"),
+        ("X-Forwarded-Prefix", "/evil-prefix"),
+        ("X-Forwarded-Server", "evil.example"),
+        ("X-Forwarded-Port", "4443"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("X_Real_Ip", "203.0.113.9"),
+        ("True-Client-IP", "203.0.113.9"),
+        ("CF-Connecting-IP", "203.0.113.9"),
+        ("X-Original-URL", "/evil-url"),
+        ("X_Rewrite_URL", "/evil-url"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x_http_method_override", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+    ];
+    let send = async |path: &str| {
+        let mut req = app.client.get(app.url(path));
+        for (name, value) in spoofs {
+            req = req.insert_header((name, value));
+        }
+        let mut res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<serde_json::Value>().await.unwrap()
+    };
+    let seen = send("/svc/x").await;
+    let headers = &seen["headers"];
+    let text = headers.to_string();
+    for bad in ["203.0.113.9", "evil", "DELETE", "4443"] {
+        assert!(!text.contains(bad), "{bad} reached the upstream: {text}");
+    }
+    let names: Vec<&String> = headers.as_object().unwrap().keys().collect();
+    assert!(!names.iter().any(|n| n.contains('_')), "{names:?}");
+    for gone in [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-original-url",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
+    ] {
+        assert!(headers.get(gone).is_none(), "{gone}: {text}");
+    }
+    assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(headers["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(
+        headers["x-forwarded-host"],
+        serde_json::json!([format!("127.0.0.1:{}", app.port)])
+    );
+    // A route that allows method overrides gets them.
+    let seen = send("/legacy/x").await;
+    assert_eq!(
+        seen["headers"]["x-http-method-override"],
+        serde_json::json!(["DELETE"])
+    );
+    assert!(seen["headers"].get("x-forwarded-prefix").is_none());
+}
