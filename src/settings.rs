@@ -464,6 +464,9 @@ pub struct AuthServerSettings {
     /// Local validation of JWT access tokens from this issuer.
     #[serde(default)]
     pub jwt: JwtSettings,
+    /// When not empty, an introspected token must name one of these in `aud`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 fn default_as_connect_timeout() -> Duration {
@@ -755,6 +758,9 @@ pub struct RouteSettings {
     /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
     #[serde(default)]
     pub allow_query_token: bool,
+    /// When not empty, the caller's token must name one of these in `aud` (else 401).
+    #[serde(default)]
+    pub accepted_audiences: Vec<String>,
     /// Forward `X-HTTP-Method-Override` and its kin (removed otherwise: frameworks would
     /// run another method than the one Intercom checked).
     #[serde(default)]

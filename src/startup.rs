@@ -288,7 +288,12 @@ async fn build_edge(
         format: auth.introspection_format,
         signature: signature(auth.jwt.algorithms.clone()),
         leeway: auth.jwt.leeway,
-        default_lifetime: settings.tokens.cache_max_ttl,
+        // An active answer without `exp`: trusted briefly, not for the cache's longest.
+        default_lifetime: settings
+            .tokens
+            .cache_max_ttl
+            .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
+        audiences: auth.audiences.clone(),
         tier_claim: settings.rate_limit.tier_claim.clone(),
     };
     let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {

@@ -41,7 +41,7 @@ impl Held {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::clamped_lifetime")]
     expires_in: Option<u64>,
 }
 
@@ -133,10 +133,11 @@ impl ClientCredentials {
         if !response.status().is_success() {
             return Err(ClientCredentialsError::Refused(response.status().as_u16()));
         }
-        let answer: TokenAnswer = response
-            .json()
+        let body = super::authserver::read_limited(response)
             .await
             .map_err(|_| ClientCredentialsError::Malformed)?;
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|_| ClientCredentialsError::Malformed)?;
         let now = Instant::now();
         let token = Secret::new(answer.access_token);
         self.held.store(Some(Arc::new(Held {

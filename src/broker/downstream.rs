@@ -9,19 +9,24 @@ use std::time::Duration;
 use super::client_credentials::ClientCredentials;
 use super::exchange::{ExchangeError, ExchangeRequest, TokenExchanger, ACCESS_TOKEN_TYPE};
 use super::mint::Minter;
-use super::policy::TargetPolicy;
+use super::policy::{GrantRefused, TargetPolicy};
 use super::{now_secs, Principal};
 use crate::cache::shared_hash::{Hash, SharedHasher};
-use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, TieredCache};
+use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, Refusal, TieredCache};
 use crate::revoke::Ids;
 use crate::settings::ExchangeMode;
 
 /// Why no downstream token.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DownstreamError {
-    /// Policy or the AS refused the caller or the scopes: 403 `insufficient_scope`.
-    #[error("{0}")]
+    /// No scope is left to grant: 403 `insufficient_scope`, naming the scopes (RFC 6750
+    /// §3: the `scope` attribute lists scopes, never prose).
+    #[error("none of the scopes {0} can be granted")]
     Denied(String),
+    /// The target's policy (or the AS, `invalid_target`) does not let this caller call
+    /// it: 403 with its own detail.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The AS refused the subject token: 401.
     #[error("the authorization server refused the token")]
     InvalidSubject,
@@ -30,10 +35,36 @@ pub enum DownstreamError {
     Unavailable(String),
 }
 
+impl Refusal for DownstreamError {
+    fn encode(&self) -> String {
+        match self {
+            DownstreamError::Denied(scopes) => format!("denied:{scopes}"),
+            DownstreamError::NotAllowed(why) => format!("not_allowed:{why}"),
+            DownstreamError::InvalidSubject => "invalid_subject".into(),
+            DownstreamError::Unavailable(why) => format!("unavailable:{why}"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+        Some(match kind {
+            "denied" => DownstreamError::Denied(rest.into()),
+            "not_allowed" => DownstreamError::NotAllowed(rest.into()),
+            "invalid_subject" => DownstreamError::InvalidSubject,
+            "unavailable" => DownstreamError::Unavailable(rest.into()),
+            _ => return None,
+        })
+    }
+}
+
 impl From<ExchangeError> for DownstreamError {
     fn from(e: ExchangeError) -> Self {
         match e {
-            ExchangeError::Denied(why) => DownstreamError::Denied(why),
+            ExchangeError::Denied(code) if code == "invalid_target" => DownstreamError::NotAllowed(
+                "the authorization server does not issue tokens for this target to this caller"
+                    .into(),
+            ),
+            ExchangeError::Denied(code) => DownstreamError::Denied(code),
             ExchangeError::InvalidSubject => DownstreamError::InvalidSubject,
             ExchangeError::Unavailable(why) => DownstreamError::Unavailable(why),
         }
@@ -61,6 +92,10 @@ pub struct DownstreamTokens {
 pub struct Subject {
     pub token: String,
     pub principal: Principal,
+    /// Who asks: the subject's own client on the proxy path; at `/token`, the client
+    /// that authenticated, acting for the subject. Judged by the target's policy, part
+    /// of the cache key, and `act.sub` of a minted token.
+    pub caller: Principal,
 }
 
 impl DownstreamTokens {
@@ -72,23 +107,29 @@ impl DownstreamTokens {
         asked: Option<&[String]>,
     ) -> Result<Arc<ExchangeEntry>, DownstreamError> {
         let scopes = target
-            .grant(&subject.principal, asked)
-            .map_err(DownstreamError::Denied)?;
-        let key = self.cache_key(&subject.token, &target.audience, &scopes);
+            .grant(&subject.caller, &subject.principal, asked)
+            .map_err(|refused| match refused {
+                GrantRefused::CallerNotAllowed(why) => DownstreamError::NotAllowed(why),
+                GrantRefused::NothingLeft(scopes) => DownstreamError::Denied(scopes),
+            })?;
+        let caller = subject.caller.client_id.as_deref().unwrap_or("");
+        let key = self.cache_key(&subject.token, caller, &target.audience, &scopes);
         let m = &*target.metrics;
         if let Some(entry) = self.cache.get_local(&key, m).await {
             self.maybe_renew(&entry, key, subject, target, &scopes);
             return Ok(entry);
         }
-        if let Some(reason) = self.cache.get_negative(&key, m).await {
-            return Err(DownstreamError::Denied(reason));
+        if let Some(refusal) = self.cache.get_negative(&key, m).await {
+            return Err(refusal);
         }
         let load = async {
             match self.obtain(subject, target, &scopes).await {
                 Ok(entry) => Loaded::Value(entry),
-                Err(e @ DownstreamError::Denied(_)) | Err(e @ DownstreamError::InvalidSubject) => {
-                    Loaded::Rejected(e)
-                }
+                Err(
+                    e @ (DownstreamError::Denied(_)
+                    | DownstreamError::NotAllowed(_)
+                    | DownstreamError::InvalidSubject),
+                ) => Loaded::Rejected(e),
                 Err(e) => Loaded::Failed(e),
             }
         };
@@ -101,11 +142,12 @@ impl DownstreamTokens {
         }
     }
 
-    fn cache_key(&self, token: &str, audience: &str, scopes: &[String]) -> Hash {
+    fn cache_key(&self, token: &str, caller: &str, audience: &str, scopes: &[String]) -> Hash {
         let scopes = scopes.join(" ");
         self.hasher.hash(&[
             b"exchange",
             token.as_bytes(),
+            caller.as_bytes(),
             audience.as_bytes(),
             scopes.as_bytes(),
         ])
@@ -142,7 +184,7 @@ impl DownstreamTokens {
                         actor_token: actor.as_ref().map(|s| s.expose()),
                     })
                     .await?;
-                let exp = now_secs() + issued.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                let exp = now_secs().saturating_add(issued.expires_in.unwrap_or(DEFAULT_LIFETIME));
                 Ok(ExchangeEntry::new(
                     issued.access_token,
                     issued.issued_token_type,
@@ -152,7 +194,7 @@ impl DownstreamTokens {
                 ))
             }
             ExchangeMode::Mint => {
-                let actor = subject.principal.client_id.as_deref();
+                let actor = subject.caller.client_id.as_deref();
                 let minted = self
                     .minter
                     .mint_delegated(&subject.principal, &target.audience, scopes, actor)

@@ -34,7 +34,7 @@ pub struct Issued {
     pub access_token: String,
     #[serde(default = "default_issued_type")]
     pub issued_token_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::clamped_lifetime")]
     pub expires_in: Option<u64>,
     #[serde(default)]
     pub scope: Option<String>,
@@ -119,9 +119,9 @@ impl TokenExchanger {
             ExchangeError::Unavailable("the authorization server is unreachable".into())
         })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|_| {
-            ExchangeError::Unavailable("the authorization server's answer broke off".into())
-        })?;
+        let body = super::authserver::read_limited(response)
+            .await
+            .map_err(|e| ExchangeError::Unavailable(format!("the authorization server's {e}")))?;
         if status.is_success() {
             return serde_json::from_slice::<Issued>(&body).map_err(|_| {
                 ExchangeError::Unavailable("the authorization server's answer is malformed".into())

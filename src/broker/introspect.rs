@@ -12,6 +12,9 @@ use crate::settings::IntrospectionFormat;
 
 const JWT_MEDIA_TYPE: &str = "application/token-introspection+jwt";
 
+/// How long an active answer that names no `exp` is trusted (and cached).
+pub const LIFETIME_WITHOUT_EXP: Duration = Duration::from_secs(30);
+
 /// What the AS said of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
@@ -44,8 +47,11 @@ pub struct Introspector {
     /// Checks signed answers (RFC 9701).
     pub signature: SignatureCheck,
     pub leeway: Duration,
-    /// Used when an active answer carries no `exp`.
+    /// Used when an active answer carries no `exp` (short: the AS did not say how long
+    /// the token lives).
     pub default_lifetime: Duration,
+    /// When not empty, an active answer must name one of these in `aud`.
+    pub audiences: Vec<String>,
     /// The claim naming the caller's rate-limit tier.
     pub tier_claim: String,
 }
@@ -100,10 +106,9 @@ impl Introspector {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let body = response
-            .bytes()
+        let body = super::authserver::read_limited(response)
             .await
-            .map_err(|e| IntrospectError::Unreachable(without_url(e)))?;
+            .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
         let claims: TokenClaims = match self.format {
             IntrospectionFormat::Json => {
                 serde_json::from_slice(&body).map_err(|_| IntrospectError::Malformed)?
@@ -119,6 +124,18 @@ impl Introspector {
             }
         };
         if claims.active != Some(true) {
+            return Ok(Introspection::Inactive);
+        }
+        // Active, but not an access token (a refresh token, say): not a credential here.
+        if !claims.is_access_token() {
+            return Ok(Introspection::Inactive);
+        }
+        if !self.audiences.is_empty()
+            && !claims
+                .audiences()
+                .iter()
+                .any(|a| self.audiences.contains(a))
+        {
             return Ok(Introspection::Inactive);
         }
         let fallback = now_secs() + self.default_lifetime.as_secs();

@@ -34,6 +34,8 @@ pub struct Principal {
     pub iat: Option<u64>,
     /// The login session, for back-channel logout.
     pub sid: Option<String>,
+    /// The audiences the token names (`aud`), for routes that accept only some.
+    pub aud: Vec<String>,
 }
 
 /// The claims Intercom reads from an introspection answer or a JWT access token.
@@ -61,12 +63,55 @@ pub(crate) struct TokenClaims {
     pub iat: Option<u64>,
     #[serde(default)]
     pub sid: Option<String>,
+    /// A string or a list.
+    #[serde(default)]
+    pub aud: Option<serde_json::Value>,
+    /// RFC 7662 `token_type` (introspection).
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// Keycloak's token kind in introspection (`Bearer`, `Refresh`, `ID`, `Offline`).
+    #[serde(default)]
+    pub typ: Option<String>,
     /// Every other claim, for the configured tier claim.
     #[serde(flatten)]
     pub other: std::collections::HashMap<String, serde_json::Value>,
 }
 
+/// `token_type` values (RFC 7662, compared ignoring case) that describe an access token.
+const ACCESS_TOKEN_TYPES: [&str; 4] = [
+    "bearer",
+    "dpop",
+    "access_token",
+    "urn:ietf:params:oauth:token-type:access_token",
+];
+
 impl TokenClaims {
+    /// False when the claims say the token is something else than an access token (a
+    /// refresh token, an ID token) that an AS may still introspect as active.
+    pub(crate) fn is_access_token(&self) -> bool {
+        let token_type_ok = self
+            .token_type
+            .as_deref()
+            .is_none_or(|t| ACCESS_TOKEN_TYPES.iter().any(|a| t.eq_ignore_ascii_case(a)));
+        let typ_ok = self
+            .typ
+            .as_deref()
+            .is_none_or(|t| t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("at+jwt"));
+        token_type_ok && typ_ok
+    }
+
+    /// The `aud` values, from a string or a list.
+    pub(crate) fn audiences(&self) -> Vec<String> {
+        match &self.aud {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The principal these claims describe, expiring at `exp` (or `fallback_exp` when
     /// the claims carry none).
     pub(crate) fn into_principal(mut self, fallback_exp: u64, tier_claim: &str) -> Principal {
@@ -74,6 +119,7 @@ impl TokenClaims {
             Some(serde_json::Value::String(tier)) => Some(tier),
             _ => None,
         };
+        let aud = self.audiences();
         let scopes = match (self.scope, self.scp) {
             (Some(s), _) => s.split_whitespace().map(str::to_owned).collect(),
             (None, Some(list)) => list,
@@ -89,8 +135,36 @@ impl TokenClaims {
             tier,
             iat: self.iat,
             sid: self.sid,
+            aud,
         }
     }
+}
+
+/// The longest lifetime Intercom believes of a token the AS issued: a larger
+/// `expires_in` (of any size) is clamped to it.
+pub const MAX_LIFETIME_SECS: u64 = 366 * 86_400;
+
+/// Deserializes `expires_in` of any size or form (integer, float, numeric string) into
+/// seconds clamped to [`MAX_LIFETIME_SECS`]; anything else counts as absent.
+pub(crate) fn clamped_lifetime<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    let secs = match value {
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 })),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok().map(|f| {
+            if f.is_finite() && f > 0.0 {
+                f as u64
+            } else {
+                0
+            }
+        }),
+        _ => None,
+    };
+    Ok(secs.map(|s| s.min(MAX_LIFETIME_SECS)))
 }
 
 /// Seconds since the epoch.
@@ -124,4 +198,31 @@ pub(crate) async fn post_as_client(
         .form(form)
         .send()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default, deserialize_with = "clamped_lifetime")]
+        expires_in: Option<u64>,
+    }
+
+    #[test]
+    fn lifetimes_of_any_size_are_clamped() {
+        let read = |json: &str| serde_json::from_str::<Answer>(json).unwrap().expires_in;
+        assert_eq!(read(r#"{"expires_in": 300}"#), Some(300));
+        assert_eq!(read(r#"{"expires_in": "300"}"#), Some(300));
+        assert_eq!(
+            read(r#"{"expires_in": 18446744073709551615}"#),
+            Some(MAX_LIFETIME_SECS)
+        );
+        assert_eq!(read(r#"{"expires_in": 1e300}"#), Some(MAX_LIFETIME_SECS));
+        assert_eq!(read(r#"{"expires_in": -5}"#), Some(0));
+        assert_eq!(read(r#"{"expires_in": null}"#), None);
+        assert_eq!(read(r#"{}"#), None);
+        assert_eq!(read(r#"{"expires_in": "soon"}"#), None);
+    }
 }

@@ -74,6 +74,15 @@ impl ScopePolicy {
     }
 }
 
+/// Why a target grants nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRefused {
+    /// Neither named in `callers` nor holding one of `caller_scopes`.
+    CallerNotAllowed(String),
+    /// No scope is left; carries the scopes that would have been needed.
+    NothingLeft(String),
+}
+
 /// The policy of one downstream audience.
 #[derive(Debug, Clone)]
 pub struct TargetPolicy {
@@ -110,22 +119,27 @@ impl TargetPolicy {
         }
     }
 
-    /// The scopes the target receives: the caller's ∩ the target's allowed (∩ `asked`
-    /// when given), sorted. `Err` names why not (a caller not allowed, nothing left).
+    /// The scopes the target receives: the subject's ∩ the target's allowed (∩ `asked`
+    /// when given), sorted. The caller (the client calling, which may act for another
+    /// subject at `/token`) is judged by its own client id and scopes.
     pub fn grant(
         &self,
         caller: &Principal,
+        subject: &Principal,
         asked: Option<&[String]>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, GrantRefused> {
         let named = caller
             .client_id
             .as_ref()
             .is_some_and(|c| self.callers.contains(c));
         let by_scope = caller.scopes.iter().any(|s| self.caller_scopes.contains(s));
         if !named && !by_scope {
-            return Err(format!("this caller may not call {}", self.audience));
+            return Err(GrantRefused::CallerNotAllowed(format!(
+                "this caller may not call {}",
+                self.audience
+            )));
         }
-        let mut granted: Vec<String> = caller
+        let mut granted: Vec<String> = subject
             .scopes
             .iter()
             .filter(|s| {
@@ -139,10 +153,10 @@ impl TargetPolicy {
         granted.sort();
         granted.dedup();
         if granted.is_empty() {
-            return Err(match asked {
+            return Err(GrantRefused::NothingLeft(match asked {
                 Some(asked) => asked.join(" "),
                 None => self.allowed_text(),
-            });
+            }));
         }
         Ok(granted)
     }
@@ -206,6 +220,7 @@ mod tests {
         };
         assert_eq!(
             target.grant(
+                &caller("app", ""),
                 &caller("app", "orders_read invoice_write invoice_read"),
                 None
             ),
@@ -213,17 +228,27 @@ mod tests {
         );
         assert_eq!(
             target.grant(
+                &caller("app", ""),
                 &caller("app", "invoice_read invoice_write"),
                 Some(&scopes("invoice_read admin"))
             ),
             Ok(scopes("invoice_read"))
         );
-        assert!(target.grant(&caller("app", "orders_read"), None).is_err());
-        assert!(target
-            .grant(&caller("other", "invoice_read"), None)
-            .is_err());
-        assert!(target
-            .grant(&caller("other", "invoice_read billing_caller"), None)
-            .is_ok());
+        let alone = |c: &Principal| target.grant(c, c, None);
+        assert_eq!(
+            alone(&caller("app", "orders_read")),
+            Err(GrantRefused::NothingLeft("invoice_* profile".into()))
+        );
+        assert!(matches!(
+            alone(&caller("other", "invoice_read")),
+            Err(GrantRefused::CallerNotAllowed(_))
+        ));
+        assert!(alone(&caller("other", "invoice_read billing_caller")).is_ok());
+        // The caller is judged on its own scopes, not the subject's.
+        let subject = caller("user-app", "invoice_read billing_caller");
+        assert!(matches!(
+            target.grant(&caller("other", ""), &subject, None),
+            Err(GrantRefused::CallerNotAllowed(_))
+        ));
     }
 }

@@ -39,6 +39,8 @@ pub enum JwtError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    #[error("the token is an ID token, not an access token")]
+    IdToken,
 }
 
 /// True if the token has the shape of a JWS compact serialization with a JSON header.
@@ -184,11 +186,32 @@ impl JwtValidator {
         if !audience_matches(&payload, &self.audiences) {
             return Err(JwtError::WrongAudience);
         }
+        if is_id_token(&payload, typ.as_deref()) {
+            return Err(JwtError::IdToken);
+        }
         let exp = check_times(&payload, self.leeway)?;
         let claims: TokenClaims = serde_json::from_value(serde_json::Value::Object(payload.into()))
             .map_err(|_| JwtError::Malformed)?;
+        if !claims.is_access_token() {
+            return Err(JwtError::WrongType);
+        }
         Ok(claims.into_principal(exp, &self.tier_claim))
     }
+}
+
+/// True for what OpenID Connect issues as an ID token, whatever its header says: one
+/// with `nonce`, `at_hash` or `c_hash`, one typed as an ID token, or one whose audience
+/// is the client it was issued to (`azp`), which an access token's never is.
+fn is_id_token(payload: &JwtPayload, typ: Option<&str>) -> bool {
+    let has = |name: &str| payload.claim(name).is_some();
+    if has("nonce") || has("at_hash") || has("c_hash") {
+        return true;
+    }
+    if typ.is_some_and(|t| t.eq_ignore_ascii_case("id_token+jwt")) {
+        return true;
+    }
+    let azp = payload.claim("azp").and_then(|v| v.as_str());
+    azp.is_some_and(|azp| audience_matches(payload, &[azp.to_string()]))
 }
 
 /// Validates Intercom's own internal JWTs presented back to it (a service calling

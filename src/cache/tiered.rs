@@ -63,6 +63,13 @@ impl ExchangeEntry {
     }
 }
 
+/// A refusal remembered in the negative cache: stored as text, read back as the same
+/// refusal, so a repeated request gets the same answer as the first (a 401 stays 401).
+pub trait Refusal: Clone + Send + Sync + 'static {
+    fn encode(&self) -> String;
+    fn decode(text: &str) -> Option<Self>;
+}
+
 /// How a load ended.
 pub enum LoadError<E> {
     /// Refused (cached negatively with this reason).
@@ -157,11 +164,11 @@ impl TieredCache {
         Some(entry)
     }
 
-    /// The reason a recent exchange for this key was refused.
-    pub async fn get_negative(&self, key: &Hash, m: &ExchangeMetrics) -> Option<String> {
-        let reason = self.negative.get(key).await?;
+    /// How a recent exchange for this key was refused.
+    pub async fn get_negative<E: Refusal>(&self, key: &Hash, m: &ExchangeMetrics) -> Option<E> {
+        let refusal = E::decode(&self.negative.get(key).await?)?;
         m.l1.negative_hit.increment(1);
-        Some(reason)
+        Some(refusal)
     }
 
     /// Loads a missing entry: from L2, else with `loader` (stored in L2 then). Concurrent
@@ -173,7 +180,7 @@ impl TieredCache {
         loader: F,
     ) -> Result<Arc<ExchangeEntry>, LoadError<E>>
     where
-        E: Clone + Send + Sync + 'static + ToString,
+        E: Refusal,
         F: Future<Output = Loaded<E>>,
     {
         let ran = Arc::new(AtomicBool::new(false));
@@ -204,7 +211,7 @@ impl TieredCache {
         match result {
             Ok(entry) => Ok(entry),
             Err((true, e)) => {
-                self.negative.insert(key, e.to_string()).await;
+                self.negative.insert(key, e.encode()).await;
                 Err(LoadError::Rejected(e))
             }
             Err((false, e)) => Err(LoadError::Failed(e)),

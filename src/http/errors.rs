@@ -38,8 +38,12 @@ pub enum ApiError {
     InvalidClient,
     #[error("{0}")]
     InvalidToken(String),
+    /// Carries the scopes needed (the challenge's `scope` attribute).
     #[error("the token lacks the scope this route requires: {0}")]
     InsufficientScope(String),
+    /// The target's policy does not let this caller call it: no scope would help.
+    #[error("{0}")]
+    CallerNotAllowed(String),
     #[error("{0}")]
     AuthServerUnavailable(String),
     #[error("too many requests: retry after {retry_after} s")]
@@ -109,6 +113,11 @@ impl ApiError {
                 "insufficient-scope",
                 "Insufficient scope",
             ),
+            CallerNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "caller-not-allowed",
+                "Caller not allowed",
+            ),
             AuthServerUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth-server-unavailable",
@@ -173,6 +182,10 @@ impl ApiError {
             ApiError::InsufficientScope(scope) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
                 quoted(scope)
+            )),
+            ApiError::CallerNotAllowed(why) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                quoted(why)
             )),
             _ => None,
         }

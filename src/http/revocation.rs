@@ -183,7 +183,11 @@ pub async fn revoke_passthrough(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let bytes = answer.bytes().await.unwrap_or_default();
+    let bytes = crate::broker::authserver::read_limited(answer)
+        .await
+        .map_err(|e| {
+            ApiError::AuthServerUnavailable(format!("the authorization server's {e}")).at(&req)
+        })?;
     if status.is_success()
         && state
             .revoker

@@ -128,8 +128,11 @@ pub async fn exchange(
     };
     // The caller: a configured client (HTTP Basic), or whoever its bearer token says.
     let revoker = state.revoker.as_deref();
-    let caller_id = match clients.authenticate(&req) {
-        Some(Ok(client_id)) => Some(client_id),
+    let caller = match clients.authenticate(&req) {
+        Some(Ok(client_id)) => Principal {
+            client_id: Some(client_id),
+            ..Principal::default()
+        },
         Some(Err(e)) => return Err(e.at(&req)),
         None => {
             let token = match identity::extract_bearer(&req, false) {
@@ -142,7 +145,7 @@ pub async fn exchange(
             let caller = proxy_mod::admit(edge, revoker, &token, &target.audience)
                 .await
                 .map_err(|e| e.at(&req))?;
-            caller.token.principal.client_id.clone()
+            caller.token.principal.clone()
         }
     };
     let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience)
@@ -152,17 +155,14 @@ pub async fn exchange(
         .scope
         .as_deref()
         .map(|s| s.split_whitespace().map(str::to_owned).collect());
-    // The caller acts for the subject: the target's policy judges the caller's client
-    // and grants from the subject's scopes.
-    let subject_principal = Principal {
-        client_id: caller_id,
-        ..subject.token.principal.clone()
-    };
+    // The caller acts for the subject: the target's policy judges the caller (its
+    // client, its own scopes) and grants from the subject's scopes.
     let entry = downstream
         .token_for(
             &Subject {
                 token: form.subject_token.clone(),
-                principal: subject_principal,
+                principal: subject.token.principal.clone(),
+                caller,
             },
             target,
             asked.as_deref(),

@@ -252,6 +252,7 @@ async fn downstream_token(
     let subject = Subject {
         token: token.clone(),
         principal: admitted.token.principal.clone(),
+        caller: admitted.token.principal.clone(),
     };
     downstream
         .token_for(&subject, target, None)
@@ -263,7 +264,8 @@ async fn downstream_token(
 /// How a failed downstream token reads to the client.
 pub fn downstream_error(error: DownstreamError) -> ApiError {
     match error {
-        DownstreamError::Denied(why) => ApiError::InsufficientScope(why),
+        DownstreamError::Denied(scopes) => ApiError::InsufficientScope(scopes),
+        DownstreamError::NotAllowed(why) => ApiError::CallerNotAllowed(why),
         DownstreamError::InvalidSubject => {
             ApiError::InvalidToken("the authorization server refused the token".into())
         }
@@ -273,6 +275,16 @@ pub fn downstream_error(error: DownstreamError) -> ApiError {
 
 /// Checks the route's scope policy, on every request, cache hit or miss alike.
 fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError> {
+    if let Some(a) = admitted {
+        let aud = &a.token.principal.aud;
+        if !route.accepted_audiences.is_empty()
+            && !aud.iter().any(|x| route.accepted_audiences.contains(x))
+        {
+            return Err(ApiError::InvalidToken(
+                "the token is meant for another audience".into(),
+            ));
+        }
+    }
     match admitted {
         Some(a) => route
             .scopes

@@ -47,6 +47,8 @@ pub struct Route {
     pub internal_headers: Vec<String>,
     pub allow_query_token: bool,
     pub allow_method_override: bool,
+    /// `aud` values the caller's token must name one of (any when empty).
+    pub accepted_audiences: Vec<String>,
     /// The credential injected upstream, if any.
     pub inject: Option<Injection>,
     pub max_body_bytes: u64,
@@ -120,6 +122,7 @@ impl RouteTable {
                         .collect(),
                     allow_query_token: r.allow_query_token,
                     allow_method_override: r.allow_method_override,
+                    accepted_audiences: r.accepted_audiences.clone(),
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
@@ -217,6 +220,7 @@ mod tests {
             internal_headers: vec![],
             allow_query_token: false,
             allow_method_override: false,
+            accepted_audiences: vec![],
             inject: None,
             max_body_bytes: None,
             security_headers: Default::default(),

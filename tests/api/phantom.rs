@@ -595,6 +595,25 @@ async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
             )
             .await,
         ),
+        // ID tokens, even with an access token's `typ` and an accepted audience.
+        (
+            "an ID token with a nonce",
+            auth.sign(typ.clone(), claims(serde_json::json!({"nonce": "n-1"})))
+                .await,
+        ),
+        (
+            "an ID token with at_hash",
+            auth.sign(typ.clone(), claims(serde_json::json!({"at_hash": "x1"})))
+                .await,
+        ),
+        (
+            "an ID token for its client",
+            auth.sign(
+                typ.clone(),
+                claims(serde_json::json!({"azp": "https://api.test"})),
+            )
+            .await,
+        ),
         ("tampered", {
             let mut parts: Vec<String> = good.split('.').map(String::from).collect();
             parts[1] = b64(claims(serde_json::json!({"scope": "admin"})));
@@ -663,10 +682,18 @@ async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
         ) >= 1.0
     );
 
-    // 10,000 junk tokens, then the good one: still a hit.
-    let junk_tokens = (0..10_000).map(|i| format!("junk-{i}")).collect();
+    // 2,000 junk tokens (ten times the negative cache, twice the positive one), then
+    // the good one: still a hit.
+    let junk_tokens = (0..2_000).map(|i| format!("junk-{i}")).collect();
     let junk = statuses(&app, "/inv", junk_tokens, 64).await;
-    assert!(junk.iter().all(|s| *s == 401));
+    assert!(
+        junk.iter().all(|s| *s == 401),
+        "{:?}",
+        junk.iter()
+            .filter(|s| **s != 401)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
     let before = auth.stats().await["introspection"].as_u64().unwrap();
     assert_eq!(get_with(&app, "/inv", &token).await.status(), 200);
     assert_eq!(
@@ -838,4 +865,112 @@ async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
         !captured_logs().contains("\"d\":"),
         "private key material in the logs"
     );
+}
+
+/// What the AS introspects as active is still refused when it is not an access token
+/// for us: a refresh token, or a token for another audience when `[auth_server]` names
+/// the accepted ones; a route that names its audiences refuses tokens for others.
+#[actix_web::test]
+async fn introspected_tokens_must_be_access_tokens_for_an_accepted_audience() {
+    let Edge {
+        auth,
+        app,
+        upstream,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start().await,
+        "audiences = [\"https://api.test\", \"https://orders.test\"]",
+        |up| {
+            format!(
+                "{}{}",
+                bearer_route("inv", "/inv", up, ""),
+                bearer_route(
+                    "other",
+                    "/other",
+                    up,
+                    "accepted_audiences = [\"https://orders.test\"]"
+                )
+            )
+        },
+    )
+    .await;
+    let refresh = auth.refresh_token("alice", "invoice_read").await;
+    assert_eq!(
+        auth.introspect(&refresh).await["active"],
+        true,
+        "the AS says active"
+    );
+    let hits = upstream.hits();
+    let mut res = get_with(&app, "/inv", &refresh).await;
+    let body = assert_problem(&mut res, 401).await;
+    assert_eq!(body["type"], "urn:intercom:problem:invalid-token");
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "a refresh token reached the upstream"
+    );
+
+    // Audiences: a token for the API passes /inv but not /other; one for no accepted
+    // audience passes nowhere.
+    let for_api = auth
+        .jwt_token("app", "app-dev-secret", "invoice_read", "https://api.test")
+        .await;
+    let for_other = auth
+        .jwt_token(
+            "app",
+            "app-dev-secret",
+            "invoice_read",
+            "https://orders.test",
+        )
+        .await;
+    let for_nobody = auth
+        .jwt_token(
+            "app",
+            "app-dev-secret",
+            "invoice_read",
+            "https://nobody.test",
+        )
+        .await;
+    assert_eq!(get_with(&app, "/inv", &for_api).await.status(), 200);
+    assert_eq!(get_with(&app, "/other", &for_other).await.status(), 200);
+    let mut res = get_with(&app, "/other", &for_api).await;
+    let body = assert_problem(&mut res, 401).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("another audience"),
+        "{body}"
+    );
+    assert_eq!(get_with(&app, "/inv", &for_nobody).await.status(), 401);
+}
+
+/// An active answer that names no `exp` is trusted for 30 s, not for the cache's longest
+/// lifetime: the internal JWT says so.
+#[actix_web::test]
+async fn an_introspection_answer_without_exp_is_trusted_briefly() {
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(
+        TestAuthServer::start_with_env(&[("INTROSPECTION_OMIT_EXP", "1")]).await,
+        "",
+        |up| {
+            format!(
+                "[tokens]\ncache_max_ttl = \"10m\"\nlifetime = \"10m\"\n{}",
+                bearer_route("inv", "/inv", up, "")
+            )
+        },
+    )
+    .await;
+    let token = auth.user_token("alice", "invoice_read", 3600).await;
+    assert!(auth.introspect(&token).await.get("exp").is_none());
+    let mut res = get_with(&app, "/inv", &token).await;
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let claims = verify_internal(&app, &bearer_of(&seen)).await;
+    let exp = claims.claim("exp").unwrap().as_u64().unwrap();
+    assert!(exp <= now() + 31, "trusted until {exp}, now {}", now());
 }

@@ -247,6 +247,20 @@ provider.use(async (ctx, next) => {
     ctx.body = { access_token: await token.save(), expires_in: token.expiresIn };
     return;
   }
+  if (ctx.path === '/__test/refresh' && ctx.method === 'POST') {
+    // Mints a refresh token (no grant behind it, which introspection accepts):
+    // ?sub=alice&scope=a+b&client_id=app
+    const q = ctx.query;
+    const client = await provider.Client.find(q.client_id || 'app');
+    const token = new provider.RefreshToken({
+      accountId: q.sub || 'alice',
+      client,
+      scope: q.scope || 'invoice_read',
+      gty: 'authorization_code',
+    });
+    ctx.body = { refresh_token: await token.save() };
+    return;
+  }
   if (ctx.path === '/__test/sign' && ctx.method === 'POST' && jwks) {
     // Signs any header and claims with this AS's own key (only with SIGNING_KID), so
     // tests can forge tokens that are validly signed yet wrong in one claim.
@@ -265,6 +279,16 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/token/introspection') {
     counts.introspection += 1;
     console.log(JSON.stringify({ event: 'introspection', n: counts.introspection }));
+    await next();
+    const body = ctx.body;
+    if (body && typeof body === 'object' && body.active) {
+      // oidc-provider leaves token_type out for refresh tokens (and sets it for every
+      // other kind); say what it is, as RFC 7662 ASes and Keycloak (typ) do.
+      if (body.token_type === undefined) body.token_type = 'refresh_token';
+      // An AS that names no expiry (RFC 7662 makes exp optional).
+      if (process.env.INTROSPECTION_OMIT_EXP) delete body.exp;
+    }
+    return;
   } else if (ctx.path === '/token/revocation') {
     counts.revocation += 1;
   } else if (ctx.path === '/jwks') {
