@@ -181,7 +181,7 @@ impl EdgeAuthenticator {
             }
         }
         match self.introspector.introspect(token).await {
-            Ok(Introspection::Active(p)) => Ok(p),
+            Ok(Introspection::Active(p)) => Ok(*p),
             Ok(Introspection::Inactive) => {
                 Err(EdgeError::Invalid("the token is not active".into()))
             }

@@ -18,7 +18,7 @@ pub const LIFETIME_WITHOUT_EXP: Duration = Duration::from_secs(30);
 /// What the AS said of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
-    Active(Principal),
+    Active(Box<Principal>),
     Inactive,
 }
 
@@ -143,7 +143,7 @@ impl Introspector {
         if principal.exp <= now_secs() {
             return Ok(Introspection::Inactive);
         }
-        Ok(Introspection::Active(principal))
+        Ok(Introspection::Active(Box::new(principal)))
     }
 
     async fn verify_signed_answer(&self, jwt: &str) -> Result<TokenClaims, IntrospectError> {
