@@ -67,14 +67,13 @@ fn serve(settings: Settings) -> ExitCode {
     intercom::telemetry::init_tracing(&settings.telemetry, std::io::stdout);
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
-        app.run_until_stopped().await.map_err(Into::into)
+        app.run_until_stopped()
+            .await
+            .map_err(intercom::startup::StartError::from)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(
-            err @ (intercom::startup::StartError::Settings(_)
-            | intercom::startup::StartError::Secret { .. }),
-        ) => {
+        Err(err) if err.is_configuration() => {
             eprintln!("intercom: invalid configuration: {err}");
             ExitCode::from(EX_CONFIG)
         }

@@ -664,6 +664,11 @@ pub struct TlsSettings {
     /// A plain-HTTP listener that only redirects to HTTPS (308), when set.
     #[serde(default)]
     pub redirect_listen: Option<String>,
+    /// The host names the redirect may send clients to (required with
+    /// `redirect_listen`): a request for one of them goes there, any other to the first.
+    /// The client's `Host` is never reflected.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
     /// `Strict-Transport-Security: max-age` on every answer; 0 turns it off.
     #[serde(default = "default_hsts")]
     pub hsts_max_age_secs: u64,
@@ -952,6 +957,29 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         parse_addr("server.listen", &self.server.listen)?;
         parse_addr("server.admin_listen", &self.server.admin_listen)?;
+        if let Some(tls) = &self.server.tls {
+            if let Some(addr) = &tls.redirect_listen {
+                parse_addr("server.tls.redirect_listen", addr)?;
+                if tls.redirect_hosts.is_empty() {
+                    return Err(SettingsError::new(
+                        "server.tls.redirect_hosts",
+                        "is required with redirect_listen: the host names to redirect to",
+                    ));
+                }
+            }
+            for host in &tls.redirect_hosts {
+                let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                    None => !host.contains([':', '/', '@']) && url::Host::parse(host).is_ok(),
+                };
+                if !ok {
+                    return Err(SettingsError::new(
+                        "server.tls.redirect_hosts",
+                        format!("{host:?} is not a host name (no port, no scheme)"),
+                    ));
+                }
+            }
+        }
         self.validate_rate_limits()?;
         if self.server.workers == Some(0) {
             return Err(SettingsError::new("server.workers", "must be at least 1"));

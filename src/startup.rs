@@ -88,6 +88,28 @@ pub enum StartError {
         key: String,
         error: crate::secrets::SecretError,
     },
+    /// A setting that passed validation but cannot be used here (a file that does not
+    /// load, an address that cannot be bound): a configuration error, naming its key.
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
+}
+
+impl StartError {
+    /// True when the configuration is at fault (exit 64), not the machine.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            StartError::Settings(_) | StartError::Secret { .. } | StartError::Config { .. }
+        )
+    }
+}
+
+/// Binds `addr` for the setting `key`; a failure names the key.
+fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|e| StartError::Config {
+        key,
+        message: format!("cannot listen on {addr}: {e}"),
+    })
 }
 
 /// The shared Redis pool, when `[redis]` is configured (connections open on first use).
@@ -446,7 +468,21 @@ fn build_tls(
     let Some(t) = &settings.server.tls else {
         return Ok(None);
     };
-    let certificates = CertificateReloader::load(&t.cert_file, &t.key_file)?;
+    let certificates =
+        CertificateReloader::load(&t.cert_file, &t.key_file).map_err(|e| match e {
+            crate::tls::TlsError::File { path, reason } => StartError::Config {
+                key: if std::path::Path::new(&path) == std::path::Path::new(&t.key_file) {
+                    "server.tls.key_file"
+                } else {
+                    "server.tls.cert_file"
+                },
+                message: format!("{path}: {reason}"),
+            },
+            crate::tls::TlsError::Config(why) => StartError::Config {
+                key: "server.tls",
+                message: why,
+            },
+        })?;
     let report = {
         let readiness = Arc::downgrade(readiness);
         move |not_after: i64| {
@@ -480,26 +516,40 @@ fn build_tls(
     Ok(Some(crate::tls::server_config(certificates, t.tls13_only)?))
 }
 
-/// The plain-HTTP listener that only redirects to HTTPS on `https_port`.
-fn redirect_server(addr: &str, https_port: u16, drain_secs: u64) -> std::io::Result<Server> {
-    let listener = TcpListener::bind(addr)?;
+/// The plain-HTTP listener that only redirects to HTTPS on `https_port`, and only to
+/// one of `hosts` (the configured names: the client's `Host` picks among them, never
+/// adds to them).
+fn redirect_server(
+    addr: &str,
+    hosts: Vec<String>,
+    https_port: u16,
+    drain_secs: u64,
+) -> Result<Server, StartError> {
+    let listener = bind("server.tls.redirect_listen", addr)?;
+    let hosts: Arc<[String]> = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
     Ok(HttpServer::new(move || {
-        App::new().default_service(web::to(move |req: HttpRequest| async move {
-            let host = req
-                .headers()
-                .get(actix_web::http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-            let port = if https_port == 443 {
-                String::new()
-            } else {
-                format!(":{https_port}")
-            };
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            HttpResponse::PermanentRedirect()
-                .insert_header(("location", format!("https://{host}{port}{target}")))
-                .finish()
+        let hosts = hosts.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let hosts = hosts.clone();
+            async move {
+                let asked = req
+                    .headers()
+                    .get(actix_web::http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| crate::proxy::routes::strip_port(h).to_ascii_lowercase());
+                let host = asked
+                    .and_then(|a| hosts.iter().find(|h| **h == a))
+                    .unwrap_or(&hosts[0]);
+                let port = if https_port == 443 {
+                    String::new()
+                } else {
+                    format!(":{https_port}")
+                };
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                HttpResponse::PermanentRedirect()
+                    .insert_header(("location", format!("https://{host}{port}{target}")))
+                    .finish()
+            }
         }))
     })
     .workers(1)
@@ -675,9 +725,9 @@ impl Application {
                 .ok()
             })
             .map(Hsts);
-        let listener = TcpListener::bind(&settings.server.listen)?;
+        let listener = bind("server.listen", &settings.server.listen)?;
         let port = listener.local_addr()?.port();
-        let admin_listener = TcpListener::bind(&settings.server.admin_listen)?;
+        let admin_listener = bind("server.admin_listen", &settings.server.admin_listen)?;
         let admin_port = admin_listener.local_addr()?.port();
         let workers = settings
             .server
@@ -753,9 +803,9 @@ impl Application {
             .server
             .tls
             .as_ref()
-            .and_then(|t| t.redirect_listen.as_ref())
+            .and_then(|t| Some((t.redirect_listen.as_ref()?, t.redirect_hosts.clone())))
         {
-            Some(addr) => Some(redirect_server(addr, port, drain_secs)?),
+            Some((addr, hosts)) => Some(redirect_server(addr, hosts, port, drain_secs)?),
             None => None,
         };
 

@@ -167,7 +167,8 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host of a `Host` value without its port (an IPv6 literal keeps its brackets).
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: keep through the closing bracket.
         return host.split_inclusive(']').next().unwrap_or(host);

@@ -126,3 +126,64 @@ async fn sigterm_turns_unready_and_drains_a_slow_request() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// What validation cannot see but start-up finds (a TLS file that does not load, an
+/// address that cannot be bound) stops `serve` like any configuration error: exit 64,
+/// one line naming the key.
+#[test]
+fn unusable_files_and_addresses_stop_serve_with_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n";
+    let listen = |port: u16| {
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n")
+    };
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let cases = [
+        (
+            format!(
+                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                listen(0),
+                dir.path().join("missing.pem").display(),
+                garbage.display()
+            ),
+            "server.tls.cert_file",
+        ),
+        (
+            // 192.0.2.1 (TEST-NET-1) is not an address of this machine.
+            "[server]\nlisten = \"192.0.2.1:8080\"\nadmin_listen = \"127.0.0.1:0\"\n".to_string(),
+            "server.listen: cannot listen on 192.0.2.1:8080",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"192.0.2.1:9901\"\n".to_string(),
+            "server.admin_listen",
+        ),
+        (
+            format!(
+                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nredirect_listen = \"localhost:80\"\nredirect_hosts = [\"a.test\"]\n",
+                listen(0),
+                garbage.display(),
+                garbage.display()
+            ),
+            "server.tls.redirect_listen",
+        ),
+        (
+            format!(
+                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nredirect_listen = \"127.0.0.1:0\"\n",
+                listen(0),
+                garbage.display(),
+                garbage.display()
+            ),
+            "server.tls.redirect_hosts: is required",
+        ),
+    ];
+    for (i, (config, key)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case-{i}.toml"));
+        std::fs::write(&file, format!("{config}{route}")).unwrap();
+        let out = intercom_binary(&file, &["serve"], &[]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "case {i}: {stderr}");
+        assert!(stderr.contains(key), "case {i}: expected {key:?} in {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "case {i}: {stderr}");
+    }
+}

@@ -21,15 +21,21 @@ async fn fifty_megabytes_each_way_without_buffering() {
         )
     })
     .await;
-    let client = test_client();
+    // A fresh connection per phase: the test is about bodies, not about reusing an idle
+    // keep-alive connection that the server may be closing just then.
+    let client = test_client;
     let base = format!("http://127.0.0.1:{port}");
 
     // Warm up, then take the baseline.
-    let mut res = client.get(format!("{base}/big/warm")).send().await.unwrap();
+    let mut res = client()
+        .get(format!("{base}/big/warm"))
+        .send()
+        .await
+        .unwrap();
     let _ = res.body().await;
     let (_, baseline) = memory_of(intercom.pid());
 
-    let mut res = client
+    let mut res = client()
         .post(format!("{base}/big/upload"))
         .send_body(actix_web::body::SizedStream::new(
             SIZE,
@@ -46,7 +52,7 @@ async fn fifty_megabytes_each_way_without_buffering() {
         "upload changed on the way"
     );
 
-    let mut res = client
+    let mut res = client()
         .get(format!("{base}/big/download?bytes={SIZE}"))
         .send()
         .await
@@ -67,7 +73,7 @@ async fn fifty_megabytes_each_way_without_buffering() {
     );
 
     // A chunked upload (no Content-Length) streams the same way.
-    let mut res = client
+    let mut res = client()
         .post(format!("{base}/big/chunked"))
         .send_stream(pattern_stream(3 * 1024 * 1024 + 7))
         .await

@@ -63,7 +63,7 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
     let (cert, key, der) = write_certificate(dir.path());
     let redirect_port = free_port();
     let app = spawn_app(&format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\nredirect_listen = \"127.0.0.1:{redirect_port}\"\n\
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\nredirect_listen = \"127.0.0.1:{redirect_port}\"\nredirect_hosts = [\"example.test\", \"[::1]\"]\n\
          [[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
         cert.display(),
         key.display(),
@@ -154,6 +154,25 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
         )),
         "{text}"
     );
+    // Another host is not reflected (an open redirect); a bracketed IPv6 host that is
+    // configured keeps its brackets.
+    for (host, to) in [
+        ("evil.example", "example.test"),
+        ("evil.example:80", "example.test"),
+        ("[::1]:80", "[::1]"),
+        ("EXAMPLE.test", "example.test"),
+    ] {
+        let (status, text) = raw_request(
+            redirect_port,
+            &format!("GET /p HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, 308, "{host}");
+        let location = format!("location: https://{to}:{}/p", app.port);
+        assert!(
+            text.to_ascii_lowercase().contains(&location),
+            "{host}: {text}"
+        );
+    }
     assert_eq!(
         upstream.hits(),
         3,
