@@ -766,6 +766,10 @@ pub struct RouteSettings {
     /// When not empty, the caller's token must name one of these in `aud` (else 401).
     #[serde(default)]
     pub accepted_audiences: Vec<String>,
+    /// Intercom's own internal JWTs are accepted here only when their `aud` (the route
+    /// they were minted for) is one of these (needs `tokens.accept_internal`).
+    #[serde(default)]
+    pub internal_audiences: Vec<String>,
     /// Forward `X-HTTP-Method-Override` and its kin (removed otherwise: frameworks would
     /// run another method than the one Intercom checked).
     #[serde(default)]
@@ -1006,6 +1010,12 @@ impl Settings {
         let mut prefixes = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let key = |field: &str| format!("routes[{i}].{field}");
+            if !route.internal_audiences.is_empty() && !self.tokens.accept_internal {
+                return Err(SettingsError::new(
+                    key("internal_audiences"),
+                    "needs tokens.accept_internal = true",
+                ));
+            }
             if route.name.is_empty()
                 || !route
                     .name

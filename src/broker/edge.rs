@@ -125,9 +125,14 @@ impl EdgeAuthenticator {
             Lookup::Miss => {
                 let load = async {
                     match self.authenticate(token).await {
-                        Ok(principal) => {
+                        Ok(mut principal) => {
                             // Mint now, off the hit path: the JWT is cached with the result.
-                            let ids = Ids::of(&self.hasher, &principal, token);
+                            let mut ids = Ids::of(&self.hasher, &principal, token);
+                            match &principal.source_token_id {
+                                // An internal JWT is revoked with the token it came from.
+                                Some(source) => ids.token = source.clone(),
+                                None => principal.source_token_id = Some(ids.token.clone()),
+                            }
                             let entry = CachedToken::new(principal, ids);
                             if let Ok(m) = self.minter.mint(&entry.principal, audience) {
                                 entry.store_jwt(audience, m);

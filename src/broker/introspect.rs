@@ -139,7 +139,10 @@ impl Introspector {
             return Ok(Introspection::Inactive);
         }
         let fallback = now_secs() + self.default_lifetime.as_secs();
-        let principal = claims.into_principal(fallback, &self.tier_claim);
+        let principal = Principal {
+            source_token_id: None,
+            ..claims.into_principal(fallback, &self.tier_claim)
+        };
         if principal.exp <= now_secs() {
             return Ok(Introspection::Inactive);
         }

@@ -414,6 +414,10 @@ impl Minter {
         if let Some(sid) = &principal.sid {
             claim(&mut payload, "sid", sid.as_str().into())?;
         }
+        if let Some(source) = &principal.source_token_id {
+            // A keyed hash (the replicas' shared key): it names no token to anyone else.
+            claim(&mut payload, "src_tid", source.as_str().into())?;
+        }
         let jwt = jwt::encode_with_signer(&payload, &header, &*key.signer)
             .map_err(|_| MintError::Signing)?;
         metrics::histogram!("intercom_token_mint_duration_seconds")

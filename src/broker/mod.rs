@@ -36,6 +36,12 @@ pub struct Principal {
     pub sid: Option<String>,
     /// The audiences the token names (`aud`), for routes that accept only some.
     pub aud: Vec<String>,
+    /// An internal JWT of Intercom's own, presented back: accepted only where a route
+    /// names its `aud` in `internal_audiences`.
+    pub internal: bool,
+    /// The revocation id of the token this one was minted from (the `src_tid` claim of
+    /// internal JWTs): revoking that token revokes what Intercom derived from it.
+    pub source_token_id: Option<String>,
 }
 
 /// The claims Intercom reads from an introspection answer or a JWT access token.
@@ -72,6 +78,9 @@ pub(crate) struct TokenClaims {
     /// Keycloak's token kind in introspection (`Bearer`, `Refresh`, `ID`, `Offline`).
     #[serde(default)]
     pub typ: Option<String>,
+    /// On Intercom's internal JWTs: the source token's revocation id.
+    #[serde(default)]
+    pub src_tid: Option<String>,
     /// Every other claim, for the configured tier claim.
     #[serde(flatten)]
     pub other: std::collections::HashMap<String, serde_json::Value>,
@@ -136,6 +145,8 @@ impl TokenClaims {
             iat: self.iat,
             sid: self.sid,
             aud,
+            internal: false,
+            source_token_id: self.src_tid,
         }
     }
 }

@@ -195,7 +195,11 @@ impl JwtValidator {
         if !claims.is_access_token() {
             return Err(JwtError::WrongType);
         }
-        Ok(claims.into_principal(exp, &self.tier_claim))
+        // Only Intercom's own tokens carry a source link; the AS's are their own source.
+        Ok(Principal {
+            source_token_id: None,
+            ..claims.into_principal(exp, &self.tier_claim)
+        })
     }
 }
 
@@ -254,7 +258,10 @@ impl InternalValidator {
         let exp = check_times(&payload, self.leeway)?;
         let claims: TokenClaims = serde_json::from_value(serde_json::Value::Object(payload.into()))
             .map_err(|_| JwtError::Malformed)?;
-        Ok(claims.into_principal(exp, &self.tier_claim))
+        Ok(Principal {
+            internal: true,
+            ..claims.into_principal(exp, &self.tier_claim)
+        })
     }
 }
 

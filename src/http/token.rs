@@ -116,12 +116,18 @@ pub async fn exchange(
         .as_deref()
         .or(form.resource.as_deref())
         .ok_or_else(|| bad("name the target in audience or resource"))?;
-    let target = state
+    let (route, target) = state
         .routes
         .routes()
         .iter()
-        .find_map(|r| r.target.as_ref().filter(|t| &*t.audience == audience))
+        .find_map(|r| Some((r, r.target.as_ref().filter(|t| &*t.audience == audience)?)))
         .ok_or_else(|| bad("no target is configured for this audience"))?;
+    // The target's route decides which tokens it takes, here as on the proxy path.
+    let taken = |principal: &Principal| {
+        route
+            .accepts(principal)
+            .map_err(|why| ApiError::InvalidToken(why.into()).at(&req))
+    };
     let (edge, downstream) = match (&state.edge, &state.downstream) {
         (Some(edge), Some(downstream)) => (edge, downstream),
         _ => return Err(ApiError::NotFound.at(&req)),
@@ -145,12 +151,14 @@ pub async fn exchange(
             let caller = proxy_mod::admit(edge, revoker, &token, &target.audience)
                 .await
                 .map_err(|e| e.at(&req))?;
+            taken(&caller.token.principal)?;
             caller.token.principal.clone()
         }
     };
     let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience)
         .await
         .map_err(|e| e.at(&req))?;
+    taken(&subject.token.principal)?;
     let asked: Option<Vec<String>> = form
         .scope
         .as_deref()

@@ -276,14 +276,9 @@ pub fn downstream_error(error: DownstreamError) -> ApiError {
 /// Checks the route's scope policy, on every request, cache hit or miss alike.
 fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError> {
     if let Some(a) = admitted {
-        let aud = &a.token.principal.aud;
-        if !route.accepted_audiences.is_empty()
-            && !aud.iter().any(|x| route.accepted_audiences.contains(x))
-        {
-            return Err(ApiError::InvalidToken(
-                "the token is meant for another audience".into(),
-            ));
-        }
+        route
+            .accepts(&a.token.principal)
+            .map_err(|why| ApiError::InvalidToken(why.into()))?;
     }
     match admitted {
         Some(a) => route

@@ -49,6 +49,8 @@ pub struct Route {
     pub allow_method_override: bool,
     /// `aud` values the caller's token must name one of (any when empty).
     pub accepted_audiences: Vec<String>,
+    /// `aud` values of internal JWTs accepted here (none when empty).
+    pub internal_audiences: Vec<String>,
     /// The credential injected upstream, if any.
     pub inject: Option<Injection>,
     pub max_body_bytes: u64,
@@ -123,6 +125,7 @@ impl RouteTable {
                     allow_query_token: r.allow_query_token,
                     allow_method_override: r.allow_method_override,
                     accepted_audiences: r.accepted_audiences.clone(),
+                    internal_audiences: r.internal_audiences.clone(),
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
@@ -177,6 +180,21 @@ pub fn strip_port(host: &str) -> &str {
 }
 
 impl Route {
+    /// Refuses a token this route does not take: one whose `aud` is not among
+    /// `accepted_audiences` (when named), or an internal JWT of Intercom's own minted for
+    /// an upstream the route does not name in `internal_audiences` (one service must not
+    /// replay a user's internal JWT against any API).
+    pub fn accepts(&self, principal: &crate::broker::Principal) -> Result<(), &'static str> {
+        let names = |list: &[String]| principal.aud.iter().any(|a| list.contains(a));
+        if principal.internal && !names(&self.internal_audiences) {
+            return Err("internal tokens from this upstream are not accepted on this route");
+        }
+        if !self.accepted_audiences.is_empty() && !names(&self.accepted_audiences) {
+            return Err("the token is meant for another audience");
+        }
+        Ok(())
+    }
+
     /// The path sent upstream for a canonical request path under this route's prefix.
     pub fn upstream_path(&self, path: &str) -> String {
         let rest = if self.prefix == "/" {
@@ -222,6 +240,7 @@ mod tests {
             allow_query_token: false,
             allow_method_override: false,
             accepted_audiences: vec![],
+            internal_audiences: vec![],
             inject: None,
             max_body_bytes: None,
             security_headers: Default::default(),

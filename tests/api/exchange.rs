@@ -49,12 +49,23 @@ impl World {
 
     /// As [`World::intercom`], with more `[exchange]` keys.
     async fn intercom_with(&self, route: &str, exchange: &str, rest: &str) -> TestApp {
+        self.intercom_keyed("", route, exchange, rest).await
+    }
+
+    /// As [`World::intercom_with`], with `route_keys` on the billing route itself.
+    async fn intercom_keyed(
+        &self,
+        route_keys: &str,
+        route: &str,
+        exchange: &str,
+        rest: &str,
+    ) -> TestApp {
         let config = format!(
             "{}{}\
              [exchange]\nencryption_key = \"file:cache_encryption_key\"\n{exchange}\n\
              [revocation]\nadmin_credential = \"file:admin_credential\"\n\
              [[routes]]\nname = \"billing\"\nprefix = \"/intercom/billing\"\nstrip_prefix = true\n\
-             upstreams = [\"{}\"]\nauth = \"bearer\"\n\
+             upstreams = [\"{}\"]\nauth = \"bearer\"\n{route_keys}\n\
              [routes.exchange]\naudience = \"https://billing.internal\"\n\
              allowed_scopes = [\"invoice_read\", \"invoice_write\"]\ncallers = [\"app\"]\n{route}\n{rest}\n",
             auth_config(&self.auth, &self.secrets, ""),
@@ -935,13 +946,19 @@ async fn the_token_endpoint_takes_configured_clients_with_basic_authentication()
 #[actix_web::test]
 async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subject() {
     let world = World::start(&[]).await;
+    // Billing takes internal JWTs minted for the orders service, and only those.
     let a = world
-        .intercom(
+        .intercom_keyed(
+            "internal_audiences = [\"orders-svc\"]",
             "mode = \"mint\"",
+            "",
             &format!(
                 "[tokens]\naccept_internal = true\n\
                  [[routes]]\nname = \"orders\"\nprefix = \"/api/orders\"\nupstreams = [\"{}\"]\n\
-                 auth = \"bearer\"\naudience = \"orders-svc\"\n",
+                 auth = \"bearer\"\naudience = \"orders-svc\"\n\
+                 [[routes]]\nname = \"reports\"\nprefix = \"/api/reports\"\nupstreams = [\"{}\"]\n\
+                 auth = \"bearer\"\naudience = \"reports-svc\"\n",
+                world.upstream.url(),
                 world.upstream.url()
             ),
         )
@@ -976,6 +993,80 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
     let mut forged = internal.clone();
     forged.replace_range(forged.len() - 4.., "AAAA");
     assert_eq!(call(&a, &forged).await.0, 401);
+    // An internal JWT minted for another upstream is not accepted on billing: a service
+    // cannot replay a user's internal JWT against any API.
+    let mut res = a
+        .client
+        .get(a.url("/api/reports/1"))
+        .insert_header(("authorization", format!("Bearer {alice}")))
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let for_reports = sent_token(&seen);
+    let mut res = a
+        .client
+        .get(a.url("/intercom/billing/x"))
+        .insert_header(("authorization", format!("Bearer {for_reports}")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(&mut res, 401).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("not accepted"),
+        "{body}"
+    );
+    // Nor on a plain route that names none.
+    let mut res = a
+        .client
+        .get(a.url("/api/reports/2"))
+        .insert_header(("authorization", format!("Bearer {internal}")))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(&mut res, 401).await;
+    // Nor at /token for billing, as the subject.
+    let mut res = a
+        .client
+        .post(a.url("/token"))
+        .insert_header(("authorization", format!("Bearer {alice}")))
+        .send_form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", for_reports.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", "https://billing.internal"),
+        ])
+        .await
+        .unwrap();
+    assert_problem(&mut res, 401).await;
+    // Revoking alice's token itself refuses what was derived from it (the internal JWT
+    // carries its source's revocation id).
+    let bob = world
+        .auth
+        .user_token_with("bob", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    let mut res = a
+        .client
+        .get(a.url("/api/orders/3"))
+        .insert_header(("authorization", format!("Bearer {bob}")))
+        .send()
+        .await
+        .unwrap();
+    let bob_internal = sent_token(&res.json::<serde_json::Value>().await.unwrap());
+    assert_eq!(call(&a, &bob_internal).await.0, 200);
+    let (status, _) = admin_revoke(&a, ADMIN, serde_json::json!({"token": bob})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        call(&a, &bob_internal).await.0,
+        401,
+        "derived from a revoked token"
+    );
     // Revoking the session refuses the internal JWT minted before it.
     let (status, _) = admin_revoke(&a, ADMIN, serde_json::json!({"sid": "s-9"})).await;
     assert_eq!(status, 200);

@@ -183,7 +183,10 @@ fn unusable_files_and_addresses_stop_serve_with_64_naming_the_key() {
         let out = intercom_binary(&file, &["serve"], &[]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "case {i}: {stderr}");
-        assert!(stderr.contains(key), "case {i}: expected {key:?} in {stderr}");
+        assert!(
+            stderr.contains(key),
+            "case {i}: expected {key:?} in {stderr}"
+        );
         assert_eq!(stderr.trim().lines().count(), 1, "case {i}: {stderr}");
     }
 }
