@@ -239,6 +239,12 @@ pub struct RateLimitSettings {
     pub key_prefix: String,
     /// Windows per tier.
     pub tiers: std::collections::BTreeMap<String, Vec<WindowSettings>>,
+    /// Per client address: how many tokens Intercom has not seen may cost an
+    /// introspection (or validation) at the AS; past it, 429. Empty turns it off.
+    pub unknown_tokens: Vec<WindowSettings>,
+    /// Per client address: calls of `/token`, `/revoke` and `/backchannel-logout`.
+    /// Empty turns it off.
+    pub endpoints: Vec<WindowSettings>,
 }
 
 impl Default for RateLimitSettings {
@@ -251,6 +257,16 @@ impl Default for RateLimitSettings {
             replicas: 1,
             key_prefix: "intercom:rl".into(),
             tiers: Default::default(),
+            unknown_tokens: vec![WindowSettings {
+                requests: 600,
+                per: Duration::from_secs(60),
+                burst: Some(100),
+            }],
+            endpoints: vec![WindowSettings {
+                requests: 600,
+                per: Duration::from_secs(60),
+                burst: Some(100),
+            }],
         }
     }
 }
@@ -1395,6 +1411,14 @@ impl Settings {
     fn validate_rate_limits(&self) -> Result<(), SettingsError> {
         for (tier, windows) in &self.rate_limit.tiers {
             validate_windows(&format!("rate_limit.tiers.{tier}"), windows)?;
+        }
+        for (key, windows) in [
+            ("rate_limit.unknown_tokens", &self.rate_limit.unknown_tokens),
+            ("rate_limit.endpoints", &self.rate_limit.endpoints),
+        ] {
+            if !windows.is_empty() {
+                validate_windows(key, windows)?;
+            }
         }
         if !(0.0..1.0).contains(&self.exchange.refresh_ahead) || self.exchange.refresh_ahead == 0.0
         {

@@ -664,7 +664,7 @@ impl Application {
             edge: edge.map(|e| e.edge),
             identity: IdentityHeaders::from_settings(&settings.tokens),
             secrets: secrets.clone(),
-            limiter,
+            limiter: limiter.clone(),
             downstream: downstream.clone(),
             revoker: revoker.clone(),
         });
@@ -675,6 +675,8 @@ impl Application {
                 admin_credential,
                 http: as_http,
                 revocation_endpoint,
+                limiter: limiter.clone(),
+                trusted_proxies: settings.server.trusted_proxies.clone(),
             })
         });
         let serves_token = downstream.is_some();

@@ -109,6 +109,12 @@ impl EdgeAuthenticator {
             .invalidate_if(move |entry| entry.ids.get(kind) == Some(id.as_str()));
     }
 
+    /// True when the token's verdict is cached (admitted or refused): admitting it again
+    /// costs the AS nothing.
+    pub fn knows(&self, token: &str) -> bool {
+        self.cache.contains(&self.cache.key(token))
+    }
+
     /// Drops every cached token.
     pub fn clear(&self) {
         self.cache.invalidate_all();

@@ -22,6 +22,23 @@ pub struct RevocationState {
     /// For RFC 7009 pass-through.
     pub http: reqwest::Client,
     pub revocation_endpoint: Option<String>,
+    /// Budgets per client address (`rate_limit.endpoints`).
+    pub limiter: Option<Arc<crate::limits::RateLimiter>>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl RevocationState {
+    /// Spends one call of the client address's endpoint budget.
+    async fn spend(&self, req: &HttpRequest) -> Result<(), Problem> {
+        crate::proxy::spend_budget(
+            req,
+            self.limiter.as_deref(),
+            &self.trusted_proxies,
+            crate::limits::Budget::Endpoint,
+        )
+        .await
+        .map_err(|e| e.at(req))
+    }
 }
 
 /// `POST /admin/revoke` body: exactly one of these.
@@ -114,6 +131,7 @@ pub async fn backchannel_logout(
     verifier: web::Data<LogoutVerifier>,
     form: web::Form<LogoutForm>,
 ) -> Result<HttpResponse, Problem> {
+    state.spend(&req).await?;
     let logout = verifier
         .verify(&form.logout_token)
         .await
@@ -159,6 +177,7 @@ pub async fn revoke_passthrough(
     let Some(endpoint) = &state.revocation_endpoint else {
         return Err(ApiError::NotFound.at(&req));
     };
+    state.spend(&req).await?;
     let form: RevocationForm = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::BadRequest("a token parameter is required".into()).at(&req))?;
     let mut call = state

@@ -94,6 +94,14 @@ pub async fn exchange(
     form: web::Form<ExchangeForm>,
 ) -> Result<HttpResponse, Problem> {
     let bad = |why: &str| ApiError::BadRequest(why.to_string()).at(&req);
+    proxy_mod::spend_budget(
+        &req,
+        state.limiter.as_deref(),
+        &state.trusted_proxies,
+        crate::limits::Budget::Endpoint,
+    )
+    .await
+    .map_err(|e| e.at(&req))?;
     if form.grant_type != TOKEN_EXCHANGE_GRANT {
         return Err(bad(
             "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",

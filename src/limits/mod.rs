@@ -60,10 +60,23 @@ pub struct RateLimiter {
     /// Callers are keyed hashes under the replicas' shared key: an address or an id in
     /// a Redis key cannot be found again by hashing candidates.
     hasher: SharedHasher,
+    /// Per address: unknown tokens that may reach the AS.
+    unknown_tokens: Option<RoutePolicy>,
+    /// Per address: calls of Intercom's own endpoints.
+    endpoints: Option<RoutePolicy>,
+}
+
+/// The budgets per client address that are not a route's.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// A token Intercom has not seen: it would cost the AS a call.
+    UnknownToken,
+    /// `/token`, `/revoke`, `/backchannel-logout`.
+    Endpoint,
 }
 
 impl RateLimiter {
-    /// The limiter, or `None` when no route is limited.
+    /// The limiter, or `None` when no route is limited and no budget is on.
     pub fn new(
         settings: &Settings,
         redis: Option<Arc<SharedRedis>>,
@@ -75,10 +88,17 @@ impl RateLimiter {
             .enumerate()
             .map(|(i, r)| RoutePolicy::new(i, r, &settings.rate_limit))
             .collect();
-        if routes.iter().all(Option::is_none) {
+        let rl = &settings.rate_limit;
+        // Indexes past the routes', so their reserved cells are their own.
+        let n = settings.routes.len();
+        let unknown_tokens =
+            RoutePolicy::budget(n, "unknown-tokens", &rl.unknown_tokens, rl.replicas);
+        let endpoints = RoutePolicy::budget(n + 1, "endpoints", &rl.endpoints, rl.replicas);
+        let any_route = routes.iter().any(Option::is_some);
+        if !any_route && unknown_tokens.is_none() && endpoints.is_none() {
             return None;
         }
-        if redis.is_none() {
+        if redis.is_none() && any_route {
             tracing::warn!(
                 "rate limits without [redis]: each replica limits alone at limit / rate_limit.replicas"
             );
@@ -91,9 +111,28 @@ impl RateLimiter {
             leases: Leases::default(),
             replicas: u64::from(settings.rate_limit.replicas),
             hasher,
+            unknown_tokens,
+            endpoints,
         });
         limiter.spawn_local_cleanup();
         Some(limiter)
+    }
+
+    /// Counts one call against a budget of the client address `ip`; `Ok(None)` when that
+    /// budget is off.
+    pub async fn check_budget(
+        &self,
+        budget: Budget,
+        ip: IpAddr,
+    ) -> Result<Option<Decision>, LimiterUnavailable> {
+        let policy = match budget {
+            Budget::UnknownToken => &self.unknown_tokens,
+            Budget::Endpoint => &self.endpoints,
+        };
+        match policy {
+            Some(policy) => self.check(policy, Caller::Address(ip)).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The policy of the route at `index`, if it is limited.
@@ -196,7 +235,9 @@ impl RateLimiter {
                 let Some(limiter) = limiter.upgrade() else {
                     return;
                 };
-                for policy in limiter.routes.iter().flatten() {
+                let budgets = [&limiter.unknown_tokens, &limiter.endpoints];
+                let policies = limiter.routes.iter().chain(budgets).flatten();
+                for policy in policies {
                     for tier in policy.tiers() {
                         tier.windows.iter().for_each(|w| w.local.forget_idle());
                     }

@@ -148,6 +148,28 @@ impl RoutePolicy {
         })
     }
 
+    /// A budget per client address that is not a route's (`name` labels its metrics and
+    /// keys); `None` when it has no windows.
+    pub fn budget(
+        index: usize,
+        name: &str,
+        windows: &[WindowSettings],
+        replicas: u32,
+    ) -> Option<Self> {
+        if windows.is_empty() {
+            return None;
+        }
+        let tier = Arc::new(TierPolicy::new(name, "address", windows, replicas));
+        Some(Self {
+            index,
+            route: Arc::from(name),
+            key: RateLimitKey::Address,
+            tiers: HashMap::from([("address".to_string(), tier.clone())]),
+            default: tier.clone(),
+            anonymous: tier,
+        })
+    }
+
     /// The tier for a verified tier claim; unknown or missing → the default tier.
     pub fn tier_for(&self, claimed: Option<&str>) -> &Arc<TierPolicy> {
         claimed

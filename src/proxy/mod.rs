@@ -28,7 +28,7 @@ use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::errors::ApiError;
 use crate::http::request_id::{self, RequestId};
 use crate::http::security_headers::EnforceSecurityHeaders;
-use crate::limits::{Caller, RateLimiter};
+use crate::limits::{Budget, Caller, RateLimiter};
 use crate::revoke::Revoker;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::Secret;
@@ -50,7 +50,7 @@ pub struct ProxyState {
     pub identity: IdentityHeaders,
     /// For injected credentials and their refresh on an upstream 401.
     pub secrets: Arc<SecretRegistry>,
-    /// Rate limits; `None` when no route has one.
+    /// Rate limits and the budgets per client address; `None` when all are off.
     pub limiter: Option<Arc<RateLimiter>>,
     /// Tokens for downstream audiences; `None` when no route exchanges.
     pub downstream: Option<Arc<DownstreamTokens>>,
@@ -215,6 +215,12 @@ async fn authenticate(
         Err(BearerError::Missing) => return Err(ApiError::MissingToken),
         Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
     };
+    if !edge.knows(&token) {
+        // A token not seen yet costs the AS a call: bounded per client address, so
+        // junk tokens cannot be turned into a flood of introspections.
+        let limiter = state.limiter.as_deref();
+        spend_budget(req, limiter, &state.trusted_proxies, Budget::UnknownToken).await?;
+    }
     let admitted = admit(edge, state.revoker.as_deref(), &token, &route.audience).await?;
     Ok(Some((admitted, source, token)))
 }
@@ -330,6 +336,30 @@ async fn rate_limit(
         Err(ApiError::RateLimited {
             retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
         })
+    }
+}
+
+/// Spends one unit of a budget of the client's address (the trusted address, as rate
+/// limits see it); past it, 429.
+pub async fn spend_budget(
+    req: &HttpRequest,
+    limiter: Option<&RateLimiter>,
+    trusted: &[IpNet],
+    budget: Budget,
+) -> Result<(), ApiError> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    let peer = req.peer_addr().map(|a| a.ip());
+    let Some(ip) = headers::client_address(peer, req.headers(), trusted) else {
+        return Ok(());
+    };
+    match limiter.check_budget(budget, ip).await {
+        Ok(Some(decision)) if !decision.allowed => Err(ApiError::RateLimited {
+            retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
+        }),
+        Ok(_) => Ok(()),
+        Err(_) => Err(ApiError::RateLimiterUnavailable),
     }
 }
 

@@ -327,6 +327,76 @@ async fn a_subject_the_as_refuses_gets_the_same_401_on_every_try() {
 }
 
 #[actix_web::test]
+async fn intercoms_own_endpoints_are_limited_per_client_address() {
+    let world = World::start(&[]).await;
+    let a = world
+        .intercom(
+            "",
+            "[rate_limit]\nendpoints = [{ requests = 4, per = \"1h\" }]",
+        )
+        .await;
+    let caller = world.app_token().await;
+    let token = || {
+        a.client
+            .post(a.url("/token"))
+            .insert_header(("authorization", format!("Bearer {caller}")))
+            .send_form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", caller.as_str()),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("audience", "https://billing.internal"),
+            ])
+    };
+    for _ in 0..2 {
+        assert_eq!(token().await.unwrap().status().as_u16(), 200);
+    }
+    // /revoke and /backchannel-logout draw on the same budget.
+    let res = a
+        .client
+        .post(a.url("/revoke"))
+        .basic_auth("app", "app-dev-secret")
+        .send_form(&[("token", "junk-1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "RFC 7009: unknown tokens are fine"
+    );
+    let res = a
+        .client
+        .post(a.url("/backchannel-logout"))
+        .send_form(&[("logout_token", "not-a-jwt")])
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let before = world.auth.stats().await["revocation"].as_u64().unwrap();
+    for _ in 0..3 {
+        let mut res = a
+            .client
+            .post(a.url("/revoke"))
+            .basic_auth("app", "app-dev-secret")
+            .send_form(&[("token", "junk-2")])
+            .await
+            .unwrap();
+        assert_problem(&mut res, 429).await;
+    }
+    assert_eq!(
+        world.auth.stats().await["revocation"].as_u64().unwrap(),
+        before,
+        "refused before the AS"
+    );
+    let mut res = token().await.unwrap();
+    assert_problem(&mut res, 429).await;
+}
+
+#[actix_web::test]
 async fn an_absurd_expires_in_from_the_as_is_clamped() {
     // Just below 2^64: it parses as a u64, and adding it to "now" overflowed.
     let world = World::start(&[("EXCHANGE_TTL", "18446744073709549568")]).await;

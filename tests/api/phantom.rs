@@ -658,7 +658,9 @@ async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
         _secrets,
     } = start_edge(TestAuthServer::start().await, "", |up| {
         format!(
-            "[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n{}",
+            // The budget of unknown tokens per address is off: this test is about the
+            // caches, and all its junk comes from one address.
+            "[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n[rate_limit]\nunknown_tokens = []\n{}",
             bearer_route("inv", "/inv", up, "")
         )
     })
@@ -973,4 +975,40 @@ async fn an_introspection_answer_without_exp_is_trusted_briefly() {
     let claims = verify_internal(&app, &bearer_of(&seen)).await;
     let exp = claims.claim("exp").unwrap().as_u64().unwrap();
     assert!(exp <= now() + 31, "trusted until {exp}, now {}", now());
+}
+
+/// Every distinct junk token costs an introspection; from one client address they cost
+/// at most the budget, then 429. Tokens already known cost nothing and pass.
+#[actix_web::test]
+async fn junk_tokens_from_one_address_cost_the_as_at_most_the_budget() {
+    let Edge {
+        auth,
+        app,
+        upstream: _upstream,
+        _secrets,
+    } = start_edge(TestAuthServer::start().await, "", |up| {
+        format!(
+            "[rate_limit]\nunknown_tokens = [{{ requests = 20, per = \"1h\" }}]\n{}",
+            bearer_route("inv", "/inv", up, "")
+        )
+    })
+    .await;
+    let good = auth
+        .client_token("app", "app-dev-secret", "invoice_read")
+        .await;
+    assert_eq!(get_with(&app, "/inv", &good).await.status(), 200);
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    let junk = (0..300).map(|i| format!("junk-{i}")).collect();
+    let answers = statuses(&app, "/inv", junk, 16).await;
+    let spent = auth.stats().await["introspection"].as_u64().unwrap() - before;
+    assert!(spent <= 19, "300 junk tokens cost {spent} introspections");
+    let limited = answers.iter().filter(|s| **s == 429).count();
+    assert_eq!(limited, 300 - spent as usize, "{answers:?}");
+    assert!(answers.iter().all(|s| *s == 401 || *s == 429));
+    // Known tokens cost nothing: the good one still passes.
+    assert_eq!(get_with(&app, "/inv", &good).await.status(), 200);
+    let mut res = get_with(&app, "/inv", "junk-new").await;
+    let body = assert_problem(&mut res, 429).await;
+    assert_eq!(body["type"], "urn:intercom:problem:rate-limited");
+    assert!(res.headers().get("retry-after").is_some());
 }
