@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the edge's hot pieces: the cache-hit path (keyed hash,
-//! lookup, cached JWT, scope check), local JWT validation, minting, a rate-limit
-//! decision from reserved cells, and sealing / opening a Redis value.
+//! lookup, cached JWT, scope check), the hit with the denylist after 10,000 revocations,
+//! local JWT validation, minting, a rate-limit decision from reserved cells, and
+//! sealing / opening a Redis value.
 //!
 //! `cargo bench --bench edge`
 
@@ -14,8 +15,11 @@ use intercom::broker::mint::Minter;
 use intercom::broker::policy::ScopePolicy;
 use intercom::broker::validate::{JwtValidator, SignatureCheck};
 use intercom::broker::{now_secs, Principal};
+use intercom::cache::shared_hash::SharedHasher;
 use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
-use intercom::settings::ScopeMatch;
+use intercom::http::health::Readiness;
+use intercom::revoke::{Evicts, Ids, Kind, Revoker, Target};
+use intercom::settings::{ScopeMatch, Settings};
 use josekit::jwk::JwkSet;
 
 fn principal() -> Principal {
@@ -82,6 +86,68 @@ fn cache_hit(c: &mut Criterion) {
             })
         },
     );
+}
+
+/// The hit path as the proxy runs it (lookup, then the denylist), with no revocation
+/// and after 10,000: a revocation must not make every later hit pay for it.
+fn cache_hit_after_revocations(c: &mut Criterion) {
+    let rt = runtime();
+    let limits = CacheLimits {
+        capacity: 100_000,
+        max_ttl: Duration::from_secs(3600),
+        negative_capacity: 10_000,
+        negative_ttl: Duration::from_secs(10),
+    };
+    let settings = Settings::load(std::path::Path::new("config"), None, &Vec::new())
+        .expect("the defaults load");
+    let hasher = SharedHasher::new(&intercom::secrets::Secret::new("bench-key"));
+    let tokens: Vec<String> = (0..1000)
+        .map(|i| format!("opaque-token-{i:04}-abcdefghijklmnopqrstuvwxyz"))
+        .collect();
+    for revocations in [0usize, 10_000] {
+        let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
+        let revoker = Revoker::new(
+            &settings,
+            hasher.clone(),
+            None,
+            Evicts {
+                exchange: None,
+                edge: None,
+            },
+            None,
+            Arc::new(Readiness::default()),
+        );
+        rt.block_on(async {
+            for t in &tokens {
+                let ids = Ids::of(&hasher, &principal(), t);
+                let entry = CachedToken::new(principal(), ids);
+                let _ = cache
+                    .load::<(), _>(cache.key(t), async { LoadOutcome::Value(entry) })
+                    .await;
+            }
+            for i in 0..revocations {
+                revoker
+                    .revoke(Target::One(Kind::Sub, format!("someone-else-{i}")), "bench")
+                    .await;
+            }
+        });
+        let mut i = 0usize;
+        c.bench_function(
+            &format!("edge cache hit and denylist check, {revocations} revocations"),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % tokens.len();
+                    rt.block_on(async {
+                        let key = cache.key(&tokens[i]);
+                        let Lookup::Hit(entry) = cache.lookup(&key).await else {
+                            panic!("miss")
+                        };
+                        assert!(!revoker.is_denied(&entry.ids, entry.principal.iat));
+                    })
+                })
+            },
+        );
+    }
 }
 
 fn jwt_validation(c: &mut Criterion) {
@@ -175,6 +241,6 @@ fn sealing(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache_hit, jwt_validation, minting, rate_limit_reserved_cell, sealing
+    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing
 }
 criterion_main!(benches);

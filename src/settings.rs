@@ -1430,6 +1430,14 @@ impl Settings {
         positive("exchange.negative_ttl", self.exchange.negative_ttl)?;
         positive("exchange.lock_ttl", self.exchange.lock_ttl)?;
         positive("revocation.denylist_ttl", self.revocation.denylist_ttl)?;
+        if self.auth_server.is_some() && self.revocation.denylist_ttl < self.tokens.cache_max_ttl {
+            // Revoked tokens stay in the edge cache until they expire; the denylist,
+            // checked on every hit, must outlive them.
+            return Err(SettingsError::new(
+                "revocation.denylist_ttl",
+                "must be at least tokens.cache_max_ttl",
+            ));
+        }
         let mut client_ids = std::collections::HashSet::new();
         for (i, client) in self.token_endpoint.clients.iter().enumerate() {
             if client.client_id.is_empty() || !client_ids.insert(client.client_id.as_str()) {

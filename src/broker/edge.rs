@@ -6,6 +6,7 @@
 //! Inactive or invalid tokens are cached negatively; an unreachable AS is not cached,
 //! and tokens already cached keep working until they expire.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::introspect::{IntrospectError, Introspection, Introspector};
@@ -14,7 +15,7 @@ use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
 use super::{now_secs, Principal};
 use crate::cache::shared_hash::SharedHasher;
 use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
-use crate::revoke::{Ids, Kind};
+use crate::revoke::Ids;
 
 /// Why a token was not admitted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,6 +26,10 @@ pub enum EdgeError {
     /// The AS could not answer (or its answer failed verification): 503.
     #[error("{0}")]
     Unavailable(String),
+    /// The gate before the AS refused (the caller's budget of unknown tokens is spent):
+    /// 429 after this many seconds. Nothing is cached.
+    #[error("too many unknown tokens")]
+    OverBudget { retry_after: u64 },
 }
 
 /// A cached principal and the internal JWTs minted for it, per audience.
@@ -102,26 +107,20 @@ impl EdgeAuthenticator {
         }
     }
 
-    /// Drops the cached tokens whose `kind` id is `id` (a revocation).
-    pub fn evict(&self, kind: Kind, id: &str) {
-        let id = id.to_string();
-        self.cache
-            .invalidate_if(move |entry| entry.ids.get(kind) == Some(id.as_str()));
-    }
-
-    /// True when the token's verdict is cached (admitted or refused): admitting it again
-    /// costs the AS nothing.
-    pub fn knows(&self, token: &str) -> bool {
-        self.cache.contains(&self.cache.key(token))
-    }
-
     /// Drops every cached token.
     pub fn clear(&self) {
         self.cache.invalidate_all();
     }
 
-    /// Admits `token` for `audience`, from the cache when possible.
-    pub async fn admit(&self, token: &str, audience: &Arc<str>) -> Result<Admitted, EdgeError> {
+    /// Admits `token` for `audience`, from the cache when possible. `gate` runs only when
+    /// the token must be checked afresh, once for concurrent requests with it: the place
+    /// to charge what a call to the AS costs.
+    pub async fn admit(
+        &self,
+        token: &str,
+        audience: &Arc<str>,
+        gate: impl Future<Output = Result<(), EdgeError>>,
+    ) -> Result<Admitted, EdgeError> {
         let key = self.cache.key(token);
         let cached = match self.cache.lookup(&key).await {
             Lookup::Hit(entry) => entry,
@@ -130,6 +129,9 @@ impl EdgeAuthenticator {
             }
             Lookup::Miss => {
                 let load = async {
+                    if let Err(refused) = gate.await {
+                        return LoadOutcome::Failed(refused);
+                    }
                     match self.authenticate(token).await {
                         Ok(mut principal) => {
                             // Mint now, off the hit path: the JWT is cached with the result.
@@ -146,7 +148,9 @@ impl EdgeAuthenticator {
                             LoadOutcome::Value(entry)
                         }
                         Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
-                        Err(e @ EdgeError::Unavailable(_)) => LoadOutcome::Failed(e),
+                        Err(e @ (EdgeError::Unavailable(_) | EdgeError::OverBudget { .. })) => {
+                            LoadOutcome::Failed(e)
+                        }
                     }
                 };
                 match self.cache.load(key, load).await {

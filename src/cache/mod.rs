@@ -135,11 +135,6 @@ impl<V: Expiring> TokenCache<V> {
         self.positive.invalidate_all();
     }
 
-    /// True when either cache holds the key (no metric counted: a pre-check).
-    pub fn contains(&self, key: &CacheKey) -> bool {
-        self.positive.contains_key(key) || self.negative.contains_key(key)
-    }
-
     /// Looks the key up in both caches.
     pub async fn lookup(&self, key: &CacheKey) -> Lookup<V> {
         if let Some(v) = self.positive.get(key).await {

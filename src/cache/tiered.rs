@@ -354,19 +354,9 @@ impl TieredCache {
             .unwrap_or(false)
     }
 
-    /// Drops L1 entries whose `kind` id is `id`.
-    pub fn evict_local(&self, kind: Kind, id: &str) {
-        if let Some(l1) = &self.l1 {
-            let id = id.to_string();
-            if l1
-                .invalidate_entries_if(move |_, e| e.ids.get(kind) == Some(id.as_str()))
-                .is_err()
-            {
-                l1.invalidate_all();
-            }
-        }
+    /// Forgets the refusals remembered (a revocation may change them).
+    pub fn clear_negative(&self) {
         self.negative.invalidate_all();
-        metrics::counter!("intercom_exchange_cache_evictions_total", "tier" => "l1").increment(1);
     }
 
     pub fn clear_local(&self) {

@@ -142,6 +142,8 @@ pub async fn exchange(
     };
     // The caller: a configured client (HTTP Basic), or whoever its bearer token says.
     let revoker = state.revoker.as_deref();
+    let gate =
+        || proxy_mod::unknown_token_gate(&req, state.limiter.as_deref(), &state.trusted_proxies);
     let caller = match clients.authenticate(&req) {
         Some(Ok(client_id)) => Principal {
             client_id: Some(client_id),
@@ -156,14 +158,14 @@ pub async fn exchange(
                     return Err(ApiError::InvalidToken(why.into()).at(&req))
                 }
             };
-            let caller = proxy_mod::admit(edge, revoker, &token, &target.audience)
+            let caller = proxy_mod::admit(edge, revoker, &token, &target.audience, gate)
                 .await
                 .map_err(|e| e.at(&req))?;
             taken(&caller.token.principal)?;
             caller.token.principal.clone()
         }
     };
-    let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience)
+    let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience, gate)
         .await
         .map_err(|e| e.at(&req))?;
     taken(&subject.token.principal)?;

@@ -15,6 +15,7 @@ pub mod path;
 pub mod routes;
 pub mod upstreams;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
@@ -215,27 +216,33 @@ async fn authenticate(
         Err(BearerError::Missing) => return Err(ApiError::MissingToken),
         Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
     };
-    if !edge.knows(&token) {
-        // A token not seen yet costs the AS a call: bounded per client address, so
-        // junk tokens cannot be turned into a flood of introspections.
-        let limiter = state.limiter.as_deref();
-        spend_budget(req, limiter, &state.trusted_proxies, Budget::UnknownToken).await?;
-    }
-    let admitted = admit(edge, state.revoker.as_deref(), &token, &route.audience).await?;
+    let admitted = admit(
+        edge,
+        state.revoker.as_deref(),
+        &token,
+        &route.audience,
+        || unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
+    )
+    .await?;
     Ok(Some((admitted, source, token)))
 }
 
-/// The edge's verdict on a token, refused when a revocation covers it.
-pub async fn admit(
+/// The edge's verdict on a token, refused when a revocation covers it. `gate` is run
+/// before the AS is asked about a token not seen yet (see [`unknown_token_gate`]).
+pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
     edge: &EdgeAuthenticator,
     revoker: Option<&Revoker>,
     token: &str,
     audience: &Arc<str>,
+    gate: impl FnOnce() -> G,
 ) -> Result<Admitted, ApiError> {
-    let admitted = match edge.admit(token, audience).await {
+    let admitted = match edge.admit(token, audience, gate()).await {
         Ok(admitted) => admitted,
         Err(EdgeError::Invalid(why)) => return Err(ApiError::InvalidToken(why)),
         Err(EdgeError::Unavailable(why)) => return Err(ApiError::AuthServerUnavailable(why)),
+        Err(EdgeError::OverBudget { retry_after }) => {
+            return Err(ApiError::RateLimited { retry_after })
+        }
     };
     let cached = &admitted.token;
     if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
@@ -336,6 +343,23 @@ async fn rate_limit(
         Err(ApiError::RateLimited {
             retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
         })
+    }
+}
+
+/// A token not seen yet costs the AS a call: charged to the client address's budget
+/// (once per distinct token, however many requests carry it at once), so junk tokens
+/// cannot be turned into a flood of introspections.
+pub async fn unknown_token_gate(
+    req: &HttpRequest,
+    limiter: Option<&RateLimiter>,
+    trusted: &[IpNet],
+) -> Result<(), EdgeError> {
+    match spend_budget(req, limiter, trusted, Budget::UnknownToken).await {
+        Ok(()) => Ok(()),
+        Err(ApiError::RateLimited { retry_after }) => Err(EdgeError::OverBudget { retry_after }),
+        Err(_) => Err(EdgeError::Unavailable(
+            "the budget of unknown tokens cannot be checked".into(),
+        )),
     }
 }
 
