@@ -652,6 +652,7 @@ impl Application {
         let admin_credential = stored(&secrets, &settings.revocation.admin_credential);
         let revocation_endpoint = edge.as_ref().and_then(|e| e.revocation_endpoint.clone());
         let as_http = edge.as_ref().map(|e| e.http.clone()).unwrap_or_default();
+        let edge_handle = edge.as_ref().map(|e| e.edge.clone());
         let minter = edge.as_ref().map(|e| e.minter.clone());
         let proxy_state = web::Data::new(ProxyState {
             routes: RouteTable::new(
@@ -677,6 +678,7 @@ impl Application {
                 revocation_endpoint,
                 limiter: limiter.clone(),
                 trusted_proxies: settings.server.trusted_proxies.clone(),
+                edge: edge_handle.clone(),
             })
         });
         let serves_token = downstream.is_some();

@@ -128,6 +128,10 @@ impl EdgeAuthenticator {
                 return Err(EdgeError::Invalid("the token is not active".into()))
             }
             Lookup::Miss => {
+                // Boxed: the gate (a rate-limit decision, maybe in Redis) is a deep future,
+                // and moka moves the loader by value; inline, debug builds overflowed a
+                // worker's stack.
+                let gate = Box::pin(gate);
                 let load = async {
                     if let Err(refused) = gate.await {
                         return LoadOutcome::Failed(refused);
@@ -153,7 +157,7 @@ impl EdgeAuthenticator {
                         }
                     }
                 };
-                match self.cache.load(key, load).await {
+                match self.cache.load(key, Box::pin(load)).await {
                     Loaded::Value(entry) => entry,
                     Loaded::Rejected(e) | Loaded::Failed(e) => return Err(e),
                 }

@@ -25,6 +25,8 @@ pub struct RevocationState {
     /// Budgets per client address (`rate_limit.endpoints`).
     pub limiter: Option<Arc<crate::limits::RateLimiter>>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// To tie a token passed to `POST /revoke` to the client revoking it.
+    pub edge: Option<Arc<crate::broker::edge::EdgeAuthenticator>>,
 }
 
 impl RevocationState {
@@ -40,6 +42,27 @@ impl RevocationState {
         .map_err(|e| e.at(req))
     }
 }
+
+/// True when `token` is a real, active token of `client`, as the edge admits it.
+async fn owned_by(
+    req: &HttpRequest,
+    state: &web::Data<RevocationState>,
+    token: &str,
+    client: &str,
+) -> bool {
+    let Some(edge) = &state.edge else {
+        return false;
+    };
+    let gate =
+        || crate::proxy::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
+    let audience: Arc<str> = Arc::from(REVOCATION_AUDIENCE);
+    crate::proxy::admit(edge, None, token, &audience, gate)
+        .await
+        .is_ok_and(|a| a.token.principal.client_id.as_deref() == Some(client))
+}
+
+/// The audience the tie check admits a token for (its internal JWT is never sent).
+const REVOCATION_AUDIENCE: &str = "intercom-revocation";
 
 /// `POST /admin/revoke` body: exactly one of these.
 #[derive(Debug, Deserialize)]
@@ -165,6 +188,34 @@ pub async fn backchannel_logout(
 #[derive(Deserialize)]
 struct RevocationForm {
     token: String,
+    /// A public client names itself here (RFC 7009 §2.1); others authenticate with Basic.
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+/// The client a revocation request authenticates as (HTTP Basic, else `client_id`).
+/// Whether the credentials are right is the AS's to say; this only names the client.
+fn requesting_client(req: &HttpRequest, form: &RevocationForm) -> Option<String> {
+    use base64::Engine;
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| pair.split_once(':').map(|(id, _)| id.to_string()))
+        .and_then(|id| {
+            percent_encoding::percent_decode_str(&id.replace('+', " "))
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        });
+    basic.or_else(|| form.client_id.clone())
 }
 
 /// `POST /revoke` (RFC 7009): the AS decides with the client's own credentials; when it
@@ -180,6 +231,13 @@ pub async fn revoke_passthrough(
     state.spend(&req).await?;
     let form: RevocationForm = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::BadRequest("a token parameter is required".into()).at(&req))?;
+    // Only a real token of the client asking is revoked here too: the AS answers 200
+    // for any string (RFC 7009 §2.2), and junk must not become denylist entries and
+    // broadcasts. Checked before the AS revokes it (after, it is just inactive).
+    let tied = match requesting_client(&req, &form) {
+        Some(client) => owned_by(&req, &state, &form.token, &client).await,
+        None => false,
+    };
     let mut call = state
         .http
         .post(endpoint)
@@ -207,7 +265,10 @@ pub async fn revoke_passthrough(
         .map_err(|e| {
             ApiError::AuthServerUnavailable(format!("the authorization server's {e}")).at(&req)
         })?;
+    metrics::counter!("intercom_revocation_passthrough_total", "tied" => if tied { "yes" } else { "no" })
+        .increment(1);
     if status.is_success()
+        && tied
         && state
             .revoker
             .revoke(Target::One(Kind::Token, form.token), "rfc7009")

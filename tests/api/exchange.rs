@@ -932,6 +932,38 @@ async fn rfc_7009_revocation_through_intercom_reaches_every_replica() {
     // Both replicas had it cached; both refuse it now.
     assert!(eventually(PATIENCE, async || call(&b, &caller).await.0 == 401).await);
     assert_eq!(call(&a, &caller).await.0, 401);
+    let denied = world.redis().command("ZCARD intercom:x:denylist");
+    assert_eq!(denied, ":1", "the real token is on the denylist");
+
+    // Junk: the AS answers 200 for any string (RFC 7009 §2.2), but nothing that is not
+    // a real token of the client asking becomes a denylist entry or a broadcast.
+    let revocations = |m: &str| metric(m, "intercom_revocations_total{source=\"rfc7009\"");
+    let before = revocations(&a.metrics().await);
+    for i in 0..50 {
+        let res = a
+            .client
+            .post(a.url("/revoke"))
+            .basic_auth("app", "app-dev-secret")
+            .send_form(&[("token", format!("junk-{i}").as_str())])
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    // Nor a real token of another client.
+    let theirs = world
+        .auth
+        .client_token("reader", "reader-dev-secret", "invoice_read")
+        .await;
+    let res = a
+        .client
+        .post(a.url("/revoke"))
+        .basic_auth("app", "app-dev-secret")
+        .send_form(&[("token", theirs.as_str())])
+        .await
+        .unwrap();
+    assert!(res.status().as_u16() < 500);
+    assert_eq!(world.redis().command("ZCARD intercom:x:denylist"), ":1");
+    assert_eq!(revocations(&a.metrics().await), before);
 }
 
 #[actix_web::test]
