@@ -1177,12 +1177,6 @@ impl Settings {
                 }
             }
             if let Some(cors) = &route.cors {
-                if route.host.is_some() {
-                    return Err(SettingsError::new(
-                        key("cors"),
-                        "CORS policies are chosen by path, so they cannot be set on host-specific routes",
-                    ));
-                }
                 if cors.origins.is_empty() {
                     return Err(SettingsError::new(
                         key("cors.origins"),

@@ -701,18 +701,26 @@ impl Application {
         let compress = settings.compression.enabled;
         let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
         let any_cors = settings.routes.iter().any(|r| r.cors.is_some());
-        let scopes: Vec<(String, Option<crate::settings::CorsSettings>)> = proxy_state
+        let scopes: Vec<(
+            String,
+            Option<String>,
+            Option<crate::settings::CorsSettings>,
+        )> = proxy_state
             .routes
             .routes()
             .iter()
-            .filter(|r| any_cors && r.host.is_none())
+            .filter(|_| any_cors)
             .map(|r| {
                 let prefix = if r.prefix == "/" {
                     String::new()
                 } else {
                     r.prefix.clone()
                 };
-                (prefix, settings.routes[r.index].cors.clone())
+                (
+                    prefix,
+                    r.host.clone(),
+                    settings.routes[r.index].cors.clone(),
+                )
             })
             .collect();
         let tls = build_tls(&settings, &readiness)?;
@@ -774,8 +782,12 @@ impl Application {
             if let Some(policy) = &compression {
                 app = app.app_data(policy.clone());
             }
-            for (prefix, policy) in &scopes {
-                let scope = web::scope(prefix).default_service(web::to(proxy::handle));
+            for (prefix, host, policy) in &scopes {
+                let mut scope = web::scope(prefix).default_service(web::to(proxy::handle));
+                if let Some(host) = host {
+                    // Host routes come first in the table, and have their own policy.
+                    scope = scope.guard(actix_web::guard::Host(host.clone()));
+                }
                 app = match policy {
                     Some(policy) => app.service(scope.wrap(cors::middleware(policy))),
                     None => app.service(scope),
@@ -783,6 +795,7 @@ impl Application {
             }
             app.app_data(proxy_state.clone())
                 .app_data(clients)
+                .wrap(from_fn(cors::canonical_routing))
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
                 .app_data(web::FormConfig::default().error_handler(extractor_error))

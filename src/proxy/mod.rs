@@ -483,6 +483,11 @@ fn rewrite(
 /// Applies the route's response rules and records the upstream's latency.
 fn filter_response(route: &Route, mut answer: UpstreamAnswer, req: &HttpRequest) -> HttpResponse {
     route.response_headers.apply(&mut answer.headers);
+    if route.any_origin {
+        answer
+            .headers
+            .remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    }
     let latency = answer.latency;
     let mut response = forward::into_response(answer, req.method());
     response.extensions_mut().insert(UpstreamLatency(latency));

@@ -51,6 +51,9 @@ pub struct Route {
     pub accepted_audiences: Vec<String>,
     /// `aud` values of internal JWTs accepted here (none when empty).
     pub internal_audiences: Vec<String>,
+    /// The route's CORS policy admits any origin: an upstream's
+    /// `Access-Control-Allow-Credentials` must not turn that into credentialed access.
+    pub any_origin: bool,
     /// The credential injected upstream, if any.
     pub inject: Option<Injection>,
     pub max_body_bytes: u64,
@@ -126,6 +129,10 @@ impl RouteTable {
                     allow_method_override: r.allow_method_override,
                     accepted_audiences: r.accepted_audiences.clone(),
                     internal_audiences: r.internal_audiences.clone(),
+                    any_origin: r
+                        .cors
+                        .as_ref()
+                        .is_some_and(|c| c.origins.iter().any(|o| o == "*")),
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,

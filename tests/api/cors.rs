@@ -98,3 +98,74 @@ async fn cors_allows_named_origins_and_answers_preflights_itself() {
         );
     }
 }
+
+/// The policy is the route's as the route table matches it: on the canonical path, and
+/// per host. With `origins = ["*"]`, an upstream cannot grant credentials.
+#[actix_web::test]
+async fn cors_is_decided_on_the_canonical_path_and_the_host() {
+    let upstream = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{0}\"]\n\
+         cors = {{ origins = [\"https://app.example.com\"], methods = [\"GET\"] }}\n\
+         [[routes]]\nname = \"partner\"\nprefix = \"/api\"\nhost = \"partner.test\"\nupstreams = [\"{0}\"]\n\
+         cors = {{ origins = [\"https://partner.example\"], methods = [\"GET\"] }}\n\
+         [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{0}\"]\n\
+         cors = {{ origins = [\"*\"], methods = [\"GET\"] }}\n\
+         response_headers = {{ set = {{ access-control-allow-credentials = \"true\" }} }}\n",
+        upstream.url()
+    ))
+    .await;
+    let preflight = |path: &'static str, host: &'static str, origin: &'static str| {
+        let client = app.client.clone();
+        let url = app.url(path);
+        async move {
+            client
+                .request(actix_web::http::Method::OPTIONS, url)
+                .insert_header(("host", host))
+                .insert_header(("origin", origin))
+                .insert_header(("access-control-request-method", "GET"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let hits = upstream.hits();
+    // Variants of /api/x that canonicalize to it get /api's policy: answered here.
+    for path in ["//api/x", "/api//x", "///api///x"] {
+        let res = preflight(path, "t", "https://app.example.com").await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(
+            res.headers().get("access-control-allow-origin").unwrap(),
+            "https://app.example.com",
+            "{path}"
+        );
+        let res = preflight(path, "t", "https://evil.example").await;
+        assert!(!res.status().is_success(), "{path}: {}", res.status());
+    }
+    assert_eq!(upstream.hits(), hits, "a preflight reached the upstream");
+    // The host route has its own policy.
+    let res = preflight("/api/x", "partner.test", "https://partner.example").await;
+    assert_eq!(res.status(), 200);
+    let res = preflight("/api/x", "partner.test", "https://app.example.com").await;
+    assert!(!res.status().is_success(), "{}", res.status());
+    // Any origin: the upstream's credentials grant is removed.
+    let res = app
+        .client
+        .get(app.url("/open/x"))
+        .insert_header(("origin", "https://anyone.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("access-control-allow-origin").is_some());
+    assert!(
+        res.headers()
+            .get("access-control-allow-credentials")
+            .is_none(),
+        "credentials granted to any origin"
+    );
+    // The canonical path is what the upstream receives.
+    let mut res = app.client.get(app.url("//api//y")).send().await.unwrap();
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["path"], "/api/y");
+}

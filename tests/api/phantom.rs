@@ -862,6 +862,21 @@ async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
     );
     verify_internal(&a, &minted).await;
     verify_internal(&a, &rotated).await;
+    // B follows the store on its own poll: it publishes the new key once it has read it.
+    assert!(
+        eventually(PATIENCE, async || {
+            let mut res = b
+                .client
+                .get(b.url("/.well-known/jwks.json"))
+                .send()
+                .await
+                .unwrap();
+            let set = JwkSet::from_bytes(res.body().await.unwrap()).unwrap();
+            !set.get("store-key-2").is_empty()
+        })
+        .await,
+        "B never published the rotated key"
+    );
     verify_internal(&b, &rotated).await;
     assert!(
         !captured_logs().contains("\"d\":"),
