@@ -55,6 +55,8 @@ pub struct ClientCredentials {
     pub resource: Option<String>,
     held: ArcSwapOption<Held>,
     fetching: tokio::sync::Mutex<()>,
+    /// When a refusal by an upstream last made Intercom fetch a new token.
+    refused_fetch: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ClientCredentials {
@@ -75,6 +77,7 @@ impl ClientCredentials {
             resource,
             held: ArcSwapOption::empty(),
             fetching: tokio::sync::Mutex::new(()),
+            refused_fetch: std::sync::Mutex::new(None),
         })
     }
 
@@ -107,6 +110,28 @@ impl ClientCredentials {
             if (replaced || stale.is_none()) && Instant::now() < held.refresh_at() {
                 return Ok(held.token.clone());
             }
+        }
+        self.fetch().await
+    }
+
+    /// After an upstream refused `sent`: a new token, at most once per `backoff` (within
+    /// it, the token held, even if it is `sent`). Concurrent callers share one fetch.
+    pub async fn refresh_after_refusal(
+        &self,
+        sent: &Secret,
+        backoff: Duration,
+    ) -> Result<Secret, ClientCredentialsError> {
+        let _guard = self.fetching.lock().await;
+        if let Some(held) = self.held.load_full() {
+            // Replaced since (by a concurrent refusal, say): that one is the retry.
+            if held.token != *sent && Instant::now() < held.refresh_at() {
+                return Ok(held.token.clone());
+            }
+            let mut last = self.refused_fetch.lock().expect("never poisoned");
+            if last.is_some_and(|at| at.elapsed() < backoff) {
+                return Ok(held.token.clone());
+            }
+            *last = Some(Instant::now());
         }
         self.fetch().await
     }

@@ -3,6 +3,7 @@
 //! in that header, never merged with it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
@@ -19,6 +20,11 @@ enum Kind {
     Header(HeaderName),
     Basic(String),
 }
+
+/// How long after asking the store (or the AS) for a credential a refusal by the
+/// upstream does not make Intercom ask again: an upstream that refuses every value
+/// costs the store one call per credential per interval, not one per request.
+pub const CREDENTIAL_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where the credential comes from.
 enum Source {
@@ -118,19 +124,27 @@ impl Injection {
     }
 
     /// After the upstream refused `sent` with 401: the value to try once more, if any.
+    /// The store (or the AS) is asked at most once per [`CREDENTIAL_RETRY_BACKOFF`] per
+    /// credential, and concurrent refusals share that one call.
     /// The store is asked again first (the secret may have rotated since the last
     /// poll); otherwise the value before the last rotation is tried.
     pub async fn retry_value(&self, sent: &Secret, secrets: &SecretRegistry) -> Option<Secret> {
         match &self.source {
             Source::Stored(cell) => {
-                secrets.refresh(cell).await;
+                secrets
+                    .refresh_after_refusal(cell, CREDENTIAL_RETRY_BACKOFF)
+                    .await;
                 let current = cell.current();
                 if current != *sent {
                     return Some(current);
                 }
                 cell.previous().filter(|p| p != sent)
             }
-            Source::Fetched(cc) => cc.refresh(Some(sent)).await.ok().filter(|t| t != sent),
+            Source::Fetched(cc) => cc
+                .refresh_after_refusal(sent, CREDENTIAL_RETRY_BACKOFF)
+                .await
+                .ok()
+                .filter(|t| t != sent),
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct SecretCell {
     pub name: String,
     state: ArcSwap<CellState>,
     refresh: tokio::sync::Mutex<()>,
+    /// When a refusal by an upstream last made Intercom ask the store.
+    refused_check: std::sync::Mutex<Option<Instant>>,
 }
 
 impl SecretCell {
@@ -40,6 +42,7 @@ impl SecretCell {
                 checked: Instant::now(),
             }),
             refresh: tokio::sync::Mutex::new(()),
+            refused_check: std::sync::Mutex::new(None),
         }
     }
 
@@ -104,6 +107,7 @@ impl SecretRegistry {
                     checked: Instant::now(),
                 }),
                 refresh: tokio::sync::Mutex::new(()),
+                refused_check: std::sync::Mutex::new(None),
             };
             cells.insert(name, Arc::new(cell));
         }
@@ -123,6 +127,24 @@ impl SecretRegistry {
         if cell.state.load().version != seen {
             return Refresh::Rotated; // someone refreshed while we waited
         }
+        self.check_and_swap(cell).await
+    }
+
+    /// As [`SecretRegistry::refresh`] for a refusal by an upstream, at most once per
+    /// `backoff` per cell (concurrent refusals share the one check): an upstream
+    /// refusing every value cannot make each request ask the store.
+    pub async fn refresh_after_refusal(&self, cell: &SecretCell, backoff: Duration) -> Refresh {
+        {
+            let mut last = cell.refused_check.lock().expect("never poisoned");
+            if last.is_some_and(|at| at.elapsed() < backoff) {
+                return Refresh::Unchanged;
+            }
+            *last = Some(Instant::now());
+        }
+        self.refresh(cell).await
+    }
+
+    async fn check_and_swap(&self, cell: &SecretCell) -> Refresh {
         let outcome = match self.check(cell).await {
             Ok(Some(Versioned { value, version })) => {
                 let old = cell.state.load();

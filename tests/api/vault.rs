@@ -172,19 +172,20 @@ async fn rotation_under_load_fails_no_request_and_a_dual_roll_retries_once() {
         .await;
     upstream.require_key("rot-key-v3");
     let hits = upstream.hits();
+    let retries = || {
+        metric(
+            &process_metrics(),
+            "intercom_credential_retries_total{route=\"svc\"}",
+        )
+    };
+    let retried = retries();
     let seen = seen_by_upstream(&slow, "/svc", None).await;
     assert_eq!(
         seen["headers"]["x-api-key"],
         serde_json::json!(["rot-key-v3"])
     );
     assert_eq!(upstream.hits() - hits, 2, "one refusal, one retry");
-    assert_eq!(
-        metric(
-            &slow.metrics().await,
-            "intercom_credential_retries_total{route=\"svc\"}"
-        ),
-        1.0
-    );
+    assert!(retries() > retried, "the retry was counted");
     let hits = upstream.hits();
     seen_by_upstream(&slow, "/svc", None).await;
     assert_eq!(
@@ -193,7 +194,15 @@ async fn rotation_under_load_fails_no_request_and_a_dual_roll_retries_once() {
         "the new key is used from then on"
     );
 
-    // The same with a small body: it is held, and sent whole with the retry.
+    // The same with a small body: it is held, and sent whole with the retry. (Another
+    // instance: one that just asked the store on a refusal waits CREDENTIAL_RETRY_BACKOFF
+    // before asking again.)
+    let slow = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "1h", ""),
+        inject_route("svc", &upstream, "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/svc#key\" }"),
+    ))
+    .await;
     bao.put_kv2("intercom/svc", serde_json::json!({"key": "rot-key-v4"}))
         .await;
     upstream.require_key("rot-key-v4");
@@ -511,4 +520,43 @@ async fn client_credentials_tokens_are_fetched_once_and_refreshed_ahead() {
     assert_eq!(body["active"], true);
     assert_eq!(body["client_id"], "app");
     assert!(!captured_logs().contains(second.strip_prefix("Bearer ").unwrap()));
+}
+
+/// An upstream that refuses every credential costs the AS one token fetch per back-off
+/// interval, not one per request; concurrent refusals share it.
+#[actix_web::test]
+async fn an_upstream_refusing_every_credential_costs_one_refresh_per_interval() {
+    let auth = TestAuthServer::start().await;
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(
+        &file,
+        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
+    )
+    .unwrap();
+    let app = spawn_app(&format!(
+        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n\
+         [[routes]]\nname = \"refusing\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\nrewrite = \"/status/401\"\n\
+         inject = {{ type = \"client_credentials\", client_id = \"app\", secret = \"file:app_secret\", scope = \"invoice_read\" }}\n",
+        file.display(),
+        auth.issuer,
+        upstream.url(),
+    ))
+    .await;
+    let before = auth.stats().await["token"].as_u64().unwrap();
+    for _ in 0..10 {
+        let res = app.client.get(app.url("/svc")).send().await.unwrap();
+        assert_eq!(
+            res.status().as_u16(),
+            401,
+            "the upstream's answer is relayed"
+        );
+    }
+    let requests = (0..32).map(|_| (app.url("/svc"), String::new())).collect();
+    let statuses = concurrent_gets(requests, 16).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let fetched = auth.stats().await["token"].as_u64().unwrap() - before;
+    // The first token, and one refresh after the first refusal.
+    assert!(fetched <= 2, "42 refusals cost {fetched} token fetches");
 }
