@@ -873,6 +873,14 @@ pub struct RouteTimeouts {
     /// The whole exchange, bodies included.
     #[serde(with = "humantime_serde")]
     pub total: Duration,
+    /// Longest pause in the client's request body: a body that trickles in must not
+    /// hold an upstream connection for the whole response timeout (408).
+    #[serde(default = "default_body_idle", with = "humantime_serde")]
+    pub body_idle: Duration,
+}
+
+fn default_body_idle() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for RouteTimeouts {
@@ -881,6 +889,7 @@ impl Default for RouteTimeouts {
             connect: Duration::from_secs(2),
             response: Duration::from_secs(30),
             total: Duration::from_secs(300),
+            body_idle: default_body_idle(),
         }
     }
 }

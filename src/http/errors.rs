@@ -24,6 +24,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the request body is too large")]
     PayloadTooLarge,
+    #[error("the request body paused longer than the route allows")]
+    RequestTimeout,
     #[error("the upstream refused the connection")]
     UpstreamConnect,
     #[error("the upstream did not answer in time")]
@@ -84,6 +86,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
             ),
             UpstreamConnect => (
                 StatusCode::BAD_GATEWAY,

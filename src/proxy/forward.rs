@@ -59,19 +59,29 @@ impl UpstreamClients {
     }
 }
 
-/// The client's request body, streamed, refused past the route's limit.
+/// The client's request body, streamed, refused past the route's limit, and ended
+/// when it pauses longer than the route's `body_idle`.
 pub struct LimitedBody {
     inner: web::Payload,
     left: u64,
     exceeded: Rc<Cell<bool>>,
+    idle: Duration,
+    /// Fires when no chunk came for `idle`; set on the first read, reset by every chunk.
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    reading: bool,
+    idled: Rc<Cell<bool>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: web::Payload, limit: u64) -> Self {
+    pub fn new(inner: web::Payload, limit: u64, idle: Duration) -> Self {
         Self {
             inner,
             left: limit,
             exceeded: Rc::new(Cell::new(false)),
+            idle,
+            quiet: Box::pin(tokio::time::sleep(idle)),
+            reading: false,
+            idled: Rc::new(Cell::new(false)),
         }
     }
 }
@@ -80,6 +90,11 @@ impl Stream for LimitedBody {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if !std::mem::replace(&mut self.reading, true) {
+            // The pause counts from when Intercom starts reading, not from the request.
+            let first = tokio::time::Instant::now() + self.idle;
+            self.quiet.as_mut().reset(first);
+        }
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 let len = chunk.len() as u64;
@@ -88,8 +103,20 @@ impl Stream for LimitedBody {
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
                 self.left -= len;
+                let next = tokio::time::Instant::now() + self.idle;
+                self.quiet.as_mut().reset(next);
                 Poll::Ready(Some(Ok(chunk)))
             }
+            Poll::Pending => match std::future::Future::poll(self.quiet.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    self.idled.set(true);
+                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body paused too long",
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -111,6 +138,7 @@ impl LimitedBody {
             match chunk {
                 Ok(c) => buf.extend_from_slice(&c),
                 Err(PayloadError::Overflow) => return Err(ApiError::PayloadTooLarge),
+                Err(_) if self.idled.get() => return Err(ApiError::RequestTimeout),
                 Err(_) => {
                     return Err(ApiError::BadRequest(
                         "the request body could not be read".into(),
@@ -183,9 +211,9 @@ pub async fn send(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::HOST);
 
-    let exceeded = match &body {
-        Some(RequestBody::Streamed(p)) => Some(p.exceeded.clone()),
-        _ => None,
+    let (exceeded, idled) = match &body {
+        Some(RequestBody::Streamed(p)) => (Some(p.exceeded.clone()), Some(p.idled.clone())),
+        _ => (None, None),
     };
     // A streamed body is consumed by the first attempt; anything else can be resent.
     let replayable = !has_body || !matches!(body, Some(RequestBody::Streamed(_)));
@@ -250,6 +278,8 @@ pub async fn send(
             Ok(Err(SendRequestError::Body(_))) => {
                 return Err(if exceeded.as_ref().is_some_and(|e| e.get()) {
                     ApiError::PayloadTooLarge
+                } else if idled.as_ref().is_some_and(|i| i.get()) {
+                    ApiError::RequestTimeout
                 } else {
                     ApiError::BadRequest("the request body could not be read".into())
                 })

@@ -404,7 +404,7 @@ async fn limit(
             return Err(ApiError::PayloadTooLarge);
         }
     }
-    let body = LimitedBody::new(payload, route.max_body_bytes);
+    let body = LimitedBody::new(payload, route.max_body_bytes, route.timeouts.body_idle);
     match framing {
         BodyFraming::Sized(len) if route.inject.is_some() && len <= REPLAYABLE_BODY_BYTES => {
             Ok(RequestBody::Buffered(body.buffer().await?))

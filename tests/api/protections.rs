@@ -175,3 +175,39 @@ async fn security_headers_on_every_answer() {
     assert_eq!(res.status(), 502);
     check(res.headers(), true);
 }
+
+/// A body that pauses longer than the route's `body_idle` is ended with 408, and the
+/// upstream connection it held is free for the next request (the pool has one).
+#[actix_web::test]
+async fn a_trickling_body_is_cut_with_408_and_frees_the_upstream_connection() {
+    let upstream = TestUpstream::start("svc");
+    let app = spawn_app(&format!(
+        "[server]\nupstream_pool_size = 1\n{}",
+        route(
+            "svc",
+            &upstream,
+            "timeouts = { connect = \"2s\", response = \"60s\", total = \"120s\", body_idle = \"500ms\" }"
+        ),
+    ))
+    .await;
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    // Without the idle limit the answer would wait for the 60 s response timeout; the
+    // read gives up long before that.
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"POST /svc/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let n = stream
+        .read(&mut answer)
+        .expect("no answer to a paused body");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("urn:intercom:problem:request-timeout"),
+        "{text}"
+    );
+    // The one pooled connection is free again.
+    let res = app.client.get(app.url("/svc/next")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
