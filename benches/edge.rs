@@ -32,6 +32,16 @@ fn principal() -> Principal {
     }
 }
 
+/// The edge cache's limits in the benches.
+fn limits() -> CacheLimits {
+    CacheLimits {
+        capacity: 100_000,
+        max_ttl: Duration::from_secs(3600),
+        negative_capacity: 10_000,
+        negative_ttl: Duration::from_secs(10),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,12 +51,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn cache_hit(c: &mut Criterion) {
     let rt = runtime();
-    let limits = CacheLimits {
-        capacity: 100_000,
-        max_ttl: Duration::from_secs(3600),
-        negative_capacity: 10_000,
-        negative_ttl: Duration::from_secs(10),
-    };
+    let limits = limits();
     let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
     let minter = Minter::new(
         "ES256",
@@ -92,12 +97,7 @@ fn cache_hit(c: &mut Criterion) {
 /// and after 10,000: a revocation must not make every later hit pay for it.
 fn cache_hit_after_revocations(c: &mut Criterion) {
     let rt = runtime();
-    let limits = CacheLimits {
-        capacity: 100_000,
-        max_ttl: Duration::from_secs(3600),
-        negative_capacity: 10_000,
-        negative_ttl: Duration::from_secs(10),
-    };
+    let limits = limits();
     let settings = Settings::load(std::path::Path::new("config"), None, &Vec::new())
         .expect("the defaults load");
     let hasher = SharedHasher::new(&intercom::secrets::Secret::new("bench-key"));

@@ -99,6 +99,35 @@ async fn call(app: &TestApp, token: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// What `POST /token` answered.
+type TokenAnswer = awc::ClientResponse<
+    std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>>,
+    >,
+>;
+
+/// `POST /token` on `app` for the billing target: `caller`'s bearer token asks for
+/// `subject`'s token.
+async fn exchange_at(app: &TestApp, caller: &str, subject: &str) -> TokenAnswer {
+    app.client
+        .post(app.url("/token"))
+        .insert_header(("authorization", format!("Bearer {caller}")))
+        .send_form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", subject),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", "https://billing.internal"),
+        ])
+        .await
+        .unwrap()
+}
+
 /// The bearer token the upstream received.
 fn sent_token(seen: &serde_json::Value) -> String {
     seen["headers"]["authorization"][0]
@@ -336,25 +365,9 @@ async fn intercoms_own_endpoints_are_limited_per_client_address() {
         )
         .await;
     let caller = world.app_token().await;
-    let token = || {
-        a.client
-            .post(a.url("/token"))
-            .insert_header(("authorization", format!("Bearer {caller}")))
-            .send_form(&[
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
-                ("subject_token", caller.as_str()),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token",
-                ),
-                ("audience", "https://billing.internal"),
-            ])
-    };
+    let token = || exchange_at(&a, &caller, &caller);
     for _ in 0..2 {
-        assert_eq!(token().await.unwrap().status().as_u16(), 200);
+        assert_eq!(token().await.status().as_u16(), 200);
     }
     // /revoke and /backchannel-logout draw on the same budget.
     let res = a
@@ -392,7 +405,7 @@ async fn intercoms_own_endpoints_are_limited_per_client_address() {
         before,
         "refused before the AS"
     );
-    let mut res = token().await.unwrap();
+    let mut res = token().await;
     assert_problem(&mut res, 429).await;
 }
 
@@ -406,24 +419,7 @@ async fn an_absurd_expires_in_from_the_as_is_clamped() {
         assert_eq!(call(&a, &caller).await.0, 200);
     }
     assert_eq!(world.exchanges().await, 1, "cached, for at most the clamp");
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {caller}")))
-        .send_form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", caller.as_str()),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("audience", "https://billing.internal"),
-        ])
-        .await
-        .unwrap();
+    let mut res = exchange_at(&a, &caller, &caller).await;
     assert_eq!(res.status().as_u16(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     let expires_in = body["expires_in"].as_u64().unwrap();
@@ -447,24 +443,7 @@ async fn each_caller_gets_its_own_minted_token_for_one_subject() {
             .auth
             .client_token(client, secret, "invoice_read")
             .await;
-        let mut res = a
-            .client
-            .post(a.url("/token"))
-            .insert_header(("authorization", format!("Bearer {caller}")))
-            .send_form(&[
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange",
-                ),
-                ("subject_token", subject.as_str()),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token",
-                ),
-                ("audience", "https://billing.internal"),
-            ])
-            .await
-            .unwrap();
+        let mut res = exchange_at(&a, &caller, &subject).await;
         assert_eq!(res.status().as_u16(), 200, "{client}");
         let body: serde_json::Value = res.json().await.unwrap();
         let token = body["access_token"].as_str().unwrap();
@@ -1128,24 +1107,7 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
         .unwrap();
     assert_problem(&mut res, 401).await;
     // Nor at /token for billing, as the subject.
-    let mut res = a
-        .client
-        .post(a.url("/token"))
-        .insert_header(("authorization", format!("Bearer {alice}")))
-        .send_form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", for_reports.as_str()),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("audience", "https://billing.internal"),
-        ])
-        .await
-        .unwrap();
+    let mut res = exchange_at(&a, &alice, &for_reports).await;
     assert_problem(&mut res, 401).await;
     // Revoking alice's token itself refuses what was derived from it (the internal JWT
     // carries its source's revocation id).

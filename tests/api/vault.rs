@@ -447,20 +447,8 @@ async fn client_credentials_tokens_are_fetched_once_and_refreshed_ahead() {
     // request that starts the refresh while the first token is still valid.
     let auth = TestAuthServer::start_with_env(&[("TOKEN_TTL", "16")]).await;
     let upstream = TestUpstream::start("svc");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("secrets.toml");
-    std::fs::write(
-        &file,
-        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
-    )
-    .unwrap();
-    let app = spawn_app(&format!(
-        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n{}",
-        file.display(),
-        auth.issuer,
-        inject_route("svc", &upstream, "{ type = \"client_credentials\", client_id = \"app\", secret = \"file:app_secret\", scope = \"invoice_read\" }"),
-    ))
-    .await;
+    let (_dir, app) =
+        client_credentials_app(&auth, &inject_route("svc", &upstream, CLIENT_CREDENTIALS)).await;
     let before = auth.stats().await["token"].as_u64().unwrap();
     let mut tokens = std::collections::HashSet::new();
     for _ in 0..20 {
@@ -528,22 +516,12 @@ async fn client_credentials_tokens_are_fetched_once_and_refreshed_ahead() {
 async fn an_upstream_refusing_every_credential_costs_one_refresh_per_interval() {
     let auth = TestAuthServer::start().await;
     let upstream = TestUpstream::start("svc");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("secrets.toml");
-    std::fs::write(
-        &file,
-        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
-    )
-    .unwrap();
-    let app = spawn_app(&format!(
-        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n\
-         [[routes]]\nname = \"refusing\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\nrewrite = \"/status/401\"\n\
-         inject = {{ type = \"client_credentials\", client_id = \"app\", secret = \"file:app_secret\", scope = \"invoice_read\" }}\n",
-        file.display(),
-        auth.issuer,
-        upstream.url(),
-    ))
-    .await;
+    let route = format!(
+        "[[routes]]\nname = \"refusing\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n\
+         rewrite = \"/status/401\"\ninject = {CLIENT_CREDENTIALS}\n",
+        upstream.url()
+    );
+    let (_dir, app) = client_credentials_app(&auth, &route).await;
     let before = auth.stats().await["token"].as_u64().unwrap();
     for _ in 0..10 {
         let res = app.client.get(app.url("/svc")).send().await.unwrap();
@@ -559,4 +537,29 @@ async fn an_upstream_refusing_every_credential_costs_one_refresh_per_interval() 
     let fetched = auth.stats().await["token"].as_u64().unwrap() - before;
     // The first token, and one refresh after the first refusal.
     assert!(fetched <= 2, "42 refusals cost {fetched} token fetches");
+}
+
+/// The `inject` of a route whose upstream gets `app`'s client-credentials token.
+const CLIENT_CREDENTIALS: &str = "{ type = \"client_credentials\", client_id = \"app\", secret = \"file:app_secret\", scope = \"invoice_read\" }";
+
+/// Intercom with `routes` and the secrets a client-credentials injection needs (in a file
+/// store kept in the returned directory).
+async fn client_credentials_app(
+    auth: &TestAuthServer,
+    routes: &str,
+) -> (tempfile::TempDir, TestApp) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(
+        &file,
+        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
+    )
+    .unwrap();
+    let app = spawn_app(&format!(
+        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n{routes}",
+        file.display(),
+        auth.issuer,
+    ))
+    .await;
+    (dir, app)
 }
