@@ -171,7 +171,8 @@ pub struct Revoker {
     pending: Mutex<VecDeque<Announcement>>,
 }
 
-/// The memory tiers a revocation evicts from.
+/// The memory tiers a revocation of everything clears (one identity's revocation only
+/// goes on the denylist, which every admission checks).
 pub struct Evicts {
     pub exchange: Option<Arc<TieredCache>>,
     pub edge: Option<Arc<EdgeAuthenticator>>,
