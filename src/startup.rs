@@ -269,7 +269,7 @@ async fn build_edge(
     settings: &Settings,
     readiness: &Arc<Readiness>,
     secrets: &SecretRegistry,
-    hasher: &SharedHasher,
+    (hasher, rotation): (&SharedHasher, Option<&SharedHasher>),
     redis: Option<&Arc<SharedRedis>>,
 ) -> Result<Option<EdgeParts>, StartError> {
     let Some(auth) = &settings.auth_server else {
@@ -387,6 +387,7 @@ async fn build_edge(
             leeway: auth.jwt.leeway,
             redis: redis.cloned(),
             hasher: hasher.clone(),
+            rotation: rotation.cloned(),
             seen: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
@@ -625,7 +626,8 @@ impl Application {
         };
         let rotation = stored(&secrets, &settings.replicas.rotation_shared_key)
             .map(|cell| SharedHasher::new(&cell.current()));
-        let mut edge = build_edge(&settings, &readiness, &secrets, &hasher, redis.as_ref()).await?;
+        let keys = (&hasher, rotation.as_ref());
+        let mut edge = build_edge(&settings, &readiness, &secrets, keys, redis.as_ref()).await?;
         let injections = build_injections(&settings, &secrets, edge.as_ref())?;
         let limiter = RateLimiter::new(&settings, redis.clone(), hasher.clone());
         let downstream =

@@ -177,7 +177,7 @@ pub async fn backchannel_logout(
     // Not shared yet: a 5xx makes the AS send the logout again (OIDC BCL §2.8), and
     // its retry must not count as a replay.
     if queued {
-        verifier.forget(&logout.jti_id).await;
+        verifier.forget(&logout.jti_ids).await;
         return Err(ApiError::RevocationNotShared.at(&req));
     }
     Ok(HttpResponse::Ok()

@@ -31,9 +31,9 @@ pub enum LogoutError {
 pub struct Logout {
     pub sub: Option<String>,
     pub sid: Option<String>,
-    /// The hashed `jti`, to forget it when the logout could not be shared (the AS then
-    /// sends the same token again, and that must not count as a replay).
-    pub jti_id: String,
+    /// The hashed `jti` (under each shared key), to forget it when the logout could not
+    /// be shared (the AS then sends the same token again: no replay).
+    pub jti_ids: Vec<String>,
 }
 
 /// Verifies logout tokens.
@@ -45,6 +45,8 @@ pub struct LogoutVerifier {
     /// Seen `jti`s (hashed), across replicas when Redis is there.
     pub redis: Option<std::sync::Arc<SharedRedis>>,
     pub hasher: SharedHasher,
+    /// The other shared key while one rotates.
+    pub rotation: Option<SharedHasher>,
     pub seen: moka::sync::Cache<String, ()>,
     pub replay_prefix: String,
 }
@@ -102,20 +104,25 @@ impl LogoutVerifier {
             return Err(LogoutError::Claim("sub or sid"));
         }
         let jti = text("jti").ok_or(LogoutError::Claim("jti"))?;
-        let jti_id = self.first_use(&jti).await?;
-        Ok(Logout { sub, sid, jti_id })
+        let jti_ids = self.first_use(&jti).await?;
+        Ok(Logout { sub, sid, jti_ids })
     }
 
     /// Forgets a recorded `jti` (here, and in Redis when it answers).
-    pub async fn forget(&self, jti_id: &str) {
-        self.seen.invalidate(jti_id);
+    pub async fn forget(&self, jti_ids: &[String]) {
+        for id in jti_ids {
+            self.seen.invalidate(id);
+        }
         if let Some(redis) = &self.redis {
-            let key = format!("{}:{jti_id}", self.replay_prefix);
+            let keys: Vec<String> = jti_ids
+                .iter()
+                .map(|id| format!("{}:{id}", self.replay_prefix))
+                .collect();
             let _ = redis
                 .run("logout_jti", move |conn| {
                     async move {
                         deadpool_redis::redis::cmd("DEL")
-                            .arg(&key)
+                            .arg(&keys)
                             .query_async::<()>(conn)
                             .await
                     }
@@ -125,31 +132,37 @@ impl LogoutVerifier {
         }
     }
 
-    /// Records the `jti` and returns its hash; refuses one seen before (here, or by
-    /// another replica).
-    async fn first_use(&self, jti: &str) -> Result<String, LogoutError> {
-        let id = hex(&self.hasher.hash(&[b"logout-jti", jti.as_bytes()]));
-        if self.seen.contains_key(&id) {
+    /// Records the `jti` and returns its hashes (under the shared key, and the rotation
+    /// key while there is one, so replicas on either key see it); refuses one seen
+    /// before (here, or by another replica).
+    async fn first_use(&self, jti: &str) -> Result<Vec<String>, LogoutError> {
+        let ids: Vec<String> = std::iter::once(&self.hasher)
+            .chain(&self.rotation)
+            .map(|h| hex(&h.hash(&[b"logout-jti", jti.as_bytes()])))
+            .collect();
+        if ids.iter().any(|id| self.seen.contains_key(id)) {
             return Err(LogoutError::Replayed);
         }
-        self.seen.insert(id.clone(), ());
+        for id in &ids {
+            self.seen.insert(id.clone(), ());
+        }
         let Some(redis) = &self.redis else {
-            return Ok(id);
+            return Ok(ids);
         };
-        let key = format!("{}:{id}", self.replay_prefix);
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{}:{id}", self.replay_prefix))
+            .collect();
         let ttl = MAX_AGE + 2 * self.leeway.as_secs();
         let first = redis
             .run("logout_jti", move |conn| {
                 async move {
-                    let set: Option<String> = deadpool_redis::redis::cmd("SET")
-                        .arg(&key)
-                        .arg(1)
-                        .arg("NX")
-                        .arg("EX")
-                        .arg(ttl)
-                        .query_async(conn)
-                        .await?;
-                    Ok(set.is_some())
+                    let mut pipe = deadpool_redis::redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl);
+                    }
+                    let set: Vec<Option<String>> = pipe.query_async(conn).await?;
+                    Ok(set.iter().all(Option::is_some))
                 }
                 .boxed()
             })
@@ -157,7 +170,7 @@ impl LogoutVerifier {
         match first {
             Ok(false) => Err(LogoutError::Replayed),
             // Redis failing: the local record is what we have.
-            _ => Ok(id),
+            _ => Ok(ids),
         }
     }
 }

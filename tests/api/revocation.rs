@@ -20,7 +20,9 @@ impl Replicas {
     async fn start() -> Self {
         let (dir, secrets) = secrets_file();
         let mut text = std::fs::read_to_string(&secrets).unwrap();
-        text.push_str(&format!("admin_credential = \"{ADMIN}\"\n"));
+        text.push_str(&format!(
+            "admin_credential = \"{ADMIN}\"\nreplicas_next_key = \"the-next-shared-key-fedcba9876543210\"\n"
+        ));
         std::fs::write(&secrets, text).unwrap();
         Self {
             auth: TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key")]).await,
@@ -36,11 +38,16 @@ impl Replicas {
     }
 
     async fn replica(&self) -> TestApp {
+        let shared = redis_config(self.redis(), "retry_interval = \"300ms\"");
+        self.replica_sharing(&shared).await
+    }
+
+    /// A replica whose `[redis]` and `[replicas]` sections are `shared`.
+    async fn replica_sharing(&self, shared: &str) -> TestApp {
         spawn_app(&format!(
-            "{}{}[revocation]\nadmin_credential = \"file:admin_credential\"\n\
+            "{}{shared}[revocation]\nadmin_credential = \"file:admin_credential\"\n\
              [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\n",
             auth_config(&self.auth, &self.secrets, ""),
-            redis_config(self.redis(), "retry_interval = \"300ms\""),
             self.upstream.url(),
         ))
         .await
@@ -214,4 +221,76 @@ async fn revocations_during_a_redis_outage_are_queued_and_shared_when_it_returns
         metric(&a.metrics().await, "intercom_revocations_pending") == 0.0,
         "the queue drained"
     );
+}
+
+/// Rotating the shared key: replicas of step 1 (`shared_key` old, `rotation_shared_key`
+/// new) and of step 2 (the other way round) recognise each other's revocations and
+/// logout `jti`s, because everything is announced and recorded under both keys.
+#[actix_web::test]
+async fn replicas_in_the_middle_of_a_key_rotation_hear_each_other() {
+    let world = Replicas::start().await;
+    let redis = format!("[redis]\nurl = \"{}\"\n", world.redis().url());
+    let step1 = world
+        .replica_sharing(&format!(
+            "{redis}[replicas]\nshared_key = \"file:replicas_shared_key\"\nrotation_shared_key = \"file:replicas_next_key\"\n"
+        ))
+        .await;
+    let step2 = world
+        .replica_sharing(&format!(
+            "{redis}[replicas]\nshared_key = \"file:replicas_next_key\"\nrotation_shared_key = \"file:replicas_shared_key\"\n"
+        ))
+        .await;
+    let lee = world.auth.user_token("lee", "invoice_read", 600).await;
+    let max = world.auth.user_token("max", "invoice_read", 600).await;
+    for app in [&step1, &step2] {
+        assert_eq!(call(app, &lee).await, 200);
+        assert_eq!(call(app, &max).await, 200);
+    }
+    assert_eq!(
+        admin_revoke(&step1, serde_json::json!({"sub": "lee"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        admin_revoke(&step2, serde_json::json!({"sub": "max"}))
+            .await
+            .0,
+        200
+    );
+    assert!(
+        eventually(PATIENCE, async || call(&step2, &lee).await == 401).await,
+        "step 2 missed step 1's revocation"
+    );
+    assert!(
+        eventually(PATIENCE, async || call(&step1, &max).await == 401).await,
+        "step 1 missed step 2's revocation"
+    );
+    // A logout token used on one is a replay on the other.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let logout = world
+        .auth
+        .sign(
+            serde_json::json!({ "typ": "logout+jwt" }),
+            serde_json::json!({
+                "iss": world.auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120,
+                "jti": "rotation-1", "sub": "nobody",
+                "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
+            }),
+        )
+        .await;
+    let post = async |app: &TestApp| {
+        app.client
+            .post(app.url("/backchannel-logout"))
+            .send_form(&[("logout_token", logout.as_str())])
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post(&step1).await, 200);
+    assert_eq!(post(&step2).await, 400, "a replay across the rotation");
 }
