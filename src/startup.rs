@@ -797,7 +797,8 @@ impl Application {
             }
             app.app_data(proxy_state.clone())
                 .app_data(clients)
-                .wrap(from_fn(cors::canonical_routing))
+                // Only CORS scopes need the router to see canonical paths.
+                .wrap(Condition::new(any_cors, from_fn(cors::canonical_routing)))
                 .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .app_data(web::QueryConfig::default().error_handler(extractor_error))
                 .app_data(web::FormConfig::default().error_handler(extractor_error))

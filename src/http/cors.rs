@@ -20,7 +20,13 @@ pub async fn canonical_routing(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Ok(canonical) = path::canonicalize(req.uri().path()) {
+    let raw = req.uri().path();
+    // Without `//` or an escape, an acceptable path is already canonical (whatever
+    // else canonicalization refuses, the proxy refuses with 400).
+    if !raw.contains("//") && !raw.contains('%') {
+        return next.call(req).await;
+    }
+    if let Ok(canonical) = path::canonicalize(raw) {
         let encoded = path::encode(&canonical);
         if encoded != req.uri().path() {
             let target = match req.uri().query() {
