@@ -234,7 +234,7 @@ impl Revoker {
         })
     }
 
-    fn deny(&self, _kind: Kind, id: &str, at: u64) {
+    fn deny(&self, id: &str, at: u64) {
         self.ever_denied.store(true, Ordering::Relaxed);
         let mut denylist = self.denylist.write().expect("never poisoned");
         // Keep the latest revocation time if two arrive.
@@ -309,9 +309,9 @@ impl Revoker {
     /// each hit pay for 10,000 predicates). Everything clears the memory tiers.
     async fn apply(&self, kind: Option<Kind>, ids: &[String], at: u64) {
         match kind {
-            Some(kind) => {
+            Some(_) => {
                 for id in ids {
-                    self.deny(kind, id, at);
+                    self.deny(id, at);
                 }
                 if let Some(cache) = &self.exchange {
                     // Refusals remembered for the revoked may no longer hold.
@@ -537,10 +537,9 @@ impl Revoker {
             let Some((kind, id)) = member.split_once(':') else {
                 continue;
             };
-            if let Some(kind) = Kind::ALL.into_iter().find(|k| k.label() == kind) {
-                if unhex(id).is_some() {
-                    self.deny(kind, id, at);
-                }
+            // Members of kinds this version does not know, or malformed ids, are skipped.
+            if Kind::ALL.iter().any(|k| k.label() == kind) && unhex(id).is_some() {
+                self.deny(id, at);
             }
         }
         metrics::gauge!("intercom_denylist_loaded_entries").set(loaded as f64);

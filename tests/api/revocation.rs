@@ -76,6 +76,21 @@ async fn admin_revoke(app: &TestApp, body: serde_json::Value) -> (u16, serde_jso
     (res.status().as_u16(), res.json().await.unwrap_or_default())
 }
 
+/// A logout token signed by the AS, with `jti` and one of `sub` / `sid`.
+async fn logout_token(auth: &TestAuthServer, jti: &str, (who, value): (&str, &str)) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120, "jti": jti,
+        "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
+    });
+    claims[who] = value.into();
+    auth.sign(serde_json::json!({ "typ": "logout+jwt" }), claims)
+        .await
+}
+
 async fn dependency(app: &TestApp, name: &str) -> String {
     let mut res = app
         .client
@@ -170,21 +185,7 @@ async fn revocations_during_a_redis_outage_are_queued_and_shared_when_it_returns
     assert_eq!(call(&a, &kim).await, 401);
 
     // A back-channel logout that cannot be shared is a 5xx, so the AS sends it again.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let logout = world
-        .auth
-        .sign(
-            serde_json::json!({ "typ": "logout+jwt" }),
-            serde_json::json!({
-                "iss": world.auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120,
-                "jti": "outage-1", "sid": "sess-jo",
-                "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
-            }),
-        )
-        .await;
+    let logout = logout_token(&world.auth, "outage-1", ("sid", "sess-jo")).await;
     let post_logout = async || {
         let mut res = a
             .client
@@ -267,21 +268,7 @@ async fn replicas_in_the_middle_of_a_key_rotation_hear_each_other() {
         "step 1 missed step 2's revocation"
     );
     // A logout token used on one is a replay on the other.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let logout = world
-        .auth
-        .sign(
-            serde_json::json!({ "typ": "logout+jwt" }),
-            serde_json::json!({
-                "iss": world.auth.issuer, "aud": "intercom", "iat": now, "exp": now + 120,
-                "jti": "rotation-1", "sub": "nobody",
-                "events": { "http://schemas.openid.net/event/backchannel-logout": {} }
-            }),
-        )
-        .await;
+    let logout = logout_token(&world.auth, "rotation-1", ("sub", "nobody")).await;
     let post = async |app: &TestApp| {
         app.client
             .post(app.url("/backchannel-logout"))
