@@ -5,6 +5,7 @@
 //! See `DESIGN.md` for the flows; [`startup::Application`] is where it all comes
 //! together.
 
+pub mod bounded;
 pub mod broker;
 pub mod cache;
 pub mod http;

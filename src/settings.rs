@@ -402,6 +402,9 @@ pub struct VaultSettings {
     pub kv_version: u8,
     #[serde(default = "default_vault_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM bundle of CAs trusted for Vault's certificate, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_approle_mount() -> String {

@@ -215,7 +215,8 @@ async fn build_secrets(
         Err(error) => {
             let failing = match &error {
                 crate::secrets::SecretError::NotFound { reference, .. }
-                | crate::secrets::SecretError::NoStore { reference, .. } => refs
+                | crate::secrets::SecretError::NoStore { reference, .. }
+                | crate::secrets::SecretError::Unreadable { reference, .. } => refs
                     .iter()
                     .find(|(_, r)| &r.to_string() == reference)
                     .map(|(k, _)| k.clone()),

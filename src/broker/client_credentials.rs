@@ -158,7 +158,7 @@ impl ClientCredentials {
         if !response.status().is_success() {
             return Err(ClientCredentialsError::Refused(response.status().as_u16()));
         }
-        let body = super::authserver::read_limited(response)
+        let body = crate::bounded::read_limited(response)
             .await
             .map_err(|_| ClientCredentialsError::Malformed)?;
         let answer: TokenAnswer =

@@ -119,7 +119,7 @@ impl TokenExchanger {
             ExchangeError::Unavailable("the authorization server is unreachable".into())
         })?;
         let status = response.status();
-        let body = super::authserver::read_limited(response)
+        let body = crate::bounded::read_limited(response)
             .await
             .map_err(|e| ExchangeError::Unavailable(format!("the authorization server's {e}")))?;
         if status.is_success() {

@@ -106,7 +106,7 @@ impl Introspector {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let body = super::authserver::read_limited(response)
+        let body = crate::bounded::read_limited(response)
             .await
             .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
         let claims: TokenClaims = match self.format {

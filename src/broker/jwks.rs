@@ -96,7 +96,7 @@ impl RemoteJwks {
             .and_then(parse_max_age)
             .unwrap_or(DEFAULT_REFRESH)
             .clamp(MIN_REFRESH, MAX_REFRESH);
-        let body = super::authserver::read_limited(response)
+        let body = crate::bounded::read_limited(response)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let set = JwkSet::from_bytes(&body).map_err(|_| JwksError::Invalid {

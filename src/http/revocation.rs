@@ -260,11 +260,9 @@ pub async fn revoke_passthrough(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let bytes = crate::broker::authserver::read_limited(answer)
-        .await
-        .map_err(|e| {
-            ApiError::AuthServerUnavailable(format!("the authorization server's {e}")).at(&req)
-        })?;
+    let bytes = crate::bounded::read_limited(answer).await.map_err(|e| {
+        ApiError::AuthServerUnavailable(format!("the authorization server's {e}")).at(&req)
+    })?;
     metrics::counter!("intercom_revocation_passthrough_total", "tied" => if tied { "yes" } else { "no" })
         .increment(1);
     if status.is_success()

@@ -11,6 +11,7 @@
 pub mod file;
 pub mod registry;
 pub mod vault;
+pub mod vault_http;
 
 use std::future::Future;
 
@@ -78,6 +79,14 @@ pub enum SecretError {
     },
     #[error("secret store {store}: {reason}")]
     Store { store: String, reason: String },
+    /// The store answered for this secret, but not with something usable (too large,
+    /// malformed, not a string).
+    #[error("secret {reference:?} could not be read from {store}: {reason}")]
+    Unreadable {
+        reference: String,
+        store: String,
+        reason: String,
+    },
 }
 
 /// A parsed reference to a secret.

@@ -3,24 +3,29 @@
 //! can no longer be renewed), KV v2 (versions read from metadata) or KV v1, an optional
 //! namespace.
 //!
-//! Readiness uses `GET /v1/sys/health` as plain HTTP: `vaultrs::sys::health` cannot
-//! parse OpenBao's answer (it lacks `performance_standby`).
+//! Every call goes through [`VaultHttp`], which reads answers with a size limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::RwLock;
-use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
+use vaultrs::api::kv1::requests::GetSecretRequest;
+use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, ReadSecretRequest};
+use vaultrs::api::token::requests::{LookupTokenSelfRequest, RenewTokenSelfRequest};
+use vaultrs::api::EndpointMiddleware;
 
+use super::vault_http::{VaultCallError, VaultHttp};
 use super::{Secret, SecretError, SecretRef, SecretStore, Versioned};
 use crate::settings::{VaultAuth, VaultSettings};
 
 /// A Vault (or OpenBao) KV store.
 pub struct VaultStore {
-    client: RwLock<VaultClient>,
+    /// The token and namespace every call carries; the token changes on login.
+    middleware: RwLock<EndpointMiddleware>,
     settings: VaultSettings,
-    http: reqwest::Client,
+    http: VaultHttp,
 }
 
 fn store_error(reason: impl std::fmt::Display) -> SecretError {
@@ -58,15 +63,15 @@ impl VaultStore {
             }
             VaultAuth::Approle => String::new(),
         };
-        let client = Self::client(settings, &token)?;
         let store = Arc::new(Self {
-            client: RwLock::new(client),
+            middleware: RwLock::new(EndpointMiddleware {
+                token,
+                version: "v1".into(),
+                wrap: None,
+                namespace: settings.namespace.clone(),
+            }),
             settings: settings.clone(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(settings.timeout)
-                .build()
-                .map_err(store_error)?,
+            http: VaultHttp::new(&settings.address, Self::client(settings)?),
         });
         let ttl = match settings.auth {
             VaultAuth::Approle => store.login().await?,
@@ -76,16 +81,21 @@ impl VaultStore {
         Ok(store)
     }
 
-    fn client(settings: &VaultSettings, token: &str) -> Result<VaultClient, SecretError> {
-        let mut builder = VaultClientSettingsBuilder::default();
-        builder
-            .address(&settings.address)
-            .token(token)
-            .timeout(Some(settings.timeout));
-        if let Some(ns) = &settings.namespace {
-            builder.namespace(Some(ns.clone()));
+    /// No redirects, the configured timeout, the system roots plus `ca_file`.
+    fn client(settings: &VaultSettings) -> Result<reqwest::Client, SecretError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout);
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| store_error(format!("vault.ca_file {}: {e}", path.display())))?;
+            for ca in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| store_error(format!("vault.ca_file {}: {e}", path.display())))?
+            {
+                builder = builder.add_root_certificate(ca);
+            }
         }
-        VaultClient::new(builder.build().map_err(store_error)?).map_err(store_error)
+        builder.build().map_err(store_error)
     }
 
     /// AppRole login; returns the token's TTL.
@@ -93,18 +103,30 @@ impl VaultStore {
         let s = &self.settings;
         let role_id = credential(&s.role_id_file, &s.role_id_env, "approle role_id")?;
         let secret_id = credential(&s.secret_id_file, &s.secret_id_env, "approle secret_id")?;
-        let mut client = self.client.write().await;
-        let auth = vaultrs::auth::approle::login(&*client, &s.approle_mount, &role_id, &secret_id)
+        let endpoint = LoginWithApproleRequest::builder()
+            .mount(&s.approle_mount)
+            .role_id(role_id)
+            .secret_id(secret_id)
+            .build()
+            .map_err(store_error)?;
+        let mut middleware = self.middleware.write().await;
+        let auth = self
+            .http
+            .auth(&middleware, endpoint)
             .await
             .map_err(|e| store_error(format!("approle login failed: {e}")))?;
-        client.set_token(&auth.client_token);
+        middleware.token = auth.client_token;
         metrics::counter!("intercom_vault_logins_total").increment(1);
         Ok(Some(Duration::from_secs(auth.lease_duration)).filter(|d| !d.is_zero()))
     }
 
     async fn lookup_ttl(&self) -> Result<Option<Duration>, SecretError> {
-        let client = self.client.read().await;
-        let info = vaultrs::token::lookup_self(&*client)
+        let endpoint = LookupTokenSelfRequest::builder()
+            .build()
+            .map_err(store_error)?;
+        let info = self
+            .http
+            .data(&*self.middleware.read().await, endpoint)
             .await
             .map_err(store_error)?;
         Ok(Some(Duration::from_secs(info.ttl)).filter(|d| !d.is_zero()))
@@ -119,9 +141,12 @@ impl VaultStore {
             loop {
                 tokio::time::sleep((ttl * 2 / 3).max(Duration::from_millis(200))).await;
                 let Some(store) = store.upgrade() else { return };
-                let renewed = {
-                    let client = store.client.read().await;
-                    vaultrs::token::renew_self(&*client, None).await
+                let renewed = match RenewTokenSelfRequest::builder().build() {
+                    Ok(endpoint) => {
+                        let middleware = store.middleware.read().await;
+                        store.http.auth(&middleware, endpoint).await
+                    }
+                    Err(e) => Err(VaultCallError::unbuilt(e)),
                 };
                 ttl = match renewed {
                     Ok(auth)
@@ -154,13 +179,52 @@ impl VaultStore {
         });
     }
 
-    /// `GET /v1/sys/health` as plain HTTP: true when Vault answers unsealed.
+    /// True when Vault answers unsealed.
     pub async fn healthy(&self) -> bool {
-        let url = format!(
-            "{}/v1/sys/health",
-            self.settings.address.trim_end_matches('/')
-        );
-        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
+        self.http.healthy().await
+    }
+
+    /// Reads the metadata of a KV v2 secret: its current version.
+    async fn current_version(&self, mount: &str, path: &str) -> Result<u64, VaultCallError> {
+        let endpoint = ReadSecretMetadataRequest::builder()
+            .mount(mount)
+            .path(path)
+            .build()
+            .map_err(VaultCallError::unbuilt)?;
+        let middleware = self.middleware.read().await;
+        Ok(self.http.data(&middleware, endpoint).await?.current_version)
+    }
+
+    /// Reads the key-value map of a secret and its version (KV v2) or none (KV v1).
+    async fn read_map(
+        &self,
+        mount: &str,
+        path: &str,
+    ) -> Result<(HashMap<String, serde_json::Value>, Option<String>), VaultCallError> {
+        let untyped = |e: serde_json::Error| VaultCallError::Parse(e.to_string());
+        if self.settings.kv_version == 1 {
+            let endpoint = GetSecretRequest::builder()
+                .mount(mount)
+                .path(path)
+                .build()
+                .map_err(VaultCallError::unbuilt)?;
+            let middleware = self.middleware.read().await;
+            let answer = self.http.raw(&middleware, endpoint).await?;
+            return Ok((serde_json::from_value(answer.data).map_err(untyped)?, None));
+        }
+        let version = self.current_version(mount, path).await?;
+        let endpoint = ReadSecretRequest::builder()
+            .mount(mount)
+            .path(path)
+            .version(Some(version))
+            .build()
+            .map_err(VaultCallError::unbuilt)?;
+        let middleware = self.middleware.read().await;
+        let answer = self.http.data(&middleware, endpoint).await?;
+        Ok((
+            serde_json::from_value(answer.data).map_err(untyped)?,
+            Some(version.to_string()),
+        ))
     }
 }
 
@@ -169,35 +233,25 @@ impl SecretStore for VaultStore {
         let SecretRef::Vault { mount, path, key } = reference else {
             return Err(SecretError::BadReference);
         };
-        let client = self.client.read().await;
         let not_found = || SecretError::NotFound {
             reference: reference.to_string(),
             store: "vault".into(),
         };
-        let (data, version): (HashMap<String, serde_json::Value>, Option<String>) =
-            if self.settings.kv_version == 1 {
-                let data = vaultrs::kv1::get(&*client, mount, path)
-                    .await
-                    .map_err(|e| match e {
-                        vaultrs::error::ClientError::APIError { code: 404, .. } => not_found(),
-                        e => store_error(e),
-                    })?;
-                (data, None)
-            } else {
-                let meta = vaultrs::kv2::read_metadata(&*client, mount, path)
-                    .await
-                    .map_err(|e| match e {
-                        vaultrs::error::ClientError::APIError { code: 404, .. } => not_found(),
-                        e => store_error(e),
-                    })?;
-                let data = vaultrs::kv2::read_version(&*client, mount, path, meta.current_version)
-                    .await
-                    .map_err(store_error)?;
-                (data, Some(meta.current_version.to_string()))
-            };
+        let unreadable = |reason: String| SecretError::Unreadable {
+            reference: reference.to_string(),
+            store: "vault".into(),
+            reason,
+        };
+        let (data, version) = self.read_map(mount, path).await.map_err(|e| match e {
+            VaultCallError::NotFound => not_found(),
+            e @ (VaultCallError::Parse(_)
+            | VaultCallError::Empty(_)
+            | VaultCallError::Unread(_)) => unreadable(e.to_string()),
+            e => store_error(e),
+        })?;
         let value = match data.get(key) {
             Some(serde_json::Value::String(s)) => Secret::new(s.clone()),
-            Some(_) => return Err(store_error(format!("{reference} is not a string"))),
+            Some(_) => return Err(unreadable("the value is not a string".into())),
             None => return Err(not_found()),
         };
         Ok(Versioned {
@@ -213,10 +267,10 @@ impl SecretStore for VaultStore {
         if self.settings.kv_version == 1 {
             return Ok(None);
         }
-        let client = self.client.read().await;
-        let meta = vaultrs::kv2::read_metadata(&*client, mount, path)
+        let version = self
+            .current_version(mount, path)
             .await
             .map_err(store_error)?;
-        Ok(Some(meta.current_version.to_string()))
+        Ok(Some(version.to_string()))
     }
 }

@@ -568,3 +568,89 @@ async fn client_credentials_app(
     .await;
     (dir, app)
 }
+
+#[actix_web::test]
+async fn an_oversized_vault_answer_is_refused_at_start_and_at_rotation() {
+    let bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    let upstream = TestUpstream::start("svc");
+    // 1.2 MB of secret: more than the 1 MiB an answer may hold.
+    let huge = "h".repeat(1_200_000);
+    bao.put_kv2("intercom/huge", serde_json::json!({ "key": huge }))
+        .await;
+    let settings = settings_with(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "30s", ""),
+        inject_route(
+            "svc",
+            &upstream,
+            "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/huge#key\" }"
+        ),
+    ));
+    let err = match intercom::startup::Application::build(settings).await {
+        Ok(_) => panic!("started with an oversized Vault answer"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("routes[0].inject.secret"), "{err}");
+    assert!(err.contains("vault:secret/intercom/huge#key"), "{err}");
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    assert!(
+        !err.contains("hhhhhhhh"),
+        "the answer's body is in the error"
+    );
+
+    // A CA bundle that cannot be read stops start-up naming the key.
+    let settings = settings_with(&vault_config(
+        &bao,
+        &token,
+        "30s",
+        "ca_file = \"/nonexistent/vault-ca.pem\"",
+    ));
+    let err = match intercom::startup::Application::build(settings).await {
+        Ok(_) => panic!("started with an unreadable vault.ca_file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("vault.ca_file /nonexistent/vault-ca.pem"),
+        "{err}"
+    );
+
+    // A secret that grows past the limit at rotation keeps its last-known value.
+    bao.put_kv2(
+        "intercom/grows",
+        serde_json::json!({ "key": "small-key-1" }),
+    )
+    .await;
+    let before = process_metrics();
+    let app = spawn_app(&format!(
+        "{}{}",
+        vault_config(&bao, &token, "200ms", ""),
+        inject_route(
+            "svc",
+            &upstream,
+            "{ type = \"header\", header = \"x-api-key\", secret = \"vault:secret/intercom/grows#key\" }"
+        ),
+    ))
+    .await;
+    bao.put_kv2("intercom/grows", serde_json::json!({ "key": huge }))
+        .await;
+    let failures = "intercom_secret_refresh_total{outcome=\"error\"}";
+    assert!(
+        eventually(PATIENCE, async || metric(&process_metrics(), failures)
+            > metric(&before, failures))
+        .await,
+        "the oversized answer counts as a failed refresh"
+    );
+    assert_eq!(
+        seen_by_upstream(&app, "/svc", None).await["headers"]["x-api-key"],
+        serde_json::json!(["small-key-1"])
+    );
+    assert!(
+        eventually(PATIENCE, async || captured_logs().lines().any(|l| l
+            .contains("secret refresh failed")
+            && l.contains("larger than 1048576 bytes")))
+        .await,
+        "the log names the cause"
+    );
+}
