@@ -14,11 +14,13 @@ use intercom::broker::jwks::RemoteJwks;
 use intercom::broker::mint::Minter;
 use intercom::broker::policy::ScopePolicy;
 use intercom::broker::validate::{JwtValidator, SignatureCheck};
-use intercom::broker::{now_secs, Principal};
-use intercom::cache::shared_hash::SharedHasher;
+use intercom::broker::Principal;
 use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
-use intercom::http::health::Readiness;
-use intercom::revoke::{Evicts, Ids, Kind, Revoker, Target};
+use intercom::clock::now_secs;
+use intercom::keyed_hash::SharedHasher;
+use intercom::readiness::Readiness;
+use intercom::revocation_ids::Kind;
+use intercom::revoke::{Evicts, Revoker, Target};
 use intercom::settings::{ScopeMatch, Settings};
 use josekit::jwk::JwkSet;
 
@@ -100,7 +102,7 @@ fn cache_hit_after_revocations(c: &mut Criterion) {
     let limits = limits();
     let settings = Settings::load(std::path::Path::new("config"), None, &Vec::new())
         .expect("the defaults load");
-    let hasher = SharedHasher::new(&intercom::secrets::Secret::new("bench-key"));
+    let hasher = SharedHasher::new(&intercom::secret::Secret::new("bench-key"));
     let tokens: Vec<String> = (0..1000)
         .map(|i| format!("opaque-token-{i:04}-abcdefghijklmnopqrstuvwxyz"))
         .collect();
@@ -119,7 +121,7 @@ fn cache_hit_after_revocations(c: &mut Criterion) {
         );
         rt.block_on(async {
             for t in &tokens {
-                let ids = Ids::of(&hasher, &principal(), t);
+                let ids = principal().revocation_ids(&hasher, t);
                 let entry = CachedToken::new(principal(), ids);
                 let _ = cache
                     .load::<(), _>(cache.key(t), async { LoadOutcome::Value(entry) })
@@ -225,8 +227,8 @@ fn rate_limit_reserved_cell(c: &mut Criterion) {
 
 fn sealing(c: &mut Criterion) {
     use intercom::cache::sealed::Sealer;
+    use intercom::secret::Secret;
     use intercom::secrets::registry::SecretCell;
-    use intercom::secrets::Secret;
     let sealer = Sealer::new(Arc::new(SecretCell::fixed(Secret::new("bench key"))));
     let value = vec![b'x'; 900];
     let sealed = sealer.seal(&value, b"intercom:x:e:key").unwrap();

@@ -47,7 +47,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&cli.config_dir, cli.config.as_deref(), &ProcessEnv) {
+    let loaded = Settings::load(&cli.config_dir, cli.config.as_deref(), &ProcessEnv)
+        .and_then(|s| intercom::secrets::file::check_references(&s).map(|()| s));
+    let settings = match loaded {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("intercom: invalid configuration: {err}");

@@ -20,8 +20,8 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::future::BoxFuture;
 
-use crate::http::health::{DependencyState, Readiness};
-use crate::secrets::Secret;
+use crate::readiness::{DependencyState, Readiness};
+use crate::secret::Secret;
 use crate::settings::RedisSettings;
 
 /// Why a Redis call gave no answer.

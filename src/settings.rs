@@ -906,7 +906,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             reason: reason.into(),
@@ -981,7 +981,6 @@ impl Settings {
         let raw = builder.build().map_err(config_error)?;
         let settings: Settings = raw.try_deserialize().map_err(config_error)?;
         settings.validate()?;
-        settings.check_file_secrets()?;
         Ok(settings)
     }
 
@@ -1165,7 +1164,7 @@ impl Settings {
                 }
             }
             if let Some(inject) = &route.inject {
-                crate::secrets::SecretRef::parse(inject.secret())
+                crate::secret::SecretRef::parse(inject.secret())
                     .map_err(|e| SettingsError::new(key("inject.secret"), e.to_string()))?;
                 match inject {
                     InjectSettings::Header { header, .. } => {
@@ -1296,7 +1295,7 @@ impl Settings {
                     format!("{:?} must be an http(s) URL", auth.issuer),
                 ));
             }
-            crate::secrets::SecretRef::parse(&auth.client_secret)
+            crate::secret::SecretRef::parse(&auth.client_secret)
                 .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
             positive("auth_server.connect_timeout", auth.connect_timeout)?;
             positive("auth_server.request_timeout", auth.request_timeout)?;
@@ -1367,8 +1366,8 @@ impl Settings {
     /// Every secret reference in the configuration, with the key that holds it.
     pub fn secret_references(
         &self,
-    ) -> Result<Vec<(String, crate::secrets::SecretRef)>, SettingsError> {
-        use crate::secrets::SecretRef;
+    ) -> Result<Vec<(String, crate::secret::SecretRef)>, SettingsError> {
+        use crate::secret::SecretRef;
         let mut refs = Vec::new();
         let mut add = |key: String, text: &str| {
             SecretRef::parse(text)
@@ -1499,51 +1498,6 @@ impl Settings {
                 "exchange.encryption_key",
                 "is required with [redis]: replicas encrypt what they store",
             ));
-        }
-        Ok(())
-    }
-
-    /// Checks what can be checked without the network: `file:` references exist.
-    /// `vault:` references are resolved at start.
-    pub fn check_file_secrets(&self) -> Result<(), SettingsError> {
-        use crate::secrets::{file::FileStore, SecretRef};
-        let refs = self.secret_references()?;
-        let file_refs: Vec<_> = refs
-            .iter()
-            .filter_map(|(k, r)| match r {
-                SecretRef::File(name) => Some((k, r, name)),
-                _ => None,
-            })
-            .collect();
-        if file_refs.is_empty() {
-            return Ok(());
-        }
-        let Some(path) = &self.secrets.file else {
-            return Err(SettingsError::new(
-                file_refs[0].0.clone(),
-                format!(
-                    "secret {:?}: [secrets] file is not set",
-                    file_refs[0].1.to_string()
-                ),
-            ));
-        };
-        let store =
-            FileStore::open(path).map_err(|e| SettingsError::new("secrets.file", e.to_string()))?;
-        for (key, reference, name) in file_refs {
-            match store.lookup(name) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(SettingsError::new(
-                        key.clone(),
-                        format!(
-                            "secret {:?} not found in {}",
-                            reference.to_string(),
-                            path.display()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(SettingsError::new("secrets.file", e.to_string())),
-            }
         }
         Ok(())
     }

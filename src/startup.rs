@@ -21,33 +21,35 @@ use crate::broker::jwks::RemoteJwks;
 use crate::broker::mint::Minter;
 use crate::broker::validate::{InternalValidator, JwtValidator, SignatureCheck};
 use crate::cache::sealed::Sealer;
-use crate::cache::shared_hash::SharedHasher;
 use crate::cache::tiered::TieredCache;
 use crate::cache::CacheLimits;
+use crate::endpoints::revocation::{self, RevocationState};
+use crate::endpoints::token::{self, TokenClients};
 use crate::http::access_log::AccessLog;
 use crate::http::compression::CompressionPolicy;
 use crate::http::errors::{ensure_problem, extractor_error, not_found};
-use crate::http::health::DependencyState;
-use crate::http::health::{self, Readiness};
-use crate::http::revocation::{self, RevocationState};
+use crate::http::health;
 use crate::http::security_headers::Hsts;
-use crate::http::token::TokenClients;
 use crate::http::wellknown;
-use crate::http::{compression, cors, request_id, security_headers, token};
+use crate::http::{compression, cors, request_id, security_headers};
+use crate::keyed_hash::SharedHasher;
 use crate::limits::RateLimiter;
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
 use crate::proxy::inject::Injection;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
+use crate::readiness::DependencyState;
+use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
 use crate::revoke::{Evicts, Revoker};
+use crate::secret::SecretRef;
 use crate::secrets::file::FileStore;
 use crate::secrets::registry::SecretCell;
 use crate::secrets::registry::SecretRegistry;
 use crate::secrets::vault::VaultStore;
-use crate::secrets::{SecretRef, Stores};
+use crate::secrets::Stores;
 use crate::settings::{InjectSettings, Settings};
 use crate::telemetry;
 use crate::tls::CertificateReloader;
@@ -281,7 +283,7 @@ async fn build_edge(
             &SecretRef::parse(&auth.client_secret)
                 .map_err(|error| StartError::Secret {
                     key: "auth_server.client_secret".into(),
-                    error,
+                    error: error.into(),
                 })?
                 .to_string(),
         )

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use serde::Deserialize;
 
+use crate::secret::Secret;
 use crate::secrets::registry::SecretCell;
-use crate::secrets::Secret;
 
 /// Why no token could be had. Never quotes a secret.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -10,10 +10,10 @@ use super::client_credentials::ClientCredentials;
 use super::exchange::{ExchangeError, ExchangeRequest, TokenExchanger, ACCESS_TOKEN_TYPE};
 use super::mint::Minter;
 use super::policy::{GrantRefused, TargetPolicy};
-use super::{now_secs, Principal};
-use crate::cache::shared_hash::{Hash, SharedHasher};
+use super::Principal;
 use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, Refusal, TieredCache};
-use crate::revoke::Ids;
+use crate::clock::now_secs;
+use crate::keyed_hash::{Hash, SharedHasher};
 use crate::settings::ExchangeMode;
 
 /// Why no downstream token.
@@ -160,7 +160,9 @@ impl DownstreamTokens {
         target: &TargetPolicy,
         scopes: &[String],
     ) -> Result<ExchangeEntry, DownstreamError> {
-        let ids = Ids::of(&self.hasher, &subject.principal, &subject.token);
+        let ids = subject
+            .principal
+            .revocation_ids(&self.hasher, &subject.token);
         match target.mode {
             ExchangeMode::Exchange => {
                 let exchanger = self.exchanger.as_ref().ok_or_else(|| {

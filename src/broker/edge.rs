@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use super::introspect::{IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
-use super::{now_secs, Principal};
-use crate::cache::shared_hash::SharedHasher;
+use super::Principal;
 use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
-use crate::revoke::Ids;
+use crate::clock::now_secs;
+use crate::keyed_hash::SharedHasher;
+use crate::revocation_ids::Ids;
 
 /// Why a token was not admitted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -139,7 +140,7 @@ impl EdgeAuthenticator {
                     match self.authenticate(token).await {
                         Ok(mut principal) => {
                             // Mint now, off the hit path: the JWT is cached with the result.
-                            let mut ids = Ids::of(&self.hasher, &principal, token);
+                            let mut ids = principal.revocation_ids(&self.hasher, token);
                             match &principal.source_token_id {
                                 // An internal JWT is revoked with the token it came from.
                                 Some(source) => ids.token = source.clone(),

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::validate::{audience_matches, SignatureCheck};
-use super::{now_secs, Principal, TokenClaims};
+use super::{Principal, TokenClaims};
+use crate::clock::now_secs;
 use crate::secrets::registry::SecretCell;
 use crate::settings::IntrospectionFormat;
 

@@ -17,7 +17,8 @@ use josekit::jws::{self, JwsHeader, JwsSigner};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::json;
 
-use super::{now_secs, Principal};
+use super::Principal;
+use crate::clock::now_secs;
 use crate::secrets::registry::SecretCell;
 
 /// One signing key.

@@ -14,8 +14,6 @@ pub mod mint;
 pub mod policy;
 pub mod validate;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 
 /// Who is calling, as the authorization server or a verified JWT says.
@@ -42,6 +40,23 @@ pub struct Principal {
     /// The revocation id of the token this one was minted from (the `src_tid` claim of
     /// internal JWTs): revoking that token revokes what Intercom derived from it.
     pub source_token_id: Option<String>,
+}
+
+impl Principal {
+    /// The ids by which revocations find `token`, this principal's token.
+    pub fn revocation_ids(
+        &self,
+        hasher: &crate::keyed_hash::SharedHasher,
+        token: &str,
+    ) -> crate::revocation_ids::Ids {
+        crate::revocation_ids::Ids::of(
+            hasher,
+            self.sub.as_deref(),
+            self.client_id.as_deref(),
+            self.sid.as_deref(),
+            token,
+        )
+    }
 }
 
 /// The claims Intercom reads from an introspection answer or a JWT access token.
@@ -176,14 +191,6 @@ where
         _ => None,
     };
     Ok(secs.map(|s| s.min(MAX_LIFETIME_SECS)))
-}
-
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value, as HTTP Basic client

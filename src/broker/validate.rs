@@ -13,7 +13,8 @@ use josekit::jws;
 use josekit::jwt::{self, JwtPayload};
 
 use super::jwks::{RemoteJwks, SharedVerifier};
-use super::{now_secs, Principal, TokenClaims};
+use super::{Principal, TokenClaims};
+use crate::clock::now_secs;
 
 /// Why a JWT was refused. The text goes into `error_description`: it never quotes the
 /// token.

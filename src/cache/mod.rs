@@ -6,7 +6,6 @@
 //! This is the edge's cache; exchanged tokens live in the two-tier [`tiered`] cache.
 
 pub mod sealed;
-pub mod shared_hash;
 pub mod tiered;
 
 use std::future::Future;
@@ -38,7 +37,7 @@ impl<V: Expiring> Expiry<CacheKey, Arc<V>> for UntilExpiry {
         value: &Arc<V>,
         _now: Instant,
     ) -> Option<Duration> {
-        let left = value.expires_at().saturating_sub(crate::broker::now_secs());
+        let left = value.expires_at().saturating_sub(crate::clock::now_secs());
         Some(Duration::from_secs(left).min(self.max_ttl))
     }
 }
@@ -138,7 +137,7 @@ impl<V: Expiring> TokenCache<V> {
     /// Looks the key up in both caches.
     pub async fn lookup(&self, key: &CacheKey) -> Lookup<V> {
         if let Some(v) = self.positive.get(key).await {
-            if v.expires_at() > crate::broker::now_secs() {
+            if v.expires_at() > crate::clock::now_secs() {
                 self.count("hit");
                 return Lookup::Hit(v);
             }
@@ -227,7 +226,7 @@ mod tests {
                 cache.load::<(), _>(key, async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    LoadOutcome::Value(Entry(crate::broker::now_secs() + 30))
+                    LoadOutcome::Value(Entry(crate::clock::now_secs() + 30))
                 })
             })
             .collect();
@@ -250,7 +249,7 @@ mod tests {
         let old = cache.key("old");
         let _ = cache
             .load::<(), _>(old, async {
-                LoadOutcome::Value(Entry(crate::broker::now_secs() - 1))
+                LoadOutcome::Value(Entry(crate::clock::now_secs() - 1))
             })
             .await;
         assert!(matches!(cache.lookup(&old).await, Lookup::Miss));

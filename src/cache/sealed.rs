@@ -11,8 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::secret::Secret;
 use crate::secrets::registry::SecretCell;
-use crate::secrets::Secret;
 
 const VERSION: &str = "v1";
 

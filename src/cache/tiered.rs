@@ -13,10 +13,10 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use super::sealed::Sealer;
-use super::shared_hash::{hex, Hash};
-use crate::broker::now_secs;
+use crate::clock::now_secs;
+use crate::keyed_hash::{hex, Hash};
 use crate::redis::SharedRedis;
-use crate::revoke::{Ids, Kind};
+use crate::revocation_ids::{Ids, Kind};
 
 /// A token for one (subject, audience, scopes).
 #[derive(Serialize, Deserialize)]

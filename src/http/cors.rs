@@ -10,7 +10,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
 use actix_web::middleware::Next;
 
-use crate::proxy::path;
+use super::path;
 use crate::settings::CorsSettings;
 
 /// Middleware: before the router picks a scope, the request's path becomes its

@@ -19,7 +19,7 @@ pub enum ApiError {
     #[error("this route does not accept the method")]
     MethodNotAllowed { allow: Vec<String> },
     #[error("the request path is not acceptable: {0}")]
-    BadPath(#[from] crate::proxy::path::PathError),
+    BadPath(#[from] super::path::PathError),
     #[error("the request is malformed: {0}")]
     BadRequest(String),
     #[error("the request body is too large")]
@@ -221,6 +221,32 @@ pub struct Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.error.fmt(f)
+    }
+}
+
+impl From<crate::broker::edge::EdgeError> for ApiError {
+    fn from(error: crate::broker::edge::EdgeError) -> Self {
+        use crate::broker::edge::EdgeError;
+        match error {
+            EdgeError::Invalid(why) => ApiError::InvalidToken(why),
+            EdgeError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
+            EdgeError::OverBudget { retry_after } => ApiError::RateLimited { retry_after },
+        }
+    }
+}
+
+/// How a failed downstream token reads to the client.
+impl From<crate::broker::downstream::DownstreamError> for ApiError {
+    fn from(error: crate::broker::downstream::DownstreamError) -> Self {
+        use crate::broker::downstream::DownstreamError;
+        match error {
+            DownstreamError::Denied(scopes) => ApiError::InsufficientScope(scopes),
+            DownstreamError::NotAllowed(why) => ApiError::CallerNotAllowed(why),
+            DownstreamError::InvalidSubject => {
+                ApiError::InvalidToken("the authorization server refused the token".into())
+            }
+            DownstreamError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
+        }
     }
 }
 

@@ -1,13 +1,14 @@
-//! Intercom's own HTTP surface: errors, request ids, the access log, health and metrics.
-//! Thin by design: handlers translate, the work happens in the other modules.
+//! The HTTP edge every handler shares: the problem table, request ids, the access log,
+//! security headers, compression, CORS, credentials and path parsing, health and the
+//! well-known documents. Thin by design: the work happens in the other modules.
 
 pub mod access_log;
 pub mod compression;
 pub mod cors;
+pub mod credentials;
 pub mod errors;
 pub mod health;
+pub mod path;
 pub mod request_id;
-pub mod revocation;
 pub mod security_headers;
-pub mod token;
 pub mod wellknown;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
 
-use crate::cache::shared_hash::SharedHasher;
+use crate::keyed_hash::SharedHasher;
 use crate::redis::SharedRedis;
 use crate::settings::{OnRedisError, Settings};
 use gcra::{Ask, Verdict, WindowState};
@@ -265,7 +265,7 @@ struct HashedCaller {
 impl HashedCaller {
     /// For Redis keys (made only when Redis is asked).
     fn hex(&self) -> String {
-        crate::cache::shared_hash::hex(&self.digest[..16])
+        crate::keyed_hash::hex(&self.digest[..16])
     }
 }
 
@@ -377,7 +377,7 @@ mod tests {
         RateLimiter::new(
             &settings,
             None,
-            SharedHasher::new(&crate::secrets::Secret::new(key)),
+            SharedHasher::new(&crate::secret::Secret::new(key)),
         )
         .expect("a limited route")
     }

@@ -10,8 +10,8 @@ use base64::Engine;
 
 use crate::broker::client_credentials::ClientCredentials;
 use crate::http::errors::ApiError;
+use crate::secret::Secret;
 use crate::secrets::registry::{SecretCell, SecretRegistry};
-use crate::secrets::Secret;
 use crate::settings::InjectSettings;
 
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Injection {
 impl Injection {
     /// A stored secret; `None` if the reference was not resolved (start-up prevents that).
     pub fn stored(settings: &InjectSettings, secrets: &SecretRegistry) -> Option<Self> {
-        let reference = crate::secrets::SecretRef::parse(settings.secret()).ok()?;
+        let reference = crate::secret::SecretRef::parse(settings.secret()).ok()?;
         let cell = secrets.cell(&reference.to_string())?;
         let kind = match settings {
             InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. } => {

@@ -8,14 +8,13 @@
 //! access log records it.
 
 pub mod forward;
+pub mod gate;
 pub mod headers;
 pub mod identity;
 pub mod inject;
-pub mod path;
 pub mod routes;
 pub mod upstreams;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
@@ -23,22 +22,24 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
-use crate::broker::downstream::{DownstreamError, DownstreamTokens, Subject};
-use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
+use crate::broker::downstream::{DownstreamTokens, Subject};
+use crate::broker::edge::{Admitted, EdgeAuthenticator};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
+use crate::http::credentials::{self, BearerError, TokenSource};
 use crate::http::errors::ApiError;
+use crate::http::path;
 use crate::http::request_id::{self, RequestId};
 use crate::http::security_headers::EnforceSecurityHeaders;
-use crate::limits::{Budget, Caller, RateLimiter};
+use crate::limits::{Caller, RateLimiter};
 use crate::revoke::Revoker;
+use crate::secret::Secret;
 use crate::secrets::registry::SecretRegistry;
-use crate::secrets::Secret;
 use crate::settings::RouteAuth;
 use forward::{
     BodyFraming, LimitedBody, OutboundRequest, RequestBody, UpstreamAnswer, UpstreamClients,
 };
 use headers::ClientView;
-use identity::{BearerError, IdentityHeaders, TokenSource};
+use identity::IdentityHeaders;
 use inject::Injection;
 use routes::{Match, Route, RouteTable};
 
@@ -211,44 +212,20 @@ async fn authenticate(
         return Ok(None);
     }
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
-    let (token, source) = match identity::extract_bearer(req, route.allow_query_token) {
+    let (token, source) = match credentials::extract_bearer(req, route.allow_query_token) {
         Ok(found) => found,
         Err(BearerError::Missing) => return Err(ApiError::MissingToken),
         Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
     };
-    let admitted = admit(
+    let admitted = gate::admit(
         edge,
         state.revoker.as_deref(),
         &token,
         &route.audience,
-        || unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
+        || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
     )
     .await?;
     Ok(Some((admitted, source, token)))
-}
-
-/// The edge's verdict on a token, refused when a revocation covers it. `gate` is run
-/// before the AS is asked about a token not seen yet (see [`unknown_token_gate`]).
-pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
-    edge: &EdgeAuthenticator,
-    revoker: Option<&Revoker>,
-    token: &str,
-    audience: &Arc<str>,
-    gate: impl FnOnce() -> G,
-) -> Result<Admitted, ApiError> {
-    let admitted = match edge.admit(token, audience, gate()).await {
-        Ok(admitted) => admitted,
-        Err(EdgeError::Invalid(why)) => return Err(ApiError::InvalidToken(why)),
-        Err(EdgeError::Unavailable(why)) => return Err(ApiError::AuthServerUnavailable(why)),
-        Err(EdgeError::OverBudget { retry_after }) => {
-            return Err(ApiError::RateLimited { retry_after })
-        }
-    };
-    let cached = &admitted.token;
-    if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
-        return Err(ApiError::InvalidToken("the token was revoked".into()));
-    }
-    Ok(admitted)
 }
 
 /// The target's token on a route with `exchange`: policy, then the two-tier cache or
@@ -271,19 +248,7 @@ async fn downstream_token(
         .token_for(&subject, target, None)
         .await
         .map(|entry| Some(entry.token.clone()))
-        .map_err(downstream_error)
-}
-
-/// How a failed downstream token reads to the client.
-pub fn downstream_error(error: DownstreamError) -> ApiError {
-    match error {
-        DownstreamError::Denied(scopes) => ApiError::InsufficientScope(scopes),
-        DownstreamError::NotAllowed(why) => ApiError::CallerNotAllowed(why),
-        DownstreamError::InvalidSubject => {
-            ApiError::InvalidToken("the authorization server refused the token".into())
-        }
-        DownstreamError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
-    }
+        .map_err(ApiError::from)
 }
 
 /// Checks the route's scope policy, on every request, cache hit or miss alike.
@@ -346,47 +311,6 @@ async fn rate_limit(
     }
 }
 
-/// A token not seen yet costs the AS a call: charged to the client address's budget
-/// (once per distinct token, however many requests carry it at once), so junk tokens
-/// cannot be turned into a flood of introspections.
-pub async fn unknown_token_gate(
-    req: &HttpRequest,
-    limiter: Option<&RateLimiter>,
-    trusted: &[IpNet],
-) -> Result<(), EdgeError> {
-    match spend_budget(req, limiter, trusted, Budget::UnknownToken).await {
-        Ok(()) => Ok(()),
-        Err(ApiError::RateLimited { retry_after }) => Err(EdgeError::OverBudget { retry_after }),
-        Err(_) => Err(EdgeError::Unavailable(
-            "the budget of unknown tokens cannot be checked".into(),
-        )),
-    }
-}
-
-/// Spends one unit of a budget of the client's address (the trusted address, as rate
-/// limits see it); past it, 429.
-pub async fn spend_budget(
-    req: &HttpRequest,
-    limiter: Option<&RateLimiter>,
-    trusted: &[IpNet],
-    budget: Budget,
-) -> Result<(), ApiError> {
-    let Some(limiter) = limiter else {
-        return Ok(());
-    };
-    let peer = req.peer_addr().map(|a| a.ip());
-    let Some(ip) = headers::client_address(peer, req.headers(), trusted) else {
-        return Ok(());
-    };
-    match limiter.check_budget(budget, ip).await {
-        Ok(Some(decision)) if !decision.allowed => Err(ApiError::RateLimited {
-            retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
-        }),
-        Ok(_) => Ok(()),
-        Err(_) => Err(ApiError::RateLimiterUnavailable),
-    }
-}
-
 /// Bodies up to this size are held in memory on routes that inject a credential, so a
 /// refused credential can be retried with the body.
 const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
@@ -434,7 +358,7 @@ fn rewrite(
     if let Some(query) = req.uri().query() {
         // On bearer routes a token in the query never travels on, however it is spelled.
         let query = match route.auth {
-            RouteAuth::Bearer => identity::query_without_token(query),
+            RouteAuth::Bearer => credentials::query_without_token(query),
             RouteAuth::None => query.to_string(),
         };
         if !query.is_empty() {

@@ -9,9 +9,9 @@ use url::Url;
 
 use super::headers::CompiledRules;
 use super::inject::Injection;
-use super::path::is_under;
 use super::upstreams::Upstreams;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
+use crate::http::path::is_under;
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
 use crate::telemetry::RequestMetrics;
 

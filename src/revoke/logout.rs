@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use crate::broker::now_secs;
 use crate::broker::validate::{audience_matches, JwtError, SignatureCheck};
-use crate::cache::shared_hash::{hex, SharedHasher};
+use crate::clock::now_secs;
+use crate::keyed_hash::{hex, SharedHasher};
 use crate::redis::SharedRedis;
 
 /// The `events` member a logout token must carry.

@@ -4,7 +4,7 @@
 //! (the exchange cache and the edge cache), and put on a denylist for the remaining
 //! lifetime, so tokens issued before the revocation are refused even where they are
 //! still cached or validated locally. Everything travels hashed (see
-//! [`crate::cache::shared_hash`]); no identity reaches Redis.
+//! [`crate::keyed_hash`]); no identity reaches Redis.
 //!
 //! The denylist is one sorted set (members `kind:id`, scores the revocation time), so a
 //! replica loads it whole in one call. An announcement Redis does not take is queued
@@ -22,74 +22,13 @@ use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::edge::EdgeAuthenticator;
-use crate::broker::{now_secs, Principal};
-use crate::cache::shared_hash::{hex, unhex, Hash, SharedHasher};
 use crate::cache::tiered::TieredCache;
-use crate::http::health::{DependencyState, Readiness};
+use crate::clock::now_secs;
+use crate::keyed_hash::{hex, unhex, SharedHasher};
+use crate::readiness::{DependencyState, Readiness};
 use crate::redis::SharedRedis;
+use crate::revocation_ids::{id_hash, Ids, Kind};
 use crate::settings::Settings;
-
-/// What a revocation names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Sub,
-    ClientId,
-    Sid,
-    Token,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Sub, Kind::ClientId, Kind::Sid, Kind::Token];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Sub => "sub",
-            Kind::ClientId => "client_id",
-            Kind::Sid => "sid",
-            Kind::Token => "token",
-        }
-    }
-}
-
-/// The hashed identities of a cached token, by which revocations find it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Ids {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sid: Option<String>,
-    pub token: String,
-}
-
-impl Ids {
-    /// The ids of `token`, whose principal is `principal`.
-    pub fn of(hasher: &SharedHasher, principal: &Principal, token: &str) -> Self {
-        let h = |kind: Kind, value: &str| hex(&id_hash(hasher, kind, value));
-        Self {
-            sub: principal.sub.as_deref().map(|v| h(Kind::Sub, v)),
-            client_id: principal.client_id.as_deref().map(|v| h(Kind::ClientId, v)),
-            sid: principal.sid.as_deref().map(|v| h(Kind::Sid, v)),
-            token: h(Kind::Token, token),
-        }
-    }
-
-    pub fn get(&self, kind: Kind) -> Option<&str> {
-        match kind {
-            Kind::Sub => self.sub.as_deref(),
-            Kind::ClientId => self.client_id.as_deref(),
-            Kind::Sid => self.sid.as_deref(),
-            Kind::Token => Some(&self.token),
-        }
-    }
-}
-
-/// The hash of one identity.
-pub fn id_hash(hasher: &SharedHasher, kind: Kind, value: &str) -> Hash {
-    hasher.hash(&[b"revocation-id", kind.label().as_bytes(), value.as_bytes()])
-}
 
 /// Hashes a revocation id (hex of a keyed hash, uniformly random) by its first 16
 /// bytes: no SipHash needed, and no one can choose ids without the shared key.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{Secret, SecretError, SecretRef, SecretStore, Versioned};
+use crate::settings::{Settings, SettingsError};
 
 /// The values as of a modification time.
 type Snapshot = (Option<SystemTime>, Arc<HashMap<String, Secret>>);
@@ -72,7 +73,7 @@ impl FileStore {
 impl SecretStore for FileStore {
     async fn read(&self, reference: &SecretRef) -> Result<Versioned, SecretError> {
         let SecretRef::File(name) = reference else {
-            return Err(SecretError::BadReference);
+            return Err(SecretError::BadReference(crate::secret::BadReference));
         };
         let value = self
             .values()?
@@ -91,4 +92,49 @@ impl SecretStore for FileStore {
     async fn version(&self, _reference: &SecretRef) -> Result<Option<String>, SecretError> {
         Ok(None)
     }
+}
+
+/// Checks what can be checked without the network, for `check-config` and before
+/// start: every `file:` reference names an entry of the secrets file. `vault:`
+/// references are resolved at start.
+pub fn check_references(settings: &Settings) -> Result<(), SettingsError> {
+    let refs = settings.secret_references()?;
+    let file_refs: Vec<_> = refs
+        .iter()
+        .filter_map(|(k, r)| match r {
+            SecretRef::File(name) => Some((k, r, name)),
+            _ => None,
+        })
+        .collect();
+    if file_refs.is_empty() {
+        return Ok(());
+    }
+    let Some(path) = &settings.secrets.file else {
+        return Err(SettingsError::new(
+            file_refs[0].0.clone(),
+            format!(
+                "secret {:?}: [secrets] file is not set",
+                file_refs[0].1.to_string()
+            ),
+        ));
+    };
+    let store =
+        FileStore::open(path).map_err(|e| SettingsError::new("secrets.file", e.to_string()))?;
+    for (key, reference, name) in file_refs {
+        match store.lookup(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(SettingsError::new(
+                    key.clone(),
+                    format!(
+                        "secret {:?} not found in {}",
+                        reference.to_string(),
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(SettingsError::new("secrets.file", e.to_string())),
+        }
+    }
+    Ok(())
 }

@@ -231,7 +231,7 @@ impl VaultStore {
 impl SecretStore for VaultStore {
     async fn read(&self, reference: &SecretRef) -> Result<Versioned, SecretError> {
         let SecretRef::Vault { mount, path, key } = reference else {
-            return Err(SecretError::BadReference);
+            return Err(SecretError::BadReference(crate::secret::BadReference));
         };
         let not_found = || SecretError::NotFound {
             reference: reference.to_string(),

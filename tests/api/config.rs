@@ -69,8 +69,11 @@ fn error_for(extra: &str, env: &[(&str, &str)]) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    match Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env) {
-        Ok(_) => panic!("accepted: {extra}"),
+    // As `intercom check-config` does: the settings, then the file secrets they name.
+    let checked = Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env)
+        .and_then(|s| intercom::secrets::file::check_references(&s));
+    match checked {
+        Ok(()) => panic!("accepted: {extra}"),
         Err(e) => e.to_string(),
     }
 }

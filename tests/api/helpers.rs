@@ -781,9 +781,16 @@ pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
 /// is in [`secrets_file`]), plus `extra` lines in `[redis]`.
 pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
     format!(
-        "[redis]\nurl = \"{}\"\n{extra}\n[replicas]\nshared_key = \"file:replicas_shared_key\"\n",
-        redis.url()
+        "{}{extra}\n[replicas]\nshared_key = \"file:replicas_shared_key\"\n",
+        redis_section(redis)
     )
+}
+
+/// `[redis]` for `redis`, with a per-call deadline of seconds: a loaded 2-core box can
+/// miss the 100 ms default, and no test measures Redis's speed (Redis down is a
+/// stopped server, refused at once).
+pub fn redis_section(redis: &TestRedis) -> String {
+    format!("[redis]\nurl = \"{}\"\ntimeout = \"5s\"\n", redis.url())
 }
 
 /// The `[secrets]` and `[auth_server]` sections for a test AS, plus `extra` lines in

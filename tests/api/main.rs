@@ -7,6 +7,7 @@ mod cors;
 mod exchange;
 mod harness;
 mod helpers;
+mod layering;
 mod lifecycle;
 mod paths;
 mod phantom;

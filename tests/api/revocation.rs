@@ -230,7 +230,7 @@ async fn revocations_during_a_redis_outage_are_queued_and_shared_when_it_returns
 #[actix_web::test]
 async fn replicas_in_the_middle_of_a_key_rotation_hear_each_other() {
     let world = Replicas::start().await;
-    let redis = format!("[redis]\nurl = \"{}\"\n", world.redis().url());
+    let redis = redis_section(world.redis());
     let step1 = world
         .replica_sharing(&format!(
             "{redis}[replicas]\nshared_key = \"file:replicas_shared_key\"\nrotation_shared_key = \"file:replicas_next_key\"\n"

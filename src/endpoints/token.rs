@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::errors::{ApiError, Problem};
 use crate::broker::downstream::Subject;
 use crate::broker::exchange::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
-use crate::broker::{now_secs, Principal};
-use crate::proxy::identity::{self, BearerError};
-use crate::proxy::{self as proxy_mod, ProxyState};
+use crate::broker::Principal;
+use crate::clock::now_secs;
+use crate::http::credentials::{self, BearerError};
+use crate::http::errors::{ApiError, Problem};
+use crate::proxy::{gate, ProxyState};
 use crate::secrets::registry::SecretCell;
 
 /// The clients that may authenticate with HTTP Basic.
@@ -26,18 +26,9 @@ impl TokenClients {
     /// The client named by `Authorization: Basic`, if its secret matches (constant time;
     /// the previous value too while it rotates). `None` when the header is not Basic.
     fn authenticate(&self, req: &HttpRequest) -> Option<Result<String, ApiError>> {
-        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-        let encoded = value
-            .strip_prefix("Basic ")
-            .or_else(|| value.strip_prefix("basic "))?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok());
-        let Some((id, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        let Ok((id, secret)) = credentials::basic_credentials(req)? else {
             return Some(Err(ApiError::InvalidClient));
         };
-        let (id, secret) = (form_decode(id), form_decode(secret));
         let known = self.0.iter().find(|(client, _)| *client == id);
         let accepted = known.is_some_and(|(_, cell)| {
             std::iter::once(cell.current())
@@ -50,15 +41,6 @@ impl TokenClients {
             Err(ApiError::InvalidClient)
         })
     }
-}
-
-/// RFC 6749 §2.3.1: client ids and secrets are form-encoded inside Basic.
-fn form_decode(text: &str) -> String {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={text}"))
-        .ok()
-        .and_then(|mut pairs| pairs.pop())
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| text.to_string())
 }
 
 /// The RFC 8693 request (form-encoded).
@@ -94,7 +76,7 @@ pub async fn exchange(
     form: web::Form<ExchangeForm>,
 ) -> Result<HttpResponse, Problem> {
     let bad = |why: &str| ApiError::BadRequest(why.to_string()).at(&req);
-    proxy_mod::spend_budget(
+    gate::spend_budget(
         &req,
         state.limiter.as_deref(),
         &state.trusted_proxies,
@@ -142,8 +124,7 @@ pub async fn exchange(
     };
     // The caller: a configured client (HTTP Basic), or whoever its bearer token says.
     let revoker = state.revoker.as_deref();
-    let gate =
-        || proxy_mod::unknown_token_gate(&req, state.limiter.as_deref(), &state.trusted_proxies);
+    let gate = || gate::unknown_token_gate(&req, state.limiter.as_deref(), &state.trusted_proxies);
     let caller = match clients.authenticate(&req) {
         Some(Ok(client_id)) => Principal {
             client_id: Some(client_id),
@@ -151,21 +132,21 @@ pub async fn exchange(
         },
         Some(Err(e)) => return Err(e.at(&req)),
         None => {
-            let token = match identity::extract_bearer(&req, false) {
+            let token = match credentials::extract_bearer(&req, false) {
                 Ok((token, _)) => token,
                 Err(BearerError::Missing) => return Err(ApiError::MissingToken.at(&req)),
                 Err(BearerError::Malformed(why)) => {
                     return Err(ApiError::InvalidToken(why.into()).at(&req))
                 }
             };
-            let caller = proxy_mod::admit(edge, revoker, &token, &target.audience, gate)
+            let caller = gate::admit(edge, revoker, &token, &target.audience, gate)
                 .await
                 .map_err(|e| e.at(&req))?;
             taken(&caller.token.principal)?;
             caller.token.principal.clone()
         }
     };
-    let subject = proxy_mod::admit(edge, revoker, &form.subject_token, &target.audience, gate)
+    let subject = gate::admit(edge, revoker, &form.subject_token, &target.audience, gate)
         .await
         .map_err(|e| e.at(&req))?;
     taken(&subject.token.principal)?;
@@ -186,7 +167,7 @@ pub async fn exchange(
             asked.as_deref(),
         )
         .await
-        .map_err(|e| proxy_mod::downstream_error(e).at(&req))?;
+        .map_err(|e| ApiError::from(e).at(&req))?;
     let answer = ExchangeAnswer {
         access_token: &entry.token,
         issued_token_type: &entry.issued_token_type,

@@ -9,9 +9,11 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::errors::{ApiError, Problem};
+use crate::http::errors::{ApiError, Problem};
+use crate::proxy::gate;
+use crate::revocation_ids::Kind;
 use crate::revoke::logout::LogoutVerifier;
-use crate::revoke::{Kind, Revoker, Target};
+use crate::revoke::{Revoker, Target};
 use crate::secrets::registry::SecretCell;
 
 /// What the revocation handlers share.
@@ -32,7 +34,7 @@ pub struct RevocationState {
 impl RevocationState {
     /// Spends one call of the client address's endpoint budget.
     async fn spend(&self, req: &HttpRequest) -> Result<(), Problem> {
-        crate::proxy::spend_budget(
+        gate::spend_budget(
             req,
             self.limiter.as_deref(),
             &self.trusted_proxies,
@@ -53,10 +55,9 @@ async fn owned_by(
     let Some(edge) = &state.edge else {
         return false;
     };
-    let gate =
-        || crate::proxy::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
+    let gate = || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
     let audience: Arc<str> = Arc::from(REVOCATION_AUDIENCE);
-    crate::proxy::admit(edge, None, token, &audience, gate)
+    gate::admit(edge, None, token, &audience, gate)
         .await
         .is_ok_and(|a| a.token.principal.client_id.as_deref() == Some(client))
 }
@@ -196,26 +197,10 @@ struct RevocationForm {
 /// The client a revocation request authenticates as (HTTP Basic, else `client_id`).
 /// Whether the credentials are right is the AS's to say; this only names the client.
 fn requesting_client(req: &HttpRequest, form: &RevocationForm) -> Option<String> {
-    use base64::Engine;
-    let basic = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|pair| pair.split_once(':').map(|(id, _)| id.to_string()))
-        .and_then(|id| {
-            percent_encoding::percent_decode_str(&id.replace('+', " "))
-                .decode_utf8()
-                .ok()
-                .map(|s| s.into_owned())
-        });
-    basic.or_else(|| form.client_id.clone())
+    match crate::http::credentials::basic_credentials(req) {
+        Some(Ok((id, _))) => Some(id),
+        _ => form.client_id.clone(),
+    }
 }
 
 /// `POST /revoke` (RFC 7009): the AS decides with the client's own credentials; when it
@@ -284,6 +269,6 @@ pub async fn revoke_passthrough(
     // The AS's own answer (an OAuth error, say) is relayed as it is.
     response
         .extensions_mut()
-        .insert(super::access_log::UpstreamLatency(started.elapsed()));
+        .insert(crate::http::access_log::UpstreamLatency(started.elapsed()));
     Ok(response)
 }

@@ -5,7 +5,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::secrets::Secret;
+use crate::secret::Secret;
 
 /// A 32-byte keyed hash.
 pub type Hash = [u8; 32];

@@ -1,0 +1,93 @@
+//! Readiness: each dependency's state and the time of its last check, reported by the
+//! module that checks it; unready while a required one is down or while shutting down.
+//! The HTTP handlers are in `http::health`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+use serde::Serialize;
+
+/// The state of one dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyState {
+    Ok,
+    Degraded,
+    Down,
+}
+
+/// The last check of one dependency.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyReport {
+    pub status: DependencyState,
+    /// A required dependency that is down makes the instance unready.
+    pub required: bool,
+    /// RFC 3339 time of the last check.
+    pub checked_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What `/health/ready` reports; shared by every module that checks a dependency.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+    dependencies: RwLock<BTreeMap<String, DependencyReport>>,
+}
+
+impl Readiness {
+    /// Records the outcome of a dependency check.
+    pub fn report(
+        &self,
+        name: &str,
+        status: DependencyState,
+        required: bool,
+        detail: Option<String>,
+    ) {
+        let checked_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let report = DependencyReport {
+            status,
+            required,
+            checked_at,
+            detail,
+        };
+        self.dependencies
+            .write()
+            .expect("readiness lock is never poisoned")
+            .insert(name.to_string(), report);
+    }
+
+    /// From now on readiness answers 503, so load balancers drain this instance.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        metrics::gauge!("intercom_ready").set(0.0);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// True when serving traffic makes sense.
+    pub fn is_ready(&self) -> bool {
+        !self.is_shutting_down()
+            && self
+                .dependencies
+                .read()
+                .expect("readiness lock is never poisoned")
+                .values()
+                .all(|d| !(d.required && d.status == DependencyState::Down))
+    }
+}
+
+impl Readiness {
+    /// Every dependency's last report, for the readiness answer.
+    pub fn dependencies(&self) -> BTreeMap<String, DependencyReport> {
+        self.dependencies
+            .read()
+            .expect("readiness lock is never poisoned")
+            .clone()
+    }
+}
