@@ -55,6 +55,21 @@ pub struct SharedRedis {
 
 impl SharedRedis {
     /// Builds the pool (connections are made on first use).
+    /// The shared pool, when `[redis]` is configured (connections open on first use).
+    pub fn from_settings(
+        settings: &crate::settings::Settings,
+        readiness: &Arc<Readiness>,
+        secrets: &crate::secrets::registry::SecretRegistry,
+    ) -> Result<Option<Arc<Self>>, String> {
+        let Some(redis) = &settings.redis else {
+            return Ok(None);
+        };
+        let password = secrets
+            .stored(redis.password.as_deref())
+            .map(|cell| cell.current());
+        Self::new(redis, password, readiness.clone()).map(|r| Some(Arc::new(r)))
+    }
+
     pub fn new(
         settings: &RedisSettings,
         password: Option<Secret>,

@@ -7,22 +7,12 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use metrics_exporter_prometheus::PrometheusHandle;
+use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
-use crate::broker::authserver;
-use crate::broker::client_credentials::ClientCredentials;
 use crate::broker::downstream::DownstreamTokens;
-use crate::broker::edge::EdgeAuthenticator;
-use crate::broker::exchange::TokenExchanger;
-use crate::broker::introspect::Introspector;
-use crate::broker::jwks::RemoteJwks;
 use crate::broker::mint::Minter;
-use crate::broker::validate::{InternalValidator, JwtValidator, SignatureCheck};
-use crate::cache::sealed::Sealer;
-use crate::cache::tiered::TieredCache;
-use crate::cache::CacheLimits;
+use crate::broker::parts::BrokerParts;
 use crate::endpoints::revocation::{self, RevocationState};
 use crate::endpoints::token::{self, TokenClients};
 use crate::http::access_log::AccessLog;
@@ -31,29 +21,20 @@ use crate::http::errors::{ensure_problem, extractor_error, not_found};
 use crate::http::health;
 use crate::http::security_headers::Hsts;
 use crate::http::wellknown;
-use crate::http::{compression, cors, request_id, security_headers};
+use crate::http::{compression, cors, redirect, request_id, security_headers};
 use crate::keyed_hash::SharedHasher;
 use crate::limits::RateLimiter;
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::identity::IdentityHeaders;
-use crate::proxy::inject::Injection;
+use crate::proxy::inject;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{self, ProxyState};
-use crate::readiness::DependencyState;
 use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
 use crate::revoke::{Evicts, Revoker};
-use crate::secret::SecretRef;
-use crate::secrets::file::FileStore;
-use crate::secrets::registry::SecretCell;
-use crate::secrets::registry::SecretRegistry;
-use crate::secrets::vault::VaultStore;
-use crate::secrets::Stores;
-use crate::settings::{InjectSettings, Settings};
+use crate::settings::Settings;
 use crate::telemetry;
-use crate::tls::CertificateReloader;
-use actix_web::http::header::HeaderValue;
 
 /// A built, bound, not yet running Intercom.
 pub struct Application {
@@ -96,6 +77,30 @@ pub enum StartError {
     Config { key: &'static str, message: String },
 }
 
+impl From<crate::secrets::OpenError> for StartError {
+    fn from(e: crate::secrets::OpenError) -> Self {
+        match e {
+            crate::secrets::OpenError::Settings(e) => StartError::Settings(e),
+            crate::secrets::OpenError::Secret { key, error } => StartError::Secret { key, error },
+        }
+    }
+}
+
+impl From<crate::broker::parts::BuildError> for StartError {
+    fn from(e: crate::broker::parts::BuildError) -> Self {
+        use crate::broker::parts::BuildError;
+        match e {
+            BuildError::Discovery(e) => StartError::Discovery(e),
+            BuildError::NoIntrospection => StartError::NoIntrospection,
+            BuildError::Keys(e) => StartError::Keys(e),
+            BuildError::Unresolved(key) => StartError::Config {
+                key,
+                message: "the secret was not resolved at start".into(),
+            },
+        }
+    }
+}
+
 impl StartError {
     /// True when the configuration is at fault (exit 64), not the machine.
     pub fn is_configuration(&self) -> bool {
@@ -112,481 +117,6 @@ fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
         key,
         message: format!("cannot listen on {addr}: {e}"),
     })
-}
-
-/// The shared Redis pool, when `[redis]` is configured (connections open on first use).
-fn build_redis(
-    settings: &Settings,
-    readiness: &Arc<Readiness>,
-    secrets: &SecretRegistry,
-) -> Result<Option<Arc<SharedRedis>>, StartError> {
-    let Some(redis) = &settings.redis else {
-        return Ok(None);
-    };
-    let password = redis
-        .password
-        .as_ref()
-        .and_then(|r| SecretRef::parse(r).ok())
-        .and_then(|r| secrets.cell(&r.to_string()))
-        .map(|cell| cell.current());
-    SharedRedis::new(redis, password, readiness.clone())
-        .map(|r| Some(Arc::new(r)))
-        .map_err(StartError::Redis)
-}
-
-/// The cell of an optional secret reference (resolved at start).
-fn stored(secrets: &SecretRegistry, reference: &Option<String>) -> Option<Arc<SecretCell>> {
-    reference
-        .as_ref()
-        .and_then(|r| SecretRef::parse(r).ok())
-        .and_then(|r| secrets.cell(&r.to_string()))
-}
-
-/// Downstream tokens (routes with `exchange`): the two-tier cache and the exchanger.
-fn build_downstream(
-    settings: &Settings,
-    secrets: &SecretRegistry,
-    hasher: &SharedHasher,
-    redis: Option<&Arc<SharedRedis>>,
-    edge: Option<&mut EdgeParts>,
-) -> Option<Arc<DownstreamTokens>> {
-    let edge = edge?;
-    if !settings.routes.iter().any(|r| r.exchange.is_some()) {
-        return None;
-    }
-    let x = &settings.exchange;
-    let shared = match (redis, stored(secrets, &x.encryption_key)) {
-        (Some(redis), Some(key)) => Some((redis.clone(), Sealer::new(key), x.key_prefix.clone())),
-        _ => None,
-    };
-    let cache = Arc::new(TieredCache::new(
-        x.capacity,
-        x.memory_tier,
-        x.skew,
-        x.negative_ttl,
-        shared,
-    ));
-    let actor = edge.exchanger.as_ref().map(|x| {
-        ClientCredentials::new(
-            edge.http.clone(),
-            x.token_endpoint.clone(),
-            x.client_id.clone(),
-            x.client_secret.clone(),
-            None,
-            None,
-        )
-    });
-    Some(Arc::new(DownstreamTokens {
-        exchanger: edge.exchanger.take(),
-        actor,
-        minter: edge.minter.clone(),
-        cache,
-        hasher: hasher.clone(),
-        refresh_ahead: x.refresh_ahead,
-        lock_ttl: x.lock_ttl,
-    }))
-}
-
-/// Opens the secret stores and resolves every reference in the configuration.
-async fn build_secrets(
-    settings: &Settings,
-    readiness: &Arc<Readiness>,
-) -> Result<Arc<SecretRegistry>, StartError> {
-    let refs = settings.secret_references()?;
-    let mut stores = Stores::default();
-    if let Some(path) = &settings.secrets.file {
-        stores.file = Some(FileStore::open(path).map_err(|error| StartError::Secret {
-            key: "secrets.file".into(),
-            error,
-        })?);
-    }
-    if let Some(vault) = &settings.secrets.vault {
-        stores.vault =
-            Some(
-                VaultStore::connect(vault)
-                    .await
-                    .map_err(|error| StartError::Secret {
-                        key: "secrets.vault".into(),
-                        error,
-                    })?,
-            );
-    }
-    let all: Vec<SecretRef> = refs.iter().map(|(_, r)| r.clone()).collect();
-    let registry = match SecretRegistry::resolve(stores, &all).await {
-        Ok(r) => Arc::new(r),
-        Err(error) => {
-            let failing = match &error {
-                crate::secrets::SecretError::NotFound { reference, .. }
-                | crate::secrets::SecretError::NoStore { reference, .. }
-                | crate::secrets::SecretError::Unreadable { reference, .. } => refs
-                    .iter()
-                    .find(|(_, r)| &r.to_string() == reference)
-                    .map(|(k, _)| k.clone()),
-                _ => None,
-            };
-            return Err(StartError::Secret {
-                key: failing.unwrap_or_else(|| "secrets".into()),
-                error,
-            });
-        }
-    };
-    if !refs.is_empty() {
-        readiness.report("secret_store", DependencyState::Ok, true, None);
-        let readiness = Arc::downgrade(readiness);
-        registry.spawn_watch(settings.secrets.poll_interval, move |ok, oldest| {
-            if let Some(readiness) = readiness.upgrade() {
-                let state = if ok {
-                    DependencyState::Ok
-                } else {
-                    DependencyState::Degraded
-                };
-                let detail = (!ok).then(|| {
-                    format!(
-                        "serving last-known values; oldest is {} s old",
-                        oldest.as_secs()
-                    )
-                });
-                // Last-known values keep serving: degraded, never a reason to be unready.
-                readiness.report("secret_store", state, false, detail);
-            }
-        });
-    }
-    Ok(registry)
-}
-
-/// The broker parts built from `[auth_server]` and `[tokens]`.
-struct EdgeParts {
-    edge: Arc<EdgeAuthenticator>,
-    minter: Arc<Minter>,
-    /// The client for the AS, shared with client-credentials injection.
-    http: reqwest::Client,
-    token_endpoint: Option<String>,
-    /// RFC 8693 at the AS, with Intercom's client.
-    exchanger: Option<TokenExchanger>,
-    /// Back-channel logout tokens, when enabled.
-    logout: Option<LogoutVerifier>,
-    revocation_endpoint: Option<String>,
-}
-
-async fn build_edge(
-    settings: &Settings,
-    readiness: &Arc<Readiness>,
-    secrets: &SecretRegistry,
-    (hasher, rotation): (&SharedHasher, Option<&SharedHasher>),
-    redis: Option<&Arc<SharedRedis>>,
-) -> Result<Option<EdgeParts>, StartError> {
-    let Some(auth) = &settings.auth_server else {
-        return Ok(None);
-    };
-    let secret = secrets
-        .cell(
-            &SecretRef::parse(&auth.client_secret)
-                .map_err(|error| StartError::Secret {
-                    key: "auth_server.client_secret".into(),
-                    error: error.into(),
-                })?
-                .to_string(),
-        )
-        .expect("every reference was resolved at start");
-    let http = authserver::http_client(auth.connect_timeout, auth.request_timeout);
-    let meta = authserver::discover(&http, &auth.issuer).await?;
-    readiness.report("authorization_server", DependencyState::Ok, false, None);
-    let jwks_uri = auth.jwks_uri.clone().unwrap_or(meta.jwks_uri.clone());
-    let jwks = RemoteJwks::new(http.clone(), jwks_uri, auth.jwt.jwks_cooldown);
-    if let Err(e) = jwks.fetch("start").await {
-        tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
-    }
-    jwks.spawn_refresh();
-    let signature = |algorithms: Vec<String>| SignatureCheck {
-        algorithms,
-        jwks: jwks.clone(),
-    };
-    let introspector = Introspector {
-        http: http.clone(),
-        endpoint: meta
-            .introspection_endpoint
-            .clone()
-            .ok_or(StartError::NoIntrospection)?,
-        issuer: meta.issuer.clone(),
-        client_id: auth.client_id.clone(),
-        client_secret: secret.clone(),
-        format: auth.introspection_format,
-        signature: signature(auth.jwt.algorithms.clone()),
-        leeway: auth.jwt.leeway,
-        // An active answer without `exp`: trusted briefly, not for the cache's longest.
-        default_lifetime: settings
-            .tokens
-            .cache_max_ttl
-            .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
-        audiences: auth.audiences.clone(),
-        tier_claim: settings.rate_limit.tier_claim.clone(),
-    };
-    let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
-        issuer: meta.issuer.clone(),
-        audiences: auth.jwt.audiences.clone(),
-        typ: auth.jwt.typ.clone(),
-        leeway: auth.jwt.leeway,
-        signature: signature(auth.jwt.algorithms.clone()),
-        tier_claim: settings.rate_limit.tier_claim.clone(),
-    });
-    let t = &settings.tokens;
-    let stored_cell = |text: &Option<String>| {
-        text.as_ref()
-            .and_then(|r| SecretRef::parse(r).ok())
-            .and_then(|r| secrets.cell(&r.to_string()))
-    };
-    let minter = match stored_cell(&t.signing_key) {
-        Some(current) => Arc::new(Minter::from_store(
-            current,
-            stored_cell(&t.next_signing_key),
-            &t.algorithm,
-            &t.issuer,
-            t.lifetime,
-            t.jwks_max_age,
-        )?),
-        None => {
-            let minter = Arc::new(Minter::new(
-                &t.algorithm,
-                &t.issuer,
-                t.lifetime,
-                t.jwks_max_age,
-            )?);
-            minter.spawn_rotation(t.key_rotation);
-            minter
-        }
-    };
-    let limits = CacheLimits {
-        capacity: t.cache_capacity,
-        max_ttl: t.cache_max_ttl,
-        negative_capacity: t.negative_capacity,
-        negative_ttl: t.negative_ttl,
-    };
-    let internal = t.accept_internal.then(|| InternalValidator {
-        minter: minter.clone(),
-        leeway: auth.jwt.leeway,
-        tier_claim: settings.rate_limit.tier_claim.clone(),
-    });
-    let edge = EdgeAuthenticator::new(
-        introspector,
-        validator,
-        internal,
-        minter.clone(),
-        &limits,
-        hasher.clone(),
-    );
-    let exchanger = meta.token_endpoint.clone().map(|endpoint| TokenExchanger {
-        http: http.clone(),
-        token_endpoint: endpoint,
-        client_id: auth.client_id.clone(),
-        client_secret: secret.clone(),
-    });
-    let logout = settings
-        .revocation
-        .backchannel_logout
-        .then(|| LogoutVerifier {
-            signature: signature(auth.jwt.algorithms.clone()),
-            issuer: meta.issuer.clone(),
-            client_id: auth.client_id.clone(),
-            leeway: auth.jwt.leeway,
-            redis: redis.cloned(),
-            hasher: hasher.clone(),
-            rotation: rotation.cloned(),
-            seen: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            replay_prefix: format!("{}:logout", settings.exchange.key_prefix),
-        });
-    spawn_auth_server_check(http.clone(), auth.issuer.clone(), readiness.clone());
-    Ok(Some(EdgeParts {
-        edge: Arc::new(edge),
-        minter,
-        http,
-        token_endpoint: meta.token_endpoint.clone(),
-        exchanger,
-        logout,
-        revocation_endpoint: meta.revocation_endpoint.clone(),
-    }))
-}
-
-/// Each route's injected credential, in route order.
-fn build_injections(
-    settings: &Settings,
-    secrets: &SecretRegistry,
-    edge: Option<&EdgeParts>,
-) -> Result<Vec<Option<Injection>>, StartError> {
-    settings
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, route)| {
-            let Some(inject) = &route.inject else {
-                return Ok(None);
-            };
-            if let InjectSettings::ClientCredentials {
-                client_id,
-                secret,
-                scope,
-                resource,
-            } = inject
-            {
-                let key = format!("routes[{i}].inject");
-                let (http, endpoint) = match edge {
-                    Some(EdgeParts {
-                        http,
-                        token_endpoint: Some(endpoint),
-                        ..
-                    }) => (http.clone(), endpoint.clone()),
-                    _ => {
-                        return Err(StartError::Settings(crate::settings::SettingsError {
-                            key,
-                            reason: "the authorization server has no token_endpoint".into(),
-                        }))
-                    }
-                };
-                let cell = SecretRef::parse(secret)
-                    .ok()
-                    .and_then(|r| secrets.cell(&r.to_string()))
-                    .expect("every reference was resolved at start");
-                let source = ClientCredentials::new(
-                    http,
-                    endpoint,
-                    client_id.clone(),
-                    cell,
-                    scope.clone(),
-                    resource.clone(),
-                );
-                return Ok(Some(Injection::fetched(source)));
-            }
-            Ok(Injection::stored(inject, secrets))
-        })
-        .collect()
-}
-
-/// The TLS configuration, with the certificate watched for changes and its expiry in
-/// readiness.
-fn build_tls(
-    settings: &Settings,
-    readiness: &Arc<Readiness>,
-) -> Result<Option<rustls::ServerConfig>, StartError> {
-    let Some(t) = &settings.server.tls else {
-        return Ok(None);
-    };
-    let certificates =
-        CertificateReloader::load(&t.cert_file, &t.key_file).map_err(|e| match e {
-            crate::tls::TlsError::File { path, reason } => StartError::Config {
-                key: if std::path::Path::new(&path) == std::path::Path::new(&t.key_file) {
-                    "server.tls.key_file"
-                } else {
-                    "server.tls.cert_file"
-                },
-                message: format!("{path}: {reason}"),
-            },
-            crate::tls::TlsError::Config(why) => StartError::Config {
-                key: "server.tls",
-                message: why,
-            },
-        })?;
-    let report = {
-        let readiness = Arc::downgrade(readiness);
-        move |not_after: i64| {
-            if let Some(readiness) = readiness.upgrade() {
-                let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_default();
-                let left = not_after - time::OffsetDateTime::now_utc().unix_timestamp();
-                let state = if left <= 0 {
-                    DependencyState::Down
-                } else if left < 14 * 24 * 3600 {
-                    DependencyState::Degraded
-                } else {
-                    DependencyState::Ok
-                };
-                readiness.report(
-                    "tls_certificate",
-                    state,
-                    false,
-                    Some(format!("expires {expires}")),
-                );
-            }
-        }
-    };
-    report(certificates.not_after());
-    certificates.spawn_watch(t.reload_interval, report);
-    Ok(Some(crate::tls::server_config(certificates, t.tls13_only)?))
-}
-
-/// The plain-HTTP listener that only redirects to HTTPS on `https_port`, and only to
-/// one of `hosts` (the configured names: the client's `Host` picks among them, never
-/// adds to them).
-fn redirect_server(
-    addr: &str,
-    hosts: Vec<String>,
-    https_port: u16,
-    drain_secs: u64,
-) -> Result<Server, StartError> {
-    let listener = bind("server.tls.redirect_listen", addr)?;
-    let hosts: Arc<[String]> = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
-    Ok(HttpServer::new(move || {
-        let hosts = hosts.clone();
-        App::new().default_service(web::to(move |req: HttpRequest| {
-            let hosts = hosts.clone();
-            async move {
-                let asked = req
-                    .headers()
-                    .get(actix_web::http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(|h| crate::proxy::routes::strip_port(h).to_ascii_lowercase());
-                let host = asked
-                    .and_then(|a| hosts.iter().find(|h| **h == a))
-                    .unwrap_or(&hosts[0]);
-                let port = if https_port == 443 {
-                    String::new()
-                } else {
-                    format!(":{https_port}")
-                };
-                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                HttpResponse::PermanentRedirect()
-                    .insert_header(("location", format!("https://{host}{port}{target}")))
-                    .finish()
-            }
-        }))
-    })
-    .workers(1)
-    .shutdown_timeout(drain_secs)
-    .disable_signals()
-    .listen(listener)?
-    .run())
-}
-
-/// Reports the AS in readiness every 15 s (not required: cached tokens keep working).
-fn spawn_auth_server_check(http: reqwest::Client, issuer: String, readiness: Arc<Readiness>) {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let readiness = Arc::downgrade(&readiness);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            let Some(readiness) = readiness.upgrade() else {
-                return;
-            };
-            let state = match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => (DependencyState::Ok, None),
-                Ok(r) => (
-                    DependencyState::Down,
-                    Some(format!("status {}", r.status())),
-                ),
-                Err(_) => (DependencyState::Down, Some("unreachable".to_string())),
-            };
-            readiness.report("authorization_server", state.0, false, state.1);
-        }
-    });
 }
 
 /// Stops a running application the way SIGTERM does.
@@ -621,20 +151,27 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let metrics = telemetry::metrics_handle();
         let readiness = Arc::new(Readiness::default());
-        let secrets = build_secrets(&settings, &readiness).await?;
-        let redis = build_redis(&settings, &readiness, &secrets)?;
-        let hasher = match stored(&secrets, &settings.replicas.shared_key) {
+        let secrets = crate::secrets::open(&settings, &readiness).await?;
+        let redis = SharedRedis::from_settings(&settings, &readiness, &secrets)
+            .map_err(StartError::Redis)?;
+        let hasher = match secrets.stored(settings.replicas.shared_key.as_deref()) {
             Some(cell) => SharedHasher::new(&cell.current()),
             None => SharedHasher::random(),
         };
-        let rotation = stored(&secrets, &settings.replicas.rotation_shared_key)
+        let rotation = secrets
+            .stored(settings.replicas.rotation_shared_key.as_deref())
             .map(|cell| SharedHasher::new(&cell.current()));
         let keys = (&hasher, rotation.as_ref());
-        let mut edge = build_edge(&settings, &readiness, &secrets, keys, redis.as_ref()).await?;
-        let injections = build_injections(&settings, &secrets, edge.as_ref())?;
+        let mut edge = BrokerParts::build(&settings, &readiness, &secrets, &hasher).await?;
+        let injections = inject::for_routes(&settings, &secrets, edge.as_ref())?;
         let limiter = RateLimiter::new(&settings, redis.clone(), hasher.clone());
-        let downstream =
-            build_downstream(&settings, &secrets, &hasher, redis.as_ref(), edge.as_mut());
+        let downstream = DownstreamTokens::from_settings(
+            &settings,
+            &secrets,
+            &hasher,
+            redis.as_ref(),
+            edge.as_mut(),
+        );
         let revoker = edge.as_ref().map(|e| {
             let revoker = Revoker::new(
                 &settings,
@@ -651,10 +188,12 @@ impl Application {
             revoker
         });
         let logout = edge
-            .as_mut()
-            .and_then(|e| e.logout.take())
+            .as_ref()
+            .filter(|_| settings.revocation.backchannel_logout)
+            .zip(settings.auth_server.as_ref())
+            .map(|(parts, auth)| LogoutVerifier::new(&settings, auth, parts, redis.clone(), keys))
             .map(web::Data::new);
-        let admin_credential = stored(&secrets, &settings.revocation.admin_credential);
+        let admin_credential = secrets.stored(settings.revocation.admin_credential.as_deref());
         let revocation_endpoint = edge.as_ref().and_then(|e| e.revocation_endpoint.clone());
         let as_http = edge.as_ref().map(|e| e.http.clone()).unwrap_or_default();
         let edge_handle = edge.as_ref().map(|e| e.edge.clone());
@@ -692,12 +231,7 @@ impl Application {
                 .token_endpoint
                 .clients
                 .iter()
-                .filter_map(|c| {
-                    Some((
-                        c.client_id.clone(),
-                        stored(&secrets, &Some(c.secret.clone()))?,
-                    ))
-                })
+                .filter_map(|c| Some((c.client_id.clone(), secrets.stored(Some(&c.secret))?)))
                 .collect(),
         ));
         let admin_revocation = revocation.clone();
@@ -728,20 +262,18 @@ impl Application {
                 )
             })
             .collect();
-        let tls = build_tls(&settings, &readiness)?;
-        let hsts = settings
-            .server
-            .tls
-            .as_ref()
-            .filter(|t| t.hsts_max_age_secs > 0)
-            .and_then(|t| {
-                HeaderValue::from_str(&format!(
-                    "max-age={}; includeSubDomains",
-                    t.hsts_max_age_secs
-                ))
-                .ok()
-            })
-            .map(Hsts);
+        let tls = match &settings.server.tls {
+            Some(t) => {
+                Some(
+                    crate::tls::configure(t, &readiness).map_err(|e| StartError::Config {
+                        key: e.key,
+                        message: e.message,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let hsts = Hsts::from_settings(settings.server.tls.as_ref());
         let listener = bind("server.listen", &settings.server.listen)?;
         let port = listener.local_addr()?.port();
         let admin_listener = bind("server.admin_listen", &settings.server.admin_listen)?;
@@ -828,7 +360,10 @@ impl Application {
             .as_ref()
             .and_then(|t| Some((t.redirect_listen.as_ref()?, t.redirect_hosts.clone())))
         {
-            Some((addr, hosts)) => Some(redirect_server(addr, hosts, port, drain_secs)?),
+            Some((addr, hosts)) => {
+                let listener = bind("server.tls.redirect_listen", addr)?;
+                Some(redirect::server(listener, hosts, port, drain_secs)?)
+            }
             None => None,
         };
 
@@ -846,7 +381,7 @@ impl Application {
                 .wrap(from_fn(request_id::assign))
                 .route("/health/live", web::get().to(health::live))
                 .route("/health/ready", web::get().to(health::ready))
-                .route("/metrics", web::get().to(render_metrics))
+                .route("/metrics", web::get().to(telemetry::render_metrics))
                 .default_service(web::to(not_found))
         })
         .workers(1)
@@ -920,10 +455,4 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-}
-
-async fn render_metrics(handle: web::Data<PrometheusHandle>, _req: HttpRequest) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(handle.render())
 }

@@ -194,3 +194,12 @@ impl RequestMetrics {
         }
     }
 }
+
+/// `GET /metrics` on the admin listener: the Prometheus text format.
+pub async fn render_metrics(
+    handle: actix_web::web::Data<PrometheusHandle>,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}

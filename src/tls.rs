@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+
+use crate::readiness::{DependencyState, Readiness};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -20,6 +22,14 @@ pub enum TlsError {
     File { path: String, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
+}
+
+/// A TLS setting that cannot be used, naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub message: String,
 }
 
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
@@ -169,4 +179,61 @@ pub fn server_config(
     .with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The TLS configuration, with the certificate watched for changes and its expiry in
+/// readiness.
+pub fn configure(
+    t: &crate::settings::TlsSettings,
+    readiness: &Arc<Readiness>,
+) -> Result<rustls::ServerConfig, SettingError> {
+    let certificates =
+        CertificateReloader::load(&t.cert_file, &t.key_file).map_err(|e| match e {
+            TlsError::File { path, reason } => SettingError {
+                key: if Path::new(&path) == Path::new(&t.key_file) {
+                    "server.tls.key_file"
+                } else {
+                    "server.tls.cert_file"
+                },
+                message: format!("{path}: {reason}"),
+            },
+            TlsError::Config(why) => SettingError {
+                key: "server.tls",
+                message: why,
+            },
+        })?;
+    let report = {
+        let readiness = Arc::downgrade(readiness);
+        move |not_after: i64| {
+            if let Some(readiness) = readiness.upgrade() {
+                let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                let left = not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+                let state = if left <= 0 {
+                    DependencyState::Down
+                } else if left < 14 * 24 * 3600 {
+                    DependencyState::Degraded
+                } else {
+                    DependencyState::Ok
+                };
+                readiness.report(
+                    "tls_certificate",
+                    state,
+                    false,
+                    Some(format!("expires {expires}")),
+                );
+            }
+        }
+    };
+    report(certificates.not_after());
+    certificates.spawn_watch(t.reload_interval, report);
+    server_config(certificates, t.tls13_only).map_err(|e| SettingError {
+        key: "server.tls",
+        message: e.to_string(),
+    })
 }

@@ -2,7 +2,10 @@
 //! discovery through `openidconnect`), and the HTTP client used for every call to it:
 //! no redirects, always timeouts.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::readiness::{DependencyState, Readiness};
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
@@ -97,4 +100,30 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Reports the AS in readiness every 15 s (not required: cached tokens keep working).
+pub fn spawn_health_check(http: reqwest::Client, issuer: String, readiness: Arc<Readiness>) {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let readiness = Arc::downgrade(&readiness);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let Some(readiness) = readiness.upgrade() else {
+                return;
+            };
+            let state = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => (DependencyState::Ok, None),
+                Ok(r) => (
+                    DependencyState::Down,
+                    Some(format!("status {}", r.status())),
+                ),
+                Err(_) => (DependencyState::Down, Some("unreachable".to_string())),
+            };
+            readiness.report("authorization_server", state.0, false, state.1);
+        }
+    });
 }

@@ -99,6 +99,55 @@ pub struct Subject {
 }
 
 impl DownstreamTokens {
+    /// Downstream tokens (routes with `exchange`): the two-tier cache and the exchanger.
+    pub fn from_settings(
+        settings: &crate::settings::Settings,
+        secrets: &crate::secrets::registry::SecretRegistry,
+        hasher: &SharedHasher,
+        redis: Option<&Arc<crate::redis::SharedRedis>>,
+        edge: Option<&mut super::parts::BrokerParts>,
+    ) -> Option<Arc<Self>> {
+        let edge = edge?;
+        if !settings.routes.iter().any(|r| r.exchange.is_some()) {
+            return None;
+        }
+        let x = &settings.exchange;
+        let shared = match (redis, secrets.stored(x.encryption_key.as_deref())) {
+            (Some(redis), Some(key)) => Some((
+                redis.clone(),
+                crate::cache::sealed::Sealer::new(key),
+                x.key_prefix.clone(),
+            )),
+            _ => None,
+        };
+        let cache = Arc::new(crate::cache::tiered::TieredCache::new(
+            x.capacity,
+            x.memory_tier,
+            x.skew,
+            x.negative_ttl,
+            shared,
+        ));
+        let actor = edge.exchanger.as_ref().map(|x| {
+            super::client_credentials::ClientCredentials::new(
+                edge.http.clone(),
+                x.token_endpoint.clone(),
+                x.client_id.clone(),
+                x.client_secret.clone(),
+                None,
+                None,
+            )
+        });
+        Some(Arc::new(Self {
+            exchanger: edge.exchanger.take(),
+            actor,
+            minter: edge.minter.clone(),
+            cache,
+            hasher: hasher.clone(),
+            refresh_ahead: x.refresh_ahead,
+            lock_ttl: x.lock_ttl,
+        }))
+    }
+
     /// The token for `target`, for the caller's `subject` (∩ `asked` scopes, if any).
     pub async fn token_for(
         self: &Arc<Self>,

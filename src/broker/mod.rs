@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod introspect;
 pub mod jwks;
 pub mod mint;
+pub mod parts;
 pub mod policy;
 pub mod validate;
 

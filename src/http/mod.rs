@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod errors;
 pub mod health;
 pub mod path;
+pub mod redirect;
 pub mod request_id;
 pub mod security_headers;
 pub mod wellknown;

@@ -176,6 +176,15 @@ pub fn is_under(path: &str, prefix: &str, ignore_case: bool) -> bool {
     same && (rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The host of a `Host` value without its port (an IPv6 literal keeps its brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep through the closing bracket.
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,16 @@ use super::access_log::UpstreamLatency;
 #[derive(Debug, Clone)]
 pub struct Hsts(pub HeaderValue);
 
+impl Hsts {
+    /// `max-age=N; includeSubDomains` when the listener speaks TLS and N is not 0.
+    pub fn from_settings(tls: Option<&crate::settings::TlsSettings>) -> Option<Self> {
+        let age = tls.map(|t| t.hsts_max_age_secs).filter(|age| *age > 0)?;
+        HeaderValue::from_str(&format!("max-age={age}; includeSubDomains"))
+            .ok()
+            .map(Hsts)
+    }
+}
+
 /// Set on a proxied response whose route enforces Intercom's security headers.
 #[derive(Debug, Clone, Copy)]
 pub struct EnforceSecurityHeaders;

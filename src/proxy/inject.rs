@@ -9,10 +9,11 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 
 use crate::broker::client_credentials::ClientCredentials;
+use crate::broker::parts::BrokerParts;
 use crate::http::errors::ApiError;
 use crate::secret::Secret;
 use crate::secrets::registry::{SecretCell, SecretRegistry};
-use crate::settings::InjectSettings;
+use crate::settings::{InjectSettings, Settings, SettingsError};
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -147,4 +148,57 @@ impl Injection {
                 .filter(|t| t != sent),
         }
     }
+}
+
+/// Each route's injected credential, in route order.
+pub fn for_routes(
+    settings: &Settings,
+    secrets: &SecretRegistry,
+    broker: Option<&BrokerParts>,
+) -> Result<Vec<Option<Injection>>, SettingsError> {
+    settings
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| {
+            let Some(inject) = &route.inject else {
+                return Ok(None);
+            };
+            if let InjectSettings::ClientCredentials {
+                client_id,
+                secret,
+                scope,
+                resource,
+            } = inject
+            {
+                let key = format!("routes[{i}].inject");
+                let (http, endpoint) = match broker {
+                    Some(BrokerParts {
+                        http,
+                        token_endpoint: Some(endpoint),
+                        ..
+                    }) => (http.clone(), endpoint.clone()),
+                    _ => {
+                        return Err(SettingsError::new(
+                            key,
+                            "the authorization server has no token_endpoint",
+                        ))
+                    }
+                };
+                let cell = secrets.stored(Some(secret)).ok_or_else(|| {
+                    SettingsError::new(format!("{key}.secret"), "was not resolved at start")
+                })?;
+                let source = ClientCredentials::new(
+                    http,
+                    endpoint,
+                    client_id.clone(),
+                    cell,
+                    scope.clone(),
+                    resource.clone(),
+                );
+                return Ok(Some(Injection::fetched(source)));
+            }
+            Ok(Injection::stored(inject, secrets))
+        })
+        .collect()
 }

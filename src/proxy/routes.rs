@@ -11,7 +11,7 @@ use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::upstreams::Upstreams;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
-use crate::http::path::is_under;
+use crate::http::path::{is_under, strip_port};
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
 use crate::telemetry::RequestMetrics;
 
@@ -175,15 +175,6 @@ impl RouteTable {
             Match::WrongMethod(allowed)
         }
     }
-}
-
-/// The host of a `Host` value without its port (an IPv6 literal keeps its brackets).
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: keep through the closing bracket.
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
 impl Route {

@@ -55,6 +55,34 @@ pub struct LogoutVerifier {
 const MAX_AGE: u64 = 300;
 
 impl LogoutVerifier {
+    /// Verifies logout tokens of the AS in `parts`; seen `jti`s are remembered for
+    /// twice [`MAX_AGE`] (at most 100,000 here, and in Redis when there is one).
+    pub fn new(
+        settings: &crate::settings::Settings,
+        auth: &crate::settings::AuthServerSettings,
+        parts: &crate::broker::parts::BrokerParts,
+        redis: Option<std::sync::Arc<SharedRedis>>,
+        (hasher, rotation): (&SharedHasher, Option<&SharedHasher>),
+    ) -> Self {
+        Self {
+            signature: SignatureCheck {
+                algorithms: auth.jwt.algorithms.clone(),
+                jwks: parts.jwks.clone(),
+            },
+            issuer: parts.issuer.clone(),
+            client_id: auth.client_id.clone(),
+            leeway: auth.jwt.leeway,
+            redis,
+            hasher: hasher.clone(),
+            rotation: rotation.cloned(),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(2 * MAX_AGE))
+                .build(),
+            replay_prefix: format!("{}:logout", settings.exchange.key_prefix),
+        }
+    }
+
     pub async fn verify(&self, token: &str) -> Result<Logout, LogoutError> {
         let (payload, typ) = self.signature.verify(token).await?;
         if typ.is_some_and(|t| !t.eq_ignore_ascii_case("logout+jwt")) {

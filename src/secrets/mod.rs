@@ -14,6 +14,13 @@ pub mod vault;
 pub mod vault_http;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use crate::readiness::{DependencyState, Readiness};
+use crate::settings::{Settings, SettingsError};
+use file::FileStore;
+use registry::SecretRegistry;
+use vault::VaultStore;
 
 use crate::secret::{BadReference, Secret, SecretRef};
 
@@ -98,6 +105,83 @@ impl SecretStore for Stores {
             _ => Ok(None),
         }
     }
+}
+
+/// Why the secrets could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// `key` is the configuration key whose secret failed.
+    #[error("{key}: {error}")]
+    Secret { key: String, error: SecretError },
+}
+
+/// Opens the secret stores and resolves every reference in the configuration.
+pub async fn open(
+    settings: &Settings,
+    readiness: &Arc<Readiness>,
+) -> Result<Arc<SecretRegistry>, OpenError> {
+    let refs = settings.secret_references()?;
+    let mut stores = Stores::default();
+    if let Some(path) = &settings.secrets.file {
+        stores.file = Some(FileStore::open(path).map_err(|error| OpenError::Secret {
+            key: "secrets.file".into(),
+            error,
+        })?);
+    }
+    if let Some(vault) = &settings.secrets.vault {
+        stores.vault =
+            Some(
+                VaultStore::connect(vault)
+                    .await
+                    .map_err(|error| OpenError::Secret {
+                        key: "secrets.vault".into(),
+                        error,
+                    })?,
+            );
+    }
+    let all: Vec<SecretRef> = refs.iter().map(|(_, r)| r.clone()).collect();
+    let registry = match SecretRegistry::resolve(stores, &all).await {
+        Ok(r) => Arc::new(r),
+        Err(error) => {
+            let failing = match &error {
+                SecretError::NotFound { reference, .. }
+                | SecretError::NoStore { reference, .. }
+                | SecretError::Unreadable { reference, .. } => refs
+                    .iter()
+                    .find(|(_, r)| &r.to_string() == reference)
+                    .map(|(k, _)| k.clone()),
+                _ => None,
+            };
+            return Err(OpenError::Secret {
+                key: failing.unwrap_or_else(|| "secrets".into()),
+                error,
+            });
+        }
+    };
+    if !refs.is_empty() {
+        readiness.report("secret_store", DependencyState::Ok, true, None);
+        let readiness = Arc::downgrade(readiness);
+        registry.spawn_watch(settings.secrets.poll_interval, move |ok, oldest| {
+            if let Some(readiness) = readiness.upgrade() {
+                let state = if ok {
+                    DependencyState::Ok
+                } else {
+                    DependencyState::Degraded
+                };
+                let detail = (!ok).then(|| {
+                    format!(
+                        "serving last-known values; oldest is {} s old",
+                        oldest.as_secs()
+                    )
+                });
+                // Last-known values keep serving: degraded, never a reason to be unready.
+                readiness.report("secret_store", state, false, detail);
+            }
+        });
+    }
+    Ok(registry)
 }
 
 #[cfg(test)]

@@ -119,6 +119,12 @@ impl SecretRegistry {
         self.cells.get(reference).cloned()
     }
 
+    /// The cell of an optional reference as configuration spells it (resolved at start).
+    pub fn stored(&self, reference: Option<&str>) -> Option<Arc<SecretCell>> {
+        let reference = crate::secret::SecretRef::parse(reference?).ok()?;
+        self.cell(&reference.to_string())
+    }
+
     /// Checks one secret with its store now and swaps in a new value. Concurrent
     /// callers for one cell share the check.
     pub async fn refresh(&self, cell: &SecretCell) -> Refresh {

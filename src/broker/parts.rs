@@ -1,0 +1,164 @@
+//! The broker assembled from `[auth_server]` and `[tokens]`: the AS discovered, its keys
+//! fetched, the edge (cache, introspection, local JWTs), Intercom's minter and the RFC
+//! 8693 exchanger, plus the AS's health in readiness.
+
+use std::sync::Arc;
+
+use super::authserver;
+use super::edge::EdgeAuthenticator;
+use super::exchange::TokenExchanger;
+use super::introspect::Introspector;
+use super::jwks::RemoteJwks;
+use super::mint::Minter;
+use super::validate::{InternalValidator, JwtValidator, SignatureCheck};
+use crate::cache::CacheLimits;
+use crate::keyed_hash::SharedHasher;
+use crate::readiness::{DependencyState, Readiness};
+use crate::secrets::registry::SecretRegistry;
+use crate::settings::Settings;
+
+/// Why the broker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("authorization server: {0}")]
+    Discovery(#[from] authserver::DiscoveryError),
+    #[error("authorization server: no introspection_endpoint in its metadata")]
+    NoIntrospection,
+    #[error("signing keys: {0}")]
+    Keys(#[from] super::mint::MintError),
+    /// A reference the secret registry did not resolve at start.
+    #[error("{0}: the secret was not resolved at start")]
+    Unresolved(&'static str),
+}
+
+/// The broker parts built from `[auth_server]` and `[tokens]`.
+pub struct BrokerParts {
+    pub edge: Arc<EdgeAuthenticator>,
+    pub minter: Arc<Minter>,
+    /// The client for the AS, shared with client-credentials injection.
+    pub http: reqwest::Client,
+    pub token_endpoint: Option<String>,
+    /// RFC 8693 at the AS, with Intercom's client.
+    pub exchanger: Option<TokenExchanger>,
+    pub revocation_endpoint: Option<String>,
+    /// The AS's keys and issuer, for other JWTs it signs (logout tokens).
+    pub jwks: Arc<RemoteJwks>,
+    pub issuer: String,
+}
+
+impl BrokerParts {
+    /// Discovers the AS and builds the edge, the minter and the exchanger; `None` without
+    /// `[auth_server]`.
+    pub async fn build(
+        settings: &Settings,
+        readiness: &Arc<Readiness>,
+        secrets: &SecretRegistry,
+        hasher: &SharedHasher,
+    ) -> Result<Option<Self>, BuildError> {
+        let Some(auth) = &settings.auth_server else {
+            return Ok(None);
+        };
+        let secret = secrets
+            .stored(Some(&auth.client_secret))
+            .ok_or(BuildError::Unresolved("auth_server.client_secret"))?;
+        let http = authserver::http_client(auth.connect_timeout, auth.request_timeout);
+        let meta = authserver::discover(&http, &auth.issuer).await?;
+        readiness.report("authorization_server", DependencyState::Ok, false, None);
+        let jwks_uri = auth.jwks_uri.clone().unwrap_or(meta.jwks_uri.clone());
+        let jwks = RemoteJwks::new(http.clone(), jwks_uri, auth.jwt.jwks_cooldown);
+        if let Err(e) = jwks.fetch("start").await {
+            tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
+        }
+        jwks.spawn_refresh();
+        let signature = |algorithms: Vec<String>| SignatureCheck {
+            algorithms,
+            jwks: jwks.clone(),
+        };
+        let introspector = Introspector {
+            http: http.clone(),
+            endpoint: meta
+                .introspection_endpoint
+                .clone()
+                .ok_or(BuildError::NoIntrospection)?,
+            issuer: meta.issuer.clone(),
+            client_id: auth.client_id.clone(),
+            client_secret: secret.clone(),
+            format: auth.introspection_format,
+            signature: signature(auth.jwt.algorithms.clone()),
+            leeway: auth.jwt.leeway,
+            // An active answer without `exp`: trusted briefly, not for the cache's longest.
+            default_lifetime: settings
+                .tokens
+                .cache_max_ttl
+                .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
+            audiences: auth.audiences.clone(),
+            tier_claim: settings.rate_limit.tier_claim.clone(),
+        };
+        let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
+            issuer: meta.issuer.clone(),
+            audiences: auth.jwt.audiences.clone(),
+            typ: auth.jwt.typ.clone(),
+            leeway: auth.jwt.leeway,
+            signature: signature(auth.jwt.algorithms.clone()),
+            tier_claim: settings.rate_limit.tier_claim.clone(),
+        });
+        let t = &settings.tokens;
+        let stored_cell = |text: &Option<String>| secrets.stored(text.as_deref());
+        let minter = match stored_cell(&t.signing_key) {
+            Some(current) => Arc::new(Minter::from_store(
+                current,
+                stored_cell(&t.next_signing_key),
+                &t.algorithm,
+                &t.issuer,
+                t.lifetime,
+                t.jwks_max_age,
+            )?),
+            None => {
+                let minter = Arc::new(Minter::new(
+                    &t.algorithm,
+                    &t.issuer,
+                    t.lifetime,
+                    t.jwks_max_age,
+                )?);
+                minter.spawn_rotation(t.key_rotation);
+                minter
+            }
+        };
+        let limits = CacheLimits {
+            capacity: t.cache_capacity,
+            max_ttl: t.cache_max_ttl,
+            negative_capacity: t.negative_capacity,
+            negative_ttl: t.negative_ttl,
+        };
+        let internal = t.accept_internal.then(|| InternalValidator {
+            minter: minter.clone(),
+            leeway: auth.jwt.leeway,
+            tier_claim: settings.rate_limit.tier_claim.clone(),
+        });
+        let edge = EdgeAuthenticator::new(
+            introspector,
+            validator,
+            internal,
+            minter.clone(),
+            &limits,
+            hasher.clone(),
+        );
+        let exchanger = meta.token_endpoint.clone().map(|endpoint| TokenExchanger {
+            http: http.clone(),
+            token_endpoint: endpoint,
+            client_id: auth.client_id.clone(),
+            client_secret: secret.clone(),
+        });
+        authserver::spawn_health_check(http.clone(), auth.issuer.clone(), readiness.clone());
+        Ok(Some(BrokerParts {
+            edge: Arc::new(edge),
+            minter,
+            http,
+            token_endpoint: meta.token_endpoint.clone(),
+            exchanger,
+            revocation_endpoint: meta.revocation_endpoint.clone(),
+            jwks,
+            issuer: meta.issuer.clone(),
+        }))
+    }
+}
