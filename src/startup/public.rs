@@ -1,0 +1,129 @@
+//! The public app: Intercom's own endpoints, the CORS scopes, and the proxy as the
+//! default service, under one middleware stack.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Condition};
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use super::wiring::Wired;
+use crate::endpoints::{revocation, token};
+use crate::http::access_log::AccessLog;
+use crate::http::compression::CompressionPolicy;
+use crate::http::errors::{ensure_problem, extractor_error};
+use crate::http::security_headers::Hsts;
+use crate::http::{compression, cors, request_id, security_headers, wellknown};
+use crate::proxy::forward::UpstreamClients;
+use crate::proxy::{self, ProxyState};
+use crate::settings::{CorsSettings, Settings};
+
+/// A CORS scope: a route's prefix (empty for `/`), its host, its policy.
+type CorsScope = (String, Option<String>, Option<CorsSettings>);
+
+/// With any CORS policy, every route becomes a scope (in the table's order: host routes
+/// first, longest prefix first) so a policy never covers a more specific route.
+fn cors_scopes(settings: &Settings, proxy: &ProxyState) -> Vec<CorsScope> {
+    if !settings.routes.iter().any(|r| r.cors.is_some()) {
+        return Vec::new();
+    }
+    let routes = proxy.routes.routes().iter();
+    routes
+        .map(|r| {
+            let prefix = if r.prefix == "/" { "" } else { &r.prefix };
+            let policy = settings.routes[r.index].cors.clone();
+            (prefix.to_string(), r.host.clone(), policy)
+        })
+        .collect()
+}
+
+/// The public listener's server.
+pub(super) fn server(
+    settings: &Settings,
+    wired: &Wired,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<Server> {
+    let scopes = cors_scopes(settings, &wired.proxy);
+    let any_cors = !scopes.is_empty();
+    let compress = settings.compression.enabled;
+    let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
+    let hsts = Hsts::from_settings(settings.server.tls.as_ref());
+    let proxy_state = wired.proxy.clone();
+    let minter = wired.minter.clone().map(web::Data::new);
+    let token_clients = wired.token_clients.clone();
+    let revocation = wired.revocation.clone();
+    let logout = wired.logout.clone();
+    let max_connections = settings.server.upstream_pool_size;
+    let server = HttpServer::new(move || {
+        let clients = UpstreamClients::new(&proxy_state.routes, max_connections);
+        let mut app = App::new();
+        if let Some(minter) = &minter {
+            app = app
+                .app_data(minter.clone())
+                .route("/.well-known/jwks.json", web::get().to(wellknown::jwks))
+                .route(
+                    "/.well-known/oauth-authorization-server",
+                    web::get().to(wellknown::metadata),
+                );
+        }
+        if let Some(hsts) = &hsts {
+            app = app.app_data(hsts.clone());
+        }
+        if let Some(clients) = &token_clients {
+            app = app
+                .app_data(clients.clone())
+                .route("/token", web::post().to(token::exchange));
+        }
+        if let Some(state) = &revocation {
+            app = app
+                .app_data(state.clone())
+                .route("/revoke", web::post().to(revocation::revoke_passthrough));
+            if let Some(logout) = &logout {
+                app = app.app_data(logout.clone()).route(
+                    "/backchannel-logout",
+                    web::post().to(revocation::backchannel_logout),
+                );
+            }
+        }
+        if let Some(policy) = &compression {
+            app = app.app_data(policy.clone());
+        }
+        for (prefix, host, policy) in &scopes {
+            let mut scope = web::scope(prefix).default_service(web::to(proxy::handle));
+            if let Some(host) = host {
+                scope = scope.guard(actix_web::guard::Host(host.clone()));
+            }
+            app = match policy {
+                Some(policy) => app.service(scope.wrap(cors::middleware(policy))),
+                None => app.service(scope),
+            };
+        }
+        // Middleware runs bottom-up on the way in: a request id first, then the access
+        // log (which sees the final status), security headers, compression, the problem
+        // rewrite of bare errors, and (only for CORS scopes) canonical routing.
+        app.app_data(proxy_state.clone())
+            .app_data(clients)
+            .wrap(Condition::new(any_cors, from_fn(cors::canonical_routing)))
+            .app_data(web::JsonConfig::default().error_handler(extractor_error))
+            .app_data(web::QueryConfig::default().error_handler(extractor_error))
+            .app_data(web::FormConfig::default().error_handler(extractor_error))
+            .app_data(web::PathConfig::default().error_handler(extractor_error))
+            .wrap(from_fn(ensure_problem))
+            .wrap(Condition::new(compress, from_fn(compression::compress)))
+            .wrap(from_fn(security_headers::apply))
+            .wrap(TracingLogger::<AccessLog>::new())
+            .wrap(from_fn(request_id::assign))
+            .default_service(web::to(proxy::handle))
+    })
+    .workers(super::workers(settings))
+    .client_request_timeout(settings.server.client_request_timeout)
+    .shutdown_timeout(super::drain_secs(settings))
+    .disable_signals();
+    Ok(match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    }
+    .run())
+}

@@ -1,0 +1,142 @@
+//! The shared state, built from the settings as a list of constructor calls: each part
+//! builds itself from its own settings and the parts it depends on.
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+use super::StartError;
+use crate::broker::downstream::DownstreamTokens;
+use crate::broker::mint::Minter;
+use crate::broker::parts::BrokerParts;
+use crate::endpoints::revocation::RevocationState;
+use crate::endpoints::token::TokenClients;
+use crate::keyed_hash::SharedHasher;
+use crate::limits::RateLimiter;
+use crate::proxy::identity::IdentityHeaders;
+use crate::proxy::inject;
+use crate::proxy::routes::RouteTable;
+use crate::proxy::ProxyState;
+use crate::readiness::Readiness;
+use crate::redis::SharedRedis;
+use crate::revoke::logout::LogoutVerifier;
+use crate::revoke::{Evicts, Revoker};
+use crate::settings::Settings;
+
+/// What the public and admin apps serve.
+pub(super) struct Wired {
+    pub readiness: Arc<Readiness>,
+    pub proxy: web::Data<ProxyState>,
+    pub minter: Option<Arc<Minter>>,
+    /// `POST /token`, when a route exchanges tokens.
+    pub token_clients: Option<web::Data<TokenClients>>,
+    /// The revocation endpoints, when there is an authorization server.
+    pub revocation: Option<web::Data<RevocationState>>,
+    pub logout: Option<web::Data<LogoutVerifier>>,
+}
+
+/// The shared key (or a random one without `[replicas]`) and the rotating one.
+fn hashers(
+    settings: &Settings,
+    secrets: &crate::secrets::registry::SecretRegistry,
+) -> (SharedHasher, Option<SharedHasher>) {
+    let current = match secrets.stored(settings.replicas.shared_key.as_deref()) {
+        Some(cell) => SharedHasher::new(&cell.current()),
+        None => SharedHasher::random(),
+    };
+    let rotation = secrets
+        .stored(settings.replicas.rotation_shared_key.as_deref())
+        .map(|cell| SharedHasher::new(&cell.current()));
+    (current, rotation)
+}
+
+pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
+    let readiness = Arc::new(Readiness::default());
+    let secrets = crate::secrets::open(settings, &readiness).await?;
+    let redis =
+        SharedRedis::from_settings(settings, &readiness, &secrets).map_err(StartError::Redis)?;
+    let (hasher, rotation) = hashers(settings, &secrets);
+    let mut broker = BrokerParts::build(settings, &readiness, &secrets, &hasher).await?;
+    let injections = inject::for_routes(settings, &secrets, broker.as_ref())?;
+    let limiter = RateLimiter::new(settings, redis.clone(), hasher.clone());
+    let downstream = DownstreamTokens::from_settings(
+        settings,
+        &secrets,
+        &hasher,
+        redis.as_ref(),
+        broker.as_mut(),
+    );
+    let revoker = broker.as_ref().map(|b| {
+        let evicts = Evicts {
+            exchange: downstream.as_ref().map(|d| d.cache.clone()),
+            edge: Some(b.edge.clone()),
+        };
+        let revoker = Revoker::new(
+            settings,
+            hasher.clone(),
+            rotation.clone(),
+            evicts,
+            redis.clone(),
+            readiness.clone(),
+        );
+        revoker.spawn_listener();
+        revoker
+    });
+    let logout = broker
+        .as_ref()
+        .filter(|_| settings.revocation.backchannel_logout)
+        .zip(settings.auth_server.as_ref())
+        .map(|(parts, auth)| {
+            let keys = (&hasher, rotation.as_ref());
+            web::Data::new(LogoutVerifier::new(
+                settings,
+                auth,
+                parts,
+                redis.clone(),
+                keys,
+            ))
+        });
+    let revocation = revoker.clone().map(|revoker| {
+        web::Data::new(RevocationState {
+            revoker,
+            admin_credential: secrets.stored(settings.revocation.admin_credential.as_deref()),
+            http: broker.as_ref().map(|b| b.http.clone()).unwrap_or_default(),
+            revocation_endpoint: broker.as_ref().and_then(|b| b.revocation_endpoint.clone()),
+            limiter: limiter.clone(),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            edge: broker.as_ref().map(|b| b.edge.clone()),
+        })
+    });
+    let token_clients = downstream.is_some().then(|| {
+        let clients = settings.token_endpoint.clients.iter();
+        web::Data::new(TokenClients(
+            clients
+                .filter_map(|c| Some((c.client_id.clone(), secrets.stored(Some(&c.secret))?)))
+                .collect(),
+        ))
+    });
+    let minter = broker.as_ref().map(|b| b.minter.clone());
+    let proxy = web::Data::new(ProxyState {
+        routes: RouteTable::new(
+            &settings.routes,
+            settings.server.upstream_cooldown,
+            settings.server.max_body_bytes,
+            injections,
+        ),
+        trusted_proxies: settings.server.trusted_proxies.clone(),
+        edge: broker.map(|b| b.edge),
+        identity: IdentityHeaders::from_settings(&settings.tokens),
+        secrets,
+        limiter,
+        downstream,
+        revoker,
+    });
+    Ok(Wired {
+        readiness,
+        proxy,
+        minter,
+        token_clients,
+        revocation,
+        logout,
+    })
+}
