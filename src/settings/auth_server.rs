@@ -1,0 +1,142 @@
+//! `[auth_server]`: the authorization server Intercom introspects and exchanges at, and
+//! how JWT access tokens are validated locally.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::*;
+
+/// The authorization server (RFC 8414 / OpenID discovery at the issuer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthServerSettings {
+    /// Issuer URL; metadata is discovered below it.
+    pub issuer: String,
+    /// Intercom's own client at the AS.
+    pub client_id: String,
+    /// A secret reference (e.g. `file:intercom_client_secret`), never the value.
+    pub client_secret: String,
+    /// `json` (RFC 7662) or `jwt` (RFC 9701, signed and verified).
+    #[serde(default)]
+    pub introspection_format: IntrospectionFormat,
+    #[serde(default = "default_as_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_as_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Overrides the discovered `jwks_uri` (keys for JWT access tokens and signed
+    /// introspection answers).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Local validation of JWT access tokens from this issuer.
+    #[serde(default)]
+    pub jwt: JwtSettings,
+    /// When not empty, an introspected token must name one of these in `aud`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+fn default_as_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_as_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionFormat {
+    #[default]
+    Json,
+    Jwt,
+}
+
+/// How JWT access tokens are validated without calling the AS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Accepted `aud` values; empty means JWTs are introspected like opaque tokens.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The `alg` allow-list. `none` and HMAC algorithms are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Required `typ` header, e.g. `at+jwt`, when set.
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// At most one JWKS fetch per this interval for unknown `kid`s.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_cooldown: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            algorithms: default_algorithms(),
+            leeway: default_leeway(),
+            typ: None,
+            jwks_cooldown: default_jwks_cooldown(),
+        }
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl AuthServerSettings {
+    /// Checks what serde cannot; every error names its key.
+    pub(super) fn validate(&self) -> Result<(), SettingsError> {
+        let auth = self;
+        let url = Url::parse(&auth.issuer).map_err(|_| {
+            SettingsError::new(
+                "auth_server.issuer",
+                format!("{:?} is not a valid URL", auth.issuer),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(SettingsError::new(
+                "auth_server.issuer",
+                format!("{:?} must be an http(s) URL", auth.issuer),
+            ));
+        }
+        crate::secret::SecretRef::parse(&auth.client_secret)
+            .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
+        positive("auth_server.connect_timeout", auth.connect_timeout)?;
+        positive("auth_server.request_timeout", auth.request_timeout)?;
+        for (a, alg) in auth.jwt.algorithms.iter().enumerate() {
+            if !matches!(
+                alg.as_str(),
+                "RS256"
+                    | "RS384"
+                    | "RS512"
+                    | "PS256"
+                    | "PS384"
+                    | "PS512"
+                    | "ES256"
+                    | "ES384"
+                    | "EdDSA"
+            ) {
+                return Err(SettingsError::new(
+                    format!("auth_server.jwt.algorithms[{a}]"),
+                    format!("{alg:?} is not an accepted asymmetric JWS algorithm"),
+                ));
+            }
+        }
+        positive("auth_server.jwt.jwks_cooldown", auth.jwt.jwks_cooldown)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Typed configuration: `config/default.toml` → `config/<INTERCOM_ENV>.toml` (or an
+//! explicit `--config FILE`) → `INTERCOM__SECTION__KEY` environment variables.
+//!
+//! Everything is validated before a port is bound, and every validation error names the
+//! offending key, so `intercom check-config` can answer in one line.
+
+mod auth_server;
+mod checks;
+mod compression;
+mod exchange;
+mod rate_limit;
+mod redis;
+mod replicas;
+mod revocation;
+mod route_rules;
+mod routes;
+mod rules;
+mod secrets;
+mod server;
+mod telemetry;
+mod token_endpoint;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use auth_server::*;
+use checks::*;
+pub use compression::*;
+pub use exchange::*;
+use rate_limit::validate_windows;
+pub use rate_limit::*;
+pub use redis::*;
+pub use replicas::*;
+pub use revocation::*;
+pub use routes::*;
+pub use secrets::*;
+pub use server::*;
+pub use telemetry::*;
+pub use token_endpoint::*;
+pub use tokens::*;
+/// The defaults, built in so the binary needs no file to start.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// The whole configuration of one Intercom process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+    /// The authorization server Intercom introspects and exchanges tokens at.
+    #[serde(default)]
+    pub auth_server: Option<AuthServerSettings>,
+    /// The internal tokens Intercom mints, and how it caches what it learned.
+    #[serde(default)]
+    pub tokens: TokenSettings,
+    #[serde(default)]
+    pub compression: CompressionSettings,
+    /// The shared Redis (rate-limit counters); without it each replica limits alone.
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+    /// The cache of exchanged tokens (routes with `exchange`).
+    #[serde(default)]
+    pub exchange: ExchangeCacheSettings,
+    #[serde(default)]
+    pub revocation: RevocationSettings,
+    #[serde(default)]
+    pub token_endpoint: TokenEndpointSettings,
+    /// What replicas that share Redis must agree on.
+    #[serde(default)]
+    pub replicas: ReplicasSettings,
+}
+
+/// A configuration that cannot be used, with the key that is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl SettingsError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where environment overrides come from; a trait so tests need not touch the process
+/// environment.
+pub trait EnvSource {
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl EnvSource for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+/// Turns the `config` crate's error into one that names the key.
+fn config_error(err: config::ConfigError) -> SettingsError {
+    match err {
+        config::ConfigError::NotFound(key) => SettingsError::new(key, "is required"),
+        config::ConfigError::FileParse { ref uri, ref cause } => SettingsError::new(
+            uri.clone().unwrap_or_else(|| "<file>".into()),
+            format!("cannot parse: {cause}"),
+        ),
+        other => {
+            // Messages look like `missing field `x`` or `invalid value: ..., expected a
+            // duration`, optionally followed by ` for key `routes[0]timeouts.connect``.
+            let message = other.to_string();
+            match message.rsplit_once(" for key `") {
+                Some((reason, key)) => {
+                    let key = key
+                        .trim_end_matches('`')
+                        .replace("]", "].")
+                        .replace("]..", "].");
+                    let key = key.trim_end_matches('.').replace(".[", "[");
+                    SettingsError::new(key, reason.to_string())
+                }
+                None => SettingsError::new("<config>", message),
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the defaults (`config/default.toml`, built into the binary), then
+    /// `config_dir/<env>.toml` (env from `INTERCOM_ENV`, if the file exists), then
+    /// `extra` (an explicit file), then `INTERCOM__*` variables, and validates the result.
+    pub fn load(
+        config_dir: &Path,
+        extra: Option<&Path>,
+        env: &dyn EnvSource,
+    ) -> Result<Settings, SettingsError> {
+        let vars = env.vars();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some((_, profile)) = vars.iter().find(|(k, _)| k == "INTERCOM_ENV") {
+            builder = builder.add_source(
+                config::File::from(config_dir.join(format!("{profile}.toml")))
+                    .format(config::FileFormat::Toml)
+                    .required(false),
+            );
+        }
+        if let Some(path) = extra {
+            if !path.exists() {
+                return Err(SettingsError::new(
+                    "--config",
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(
+                config::File::from(PathBuf::from(path))
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let overrides: std::collections::HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("INTERCOM__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("INTERCOM")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw = builder.build().map_err(config_error)?;
+        let settings: Settings = raw.try_deserialize().map_err(config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: each section, each route, then the rules that cross
+    /// sections. Every error names its key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.server.validate()?;
+        self.rate_limit.validate()?;
+        self.exchange.validate()?;
+        self.revocation.validate()?;
+        self.token_endpoint.validate()?;
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
+        rules::validate(self)?;
+        self.telemetry.validate()?;
+        route_rules::validate(self)?;
+        if let Some(auth) = &self.auth_server {
+            auth.validate()?;
+        }
+        self.secrets.validate()?;
+        self.tokens.validate()
+    }
+
+    /// Every secret reference in the configuration, with the key that holds it.
+    pub fn secret_references(
+        &self,
+    ) -> Result<Vec<(String, crate::secret::SecretRef)>, SettingsError> {
+        use crate::secret::SecretRef;
+        let mut refs = Vec::new();
+        let mut add = |key: String, text: &str| {
+            SecretRef::parse(text)
+                .map(|r| refs.push((key.clone(), r)))
+                .map_err(|e| SettingsError::new(key, e.to_string()))
+        };
+        if let Some(auth) = &self.auth_server {
+            add("auth_server.client_secret".into(), &auth.client_secret)?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(inject) = &route.inject {
+                add(format!("routes[{i}].inject.secret"), inject.secret())?;
+            }
+        }
+        if let Some(password) = self.redis.as_ref().and_then(|r| r.password.as_ref()) {
+            add("redis.password".into(), password)?;
+        }
+        if let Some(key) = &self.replicas.shared_key {
+            add("replicas.shared_key".into(), key)?;
+        }
+        if let Some(key) = &self.replicas.rotation_shared_key {
+            add("replicas.rotation_shared_key".into(), key)?;
+        }
+        if let Some(key) = &self.exchange.encryption_key {
+            add("exchange.encryption_key".into(), key)?;
+        }
+        if let Some(credential) = &self.revocation.admin_credential {
+            add("revocation.admin_credential".into(), credential)?;
+        }
+        for (i, client) in self.token_endpoint.clients.iter().enumerate() {
+            add(
+                format!("token_endpoint.clients[{i}].secret"),
+                &client.secret,
+            )?;
+        }
+        if let Some(key) = &self.tokens.signing_key {
+            add("tokens.signing_key".into(), key)?;
+        }
+        if let Some(key) = &self.tokens.next_signing_key {
+            add("tokens.next_signing_key".into(), key)?;
+        }
+        Ok(refs)
+    }
+}

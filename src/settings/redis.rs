@@ -1,0 +1,65 @@
+//! `[redis]`: the shared Redis every replica talks to.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::*;
+
+/// The shared Redis every replica talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (no password here: see `password`).
+    pub url: String,
+    /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_redis_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for a connection or a command; past it Redis counts as failed.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failure, how long Redis is left alone before it is tried again.
+    #[serde(default = "default_redis_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+fn default_redis_pool_size() -> usize {
+    16
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_redis_retry() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl RedisSettings {
+    /// Checks what serde cannot; every error names its key.
+    pub(super) fn validate(&self) -> Result<(), SettingsError> {
+        let redis = self;
+        // The URL is not echoed: it might carry a password.
+        let url = Url::parse(&redis.url)
+            .map_err(|_| SettingsError::new("redis.url", "is not a valid URL"))?;
+        if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
+            return Err(SettingsError::new(
+                "redis.url",
+                "must look like redis://host:port/db",
+            ));
+        }
+        if url.password().is_some() {
+            return Err(SettingsError::new(
+                "redis.url",
+                "holds a password: move it to the secret store and set redis.password",
+            ));
+        }
+        if redis.pool_size == 0 {
+            return Err(SettingsError::new("redis.pool_size", "must be at least 1"));
+        }
+        positive("redis.timeout", redis.timeout)?;
+        positive("redis.retry_interval", redis.retry_interval)?;
+        Ok(())
+    }
+}

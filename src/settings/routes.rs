@@ -1,0 +1,284 @@
+//! `[[routes]]`: the route table, each route's auth, upstreams, headers, CORS,
+//! injected credential, exchange target, rate limit and timeouts. The rules that check a
+//! route are in `route_rules`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// A route whose upstream receives a token for its own audience (RFC 8693).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeSettings {
+    /// The target's audience, sent as `audience` (and as `resource` with `resource = true`).
+    pub audience: String,
+    #[serde(default)]
+    pub resource: bool,
+    /// Scopes the target may receive; `prefix_*` matches a family.
+    pub allowed_scopes: Vec<String>,
+    /// Client ids that may call the target.
+    #[serde(default)]
+    pub callers: Vec<String>,
+    /// Or: callers holding any of these scopes.
+    #[serde(default)]
+    pub caller_scopes: Vec<String>,
+    /// `exchange` at the AS, or `mint` a downscoped JWT here (an AS without RFC 8693).
+    #[serde(default)]
+    pub mode: ExchangeMode,
+    /// `requested_token_type` to ask the AS for.
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+    /// Send Intercom's own client-credentials token as `actor_token`, so the AS can
+    /// record the delegation (`act`) from a verified actor.
+    #[serde(default)]
+    pub actor: bool,
+}
+
+/// Where a downstream token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeMode {
+    #[default]
+    Exchange,
+    Mint,
+}
+
+/// A route's rate limit: the global tiers, some replaced for this route.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    /// Windows per tier for this route, replacing the global ones of the same tier.
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, Vec<WindowSettings>>,
+    /// `identity` (verified `client_id`, else `sub`) or `address`; by default identity
+    /// on bearer routes and address on open ones.
+    #[serde(default)]
+    pub key: Option<RateLimitKey>,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    Identity,
+    Address,
+}
+
+/// A credential Intercom adds to a route's upstream requests, replacing whatever the
+/// client sent in that header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum InjectSettings {
+    /// `Authorization: Bearer <secret>`
+    Bearer { secret: String },
+    /// `<header>: <secret>`, e.g. an API key.
+    Header { header: String, secret: String },
+    /// `Authorization: Basic base64(<username>:<secret>)`
+    Basic { username: String, secret: String },
+    /// `Authorization: Bearer <token>` with a token Intercom gets from the AS with this
+    /// client's credentials (`secret` is the client secret).
+    #[serde(rename = "client_credentials")]
+    ClientCredentials {
+        client_id: String,
+        secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        resource: Option<String>,
+    },
+}
+
+impl InjectSettings {
+    pub fn secret(&self) -> &str {
+        match self {
+            InjectSettings::Bearer { secret }
+            | InjectSettings::Header { secret, .. }
+            | InjectSettings::Basic { secret, .. }
+            | InjectSettings::ClientCredentials { secret, .. } => secret,
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    #[default]
+    None,
+    Bearer,
+}
+
+/// Whether any or all `required_scopes` must be held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMatch {
+    Any,
+    #[default]
+    All,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Unique name, used in logs and metric labels.
+    pub name: String,
+    /// Path prefix, matched on whole segments of the canonical path.
+    pub prefix: String,
+    /// Match `prefix` ignoring ASCII case, for upstreams that route that way (Express,
+    /// ASP.NET): `/API/Admin` then cannot slip past an `/api/admin` route.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Only requests for this `Host` (port ignored) match, when set.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Allowed methods; all when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Upstream base URLs, used round robin.
+    pub upstreams: Vec<String>,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the prefix with this path before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+    #[serde(default)]
+    pub timeouts: RouteTimeouts,
+    /// `none` (default) or `bearer`: a token is required and replaced by an internal JWT.
+    #[serde(default)]
+    pub auth: RouteAuth,
+    /// Scopes the caller must hold; `prefix_*` matches any scope starting with `prefix_`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    #[serde(default)]
+    pub scope_match: ScopeMatch,
+    /// `aud` of the internal JWT; defaults to the route's name.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Further headers a client may never send to this route's upstream.
+    #[serde(default)]
+    pub internal_headers: Vec<String>,
+    /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
+    #[serde(default)]
+    pub allow_query_token: bool,
+    /// When not empty, the caller's token must name one of these in `aud` (else 401).
+    #[serde(default)]
+    pub accepted_audiences: Vec<String>,
+    /// Intercom's own internal JWTs are accepted here only when their `aud` (the route
+    /// they were minted for) is one of these (needs `tokens.accept_internal`).
+    #[serde(default)]
+    pub internal_audiences: Vec<String>,
+    /// Forward `X-HTTP-Method-Override` and its kin (removed otherwise: frameworks would
+    /// run another method than the one Intercom checked).
+    #[serde(default)]
+    pub allow_method_override: bool,
+    /// A credential from the secret store to send upstream.
+    #[serde(default)]
+    pub inject: Option<InjectSettings>,
+    /// Largest request body for this route (default: `server.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// `default`: Intercom's security headers fill in what the upstream did not set;
+    /// `enforce`: they replace the upstream's.
+    #[serde(default)]
+    pub security_headers: SecurityHeaders,
+    /// Cross-origin access for browsers; preflights are answered by Intercom.
+    #[serde(default)]
+    pub cors: Option<CorsSettings>,
+    /// Rate limit for this route (`rate_limit = {}` for the global tiers).
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimit>,
+    /// Send the upstream a token for its own audience instead of the internal JWT.
+    #[serde(default)]
+    pub exchange: Option<ExchangeSettings>,
+}
+
+/// A route's CORS policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Allowed origins (`https://app.example.com`), or `["*"]` without credentials.
+    pub origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub methods: Vec<String>,
+    /// Request headers a browser may send (besides the CORS-safelisted ones).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers a browser script may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and `Authorization`; only with explicit origins.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: usize,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+fn default_cors_max_age() -> usize {
+    600
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityHeaders {
+    #[default]
+    Default,
+    Enforce,
+}
+
+/// Header edits applied in the order remove → set → add.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Per-route upstream timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// TCP connect to the upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From the request sent to the response head.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
+    /// The whole exchange, bodies included.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
+    /// Longest pause in the client's request body: a body that trickles in must not
+    /// hold an upstream connection for the whole response timeout (408).
+    #[serde(default = "default_body_idle", with = "humantime_serde")]
+    pub body_idle: Duration,
+}
+
+fn default_body_idle() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RouteTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(30),
+            total: Duration::from_secs(300),
+            body_idle: default_body_idle(),
+        }
+    }
+}
