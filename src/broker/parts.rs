@@ -66,6 +66,7 @@ impl BrokerParts {
         readiness.report("authorization_server", DependencyState::Ok, false, None);
         let jwks_uri = auth.jwks_uri.clone().unwrap_or(meta.jwks_uri.clone());
         let jwks = RemoteJwks::new(http.clone(), jwks_uri, auth.jwt.jwks_cooldown);
+        // Not fatal: the keys are fetched again on demand.
         if let Err(e) = jwks.fetch("start").await {
             tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
         }
@@ -74,26 +75,14 @@ impl BrokerParts {
             algorithms,
             jwks: jwks.clone(),
         };
-        let introspector = Introspector {
-            http: http.clone(),
-            endpoint: meta
-                .introspection_endpoint
-                .clone()
-                .ok_or(BuildError::NoIntrospection)?,
-            issuer: meta.issuer.clone(),
-            client_id: auth.client_id.clone(),
-            client_secret: secret.clone(),
-            format: auth.introspection_format,
-            signature: signature(auth.jwt.algorithms.clone()),
-            leeway: auth.jwt.leeway,
-            // An active answer without `exp`: trusted briefly, not for the cache's longest.
-            default_lifetime: settings
-                .tokens
-                .cache_max_ttl
-                .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
-            audiences: auth.audiences.clone(),
-            tier_claim: settings.rate_limit.tier_claim.clone(),
-        };
+        let introspector = introspector(
+            settings,
+            auth,
+            &meta,
+            http.clone(),
+            secret.clone(),
+            signature(auth.jwt.algorithms.clone()),
+        )?;
         let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
             issuer: meta.issuer.clone(),
             audiences: auth.jwt.audiences.clone(),
@@ -103,27 +92,7 @@ impl BrokerParts {
             tier_claim: settings.rate_limit.tier_claim.clone(),
         });
         let t = &settings.tokens;
-        let stored_cell = |text: &Option<String>| secrets.stored(text.as_deref());
-        let minter = match stored_cell(&t.signing_key) {
-            Some(current) => Arc::new(Minter::from_store(
-                current,
-                stored_cell(&t.next_signing_key),
-                &t.algorithm,
-                &t.issuer,
-                t.lifetime,
-                t.jwks_max_age,
-            )?),
-            None => {
-                let minter = Arc::new(Minter::new(
-                    &t.algorithm,
-                    &t.issuer,
-                    t.lifetime,
-                    t.jwks_max_age,
-                )?);
-                minter.spawn_rotation(t.key_rotation);
-                minter
-            }
-        };
+        let minter = minter(t, secrets)?;
         let limits = CacheLimits {
             capacity: t.cache_capacity,
             max_ttl: t.cache_max_ttl,
@@ -161,4 +130,64 @@ impl BrokerParts {
             issuer: meta.issuer.clone(),
         }))
     }
+}
+
+/// Intercom's signing keys: from the secret store (`tokens.signing_key`, and the next one
+/// while it rotates), else generated here and rotated every `tokens.key_rotation`.
+fn minter(
+    t: &crate::settings::TokenSettings,
+    secrets: &SecretRegistry,
+) -> Result<Arc<Minter>, BuildError> {
+    let stored_cell = |text: &Option<String>| secrets.stored(text.as_deref());
+    Ok(match stored_cell(&t.signing_key) {
+        Some(current) => Arc::new(Minter::from_store(
+            current,
+            stored_cell(&t.next_signing_key),
+            &t.algorithm,
+            &t.issuer,
+            t.lifetime,
+            t.jwks_max_age,
+        )?),
+        None => {
+            let minter = Arc::new(Minter::new(
+                &t.algorithm,
+                &t.issuer,
+                t.lifetime,
+                t.jwks_max_age,
+            )?);
+            minter.spawn_rotation(t.key_rotation);
+            minter
+        }
+    })
+}
+
+/// Introspection at the AS, with Intercom's client and the configured answer format.
+fn introspector(
+    settings: &Settings,
+    auth: &crate::settings::AuthServerSettings,
+    meta: &authserver::AuthServerMetadata,
+    http: reqwest::Client,
+    secret: Arc<crate::secrets::registry::SecretCell>,
+    signature: SignatureCheck,
+) -> Result<Introspector, BuildError> {
+    Ok(Introspector {
+        http,
+        endpoint: meta
+            .introspection_endpoint
+            .clone()
+            .ok_or(BuildError::NoIntrospection)?,
+        issuer: meta.issuer.clone(),
+        client_id: auth.client_id.clone(),
+        client_secret: secret,
+        format: auth.introspection_format,
+        signature,
+        leeway: auth.jwt.leeway,
+        // An active answer without `exp`: trusted briefly, not for the cache's longest.
+        default_lifetime: settings
+            .tokens
+            .cache_max_ttl
+            .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
+        audiences: auth.audiences.clone(),
+        tier_claim: settings.rate_limit.tier_claim.clone(),
+    })
 }

@@ -13,7 +13,7 @@ use crate::broker::downstream::Subject;
 use crate::broker::exchange::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 use crate::broker::Principal;
 use crate::clock::now_secs;
-use crate::http::credentials::{self, BearerError};
+use crate::http::credentials;
 use crate::http::errors::{ApiError, Problem};
 use crate::proxy::{gate, ProxyState};
 use crate::secrets::registry::SecretCell;
@@ -23,6 +23,19 @@ use crate::secrets::registry::SecretCell;
 pub struct TokenClients(pub Vec<(String, Arc<SecretCell>)>);
 
 impl TokenClients {
+    /// The clients of `[token_endpoint]`, with their secrets' cells.
+    pub fn from_settings(
+        settings: &crate::settings::Settings,
+        secrets: &crate::secrets::registry::SecretRegistry,
+    ) -> Self {
+        let clients = settings.token_endpoint.clients.iter();
+        Self(
+            clients
+                .filter_map(|c| Some((c.client_id.clone(), secrets.stored(Some(&c.secret))?)))
+                .collect(),
+        )
+    }
+
     /// The client named by `Authorization: Basic`, if its secret matches (constant time;
     /// the previous value too while it rotates). `None` when the header is not Basic.
     fn authenticate(&self, req: &HttpRequest) -> Option<Result<String, ApiError>> {
@@ -69,21 +82,10 @@ struct ExchangeAnswer<'a> {
     scope: &'a str,
 }
 
-pub async fn exchange(
-    req: HttpRequest,
-    state: web::Data<ProxyState>,
-    clients: web::Data<TokenClients>,
-    form: web::Form<ExchangeForm>,
-) -> Result<HttpResponse, Problem> {
-    let bad = |why: &str| ApiError::BadRequest(why.to_string()).at(&req);
-    gate::spend_budget(
-        &req,
-        state.limiter.as_deref(),
-        &state.trusted_proxies,
-        crate::limits::Budget::Endpoint,
-    )
-    .await
-    .map_err(|e| e.at(&req))?;
+/// The audience an RFC 8693 request asks for, once its grant and token types are the
+/// ones Intercom serves.
+fn asked_audience(form: &ExchangeForm) -> Result<&str, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(why.to_string());
     if form.grant_type != TOKEN_EXCHANGE_GRANT {
         return Err(bad(
             "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",
@@ -101,11 +103,45 @@ pub async fn exchange(
     {
         return Err(bad("only access tokens can be requested"));
     }
-    let audience = form
-        .audience
+    form.audience
         .as_deref()
         .or(form.resource.as_deref())
-        .ok_or_else(|| bad("name the target in audience or resource"))?;
+        .ok_or_else(|| bad("name the target in audience or resource"))
+}
+
+/// A caller without client credentials: whoever its own bearer token says, admitted
+/// through the same gate as the proxy's.
+async fn bearer_caller(
+    req: &HttpRequest,
+    state: &ProxyState,
+    edge: &crate::broker::edge::EdgeAuthenticator,
+    audience: &Arc<str>,
+) -> Result<Principal, Problem> {
+    let (token, _) =
+        credentials::extract_bearer(req, false).map_err(|e| ApiError::from(e).at(req))?;
+    let gate = || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
+    let caller = gate::admit(edge, state.revoker.as_deref(), &token, audience, gate)
+        .await
+        .map_err(|e| e.at(req))?;
+    Ok(caller.token.principal.clone())
+}
+
+pub async fn exchange(
+    req: HttpRequest,
+    state: web::Data<ProxyState>,
+    clients: web::Data<TokenClients>,
+    form: web::Form<ExchangeForm>,
+) -> Result<HttpResponse, Problem> {
+    let bad = |why: &str| ApiError::BadRequest(why.to_string()).at(&req);
+    gate::spend_budget(
+        &req,
+        state.limiter.as_deref(),
+        &state.trusted_proxies,
+        crate::limits::Budget::Endpoint,
+    )
+    .await
+    .map_err(|e| e.at(&req))?;
+    let audience = asked_audience(&form).map_err(|e| e.at(&req))?;
     let (route, target) = state
         .routes
         .routes()
@@ -122,7 +158,6 @@ pub async fn exchange(
         (Some(edge), Some(downstream)) => (edge, downstream),
         _ => return Err(ApiError::NotFound.at(&req)),
     };
-    // The caller: a configured client (HTTP Basic), or whoever its bearer token says.
     let revoker = state.revoker.as_deref();
     let gate = || gate::unknown_token_gate(&req, state.limiter.as_deref(), &state.trusted_proxies);
     let caller = match clients.authenticate(&req) {
@@ -132,18 +167,9 @@ pub async fn exchange(
         },
         Some(Err(e)) => return Err(e.at(&req)),
         None => {
-            let token = match credentials::extract_bearer(&req, false) {
-                Ok((token, _)) => token,
-                Err(BearerError::Missing) => return Err(ApiError::MissingToken.at(&req)),
-                Err(BearerError::Malformed(why)) => {
-                    return Err(ApiError::InvalidToken(why.into()).at(&req))
-                }
-            };
-            let caller = gate::admit(edge, revoker, &token, &target.audience, gate)
-                .await
-                .map_err(|e| e.at(&req))?;
-            taken(&caller.token.principal)?;
-            caller.token.principal.clone()
+            let caller = bearer_caller(&req, &state, edge, &target.audience).await?;
+            taken(&caller)?;
+            caller
         }
     };
     let subject = gate::admit(edge, revoker, &form.subject_token, &target.audience, gate)

@@ -224,6 +224,16 @@ impl std::fmt::Display for Problem {
     }
 }
 
+impl From<super::credentials::BearerError> for ApiError {
+    fn from(error: super::credentials::BearerError) -> Self {
+        use super::credentials::BearerError;
+        match error {
+            BearerError::Missing => ApiError::MissingToken,
+            BearerError::Malformed(why) => ApiError::InvalidToken(why.into()),
+        }
+    }
+}
+
 impl From<crate::broker::edge::EdgeError> for ApiError {
     fn from(error: crate::broker::edge::EdgeError) -> Self {
         use crate::broker::edge::EdgeError;

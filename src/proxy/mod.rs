@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use crate::broker::downstream::{DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
-use crate::http::credentials::{self, BearerError, TokenSource};
+use crate::http::credentials::{self, TokenSource};
 use crate::http::errors::ApiError;
 use crate::http::path;
 use crate::http::request_id::{self, RequestId};
@@ -212,11 +212,7 @@ async fn authenticate(
         return Ok(None);
     }
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
-    let (token, source) = match credentials::extract_bearer(req, route.allow_query_token) {
-        Ok(found) => found,
-        Err(BearerError::Missing) => return Err(ApiError::MissingToken),
-        Err(BearerError::Malformed(why)) => return Err(ApiError::InvalidToken(why.into())),
-    };
+    let (token, source) = credentials::extract_bearer(req, route.allow_query_token)?;
     let admitted = gate::admit(
         edge,
         state.revoker.as_deref(),

@@ -1,255 +1,311 @@
 //! The rules one route must satisfy, some of which read other sections (a bearer route
 //! needs `[auth_server]`, a route's tier needs windows in `[rate_limit]`).
 
+use std::collections::HashSet;
+
 use url::Url;
 
 use super::*;
 
 /// Checks every route; each error names its key (`routes[i].field`).
 pub(super) fn validate(settings: &Settings) -> Result<(), SettingsError> {
-    let mut names = std::collections::HashSet::new();
-    let mut prefixes = std::collections::HashSet::new();
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
     for (i, route) in settings.routes.iter().enumerate() {
-        let key = |field: &str| format!("routes[{i}].{field}");
-        if !route.internal_audiences.is_empty() && !settings.tokens.accept_internal {
-            return Err(SettingsError::new(
-                key("internal_audiences"),
-                "needs tokens.accept_internal = true",
-            ));
-        }
-        if route.name.is_empty()
-            || !route
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(SettingsError::new(
-                key("name"),
-                format!("{:?} must be non-empty [A-Za-z0-9_-]", route.name),
-            ));
-        }
-        if !names.insert(route.name.as_str()) {
-            return Err(SettingsError::new(
-                key("name"),
-                format!("{:?} is used by another route", route.name),
-            ));
-        }
-        if !route.prefix.starts_with('/')
-            || (route.prefix.len() > 1 && route.prefix.ends_with('/'))
-            || route.prefix.contains("//")
-            || route.prefix.split('/').any(|s| s == "." || s == "..")
-        {
-            return Err(SettingsError::new(
-                key("prefix"),
-                format!(
-                    "{:?} must start with '/', not end with '/', and hold no empty or dot segments",
-                    route.prefix
-                ),
-            ));
-        }
-        let host_key = route.host.clone().unwrap_or_default().to_ascii_lowercase();
-        if !prefixes.insert((host_key, route.prefix.clone())) {
-            return Err(SettingsError::new(
-                key("prefix"),
-                format!(
-                    "{:?} is used by another route on the same host",
-                    route.prefix
-                ),
-            ));
-        }
-        for (m, method) in route.methods.iter().enumerate() {
-            if http::Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(SettingsError::new(
-                    format!("routes[{i}].methods[{m}]"),
-                    format!("{method:?} is not an HTTP method"),
-                ));
-            }
-        }
-        if route.upstreams.is_empty() {
-            return Err(SettingsError::new(
-                key("upstreams"),
-                "at least one upstream URL is required",
-            ));
-        }
-        for (u, upstream) in route.upstreams.iter().enumerate() {
-            let k = format!("routes[{i}].upstreams[{u}]");
-            let url = Url::parse(upstream)
-                .map_err(|_| SettingsError::new(&k, format!("{upstream:?} is not a valid URL")))?;
-            if url.scheme() != "http" || url.host_str().is_none() {
-                return Err(SettingsError::new(
-                    &k,
-                    format!("{upstream:?} is not a valid URL: need http://host[:port][/path]"),
-                ));
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                return Err(SettingsError::new(
-                    &k,
-                    format!("{upstream:?} must not carry a query or fragment"),
-                ));
-            }
-        }
-        if route.strip_prefix && route.rewrite.is_some() {
-            return Err(SettingsError::new(
-                key("rewrite"),
-                "set either strip_prefix or rewrite, not both",
-            ));
-        }
-        if let Some(rewrite) = &route.rewrite {
-            if !rewrite.starts_with('/') {
-                return Err(SettingsError::new(
-                    key("rewrite"),
-                    format!("{rewrite:?} must start with '/'"),
-                ));
-            }
-        }
-        for (dir, rules) in [
-            ("request_headers", &route.request_headers),
-            ("response_headers", &route.response_headers),
-        ] {
-            for (kind, map) in [("add", &rules.add), ("set", &rules.set)] {
-                for (name, value) in map {
-                    let k = format!("routes[{i}].{dir}.{kind}.{name}");
-                    header_name(&k, name)?;
-                    http::HeaderValue::from_str(value)
-                        .map_err(|_| SettingsError::new(&k, "is not a valid header value"))?;
-                }
-            }
-            for (r, name) in rules.remove.iter().enumerate() {
-                header_name(&format!("routes[{i}].{dir}.remove[{r}]"), name)?;
-            }
-        }
-        if route.auth == RouteAuth::Bearer && settings.auth_server.is_none() {
-            return Err(SettingsError::new(
-                key("auth"),
-                "\"bearer\" needs an [auth_server] section",
-            ));
-        }
-        for (h, name) in route.internal_headers.iter().enumerate() {
-            header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
-        }
-        for (n, scope) in route.required_scopes.iter().enumerate() {
-            if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*') {
-                return Err(SettingsError::new(
-                    format!("routes[{i}].required_scopes[{n}]"),
-                    format!("{scope:?} must be one scope, with '*' only at its end"),
-                ));
-            }
-        }
-        if let Some(inject) = &route.inject {
-            crate::secret::SecretRef::parse(inject.secret())
-                .map_err(|e| SettingsError::new(key("inject.secret"), e.to_string()))?;
-            match inject {
-                InjectSettings::Header { header, .. } => {
-                    header_name(&key("inject.header"), header)?
-                }
-                InjectSettings::ClientCredentials { .. } if settings.auth_server.is_none() => {
-                    return Err(SettingsError::new(
-                        key("inject"),
-                        "\"client_credentials\" needs an [auth_server] section",
-                    ))
-                }
-                InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. }
-                    if route.auth == RouteAuth::Bearer =>
-                {
-                    return Err(SettingsError::new(
-                        key("inject"),
-                        "a bearer credential would replace the internal JWT of an auth = \"bearer\" route",
-                    ))
-                }
-                _ => {}
-            }
-        }
+        identity(settings, i, route, &mut names, &mut prefixes)?;
+        upstream(i, route)?;
+        headers(i, route)?;
+        access(settings, i, route)?;
         if let Some(cors) = &route.cors {
-            if cors.origins.is_empty() {
-                return Err(SettingsError::new(
-                    key("cors.origins"),
-                    "name at least one origin",
-                ));
-            }
-            for (o, origin) in cors.origins.iter().enumerate() {
-                let k = format!("routes[{i}].cors.origins[{o}]");
-                if origin == "*" {
-                    if cors.credentials {
-                        return Err(SettingsError::new(
-                            k,
-                            "\"*\" cannot be used with credentials = true: name the origins",
-                        ));
-                    }
-                    continue;
-                }
-                let url = Url::parse(origin)
-                    .map_err(|_| SettingsError::new(&k, format!("{origin:?} is not an origin")))?;
-                if url.host_str().is_none() || url.path() != "/" || origin.ends_with('/') {
-                    return Err(SettingsError::new(
-                        k,
-                        format!("{origin:?} is not an origin like https://app.example.com"),
-                    ));
-                }
-            }
-            for (m, method) in cors.methods.iter().enumerate() {
-                if http::Method::from_bytes(method.as_bytes()).is_err() {
-                    return Err(SettingsError::new(
-                        format!("routes[{i}].cors.methods[{m}]"),
-                        format!("{method:?} is not an HTTP method"),
-                    ));
-                }
-            }
-            for (h, name) in cors.headers.iter().chain(&cors.expose_headers).enumerate() {
-                header_name(&format!("routes[{i}].cors.headers[{h}]"), name)?;
-            }
-        }
-        if let Some(exchange) = &route.exchange {
-            if route.auth != RouteAuth::Bearer {
-                return Err(SettingsError::new(
-                    key("exchange"),
-                    "needs auth = \"bearer\": the caller's token is the subject",
-                ));
-            }
-            if exchange.allowed_scopes.is_empty() {
-                return Err(SettingsError::new(
-                    key("exchange.allowed_scopes"),
-                    "name the scopes the target may receive",
-                ));
-            }
-            if exchange.callers.is_empty() && exchange.caller_scopes.is_empty() {
-                return Err(SettingsError::new(
-                    key("exchange"),
-                    "name the callers (client ids) or caller_scopes allowed to call this target",
-                ));
-            }
-            if route.inject.is_some() {
-                return Err(SettingsError::new(
-                    key("exchange"),
-                    "a route either exchanges the caller's token or injects a credential",
-                ));
-            }
+            self::cors(i, cors)?;
         }
         if let Some(limit) = &route.rate_limit {
-            for (tier, windows) in &limit.tiers {
-                validate_windows(&key(&format!("rate_limit.tiers.{tier}")), windows)?;
-            }
-            let tier = match (route.auth, limit.key) {
-                (RouteAuth::None, Some(RateLimitKey::Identity)) => return Err(SettingsError::new(
-                    key("rate_limit.key"),
-                    "\"identity\" needs auth = \"bearer\": an open route has no verified identity",
-                )),
-                (RouteAuth::None, _) | (_, Some(RateLimitKey::Address)) => settings
-                    .rate_limit
-                    .anonymous_tier
-                    .as_ref()
-                    .unwrap_or(&settings.rate_limit.default_tier),
-                _ => &settings.rate_limit.default_tier,
-            };
-            if !limit.tiers.contains_key(tier) && !settings.rate_limit.tiers.contains_key(tier) {
-                return Err(SettingsError::new(
-                    key("rate_limit"),
-                    format!("tier {tier:?} has no windows: set rate_limit.tiers.{tier}"),
-                ));
-            }
+            rate_limit(settings, i, route, limit)?;
         }
+        let key = |field: &str| format!("routes[{i}].{field}");
         positive(&key("timeouts.connect"), route.timeouts.connect)?;
         positive(&key("timeouts.response"), route.timeouts.response)?;
         positive(&key("timeouts.total"), route.timeouts.total)?;
+    }
+    Ok(())
+}
+
+/// Its name and prefix: well formed, and each unique (a prefix per host).
+fn identity<'a>(
+    settings: &Settings,
+    i: usize,
+    route: &'a RouteSettings,
+    names: &mut HashSet<&'a str>,
+    prefixes: &mut HashSet<(String, String)>,
+) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    if !route.internal_audiences.is_empty() && !settings.tokens.accept_internal {
+        return Err(SettingsError::new(
+            key("internal_audiences"),
+            "needs tokens.accept_internal = true",
+        ));
+    }
+    if route.name.is_empty()
+        || !route
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(SettingsError::new(
+            key("name"),
+            format!("{:?} must be non-empty [A-Za-z0-9_-]", route.name),
+        ));
+    }
+    if !names.insert(route.name.as_str()) {
+        return Err(SettingsError::new(
+            key("name"),
+            format!("{:?} is used by another route", route.name),
+        ));
+    }
+    if !route.prefix.starts_with('/')
+        || (route.prefix.len() > 1 && route.prefix.ends_with('/'))
+        || route.prefix.contains("//")
+        || route.prefix.split('/').any(|s| s == "." || s == "..")
+    {
+        return Err(SettingsError::new(
+            key("prefix"),
+            format!(
+                "{:?} must start with '/', not end with '/', and hold no empty or dot segments",
+                route.prefix
+            ),
+        ));
+    }
+    let host_key = route.host.clone().unwrap_or_default().to_ascii_lowercase();
+    if !prefixes.insert((host_key, route.prefix.clone())) {
+        return Err(SettingsError::new(
+            key("prefix"),
+            format!(
+                "{:?} is used by another route on the same host",
+                route.prefix
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Its methods, upstream URLs and path rewrite.
+fn upstream(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    for (m, method) in route.methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err() {
+            return Err(SettingsError::new(
+                format!("routes[{i}].methods[{m}]"),
+                format!("{method:?} is not an HTTP method"),
+            ));
+        }
+    }
+    if route.upstreams.is_empty() {
+        return Err(SettingsError::new(
+            key("upstreams"),
+            "at least one upstream URL is required",
+        ));
+    }
+    for (u, upstream) in route.upstreams.iter().enumerate() {
+        let k = format!("routes[{i}].upstreams[{u}]");
+        let url = Url::parse(upstream)
+            .map_err(|_| SettingsError::new(&k, format!("{upstream:?} is not a valid URL")))?;
+        if url.scheme() != "http" || url.host_str().is_none() {
+            return Err(SettingsError::new(
+                &k,
+                format!("{upstream:?} is not a valid URL: need http://host[:port][/path]"),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(SettingsError::new(
+                &k,
+                format!("{upstream:?} must not carry a query or fragment"),
+            ));
+        }
+    }
+    if route.strip_prefix && route.rewrite.is_some() {
+        return Err(SettingsError::new(
+            key("rewrite"),
+            "set either strip_prefix or rewrite, not both",
+        ));
+    }
+    if let Some(rewrite) = &route.rewrite {
+        if !rewrite.starts_with('/') {
+            return Err(SettingsError::new(
+                key("rewrite"),
+                format!("{rewrite:?} must start with '/'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Its header edits and internal headers: valid names and values.
+fn headers(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    for (dir, rules) in [
+        ("request_headers", &route.request_headers),
+        ("response_headers", &route.response_headers),
+    ] {
+        for (kind, map) in [("add", &rules.add), ("set", &rules.set)] {
+            for (name, value) in map {
+                let k = format!("routes[{i}].{dir}.{kind}.{name}");
+                header_name(&k, name)?;
+                http::HeaderValue::from_str(value)
+                    .map_err(|_| SettingsError::new(&k, "is not a valid header value"))?;
+            }
+        }
+        for (r, name) in rules.remove.iter().enumerate() {
+            header_name(&format!("routes[{i}].{dir}.remove[{r}]"), name)?;
+        }
+    }
+    for (h, name) in route.internal_headers.iter().enumerate() {
+        header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
+    }
+    Ok(())
+}
+
+/// Who may call it: auth, scopes, the injected credential, the exchange target.
+fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    if route.auth == RouteAuth::Bearer && settings.auth_server.is_none() {
+        return Err(SettingsError::new(
+            key("auth"),
+            "\"bearer\" needs an [auth_server] section",
+        ));
+    }
+    for (n, scope) in route.required_scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*') {
+            return Err(SettingsError::new(
+                format!("routes[{i}].required_scopes[{n}]"),
+                format!("{scope:?} must be one scope, with '*' only at its end"),
+            ));
+        }
+    }
+    if let Some(inject) = &route.inject {
+        crate::secret::SecretRef::parse(inject.secret())
+            .map_err(|e| SettingsError::new(key("inject.secret"), e.to_string()))?;
+        match inject {
+            InjectSettings::Header { header, .. } => {
+                header_name(&key("inject.header"), header)?
+            }
+            InjectSettings::ClientCredentials { .. } if settings.auth_server.is_none() => {
+                return Err(SettingsError::new(
+                    key("inject"),
+                    "\"client_credentials\" needs an [auth_server] section",
+                ))
+            }
+            InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. }
+                if route.auth == RouteAuth::Bearer =>
+            {
+                return Err(SettingsError::new(
+                    key("inject"),
+                    "a bearer credential would replace the internal JWT of an auth = \"bearer\" route",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(exchange) = &route.exchange {
+        if route.auth != RouteAuth::Bearer {
+            return Err(SettingsError::new(
+                key("exchange"),
+                "needs auth = \"bearer\": the caller's token is the subject",
+            ));
+        }
+        if exchange.allowed_scopes.is_empty() {
+            return Err(SettingsError::new(
+                key("exchange.allowed_scopes"),
+                "name the scopes the target may receive",
+            ));
+        }
+        if exchange.callers.is_empty() && exchange.caller_scopes.is_empty() {
+            return Err(SettingsError::new(
+                key("exchange"),
+                "name the callers (client ids) or caller_scopes allowed to call this target",
+            ));
+        }
+        if route.inject.is_some() {
+            return Err(SettingsError::new(
+                key("exchange"),
+                "a route either exchanges the caller's token or injects a credential",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Its CORS policy: real origins, methods and header names.
+fn cors(i: usize, cors: &CorsSettings) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    if cors.origins.is_empty() {
+        return Err(SettingsError::new(
+            key("cors.origins"),
+            "name at least one origin",
+        ));
+    }
+    for (o, origin) in cors.origins.iter().enumerate() {
+        let k = format!("routes[{i}].cors.origins[{o}]");
+        if origin == "*" {
+            if cors.credentials {
+                return Err(SettingsError::new(
+                    k,
+                    "\"*\" cannot be used with credentials = true: name the origins",
+                ));
+            }
+            continue;
+        }
+        let url = Url::parse(origin)
+            .map_err(|_| SettingsError::new(&k, format!("{origin:?} is not an origin")))?;
+        if url.host_str().is_none() || url.path() != "/" || origin.ends_with('/') {
+            return Err(SettingsError::new(
+                k,
+                format!("{origin:?} is not an origin like https://app.example.com"),
+            ));
+        }
+    }
+    for (m, method) in cors.methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err() {
+            return Err(SettingsError::new(
+                format!("routes[{i}].cors.methods[{m}]"),
+                format!("{method:?} is not an HTTP method"),
+            ));
+        }
+    }
+    for (h, name) in cors.headers.iter().chain(&cors.expose_headers).enumerate() {
+        header_name(&format!("routes[{i}].cors.headers[{h}]"), name)?;
+    }
+    Ok(())
+}
+
+/// Its rate limit: valid windows, and windows for the tier it uses.
+fn rate_limit(
+    settings: &Settings,
+    i: usize,
+    route: &RouteSettings,
+    limit: &RouteRateLimit,
+) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    for (tier, windows) in &limit.tiers {
+        validate_windows(&key(&format!("rate_limit.tiers.{tier}")), windows)?;
+    }
+    let tier = match (route.auth, limit.key) {
+        (RouteAuth::None, Some(RateLimitKey::Identity)) => {
+            return Err(SettingsError::new(
+                key("rate_limit.key"),
+                "\"identity\" needs auth = \"bearer\": an open route has no verified identity",
+            ))
+        }
+        (RouteAuth::None, _) | (_, Some(RateLimitKey::Address)) => settings
+            .rate_limit
+            .anonymous_tier
+            .as_ref()
+            .unwrap_or(&settings.rate_limit.default_tier),
+        _ => &settings.rate_limit.default_tier,
+    };
+    if !limit.tiers.contains_key(tier) && !settings.rate_limit.tiers.contains_key(tier) {
+        return Err(SettingsError::new(
+            key("rate_limit"),
+            format!("tier {tier:?} has no windows: set rate_limit.tiers.{tier}"),
+        ));
     }
     Ok(())
 }

@@ -38,6 +38,48 @@ fn cors_scopes(settings: &Settings, proxy: &ProxyState) -> Vec<CorsScope> {
         .collect()
 }
 
+/// What Intercom answers itself on the public listener, each when configured.
+#[derive(Clone)]
+struct Endpoints {
+    minter: Option<web::Data<std::sync::Arc<crate::broker::mint::Minter>>>,
+    hsts: Option<Hsts>,
+    token_clients: Option<web::Data<crate::endpoints::token::TokenClients>>,
+    revocation: Option<web::Data<crate::endpoints::revocation::RevocationState>>,
+    logout: Option<web::Data<crate::revoke::logout::LogoutVerifier>>,
+}
+
+/// The well-known documents, `/token`, `/revoke` and `/backchannel-logout`.
+fn own_endpoints(config: &mut web::ServiceConfig, endpoints: &Endpoints) {
+    if let Some(minter) = &endpoints.minter {
+        config
+            .app_data(minter.clone())
+            .route("/.well-known/jwks.json", web::get().to(wellknown::jwks))
+            .route(
+                "/.well-known/oauth-authorization-server",
+                web::get().to(wellknown::metadata),
+            );
+    }
+    if let Some(hsts) = &endpoints.hsts {
+        config.app_data(hsts.clone());
+    }
+    if let Some(clients) = &endpoints.token_clients {
+        config
+            .app_data(clients.clone())
+            .route("/token", web::post().to(token::exchange));
+    }
+    if let Some(state) = &endpoints.revocation {
+        config
+            .app_data(state.clone())
+            .route("/revoke", web::post().to(revocation::revoke_passthrough));
+        if let Some(logout) = &endpoints.logout {
+            config.app_data(logout.clone()).route(
+                "/backchannel-logout",
+                web::post().to(revocation::backchannel_logout),
+            );
+        }
+    }
+}
+
 /// The public listener's server.
 pub(super) fn server(
     settings: &Settings,
@@ -49,44 +91,19 @@ pub(super) fn server(
     let any_cors = !scopes.is_empty();
     let compress = settings.compression.enabled;
     let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
-    let hsts = Hsts::from_settings(settings.server.tls.as_ref());
     let proxy_state = wired.proxy.clone();
-    let minter = wired.minter.clone().map(web::Data::new);
-    let token_clients = wired.token_clients.clone();
-    let revocation = wired.revocation.clone();
-    let logout = wired.logout.clone();
+    let endpoints = Endpoints {
+        minter: wired.minter.clone().map(web::Data::new),
+        hsts: Hsts::from_settings(settings.server.tls.as_ref()),
+        token_clients: wired.token_clients.clone(),
+        revocation: wired.revocation.clone(),
+        logout: wired.logout.clone(),
+    };
     let max_connections = settings.server.upstream_pool_size;
     let server = HttpServer::new(move || {
         let clients = UpstreamClients::new(&proxy_state.routes, max_connections);
         let mut app = App::new();
-        if let Some(minter) = &minter {
-            app = app
-                .app_data(minter.clone())
-                .route("/.well-known/jwks.json", web::get().to(wellknown::jwks))
-                .route(
-                    "/.well-known/oauth-authorization-server",
-                    web::get().to(wellknown::metadata),
-                );
-        }
-        if let Some(hsts) = &hsts {
-            app = app.app_data(hsts.clone());
-        }
-        if let Some(clients) = &token_clients {
-            app = app
-                .app_data(clients.clone())
-                .route("/token", web::post().to(token::exchange));
-        }
-        if let Some(state) = &revocation {
-            app = app
-                .app_data(state.clone())
-                .route("/revoke", web::post().to(revocation::revoke_passthrough));
-            if let Some(logout) = &logout {
-                app = app.app_data(logout.clone()).route(
-                    "/backchannel-logout",
-                    web::post().to(revocation::backchannel_logout),
-                );
-            }
-        }
+        app = app.configure(|config| own_endpoints(config, &endpoints));
         if let Some(policy) = &compression {
             app = app.app_data(policy.clone());
         }

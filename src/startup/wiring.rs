@@ -107,14 +107,9 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             edge: broker.as_ref().map(|b| b.edge.clone()),
         })
     });
-    let token_clients = downstream.is_some().then(|| {
-        let clients = settings.token_endpoint.clients.iter();
-        web::Data::new(TokenClients(
-            clients
-                .filter_map(|c| Some((c.client_id.clone(), secrets.stored(Some(&c.secret))?)))
-                .collect(),
-        ))
-    });
+    let token_clients = downstream
+        .is_some()
+        .then(|| web::Data::new(TokenClients::from_settings(settings, &secrets)));
     let minter = broker.as_ref().map(|b| b.minter.clone());
     let proxy = web::Data::new(ProxyState {
         routes: RouteTable::new(
