@@ -93,12 +93,7 @@ impl BrokerParts {
         });
         let t = &settings.tokens;
         let minter = minter(t, secrets)?;
-        let limits = CacheLimits {
-            capacity: t.cache_capacity,
-            max_ttl: t.cache_max_ttl,
-            negative_capacity: t.negative_capacity,
-            negative_ttl: t.negative_ttl,
-        };
+        let limits = CacheLimits::from_settings(t);
         let internal = t.accept_internal.then(|| InternalValidator {
             minter: minter.clone(),
             leeway: auth.jwt.leeway,

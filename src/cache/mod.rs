@@ -75,6 +75,18 @@ pub struct CacheLimits {
     pub negative_ttl: Duration,
 }
 
+impl CacheLimits {
+    /// The edge cache's bounds from `[tokens]`.
+    pub fn from_settings(t: &crate::settings::TokenSettings) -> Self {
+        Self {
+            capacity: t.cache_capacity,
+            max_ttl: t.cache_max_ttl,
+            negative_capacity: t.negative_capacity,
+            negative_ttl: t.negative_ttl,
+        }
+    }
+}
+
 /// One token cache (e.g. the edge's), with its metrics under `cache = name`.
 pub struct TokenCache<V: Expiring> {
     name: &'static str,

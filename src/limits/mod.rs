@@ -154,53 +154,7 @@ impl RateLimiter {
             ),
         };
         let verdict = match &self.redis {
-            Some(redis) => {
-                let key = (policy.index, Arc::as_ptr(tier) as usize, hashed.short);
-                let ask = match self.leases.spend(key) {
-                    Spend::Local(verdict) => Ok(verdict),
-                    Spend::Ask { want } => gcra::decide(
-                        redis,
-                        Ask {
-                            prefix: &self.prefix,
-                            route: &policy.route,
-                            tier,
-                            caller: &hashed.hex(),
-                            want,
-                            divisor: 2 * self.replicas,
-                        },
-                    )
-                    .await
-                    .map(|mut verdict| {
-                        self.leases.settle(key, &verdict);
-                        // The cells reserved here are this caller's too.
-                        for window in &mut verdict.windows {
-                            window.remaining += verdict.reserved;
-                        }
-                        verdict
-                    }),
-                };
-                match ask {
-                    Ok(verdict) => Some(verdict),
-                    Err(_) => {
-                        // What Redis held may be gone with it: start afresh afterwards.
-                        self.leases.clear();
-                        metrics::counter!(
-                            "intercom_rate_limit_fallback_total",
-                            "route" => policy.route.to_string(),
-                            "mode" => mode_label(self.on_error),
-                        )
-                        .increment(1);
-                        match self.on_error {
-                            OnRedisError::Local => Some(decide_locally(tier, hashed.short)),
-                            OnRedisError::Allow => None,
-                            OnRedisError::Deny => {
-                                tier.decisions.unavailable.increment(1);
-                                return Err(LimiterUnavailable);
-                            }
-                        }
-                    }
-                }
-            }
+            Some(redis) => self.shared_verdict(redis, policy, tier, &hashed).await?,
             None => Some(decide_locally(tier, hashed.short)),
         };
         let Some(verdict) = verdict else {
@@ -224,6 +178,62 @@ impl RateLimiter {
                 rate_limit_header(tier, &verdict),
             )),
         })
+    }
+
+    /// The shared verdict (spent from this replica's lease while it holds cells), or the
+    /// configured fallback while Redis fails; `None` lets the request through.
+    async fn shared_verdict(
+        &self,
+        redis: &SharedRedis,
+        policy: &RoutePolicy,
+        tier: &Arc<TierPolicy>,
+        hashed: &HashedCaller,
+    ) -> Result<Option<Verdict>, LimiterUnavailable> {
+        let key = (policy.index, Arc::as_ptr(tier) as usize, hashed.short);
+        let ask = match self.leases.spend(key) {
+            Spend::Local(verdict) => Ok(verdict),
+            Spend::Ask { want } => gcra::decide(
+                redis,
+                Ask {
+                    prefix: &self.prefix,
+                    route: &policy.route,
+                    tier,
+                    caller: &hashed.hex(),
+                    want,
+                    divisor: 2 * self.replicas,
+                },
+            )
+            .await
+            .map(|mut verdict| {
+                self.leases.settle(key, &verdict);
+                // The cells reserved here are this caller's too.
+                for window in &mut verdict.windows {
+                    window.remaining += verdict.reserved;
+                }
+                verdict
+            }),
+        };
+        match ask {
+            Ok(verdict) => Ok(Some(verdict)),
+            Err(_) => {
+                // What Redis held may be gone with it: start afresh afterwards.
+                self.leases.clear();
+                metrics::counter!(
+                    "intercom_rate_limit_fallback_total",
+                    "route" => policy.route.to_string(),
+                    "mode" => mode_label(self.on_error),
+                )
+                .increment(1);
+                match self.on_error {
+                    OnRedisError::Local => Ok(Some(decide_locally(tier, hashed.short))),
+                    OnRedisError::Allow => Ok(None),
+                    OnRedisError::Deny => {
+                        tier.decisions.unavailable.increment(1);
+                        Err(LimiterUnavailable)
+                    }
+                }
+            }
+        }
     }
 
     fn spawn_local_cleanup(self: &Arc<Self>) {

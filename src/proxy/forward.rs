@@ -203,7 +203,7 @@ pub async fn send(
     clients: &UpstreamClients,
     route: &Route,
     outbound: OutboundRequest,
-    body: Option<RequestBody>,
+    mut body: Option<RequestBody>,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
     let has_body = outbound.framing != BodyFraming::None;
@@ -217,7 +217,6 @@ pub async fn send(
     };
     // A streamed body is consumed by the first attempt; anything else can be resent.
     let replayable = !has_body || !matches!(body, Some(RequestBody::Streamed(_)));
-    let mut body = body;
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
     let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
@@ -243,21 +242,7 @@ pub async fn send(
             request.headers_mut().insert(header::HOST, host);
         }
         let started = Instant::now();
-        let sending = if has_body {
-            match body.take() {
-                Some(RequestBody::Buffered(bytes)) => {
-                    body = Some(RequestBody::Buffered(bytes.clone()));
-                    request.send_body(bytes)
-                }
-                Some(RequestBody::Streamed(stream)) => match outbound.framing {
-                    BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
-                    _ => request.send_stream(stream),
-                },
-                None => return Err(ApiError::Internal),
-            }
-        } else {
-            request.send()
-        };
+        let sending = dispatch(request, &mut body, outbound.framing)?;
         let result = tokio::time::timeout(route.timeouts.response, sending).await;
         let response = match result {
             Err(_elapsed) => return Err(ApiError::UpstreamTimeout),
@@ -274,16 +259,10 @@ pub async fn send(
                 }
                 continue;
             }
-            Ok(Err(SendRequestError::Timeout)) => return Err(ApiError::UpstreamTimeout),
             Ok(Err(SendRequestError::Body(_))) => {
-                return Err(if exceeded.as_ref().is_some_and(|e| e.get()) {
-                    ApiError::PayloadTooLarge
-                } else if idled.as_ref().is_some_and(|i| i.get()) {
-                    ApiError::RequestTimeout
-                } else {
-                    ApiError::BadRequest("the request body could not be read".into())
-                })
+                return Err(body_error(exceeded.as_deref(), idled.as_deref()))
             }
+            Ok(Err(SendRequestError::Timeout)) => return Err(ApiError::UpstreamTimeout),
             Ok(Err(err)) => {
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");
                 return Err(ApiError::UpstreamProtocol);
@@ -298,6 +277,41 @@ pub async fn send(
             body: response,
             latency,
         });
+    }
+}
+
+/// Sends `request` with the body, if the client framed one; a buffered body is kept for
+/// another attempt, a streamed one is consumed.
+fn dispatch(
+    request: awc::ClientRequest,
+    body: &mut Option<RequestBody>,
+    framing: BodyFraming,
+) -> Result<awc::SendClientRequest, ApiError> {
+    if framing == BodyFraming::None {
+        return Ok(request.send());
+    }
+    Ok(match body.take() {
+        Some(RequestBody::Buffered(bytes)) => {
+            *body = Some(RequestBody::Buffered(bytes.clone()));
+            request.send_body(bytes)
+        }
+        Some(RequestBody::Streamed(stream)) => match framing {
+            BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
+            _ => request.send_stream(stream),
+        },
+        None => return Err(ApiError::Internal),
+    })
+}
+
+/// Why the client's body could not be sent on: over the route's limit, paused past
+/// `body_idle`, or broken.
+fn body_error(exceeded: Option<&Cell<bool>>, idled: Option<&Cell<bool>>) -> ApiError {
+    if exceeded.is_some_and(Cell::get) {
+        ApiError::PayloadTooLarge
+    } else if idled.is_some_and(Cell::get) {
+        ApiError::RequestTimeout
+    } else {
+        ApiError::BadRequest("the request body could not be read".into())
     }
 }
 

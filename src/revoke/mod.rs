@@ -150,6 +150,19 @@ impl Revoker {
         })
     }
 
+    /// A revoker that listens to the other replicas' announcements from now on.
+    pub fn start(
+        settings: &Settings,
+        (hasher, rotation): (SharedHasher, Option<SharedHasher>),
+        evicts: Evicts,
+        redis: Option<Arc<SharedRedis>>,
+        readiness: Arc<Readiness>,
+    ) -> Arc<Self> {
+        let revoker = Self::new(settings, hasher, rotation, evicts, redis, readiness);
+        revoker.spawn_listener();
+        revoker
+    }
+
     pub fn hasher(&self) -> &SharedHasher {
         &self.hasher
     }

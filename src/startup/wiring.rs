@@ -71,16 +71,8 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             exchange: downstream.as_ref().map(|d| d.cache.clone()),
             edge: Some(b.edge.clone()),
         };
-        let revoker = Revoker::new(
-            settings,
-            hasher.clone(),
-            rotation.clone(),
-            evicts,
-            redis.clone(),
-            readiness.clone(),
-        );
-        revoker.spawn_listener();
-        revoker
+        let keys = (hasher.clone(), rotation.clone());
+        Revoker::start(settings, keys, evicts, redis.clone(), readiness.clone())
     });
     let logout = broker
         .as_ref()
