@@ -43,26 +43,12 @@ impl SharedHasher {
     }
 }
 
-/// Lowercase hex, for Redis keys and messages.
-pub fn hex(hash: &[u8]) -> String {
-    use std::fmt::Write;
-    hash.iter()
-        .fold(String::with_capacity(hash.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// The inverse of [`hex`].
+/// A hash from its hex (as [`hex::encode`] writes it), refusing anything else.
 pub fn unhex(text: &str) -> Option<Hash> {
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    hex::decode_to_slice(text, &mut out).ok()?;
+    // Lowercase only, as written: one id, one spelling.
+    (hex::encode(out) == text).then_some(out)
 }
 
 #[cfg(test)]
@@ -78,7 +64,8 @@ mod tests {
             SharedHasher::new(&Secret::new("k")).hash(&[b"x"])
         );
         let x = h.hash(&[b"x"]);
-        assert_eq!(unhex(&hex(&x)), Some(x));
+        assert_eq!(unhex(&hex::encode(x)), Some(x));
+        assert_eq!(unhex(&hex::encode_upper(x)), None);
         assert_eq!(unhex("zz"), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::keyed_hash::{hex, Hash, SharedHasher};
+use crate::keyed_hash::{Hash, SharedHasher};
 
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ impl Ids {
         sid: Option<&str>,
         token: &str,
     ) -> Self {
-        let h = |kind: Kind, value: &str| hex(&id_hash(hasher, kind, value));
+        let h = |kind: Kind, value: &str| hex::encode(id_hash(hasher, kind, value));
         Self {
             sub: sub.map(|v| h(Kind::Sub, v)),
             client_id: client_id.map(|v| h(Kind::ClientId, v)),

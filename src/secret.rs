@@ -29,7 +29,7 @@ impl Secret {
     /// it reveals nothing usable.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.expose().as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 

@@ -151,6 +151,7 @@ impl ClientCredentials {
             &self.client_secret,
             &form,
         )
+        .send()
         .await
         .map_err(|_| ClientCredentialsError::Unreachable)?;
         metrics::counter!("intercom_client_credentials_fetches_total", "status" => response.status().as_u16().to_string())

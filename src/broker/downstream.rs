@@ -116,7 +116,7 @@ impl DownstreamTokens {
             (Some(redis), Some(key)) => Some((
                 redis.clone(),
                 crate::cache::sealed::Sealer::new(key),
-                x.key_prefix.clone(),
+                crate::redis::keys::base(settings),
             )),
             _ => None,
         };

@@ -114,6 +114,7 @@ impl TokenExchanger {
             &self.client_secret,
             &form,
         )
+        .send()
         .await
         .map_err(|_| {
             ExchangeError::Unavailable("the authorization server is unreachable".into())

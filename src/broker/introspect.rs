@@ -80,18 +80,18 @@ impl Introspector {
             IntrospectionFormat::Json => "application/json",
             IntrospectionFormat::Jwt => JWT_MEDIA_TYPE,
         };
-        // RFC 6749 §2.3.1: the credentials are form-encoded before Basic encoding.
-        let id = super::form_encode(&self.client_id);
-        let secret = super::form_encode(self.client_secret.current().expose());
-        let response = self
-            .http
-            .post(&self.endpoint)
-            .basic_auth(id, Some(secret))
-            .header("accept", accept)
-            .form(&[("token", token), ("token_type_hint", "access_token")])
-            .send()
-            .await
-            .map_err(|e| IntrospectError::Unreachable(without_url(e)))?;
+        let form = [("token", token), ("token_type_hint", "access_token")];
+        let response = super::post_as_client(
+            &self.http,
+            &self.endpoint,
+            &self.client_id,
+            &self.client_secret,
+            &form,
+        )
+        .header("accept", accept)
+        .send()
+        .await
+        .map_err(|e| IntrospectError::Unreachable(without_url(e)))?;
         let status = response.status();
         if status == reqwest::StatusCode::BAD_REQUEST {
             // Our request is well-formed, so the token is what the AS refused (some

@@ -202,21 +202,20 @@ pub(crate) fn form_encode(value: &str) -> String {
         .unwrap_or_default()
 }
 
-/// POSTs a form to the AS as a confidential client (HTTP Basic, RFC 6749 §2.3.1), with
-/// the secret's current value.
-pub(crate) async fn post_as_client(
+/// The one way Intercom calls the AS as a confidential client: a POST of `form` with
+/// HTTP Basic client authentication (RFC 6749 §2.3.1: id and secret form-encoded first),
+/// the secret's current value. Callers add what their endpoint wants (`Accept`) and send.
+pub(crate) fn post_as_client(
     http: &reqwest::Client,
     endpoint: &str,
     client_id: &str,
     secret: &crate::secrets::registry::SecretCell,
     form: &[(&str, &str)],
-) -> reqwest::Result<reqwest::Response> {
+) -> reqwest::RequestBuilder {
     let secret = secret.current();
     http.post(endpoint)
         .basic_auth(form_encode(client_id), Some(form_encode(secret.expose())))
         .form(form)
-        .send()
-        .await
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ fn derive(secret: &Secret) -> DerivedKey {
         .finalize()
         .into();
     DerivedKey {
-        id: id[..4].iter().map(|b| format!("{b:02x}")).collect(),
+        id: hex::encode(&id[..4]),
         cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
     }
 }

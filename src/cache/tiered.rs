@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sealed::Sealer;
 use crate::clock::now_secs;
-use crate::keyed_hash::{hex, Hash};
+use crate::keyed_hash::Hash;
+use crate::redis::keys;
 use crate::redis::SharedRedis;
 use crate::revocation_ids::{Ids, Kind};
 
@@ -232,11 +233,11 @@ impl TieredCache {
     }
 
     fn entry_key(prefix: &str, key: &Hash) -> String {
-        format!("{prefix}:e:{}", hex(key))
+        keys::exchange_entry(prefix, key)
     }
 
     fn index_key(prefix: &str, kind: Kind, id: &str) -> String {
-        format!("{prefix}:i:{}:{id}", kind.label())
+        keys::exchange_index(prefix, kind, id)
     }
 
     /// An L2 entry, unsealed; `None` on a miss, a stale or unreadable value, or a
@@ -333,7 +334,7 @@ impl TieredCache {
     /// (always without Redis; false while Redis fails, so renewal waits for a miss).
     pub async fn try_lock(&self, key: &Hash, ttl: Duration) -> bool {
         let Some(tier) = &self.l2 else { return true };
-        let lock = format!("{}:l:{}", tier.prefix, hex(key));
+        let lock = keys::exchange_lock(&tier.prefix, key);
         let ttl_ms = ttl.as_millis() as u64;
         tier.redis
             .run("exchange_lock", move |conn| {
@@ -399,10 +400,7 @@ impl TieredCache {
     /// Deletes every L2 entry and index.
     pub async fn clear_shared(&self) -> usize {
         let Some(tier) = &self.l2 else { return 0 };
-        let patterns = [
-            format!("{}:e:*", tier.prefix),
-            format!("{}:i:*", tier.prefix),
-        ];
+        let patterns = keys::exchange_patterns(&tier.prefix);
         let evicted = tier
             .redis
             .run("exchange_clear", move |conn| {

@@ -43,11 +43,7 @@ impl TokenClients {
             return Some(Err(ApiError::InvalidClient));
         };
         let known = self.0.iter().find(|(client, _)| *client == id);
-        let accepted = known.is_some_and(|(_, cell)| {
-            std::iter::once(cell.current())
-                .chain(cell.previous())
-                .fold(false, |ok, s| s.matches(secret.as_bytes()) | ok)
-        });
+        let accepted = known.is_some_and(|(_, cell)| cell.accepts(secret.as_bytes()));
         Some(if accepted {
             Ok(id)
         } else {

@@ -105,9 +105,11 @@ pub async fn decide(redis: &SharedRedis, ask: Ask<'_>) -> Result<Verdict, RedisE
     invocation.arg(want).arg(divisor.max(1));
     for window in &tier.windows {
         // The hash tag keeps one caller's windows in one Redis Cluster slot.
-        invocation.key(format!(
-            "{prefix}:{{{caller}}}:{route}:{}",
-            window.key_suffix
+        invocation.key(crate::redis::keys::rate_limit_window(
+            prefix,
+            caller,
+            route,
+            &window.key_suffix,
         ));
         invocation.arg(window.interval_us).arg(window.tolerance_us);
     }

@@ -107,7 +107,7 @@ impl RateLimiter {
             routes,
             redis,
             on_error: settings.rate_limit.on_redis_error,
-            prefix: settings.rate_limit.key_prefix.clone(),
+            prefix: crate::redis::keys::base(settings),
             leases: Leases::default(),
             replicas: u64::from(settings.rate_limit.replicas),
             hasher,
@@ -275,7 +275,7 @@ struct HashedCaller {
 impl HashedCaller {
     /// For Redis keys (made only when Redis is asked).
     fn hex(&self) -> String {
-        crate::keyed_hash::hex(&self.digest[..16])
+        hex::encode(&self.digest[..16])
     }
 }
 

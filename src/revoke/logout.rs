@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 
 use crate::broker::validate::{audience_matches, JwtError, SignatureCheck};
 use crate::clock::now_secs;
-use crate::keyed_hash::{hex, SharedHasher};
+use crate::keyed_hash::SharedHasher;
 use crate::redis::SharedRedis;
 
 /// The `events` member a logout token must carry.
@@ -48,7 +48,8 @@ pub struct LogoutVerifier {
     /// The other shared key while one rotates.
     pub rotation: Option<SharedHasher>,
     pub seen: moka::sync::Cache<String, ()>,
-    pub replay_prefix: String,
+    /// `redis.key_prefix`, for the replay keys.
+    pub key_base: String,
 }
 
 /// How long a `jti` is remembered; tokens older than this are refused anyway.
@@ -79,7 +80,7 @@ impl LogoutVerifier {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(2 * MAX_AGE))
                 .build(),
-            replay_prefix: format!("{}:logout", settings.exchange.key_prefix),
+            key_base: crate::redis::keys::base(settings),
         }
     }
 
@@ -144,7 +145,7 @@ impl LogoutVerifier {
         if let Some(redis) = &self.redis {
             let keys: Vec<String> = jti_ids
                 .iter()
-                .map(|id| format!("{}:{id}", self.replay_prefix))
+                .map(|id| crate::redis::keys::logout_jti(&self.key_base, id))
                 .collect();
             let _ = redis
                 .run("logout_jti", move |conn| {
@@ -166,7 +167,7 @@ impl LogoutVerifier {
     async fn first_use(&self, jti: &str) -> Result<Vec<String>, LogoutError> {
         let ids: Vec<String> = std::iter::once(&self.hasher)
             .chain(&self.rotation)
-            .map(|h| hex(&h.hash(&[b"logout-jti", jti.as_bytes()])))
+            .map(|h| hex::encode(h.hash(&[b"logout-jti", jti.as_bytes()])))
             .collect();
         if ids.iter().any(|id| self.seen.contains_key(id)) {
             return Err(LogoutError::Replayed);
@@ -179,7 +180,7 @@ impl LogoutVerifier {
         };
         let keys: Vec<String> = ids
             .iter()
-            .map(|id| format!("{}:{id}", self.replay_prefix))
+            .map(|id| crate::redis::keys::logout_jti(&self.key_base, id))
             .collect();
         let ttl = MAX_AGE + 2 * self.leeway.as_secs();
         let first = redis

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::edge::EdgeAuthenticator;
 use crate::cache::tiered::TieredCache;
 use crate::clock::now_secs;
-use crate::keyed_hash::{hex, unhex, SharedHasher};
+use crate::keyed_hash::{unhex, SharedHasher};
 use crate::readiness::{DependencyState, Readiness};
 use crate::redis::SharedRedis;
 use crate::revocation_ids::{id_hash, Ids, Kind};
@@ -144,7 +144,7 @@ impl Revoker {
             redis,
             readiness,
             channel: settings.revocation.channel.clone(),
-            deny_key: format!("{}:denylist", settings.exchange.key_prefix),
+            deny_key: crate::redis::keys::denylist(&crate::redis::keys::base(settings)),
             origin: uuid::Uuid::new_v4().to_string(),
             pending: Mutex::new(VecDeque::new()),
         })
@@ -206,7 +206,7 @@ impl Revoker {
             Target::One(kind, value) => {
                 let ids = std::iter::once(&self.hasher)
                     .chain(&self.rotation)
-                    .map(|hasher| hex(&id_hash(hasher, *kind, value)))
+                    .map(|hasher| hex::encode(id_hash(hasher, *kind, value)))
                     .collect();
                 (Some(*kind), ids)
             }

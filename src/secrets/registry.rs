@@ -67,6 +67,18 @@ impl SecretCell {
         self.state.load().previous.clone()
     }
 
+    /// True when `candidate` is the current value or, while a rotation rolls out, the
+    /// previous one; both are compared, in constant time, whatever the first says.
+    pub fn accepts(&self, candidate: &[u8]) -> bool {
+        let state = self.state.load();
+        let current = state.current.matches(candidate);
+        let previous = state
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.matches(candidate));
+        current | previous
+    }
+
     /// Time since the value was last confirmed with its store.
     pub fn age(&self) -> Duration {
         self.state.load().checked.elapsed()

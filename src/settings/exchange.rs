@@ -25,8 +25,6 @@ pub struct ExchangeCacheSettings {
     /// The cross-replica lock that lets one replica renew an entry.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
-    /// Prefix of the Redis keys.
-    pub key_prefix: String,
     /// Secret reference: the AES-256-GCM key of Redis values (needed with Redis).
     pub encryption_key: Option<String>,
 }
@@ -40,7 +38,6 @@ impl Default for ExchangeCacheSettings {
             refresh_ahead: 0.75,
             negative_ttl: Duration::from_secs(10),
             lock_ttl: Duration::from_secs(5),
-            key_prefix: "intercom:x".into(),
             encryption_key: None,
         }
     }

@@ -20,8 +20,6 @@ pub struct RateLimitSettings {
     pub on_redis_error: OnRedisError,
     /// Replicas sharing the limits: the local fallback allows `limit / replicas`.
     pub replicas: u32,
-    /// Prefix of the Redis keys.
-    pub key_prefix: String,
     /// Windows per tier.
     pub tiers: std::collections::BTreeMap<String, Vec<WindowSettings>>,
     /// Per client address: how many tokens Intercom has not seen may cost an
@@ -40,7 +38,6 @@ impl Default for RateLimitSettings {
             anonymous_tier: None,
             on_redis_error: OnRedisError::Local,
             replicas: 1,
-            key_prefix: "intercom:rl".into(),
             tiers: Default::default(),
             unknown_tokens: vec![WindowSettings {
                 requests: 600,

@@ -24,6 +24,14 @@ pub struct RedisSettings {
     /// After a failure, how long Redis is left alone before it is tried again.
     #[serde(default = "default_redis_retry", with = "humantime_serde")]
     pub retry_interval: Duration,
+    /// What every key starts with (the families are in `redis::keys`), so several
+    /// deployments can share one Redis.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_key_prefix() -> String {
+    "intercom".into()
 }
 
 fn default_redis_pool_size() -> usize {

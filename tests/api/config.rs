@@ -208,6 +208,12 @@ fn validation_errors_name_the_key() {
             &[],
             "redis.url",
         ),
+        // The Redis key prefix moved to [redis]: the old key is refused, named.
+        (
+            "[exchange]\nkey_prefix = \"old\"\n".into(),
+            &[],
+            "key_prefix",
+        ),
         (
             format!("{ROUTE}exchange = {{ audience = \"b\", allowed_scopes = [\"x\"], callers = [\"app\"] }}\n"),
             &[],

@@ -10,6 +10,8 @@
 //! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
 //! reports it `degraded` (Intercom keeps serving without it).
 
+pub mod keys;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

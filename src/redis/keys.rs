@@ -1,0 +1,62 @@
+//! The Redis schema on one screen: every key family Intercom writes, under
+//! `redis.key_prefix` (`<p>`, default `intercom`). Nothing here holds a token or an
+//! identity: ids are keyed hashes ([`crate::keyed_hash`]).
+//!
+//! | family | key | type | hash tag | written by |
+//! |---|---|---|---|---|
+//! | exchanged token | `<p>:x:e:<hash>` | string (sealed) | none: one key per call | `cache::tiered` |
+//! | revocation index | `<p>:x:i:<kind>:<id>` | set of entry keys | none | `cache::tiered` |
+//! | renewal lock | `<p>:x:l:<hash>` | string, `PX` | none | `cache::tiered` |
+//! | denylist | `<p>:x:denylist` | sorted set (`kind:id` → time) | one key | `revoke` |
+//! | logout `jti` | `<p>:x:logout:<hash>` | string, `EX` | none | `revoke::logout` |
+//! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows | `limits::gcra` |
+//!
+//! Revocations travel on the pub/sub channel `revocation.channel`, which is not a key.
+
+use crate::keyed_hash::Hash;
+use crate::revocation_ids::Kind;
+use crate::settings::Settings;
+
+/// The prefix every key starts with: `redis.key_prefix`, or the default without Redis
+/// (nothing is written then).
+pub fn base(settings: &Settings) -> String {
+    settings
+        .redis
+        .as_ref()
+        .map_or_else(|| "intercom".to_string(), |r| r.key_prefix.clone())
+}
+
+/// An exchanged token, sealed.
+pub fn exchange_entry(base: &str, key: &Hash) -> String {
+    format!("{base}:x:e:{}", hex::encode(key))
+}
+
+/// The entries an identity's revocation evicts.
+pub fn exchange_index(base: &str, kind: Kind, id: &str) -> String {
+    format!("{base}:x:i:{}:{id}", kind.label())
+}
+
+/// The lock that lets one replica renew an entry.
+pub fn exchange_lock(base: &str, key: &Hash) -> String {
+    format!("{base}:x:l:{}", hex::encode(key))
+}
+
+/// Patterns of every exchange entry and index, for a revocation of everything.
+pub fn exchange_patterns(base: &str) -> [String; 2] {
+    [format!("{base}:x:e:*"), format!("{base}:x:i:*")]
+}
+
+/// The denylist.
+pub fn denylist(base: &str) -> String {
+    format!("{base}:x:denylist")
+}
+
+/// A logout token's `jti`, hashed, remembered so a replay is refused.
+pub fn logout_jti(base: &str, id: &str) -> String {
+    format!("{base}:x:logout:{id}")
+}
+
+/// One rate-limit window of one caller on one route.
+pub fn rate_limit_window(base: &str, caller: &str, route: &str, window: &str) -> String {
+    format!("{base}:rl:{{{caller}}}:{route}:{window}")
+}
