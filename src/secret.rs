@@ -93,11 +93,62 @@ impl SecretRef {
     }
 }
 
+/// Parsed once, when the configuration is read; a bad one names its key, never its text.
+impl<'de> serde::Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        SecretRef::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::fmt::Display for SecretRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SecretRef::File(name) => write!(f, "file:{name}"),
             SecretRef::Vault { mount, path, key } => write!(f, "vault:{mount}/{path}#{key}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print_and_compare_exactly() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "[REDACTED] [REDACTED]");
+        assert!(s.matches(b"hunter2"));
+        assert!(!s.matches(b"hunter3"));
+        assert!(!s.matches(b"hunter"));
+        assert_ne!(s.fingerprint(), Secret::new("hunter3").fingerprint());
+    }
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(
+            SecretRef::parse("file:a").unwrap(),
+            SecretRef::File("a".into())
+        );
+        let v = SecretRef::parse("vault:secret/intercom/billing#api_key").unwrap();
+        assert_eq!(
+            v,
+            SecretRef::Vault {
+                mount: "secret".into(),
+                path: "intercom/billing".into(),
+                key: "api_key".into()
+            }
+        );
+        assert_eq!(v.to_string(), "vault:secret/intercom/billing#api_key");
+        for bad in [
+            "vault",
+            "vault:secret#k",
+            "vault:secret/p",
+            "file:",
+            "plain",
+            "vault:/p#k",
+        ] {
+            assert!(SecretRef::parse(bad).is_err(), "{bad}");
         }
     }
 }

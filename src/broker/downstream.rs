@@ -112,7 +112,7 @@ impl DownstreamTokens {
             return None;
         }
         let x = &settings.exchange;
-        let shared = match (redis, secrets.stored(x.encryption_key.as_deref())) {
+        let shared = match (redis, secrets.stored(x.encryption_key.as_ref())) {
             (Some(redis), Some(key)) => Some((
                 redis.clone(),
                 crate::cache::sealed::Sealer::new(key),

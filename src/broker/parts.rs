@@ -133,7 +133,8 @@ fn minter(
     t: &crate::settings::TokenSettings,
     secrets: &SecretRegistry,
 ) -> Result<Arc<Minter>, BuildError> {
-    let stored_cell = |text: &Option<String>| secrets.stored(text.as_deref());
+    let stored_cell =
+        |reference: &Option<crate::secret::SecretRef>| secrets.stored(reference.as_ref());
     Ok(match stored_cell(&t.signing_key) {
         Some(current) => Arc::new(Minter::from_store(
             current,

@@ -19,18 +19,14 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     pub fn from_settings(t: &TokenSettings) -> Self {
-        let name = |n: &str| {
-            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-                .expect("validated in settings")
-        };
         Self {
-            user_id: name(&t.user_id_header),
-            client_id: name(&t.client_id_header),
-            scopes: name(&t.scopes_header),
+            user_id: t.user_id_header.clone(),
+            client_id: t.client_id_header.clone(),
+            scopes: t.scopes_header.clone(),
             normalized: [
-                normalize_name(&t.user_id_header),
-                normalize_name(&t.client_id_header),
-                normalize_name(&t.scopes_header),
+                normalize_name(t.user_id_header.as_str()),
+                normalize_name(t.client_id_header.as_str()),
+                normalize_name(t.scopes_header.as_str()),
             ],
         }
     }

@@ -53,8 +53,7 @@ impl std::fmt::Debug for Injection {
 impl Injection {
     /// A stored secret; `None` if the reference was not resolved (start-up prevents that).
     pub fn stored(settings: &InjectSettings, secrets: &SecretRegistry) -> Option<Self> {
-        let reference = crate::secret::SecretRef::parse(settings.secret()).ok()?;
-        let cell = secrets.cell(&reference.to_string())?;
+        let cell = secrets.stored(Some(settings.secret()))?;
         let kind = match settings {
             InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. } => {
                 Kind::Bearer

@@ -67,7 +67,7 @@ impl SharedRedis {
             return Ok(None);
         };
         let password = secrets
-            .stored(redis.password.as_deref())
+            .stored(redis.password.as_ref())
             .map(|cell| cell.current());
         Self::new(redis, password, readiness.clone()).map(|r| Some(Arc::new(r)))
     }

@@ -98,7 +98,7 @@ impl SecretStore for FileStore {
 /// start: every `file:` reference names an entry of the secrets file. `vault:`
 /// references are resolved at start.
 pub fn check_references(settings: &Settings) -> Result<(), SettingsError> {
-    let refs = settings.secret_references()?;
+    let refs = settings.secret_references();
     let file_refs: Vec<_> = refs
         .iter()
         .filter_map(|(k, r)| match r {

@@ -131,10 +131,9 @@ impl SecretRegistry {
         self.cells.get(reference).cloned()
     }
 
-    /// The cell of an optional reference as configuration spells it (resolved at start).
-    pub fn stored(&self, reference: Option<&str>) -> Option<Arc<SecretCell>> {
-        let reference = crate::secret::SecretRef::parse(reference?).ok()?;
-        self.cell(&reference.to_string())
+    /// The cell of an optional reference of the configuration (resolved at start).
+    pub fn stored(&self, reference: Option<&crate::secret::SecretRef>) -> Option<Arc<SecretCell>> {
+        self.cell(&reference?.to_string())
     }
 
     /// Checks one secret with its store now and swaps in a new value. Concurrent

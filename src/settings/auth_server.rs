@@ -7,6 +7,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// The authorization server (RFC 8414 / OpenID discovery at the issuer).
 #[derive(Debug, Clone, Deserialize)]
@@ -17,7 +18,7 @@ pub struct AuthServerSettings {
     /// Intercom's own client at the AS.
     pub client_id: String,
     /// A secret reference (e.g. `file:intercom_client_secret`), never the value.
-    pub client_secret: String,
+    pub client_secret: SecretRef,
     /// `json` (RFC 7662) or `jwt` (RFC 9701, signed and verified).
     #[serde(default)]
     pub introspection_format: IntrospectionFormat,
@@ -113,8 +114,6 @@ impl AuthServerSettings {
                 format!("{:?} must be an http(s) URL", auth.issuer),
             ));
         }
-        crate::secret::SecretRef::parse(&auth.client_secret)
-            .map_err(|e| SettingsError::new("auth_server.client_secret", e.to_string()))?;
         positive("auth_server.connect_timeout", auth.connect_timeout)?;
         positive("auth_server.request_timeout", auth.request_timeout)?;
         for (a, alg) in auth.jwt.algorithms.iter().enumerate() {

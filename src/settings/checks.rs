@@ -1,6 +1,5 @@
 //! Small checks the sections share; each error names its key.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
@@ -11,19 +10,20 @@ pub(super) fn header_name(key: &str, name: &str) -> Result<(), SettingsError> {
         .map_err(|_| SettingsError::new(key, format!("{name:?} is not a valid header name")))
 }
 
-pub(super) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
-    value.parse().map_err(|_| {
-        SettingsError::new(
-            key,
-            format!("{value:?} is not an address like 127.0.0.1:8080"),
-        )
-    })
-}
-
 pub(super) fn positive(key: &str, value: Duration) -> Result<(), SettingsError> {
     if value.is_zero() {
         Err(SettingsError::new(key, "must be greater than zero"))
     } else {
         Ok(())
     }
+}
+
+/// `#[serde(deserialize_with)]` for a header name (http-serde 1, the release for
+/// http 0.2, has none): parsed once, refused naming its key.
+pub(super) fn header_name_value<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<http::HeaderName, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a valid header name")))
 }

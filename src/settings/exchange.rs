@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// The two-tier cache of tokens for downstream audiences.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,7 +27,7 @@ pub struct ExchangeCacheSettings {
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
     /// Secret reference: the AES-256-GCM key of Redis values (needed with Redis).
-    pub encryption_key: Option<String>,
+    pub encryption_key: Option<SecretRef>,
 }
 
 impl Default for ExchangeCacheSettings {

@@ -215,51 +215,54 @@ impl Settings {
     }
 
     /// Every secret reference in the configuration, with the key that holds it.
-    pub fn secret_references(
-        &self,
-    ) -> Result<Vec<(String, crate::secret::SecretRef)>, SettingsError> {
-        use crate::secret::SecretRef;
+    pub fn secret_references(&self) -> Vec<(String, crate::secret::SecretRef)> {
         let mut refs = Vec::new();
-        let mut add = |key: String, text: &str| {
-            SecretRef::parse(text)
-                .map(|r| refs.push((key.clone(), r)))
-                .map_err(|e| SettingsError::new(key, e.to_string()))
+        let mut add = |key: String, reference: &crate::secret::SecretRef| {
+            refs.push((key, reference.clone()));
         };
         if let Some(auth) = &self.auth_server {
-            add("auth_server.client_secret".into(), &auth.client_secret)?;
+            add("auth_server.client_secret".into(), &auth.client_secret);
         }
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(inject) = &route.inject {
-                add(format!("routes[{i}].inject.secret"), inject.secret())?;
+                add(format!("routes[{i}].inject.secret"), inject.secret());
             }
         }
-        if let Some(password) = self.redis.as_ref().and_then(|r| r.password.as_ref()) {
-            add("redis.password".into(), password)?;
-        }
-        if let Some(key) = &self.replicas.shared_key {
-            add("replicas.shared_key".into(), key)?;
-        }
-        if let Some(key) = &self.replicas.rotation_shared_key {
-            add("replicas.rotation_shared_key".into(), key)?;
-        }
-        if let Some(key) = &self.exchange.encryption_key {
-            add("exchange.encryption_key".into(), key)?;
-        }
-        if let Some(credential) = &self.revocation.admin_credential {
-            add("revocation.admin_credential".into(), credential)?;
+        let optional = [
+            (
+                "redis.password",
+                self.redis.as_ref().and_then(|r| r.password.as_ref()),
+            ),
+            ("replicas.shared_key", self.replicas.shared_key.as_ref()),
+            (
+                "replicas.rotation_shared_key",
+                self.replicas.rotation_shared_key.as_ref(),
+            ),
+            (
+                "exchange.encryption_key",
+                self.exchange.encryption_key.as_ref(),
+            ),
+            (
+                "revocation.admin_credential",
+                self.revocation.admin_credential.as_ref(),
+            ),
+            ("tokens.signing_key", self.tokens.signing_key.as_ref()),
+            (
+                "tokens.next_signing_key",
+                self.tokens.next_signing_key.as_ref(),
+            ),
+        ];
+        for (key, reference) in optional {
+            if let Some(reference) = reference {
+                add(key.into(), reference);
+            }
         }
         for (i, client) in self.token_endpoint.clients.iter().enumerate() {
             add(
                 format!("token_endpoint.clients[{i}].secret"),
                 &client.secret,
-            )?;
+            );
         }
-        if let Some(key) = &self.tokens.signing_key {
-            add("tokens.signing_key".into(), key)?;
-        }
-        if let Some(key) = &self.tokens.next_signing_key {
-            add("tokens.next_signing_key".into(), key)?;
-        }
-        Ok(refs)
+        refs
     }
 }

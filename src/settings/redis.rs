@@ -6,6 +6,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// The shared Redis every replica talks to.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,7 +16,7 @@ pub struct RedisSettings {
     pub url: String,
     /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<SecretRef>,
     #[serde(default = "default_redis_pool_size")]
     pub pool_size: usize,
     /// Longest wait for a connection or a command; past it Redis counts as failed.

@@ -5,13 +5,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// Revocation: the admin API, back-channel logout and the denylist.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RevocationSettings {
     /// Secret reference: the bearer credential of `POST /admin/revoke` (off when unset).
-    pub admin_credential: Option<String>,
+    pub admin_credential: Option<SecretRef>,
     /// Serve `POST /backchannel-logout` for the AS's logout tokens.
     pub backchannel_logout: bool,
     /// The Redis pub/sub channel that carries revocations to every replica.

@@ -181,8 +181,6 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
         }
     }
     if let Some(inject) = &route.inject {
-        crate::secret::SecretRef::parse(inject.secret())
-            .map_err(|e| SettingsError::new(key("inject.secret"), e.to_string()))?;
         match inject {
             InjectSettings::Header { header, .. } => {
                 header_name(&key("inject.header"), header)?

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// A route whose upstream receives a token for its own audience (RFC 8693).
 #[derive(Debug, Clone, Deserialize)]
@@ -72,17 +73,17 @@ pub enum RateLimitKey {
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum InjectSettings {
     /// `Authorization: Bearer <secret>`
-    Bearer { secret: String },
+    Bearer { secret: SecretRef },
     /// `<header>: <secret>`, e.g. an API key.
-    Header { header: String, secret: String },
+    Header { header: String, secret: SecretRef },
     /// `Authorization: Basic base64(<username>:<secret>)`
-    Basic { username: String, secret: String },
+    Basic { username: String, secret: SecretRef },
     /// `Authorization: Bearer <token>` with a token Intercom gets from the AS with this
     /// client's credentials (`secret` is the client secret).
     #[serde(rename = "client_credentials")]
     ClientCredentials {
         client_id: String,
-        secret: String,
+        secret: SecretRef,
         #[serde(default)]
         scope: Option<String>,
         #[serde(default)]
@@ -91,7 +92,7 @@ pub enum InjectSettings {
 }
 
 impl InjectSettings {
-    pub fn secret(&self) -> &str {
+    pub fn secret(&self) -> &SecretRef {
         match self {
             InjectSettings::Bearer { secret }
             | InjectSettings::Header { secret, .. }

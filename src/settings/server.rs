@@ -6,6 +6,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use std::net::SocketAddr;
+
 use super::*;
 
 /// Listeners and lifecycle.
@@ -13,9 +15,9 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Public listener, e.g. `0.0.0.0:8080`; port 0 picks a free port.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Admin listener for `/metrics` and `/health/*`; keep it off the public network.
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
     /// Worker threads; defaults to the number of cores.
     #[serde(default)]
     pub workers: Option<usize>,
@@ -61,7 +63,7 @@ pub struct TlsSettings {
     pub reload_interval: Duration,
     /// A plain-HTTP listener that only redirects to HTTPS (308), when set.
     #[serde(default)]
-    pub redirect_listen: Option<String>,
+    pub redirect_listen: Option<SocketAddr>,
     /// The host names the redirect may send clients to (required with
     /// `redirect_listen`): a request for one of them goes there, any other to the first.
     /// The client's `Host` is never reflected.
@@ -89,17 +91,12 @@ fn default_client_request_timeout() -> Duration {
 impl ServerSettings {
     /// Checks what serde cannot; every error names its key.
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
-        parse_addr("server.listen", &self.listen)?;
-        parse_addr("server.admin_listen", &self.admin_listen)?;
         if let Some(tls) = &self.tls {
-            if let Some(addr) = &tls.redirect_listen {
-                parse_addr("server.tls.redirect_listen", addr)?;
-                if tls.redirect_hosts.is_empty() {
-                    return Err(SettingsError::new(
-                        "server.tls.redirect_hosts",
-                        "is required with redirect_listen: the host names to redirect to",
-                    ));
-                }
+            if tls.redirect_listen.is_some() && tls.redirect_hosts.is_empty() {
+                return Err(SettingsError::new(
+                    "server.tls.redirect_hosts",
+                    "is required with redirect_listen: the host names to redirect to",
+                ));
             }
             for host in &tls.redirect_hosts {
                 let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {

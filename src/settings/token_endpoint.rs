@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::*;
+use crate::secret::SecretRef;
 
 /// `POST /token`: besides a bearer token, services may authenticate as clients here.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -19,7 +20,7 @@ pub struct TokenEndpointSettings {
 pub struct TokenClientSettings {
     pub client_id: String,
     /// Secret reference to its client secret.
-    pub secret: String,
+    pub secret: SecretRef,
 }
 
 impl TokenEndpointSettings {

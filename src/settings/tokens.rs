@@ -5,7 +5,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use http::HeaderName;
+
 use super::*;
+use crate::secret::SecretRef;
 
 /// Internal tokens and the token cache.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,9 +20,9 @@ pub struct TokenSettings {
     pub algorithm: String,
     /// A secret reference to the signing key (a private JWK with a `kid`), shared by
     /// every replica; generated at start when unset.
-    pub signing_key: Option<String>,
+    pub signing_key: Option<SecretRef>,
     /// A secret reference to the next signing key, published ahead of use.
-    pub next_signing_key: Option<String>,
+    pub next_signing_key: Option<SecretRef>,
     /// Longest lifetime of an internal JWT (never past the original token's `exp`).
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
@@ -40,9 +43,12 @@ pub struct TokenSettings {
     /// Most cached inactive tokens (a separate bound, so junk cannot evict good entries).
     pub negative_capacity: u64,
     /// Names of the identity headers sent upstream.
-    pub user_id_header: String,
-    pub client_id_header: String,
-    pub scopes_header: String,
+    #[serde(deserialize_with = "header_name_value")]
+    pub user_id_header: HeaderName,
+    #[serde(deserialize_with = "header_name_value")]
+    pub client_id_header: HeaderName,
+    #[serde(deserialize_with = "header_name_value")]
+    pub scopes_header: HeaderName,
     /// Accept Intercom's own internal JWTs as bearer tokens (a service calling another
     /// through Intercom with the token it received); revocations apply to them too.
     pub accept_internal: bool,
@@ -62,9 +68,9 @@ impl Default for TokenSettings {
             cache_max_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(10),
             negative_capacity: 10_000,
-            user_id_header: "x-user-id".into(),
-            client_id_header: "x-client-id".into(),
-            scopes_header: "x-scopes".into(),
+            user_id_header: HeaderName::from_static("x-user-id"),
+            client_id_header: HeaderName::from_static("x-client-id"),
+            scopes_header: HeaderName::from_static("x-scopes"),
             accept_internal: false,
         }
     }
@@ -90,13 +96,6 @@ impl TokenSettings {
         positive("tokens.key_rotation", t.key_rotation)?;
         positive("tokens.cache_max_ttl", t.cache_max_ttl)?;
         positive("tokens.negative_ttl", t.negative_ttl)?;
-        for (k, name) in [
-            ("tokens.user_id_header", &t.user_id_header),
-            ("tokens.client_id_header", &t.client_id_header),
-            ("tokens.scopes_header", &t.scopes_header),
-        ] {
-            header_name(k, name)?;
-        }
         Ok(())
     }
 }

@@ -65,7 +65,10 @@ impl StartError {
 }
 
 /// Binds `addr` for the setting `key`; a failure names the key.
-pub(super) fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+pub(super) fn bind(
+    key: &'static str,
+    addr: &std::net::SocketAddr,
+) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).map_err(|e| StartError::Config {
         key,
         message: format!("cannot listen on {addr}: {e}"),

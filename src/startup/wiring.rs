@@ -40,12 +40,12 @@ fn hashers(
     settings: &Settings,
     secrets: &crate::secrets::registry::SecretRegistry,
 ) -> (SharedHasher, Option<SharedHasher>) {
-    let current = match secrets.stored(settings.replicas.shared_key.as_deref()) {
+    let current = match secrets.stored(settings.replicas.shared_key.as_ref()) {
         Some(cell) => SharedHasher::new(&cell.current()),
         None => SharedHasher::random(),
     };
     let rotation = secrets
-        .stored(settings.replicas.rotation_shared_key.as_deref())
+        .stored(settings.replicas.rotation_shared_key.as_ref())
         .map(|cell| SharedHasher::new(&cell.current()));
     (current, rotation)
 }
@@ -91,7 +91,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
     let revocation = revoker.clone().map(|revoker| {
         web::Data::new(RevocationState {
             revoker,
-            admin_credential: secrets.stored(settings.revocation.admin_credential.as_deref()),
+            admin_credential: secrets.stored(settings.revocation.admin_credential.as_ref()),
             http: broker.as_ref().map(|b| b.http.clone()).unwrap_or_default(),
             revocation_endpoint: broker.as_ref().and_then(|b| b.revocation_endpoint.clone()),
             limiter: limiter.clone(),

@@ -29,11 +29,13 @@ fn layers_apply_in_order_defaults_profile_file_then_variables() {
     ];
     let s = Settings::load(dir.path(), Some(&dir.path().join("extra.toml")), &env).unwrap();
     assert_eq!(
-        s.server.listen, "127.0.0.1:8081",
+        s.server.listen.to_string(),
+        "127.0.0.1:8081",
         "profile file overrides the defaults"
     );
     assert_eq!(
-        s.server.admin_listen, "127.0.0.1:9903",
+        s.server.admin_listen.to_string(),
+        "127.0.0.1:9903",
         "--config overrides the profile"
     );
     assert_eq!(
@@ -48,7 +50,7 @@ fn layers_apply_in_order_defaults_profile_file_then_variables() {
     // Without any file at all, the built-in defaults are a valid configuration.
     let empty = tempfile::tempdir().unwrap();
     let d = Settings::load(empty.path(), None, &Vec::new()).unwrap();
-    assert_eq!(d.server.listen, "127.0.0.1:8080");
+    assert_eq!(d.server.listen.to_string(), "127.0.0.1:8080");
 }
 
 #[test]
