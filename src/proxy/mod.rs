@@ -119,12 +119,14 @@ async fn proxy(
         name: route.name.clone(),
         metrics: route.metrics.clone(),
     });
+    // An announced body over the limit is refused before anything costs the AS a call.
+    let framing = refuse_oversized(req, route)?;
     let admitted = authenticate(req, state, route).await?;
     let caller = admitted.as_ref().map(|(a, _, _)| a);
     authorize(route, caller)?;
     rate_limit(req, state, route, caller, trail).await?;
     let downstream = downstream_token(state, route, admitted.as_ref()).await?;
-    let body = limit(req, route, payload).await?;
+    let body = limit(route, framing, payload).await?;
     let admitted = admitted.map(|(a, source, _)| (a, source));
     let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
     if let Some(token) = downstream {
@@ -311,19 +313,23 @@ async fn rate_limit(
 /// refused credential can be retried with the body.
 const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
 
-/// Refuses a body the route does not take: by `Content-Length` before reading any of
-/// it, and while streaming for chunked bodies.
+/// The body's framing, refusing one whose `Content-Length` the route does not take
+/// (before reading any of it, and before the token is checked).
+fn refuse_oversized(req: &HttpRequest, route: &Route) -> Result<BodyFraming, ApiError> {
+    let framing = BodyFraming::of(req.headers());
+    match framing {
+        BodyFraming::Sized(len) if len > route.max_body_bytes => Err(ApiError::PayloadTooLarge),
+        _ => Ok(framing),
+    }
+}
+
+/// Limits a body the route takes: a chunked one is cut off while streaming when it
+/// passes the limit; a small one on a route that injects a credential is held for a retry.
 async fn limit(
-    req: &HttpRequest,
     route: &Route,
+    framing: BodyFraming,
     payload: web::Payload,
 ) -> Result<RequestBody, ApiError> {
-    let framing = BodyFraming::of(req.headers());
-    if let BodyFraming::Sized(len) = framing {
-        if len > route.max_body_bytes {
-            return Err(ApiError::PayloadTooLarge);
-        }
-    }
     let body = LimitedBody::new(payload, route.max_body_bytes, route.timeouts.body_idle);
     match framing {
         BodyFraming::Sized(len) if route.inject.is_some() && len <= REPLAYABLE_BODY_BYTES => {

@@ -1027,3 +1027,40 @@ async fn junk_tokens_from_one_address_cost_the_as_at_most_the_budget() {
     assert_eq!(body["type"], "urn:intercom:problem:rate-limited");
     assert!(res.headers().get("retry-after").is_some());
 }
+
+/// An announced body over the route's limit is refused before the token costs the AS
+/// an introspection: a flood of large bodies with junk tokens reaches no one.
+#[actix_web::test]
+async fn an_oversized_body_is_refused_before_the_token_is_introspected() {
+    let Edge { auth, app, .. } = start_edge(TestAuthServer::start().await, "", |up| {
+        bearer_route("small", "/small", up, "max_body_bytes = 1024")
+    })
+    .await;
+    let before = auth.stats().await["introspection"].as_u64().unwrap();
+    let mut res = app
+        .client
+        .post(app.url("/small/x"))
+        .insert_header(("authorization", "Bearer never-seen-token-123"))
+        .send_body(vec![b'a'; 4096])
+        .await
+        .unwrap();
+    assert_problem(&mut res, 413).await;
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before,
+        "the AS was asked about a request that was refused anyway"
+    );
+    // Within the limit, the same token is introspected (and refused as unknown).
+    let res = app
+        .client
+        .post(app.url("/small/x"))
+        .insert_header(("authorization", "Bearer never-seen-token-123"))
+        .send_body(vec![b'a'; 100])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        auth.stats().await["introspection"].as_u64().unwrap(),
+        before + 1
+    );
+}
