@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use crate::broker::downstream::{DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
-use crate::http::credentials::{self, TokenSource};
+use crate::http::credentials;
 use crate::http::errors::ApiError;
 use crate::http::path;
 use crate::http::request_id::{self, RequestId};
@@ -60,12 +60,30 @@ pub struct ProxyState {
     pub revoker: Option<Arc<Revoker>>,
 }
 
-/// What the proxy learned about a request that its answer carries, error or not.
+/// What the phases learn about one request, each filling its part in order; the answer
+/// carries the route tag and the rate-limit headers, error or not.
 #[derive(Default)]
-struct Trail {
+struct RequestContext {
+    /// The route matched, for the access log and the route's metrics.
     route: Option<RouteTag>,
+    /// The caller, on `bearer` routes.
+    caller: Option<AdmittedCaller>,
     /// `RateLimit-Policy` and `RateLimit`.
     rate_limit: Option<(header::HeaderValue, header::HeaderValue)>,
+    /// The target's own token, on routes with `exchange`.
+    downstream_token: Option<String>,
+}
+
+/// A caller the gate admitted, with the token it presented (the subject of an exchange).
+struct AdmittedCaller {
+    admitted: Admitted,
+    token: String,
+}
+
+impl RequestContext {
+    fn admitted(&self) -> Option<&Admitted> {
+        self.caller.as_ref().map(|c| &c.admitted)
+    }
 }
 
 /// The default service of the public listener: every request not served by Intercom
@@ -78,16 +96,16 @@ pub async fn handle(
     let clients = req
         .app_data::<UpstreamClients>()
         .expect("startup registers the upstream clients on every worker");
-    let mut trail = Trail::default();
-    let result = proxy(&req, payload, &state, clients, &mut trail).await;
+    let mut context = RequestContext::default();
+    let result = proxy(&req, payload, &state, clients, &mut context).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => error.at(&req).error_response(),
     };
-    if let Some(tag) = trail.route {
+    if let Some(tag) = context.route {
         response.extensions_mut().insert(tag);
     }
-    if let Some((policy, current)) = trail.rate_limit {
+    if let Some((policy, current)) = context.rate_limit {
         let headers = response.headers_mut();
         headers.insert(header::HeaderName::from_static("ratelimit-policy"), policy);
         headers.insert(header::HeaderName::from_static("ratelimit"), current);
@@ -100,7 +118,7 @@ async fn proxy(
     payload: web::Payload,
     state: &ProxyState,
     clients: &UpstreamClients,
-    trail: &mut Trail,
+    context: &mut RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let canonical = path::canonicalize(req.uri().path())?;
     if req
@@ -115,21 +133,19 @@ async fn proxy(
         ));
     }
     let route = pick_route(req, state, &canonical)?;
-    trail.route = Some(RouteTag {
+    context.route = Some(RouteTag {
         name: route.name.clone(),
         metrics: route.metrics.clone(),
     });
     // An announced body over the limit is refused before anything costs the AS a call.
     let framing = refuse_oversized(req, route)?;
-    let admitted = authenticate(req, state, route).await?;
-    let caller = admitted.as_ref().map(|(a, _, _)| a);
-    authorize(route, caller)?;
-    rate_limit(req, state, route, caller, trail).await?;
-    let downstream = downstream_token(state, route, admitted.as_ref()).await?;
+    context.caller = authenticate(req, state, route).await?;
+    authorize(route, context.admitted())?;
+    rate_limit(req, state, route, context).await?;
+    context.downstream_token = downstream_token(state, route, context.caller.as_ref()).await?;
     let body = limit(route, framing, payload).await?;
-    let admitted = admitted.map(|(a, source, _)| (a, source));
-    let mut outbound = rewrite(req, state, route, &canonical, admitted.as_ref());
-    if let Some(token) = downstream {
+    let mut outbound = rewrite(req, state, route, &canonical, context.admitted());
+    if let Some(token) = &context.downstream_token {
         // The target's own token replaces the internal JWT.
         if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {token}")) {
             outbound.headers.insert(header::AUTHORIZATION, value);
@@ -204,17 +220,17 @@ fn pick_route<'a>(
 }
 
 /// Admits the bearer token of a `bearer` route (from the cache when possible), unless
-/// it was revoked; returns it too, as the subject of a token exchange.
+/// it was revoked; keeps the token too, as the subject of a token exchange.
 async fn authenticate(
     req: &HttpRequest,
     state: &ProxyState,
     route: &Route,
-) -> Result<Option<(Admitted, TokenSource, String)>, ApiError> {
+) -> Result<Option<AdmittedCaller>, ApiError> {
     if route.auth == RouteAuth::None {
         return Ok(None);
     }
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
-    let (token, source) = credentials::extract_bearer(req, route.allow_query_token)?;
+    let (token, _source) = credentials::extract_bearer(req, route.allow_query_token)?;
     let admitted = gate::admit(
         edge,
         state.revoker.as_deref(),
@@ -223,7 +239,7 @@ async fn authenticate(
         || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
     )
     .await?;
-    Ok(Some((admitted, source, token)))
+    Ok(Some(AdmittedCaller { admitted, token }))
 }
 
 /// The target's token on a route with `exchange`: policy, then the two-tier cache or
@@ -231,9 +247,9 @@ async fn authenticate(
 async fn downstream_token(
     state: &ProxyState,
     route: &Route,
-    admitted: Option<&(Admitted, TokenSource, String)>,
+    caller: Option<&AdmittedCaller>,
 ) -> Result<Option<String>, ApiError> {
-    let (Some(target), Some((admitted, _, token))) = (&route.target, admitted) else {
+    let (Some(target), Some(AdmittedCaller { admitted, token })) = (&route.target, caller) else {
         return Ok(None);
     };
     let downstream = state.downstream.as_ref().ok_or(ApiError::Internal)?;
@@ -271,8 +287,7 @@ async fn rate_limit(
     req: &HttpRequest,
     state: &ProxyState,
     route: &Route,
-    admitted: Option<&Admitted>,
-    trail: &mut Trail,
+    context: &mut RequestContext,
 ) -> Result<(), ApiError> {
     let Some(limiter) = &state.limiter else {
         return Ok(());
@@ -280,7 +295,7 @@ async fn rate_limit(
     let Some(policy) = limiter.policy(route.index) else {
         return Ok(());
     };
-    let principal = admitted.map(|a| &a.token.principal);
+    let principal = context.admitted().map(|a| &a.token.principal);
     let identity = principal.and_then(|p| p.sub.as_deref().or(p.client_id.as_deref()));
     let caller = match (policy.key, identity) {
         (crate::settings::RateLimitKey::Identity, Some(id)) => Caller::Identity {
@@ -299,7 +314,7 @@ async fn rate_limit(
         .check(policy, caller)
         .await
         .map_err(|_| ApiError::RateLimiterUnavailable)?;
-    trail.rate_limit = decision.headers;
+    context.rate_limit = decision.headers;
     if decision.allowed {
         Ok(())
     } else {
@@ -354,7 +369,7 @@ fn rewrite(
     state: &ProxyState,
     route: &Route,
     canonical: &str,
-    admitted: Option<&(Admitted, TokenSource)>,
+    admitted: Option<&Admitted>,
 ) -> OutboundRequest {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
     if let Some(query) = req.uri().query() {
@@ -372,7 +387,7 @@ fn rewrite(
     let mut headers: HeaderMap = req.headers().clone();
     headers::remove_hop_by_hop(&mut headers);
     state.identity.strip(&mut headers, &route.internal_headers);
-    if let Some((admitted, _)) = admitted {
+    if let Some(admitted) = admitted {
         state.identity.inject(&mut headers, admitted);
     }
 
