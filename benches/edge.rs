@@ -175,7 +175,7 @@ fn jwt_validation(c: &mut Criterion) {
         typ: Some("at+jwt".into()),
         leeway: Duration::from_secs(10),
         signature: SignatureCheck {
-            algorithms: vec!["ES256".into()],
+            algorithms: vec![intercom::settings::JwsAlgorithm::Es256],
             jwks,
         },
         tier_claim: "plan".into(),

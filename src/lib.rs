@@ -22,7 +22,7 @@
 //! ```
 //!
 //! The leaves: `clock` (seconds since the epoch), `secret` (the redacting value and its
-//! reference), `keyed_hash` (the one keyed hash and hex), `revocation_ids` (the ids
+//! reference), `keyed_hash` (the one keyed hash), `revocation_ids` (the ids
 //! caches index tokens by), `readiness` (dependency states), `bounded` (size-limited
 //! reads of a peer's answers).
 

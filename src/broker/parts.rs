@@ -71,7 +71,7 @@ impl BrokerParts {
             tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
         }
         jwks.spawn_refresh();
-        let signature = |algorithms: Vec<String>| SignatureCheck {
+        let signature = |algorithms: Vec<crate::settings::JwsAlgorithm>| SignatureCheck {
             algorithms,
             jwks: jwks.clone(),
         };
@@ -139,14 +139,14 @@ fn minter(
         Some(current) => Arc::new(Minter::from_store(
             current,
             stored_cell(&t.next_signing_key),
-            &t.algorithm,
+            t.algorithm.as_str(),
             &t.issuer,
             t.lifetime,
             t.jwks_max_age,
         )?),
         None => {
             let minter = Arc::new(Minter::new(
-                &t.algorithm,
+                t.algorithm.as_str(),
                 &t.issuer,
                 t.lifetime,
                 t.jwks_max_age,

@@ -61,7 +61,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
 
 /// Verifies JWS signatures against the AS's keys, for an `alg` allow-list.
 pub struct SignatureCheck {
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<crate::settings::JwsAlgorithm>,
     pub jwks: Arc<RemoteJwks>,
 }
 
@@ -74,7 +74,7 @@ impl SignatureCheck {
             .and_then(|v| v.as_str())
             .ok_or(JwtError::Malformed)?
             .to_string();
-        if !self.algorithms.iter().any(|a| a == &alg) {
+        if !self.algorithms.iter().any(|a| a.as_str() == alg) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
         let kid = header

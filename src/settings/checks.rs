@@ -27,3 +27,20 @@ pub(super) fn header_name_value<'de, D: serde::Deserializer<'de>>(
     http::HeaderName::from_bytes(text.as_bytes())
         .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a valid header name")))
 }
+
+/// `#[serde(deserialize_with)]` for a listen address, refused with an example.
+pub(super) fn socket_addr<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::net::SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!("{text:?} is not an address like 127.0.0.1:8080"))
+    })
+}
+
+/// [`socket_addr`] for an optional one.
+pub(super) fn optional_socket_addr<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    socket_addr(deserializer).map(Some)
+}

@@ -4,6 +4,7 @@
 //! Everything is validated before a port is bound, and every validation error names the
 //! offending key, so `intercom check-config` can answer in one line.
 
+mod algorithms;
 mod auth_server;
 mod checks;
 mod compression;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use algorithms::*;
 pub use auth_server::*;
 use checks::*;
 pub use compression::*;

@@ -15,8 +15,10 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Public listener, e.g. `0.0.0.0:8080`; port 0 picks a free port.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Admin listener for `/metrics` and `/health/*`; keep it off the public network.
+    #[serde(deserialize_with = "socket_addr")]
     pub admin_listen: SocketAddr,
     /// Worker threads; defaults to the number of cores.
     #[serde(default)]
@@ -62,7 +64,7 @@ pub struct TlsSettings {
     #[serde(default = "default_tls_reload", with = "humantime_serde")]
     pub reload_interval: Duration,
     /// A plain-HTTP listener that only redirects to HTTPS (308), when set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_socket_addr")]
     pub redirect_listen: Option<SocketAddr>,
     /// The host names the redirect may send clients to (required with
     /// `redirect_listen`): a request for one of them goes there, any other to the first.

@@ -17,7 +17,7 @@ pub struct TokenSettings {
     /// `iss` of the internal JWTs: Intercom's public URL.
     pub issuer: String,
     /// `ES256` (default), `RS256` or `EdDSA`.
-    pub algorithm: String,
+    pub algorithm: SigningAlgorithm,
     /// A secret reference to the signing key (a private JWK with a `kid`), shared by
     /// every replica; generated at start when unset.
     pub signing_key: Option<SecretRef>,
@@ -58,7 +58,7 @@ impl Default for TokenSettings {
     fn default() -> Self {
         Self {
             issuer: "http://127.0.0.1:8080".into(),
-            algorithm: "ES256".into(),
+            algorithm: SigningAlgorithm::Es256,
             signing_key: None,
             next_signing_key: None,
             lifetime: Duration::from_secs(300),
@@ -86,12 +86,6 @@ impl TokenSettings {
                 format!("{:?} is not a valid URL", t.issuer),
             )
         })?;
-        if !matches!(t.algorithm.as_str(), "ES256" | "RS256" | "EdDSA") {
-            return Err(SettingsError::new(
-                "tokens.algorithm",
-                format!("{:?} is not one of ES256, RS256, EdDSA", t.algorithm),
-            ));
-        }
         positive("tokens.lifetime", t.lifetime)?;
         positive("tokens.key_rotation", t.key_rotation)?;
         positive("tokens.cache_max_ttl", t.cache_max_ttl)?;
