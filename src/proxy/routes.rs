@@ -91,22 +91,14 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, r)| {
-                let urls: Vec<Url> = r
-                    .upstreams
-                    .iter()
-                    .filter_map(|u| Url::parse(u).ok())
-                    .collect();
+                let urls: Vec<Url> = r.upstreams.iter().map(|u| u.0.clone()).collect();
                 Route {
                     index,
                     name: Arc::from(r.name.as_str()),
                     prefix: r.prefix.clone(),
                     ignore_case: r.case_insensitive,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    methods: r
-                        .methods
-                        .iter()
-                        .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
-                        .collect(),
+                    methods: r.methods.iter().map(|m| m.0.clone()).collect(),
                     upstreams: Upstreams::new(&urls, cooldown),
                     rewrite: match (&r.rewrite, r.strip_prefix) {
                         (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
@@ -216,6 +208,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{HttpMethod, UpstreamUrl};
 
     fn route(name: &str, prefix: &str) -> RouteSettings {
         RouteSettings {
@@ -224,7 +217,7 @@ mod tests {
             case_insensitive: false,
             host: None,
             methods: vec![],
-            upstreams: vec!["http://127.0.0.1:1".into()],
+            upstreams: vec![UpstreamUrl::try_from("http://127.0.0.1:1".to_string()).unwrap()],
             strip_prefix: false,
             rewrite: None,
             request_headers: Default::default(),
@@ -253,7 +246,7 @@ mod tests {
         let mut hosted = route("hosted", "/api");
         hosted.host = Some("Billing.Example".into());
         let mut only_get = route("ro", "/ro");
-        only_get.methods = vec!["GET".into()];
+        only_get.methods = vec![HttpMethod(Method::GET)];
         let mut strip = route("strip", "/s");
         strip.strip_prefix = true;
         let mut rewrite = route("rw", "/old");
@@ -298,7 +291,7 @@ mod tests {
     #[test]
     fn wrong_method_reports_allowed() {
         let mut only_get = route("ro", "/ro");
-        only_get.methods = vec!["GET".into(), "HEAD".into()];
+        only_get.methods = vec![HttpMethod(Method::GET), HttpMethod(Method::HEAD)];
         let table = RouteTable::new(&[only_get], Duration::from_secs(1), 1024, Vec::new());
         match table.find(None, "/ro", &Method::DELETE) {
             Match::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD"]),

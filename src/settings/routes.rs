@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use url::Url;
 
 use super::*;
 use crate::secret::SecretRef;
@@ -137,9 +138,9 @@ pub struct RouteSettings {
     pub host: Option<String>,
     /// Allowed methods; all when empty.
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Vec<HttpMethod>,
     /// Upstream base URLs, used round robin.
-    pub upstreams: Vec<String>,
+    pub upstreams: Vec<UpstreamUrl>,
     /// Remove the prefix before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -281,5 +282,42 @@ impl Default for RouteTimeouts {
             total: Duration::from_secs(300),
             body_idle: default_body_idle(),
         }
+    }
+}
+
+/// A method a route allows, in any case as written (`get` is `GET`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HttpMethod(pub http::Method);
+
+impl TryFrom<String> for HttpMethod {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        http::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map(HttpMethod)
+            .map_err(|_| format!("{name:?} is not an HTTP method"))
+    }
+}
+
+/// An upstream's base URL: `http://host[:port][/path]`, no query, no fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct UpstreamUrl(pub Url);
+
+impl TryFrom<String> for UpstreamUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let url = Url::parse(&text).map_err(|_| format!("{text:?} is not a valid URL"))?;
+        if url.scheme() != "http" || url.host_str().is_none() {
+            return Err(format!(
+                "{text:?} is not a valid URL: need http://host[:port][/path]"
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{text:?} must not carry a query or fragment"));
+        }
+        Ok(UpstreamUrl(url))
     }
 }
