@@ -73,6 +73,23 @@ impl VaultHttp {
         matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
+    /// Executes an endpoint and reads Vault's usual envelope around its answer.
+    async fn wrapped<E>(
+        &self,
+        middleware: &EndpointMiddleware,
+        endpoint: E,
+    ) -> Result<EndpointResult<E::Response>, VaultCallError>
+    where
+        E: Endpoint,
+        E::Response: DeserializeOwned,
+    {
+        Ok(endpoint
+            .with_middleware(middleware)
+            .exec(self)
+            .await?
+            .wrap::<EndpointResult<_>>()?)
+    }
+
     /// Executes an endpoint whose answer carries its result in `data`.
     pub async fn data<E>(
         &self,
@@ -83,11 +100,7 @@ impl VaultHttp {
         E: Endpoint,
         E::Response: DeserializeOwned,
     {
-        let answer: EndpointResult<E::Response> = endpoint
-            .with_middleware(middleware)
-            .exec(self)
-            .await?
-            .wrap::<EndpointResult<_>>()?;
+        let answer = self.wrapped(middleware, endpoint).await?;
         answer.data.ok_or(VaultCallError::Empty("data"))
     }
 
@@ -116,11 +129,7 @@ impl VaultHttp {
     where
         E: Endpoint<Response = ()>,
     {
-        let answer: EndpointResult<()> = endpoint
-            .with_middleware(middleware)
-            .exec(self)
-            .await?
-            .wrap::<EndpointResult<_>>()?;
+        let answer = self.wrapped(middleware, endpoint).await?;
         answer.auth.ok_or(VaultCallError::Empty("auth"))
     }
 }
