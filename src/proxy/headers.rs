@@ -144,22 +144,12 @@ pub struct CompiledRules {
 }
 
 impl CompiledRules {
-    /// Parses rules that `Settings::validate` has already checked.
+    /// The rules of a route, parsed when the configuration was read.
     pub fn compile(rules: &HeaderRules) -> Self {
-        let pair = |(k, v): (&String, &String)| {
-            Some((
-                HeaderName::from_bytes(k.as_bytes()).ok()?,
-                HeaderValue::from_str(v).ok()?,
-            ))
-        };
         Self {
-            add: rules.add.iter().filter_map(pair).collect(),
-            set: rules.set.iter().filter_map(pair).collect(),
-            remove: rules
-                .remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .collect(),
+            add: rules.add.clone(),
+            set: rules.set.clone(),
+            remove: rules.remove.iter().map(|n| n.0.clone()).collect(),
         }
     }
 

@@ -114,24 +114,8 @@ fn upstream(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Its header edits and internal headers: valid names and values.
+/// Its internal headers: valid names (its header edits were parsed when read).
 fn headers(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
-    for (dir, rules) in [
-        ("request_headers", &route.request_headers),
-        ("response_headers", &route.response_headers),
-    ] {
-        for (kind, map) in [("add", &rules.add), ("set", &rules.set)] {
-            for (name, value) in map {
-                let k = format!("routes[{i}].{dir}.{kind}.{name}");
-                header_name(&k, name)?;
-                http::HeaderValue::from_str(value)
-                    .map_err(|_| SettingsError::new(&k, "is not a valid header value"))?;
-            }
-        }
-        for (r, name) in rules.remove.iter().enumerate() {
-            header_name(&format!("routes[{i}].{dir}.remove[{r}]"), name)?;
-        }
-    }
     for (h, name) in route.internal_headers.iter().enumerate() {
         header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
     }

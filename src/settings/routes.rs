@@ -243,12 +243,47 @@ pub enum SecurityHeaders {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRules {
+    #[serde(default, deserialize_with = "header_pairs")]
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    #[serde(default, deserialize_with = "header_pairs")]
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
     #[serde(default)]
-    pub add: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub set: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Vec<HeaderNameSetting>,
+}
+
+/// A header name of the configuration, parsed when read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HeaderNameSetting(pub http::HeaderName);
+
+impl TryFrom<String> for HeaderNameSetting {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map(HeaderNameSetting)
+            .map_err(|_| format!("{name:?} is not a valid header name"))
+    }
+}
+
+/// A table of `name = "value"` headers, each name and value parsed when read (in the
+/// table's order, which is the names' order).
+fn header_pairs<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, D::Error> {
+    use serde::de::Error;
+    let table = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+    table
+        .into_iter()
+        .map(|(name, value)| {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| D::Error::custom(format!("{name:?} is not a valid header name")))?;
+            let value = http::HeaderValue::from_str(&value).map_err(|_| {
+                D::Error::custom(format!("the value of {name:?} is not a valid header value"))
+            })?;
+            Ok((parsed, value))
+        })
+        .collect()
 }
 
 /// Per-route upstream timeouts.

@@ -133,7 +133,7 @@ fn validation_errors_name_the_key() {
         (
             format!("{ROUTE}[routes.request_headers.set]\n\"bad header\" = \"x\"\n"),
             &[],
-            "routes[0].request_headers.set.bad header",
+            "routes[0].request_headers.set: \"bad header\" is not a valid header name",
         ),
         (String::new(), &[("INTERCOM__SERVER__LISTEN", "nowhere")], "server.listen"),
         (String::new(), &[("INTERCOM__SERVER__DRAIN_TIMEOUT", "0s")], "server.drain_timeout"),
