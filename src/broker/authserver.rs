@@ -69,6 +69,46 @@ pub fn http_client(connect: Duration, request: Duration) -> reqwest::Client {
         .expect("a reqwest client with rustls builds")
 }
 
+/// Why a call to the AS failed, as an operator needs it: "timed out", "connection
+/// refused", "name resolution failed", "TLS: ..." and the like, from the error's cause
+/// chain. Never the URL (reqwest's own message starts with it).
+pub fn failure(error: &reqwest::Error) -> String {
+    use std::error::Error;
+    if error.is_timeout() {
+        return "timed out".into();
+    }
+    let mut innermost = None;
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::TimedOut => return "timed out".into(),
+                _ => {}
+            }
+        }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return format!("TLS: {tls}");
+        }
+        let text = e.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "name resolution failed".into();
+        }
+        innermost = Some(text);
+        cause = e.source();
+    }
+    let kind = if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match innermost {
+        Some(detail) => format!("{kind}: {detail}"),
+        None => kind.into(),
+    }
+}
+
 /// Reads `<issuer>/.well-known/openid-configuration` and checks that it names the issuer.
 pub async fn discover(
     http: &reqwest::Client,
@@ -126,4 +166,25 @@ pub fn spawn_health_check(http: reqwest::Client, issuer: String, readiness: Arc<
             readiness.report("authorization_server", state.0, false, state.1);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_failed_call_says_why_without_its_url() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = http_client(Duration::from_secs(5), Duration::from_secs(5));
+        let url = format!("http://127.0.0.1:{port}/introspect?secret-in-url");
+        let error = http.get(&url).send().await.unwrap_err();
+        let why = failure(&error);
+        assert_eq!(why, "connection refused");
+        assert!(!why.contains("secret-in-url"));
+    }
 }

@@ -15,8 +15,8 @@ use crate::secrets::registry::SecretCell;
 /// Why no token could be had. Never quotes a secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientCredentialsError {
-    #[error("the authorization server is unreachable")]
-    Unreachable,
+    #[error("the authorization server is unreachable: {0}")]
+    Unreachable(String),
     #[error("the authorization server refused the client credentials grant (status {0})")]
     Refused(u16),
     #[error("the authorization server's token answer is malformed")]
@@ -153,7 +153,7 @@ impl ClientCredentials {
         )
         .send()
         .await
-        .map_err(|_| ClientCredentialsError::Unreachable)?;
+        .map_err(|e| ClientCredentialsError::Unreachable(super::authserver::failure(&e)))?;
         metrics::counter!("intercom_client_credentials_fetches_total", "status" => response.status().as_u16().to_string())
             .increment(1);
         if !response.status().is_success() {

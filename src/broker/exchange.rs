@@ -116,8 +116,9 @@ impl TokenExchanger {
         )
         .send()
         .await
-        .map_err(|_| {
-            ExchangeError::Unavailable("the authorization server is unreachable".into())
+        .map_err(|e| {
+            let why = super::authserver::failure(&e);
+            ExchangeError::Unavailable(format!("the authorization server is unreachable: {why}"))
         })?;
         let status = response.status();
         let body = crate::bounded::read_limited(response)

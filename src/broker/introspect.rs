@@ -91,7 +91,7 @@ impl Introspector {
         .header("accept", accept)
         .send()
         .await
-        .map_err(|e| IntrospectError::Unreachable(without_url(e)))?;
+        .map_err(|e| IntrospectError::Unreachable(super::authserver::failure(&e)))?;
         let status = response.status();
         if status == reqwest::StatusCode::BAD_REQUEST {
             // Our request is well-formed, so the token is what the AS refused (some
@@ -182,18 +182,6 @@ impl Introspector {
             .ok_or_else(|| fail("no token_introspection claim"))?;
         serde_json::from_value(inner).map_err(|_| IntrospectError::Malformed)
     }
-}
-
-/// reqwest errors name the URL; ours never carry a token, but keep messages short.
-fn without_url(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    kind.to_string()
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ impl RemoteJwks {
             .header("accept", "application/jwk-set+json, application/json")
             .send()
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(super::authserver::failure(&e)))?;
         if !response.status().is_success() {
             return Err(fail(format!("status {}", response.status())));
         }
