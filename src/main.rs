@@ -22,7 +22,7 @@ const EX_CONFIG: u8 = 64;
     about = "Token broker with a caching proxy"
 )]
 struct Cli {
-    /// Directory with default.toml and <INTERCOM_ENV>.toml.
+    /// Directory with <INTERCOM_ENV>.toml.
     #[arg(
         long,
         global = true,

@@ -1,5 +1,10 @@
-//! Typed configuration: `config/default.toml` → `config/<INTERCOM_ENV>.toml` (or an
-//! explicit `--config FILE`) → `INTERCOM__SECTION__KEY` environment variables.
+//! Typed configuration: the defaults in code → `config/<INTERCOM_ENV>.toml` → an
+//! explicit `--config FILE` → `INTERCOM__SECTION__KEY` environment variables.
+//!
+//! Defaults have one home each. A section whose keys are all optional is
+//! `#[serde(default)]` with an `impl Default` (the one answer to "what is the default of
+//! X"); a section with required keys has a `default_*` function beside each optional
+//! key. No configuration file holds defaults.
 //!
 //! Everything is validated before a port is bound, and every validation error names the
 //! offending key, so `intercom check-config` can answer in one line.
@@ -42,13 +47,12 @@ pub use server::*;
 pub use telemetry::*;
 pub use token_endpoint::*;
 pub use tokens::*;
-/// The defaults, built in so the binary needs no file to start.
-pub const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 /// The whole configuration of one Intercom process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    #[serde(default)]
     pub server: ServerSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
@@ -147,8 +151,7 @@ fn config_error(err: config::ConfigError) -> SettingsError {
 }
 
 impl Settings {
-    /// Loads the defaults (`config/default.toml`, built into the binary), then
-    /// `config_dir/<env>.toml` (env from `INTERCOM_ENV`, if the file exists), then
+    /// Loads `config_dir/<env>.toml` (env from `INTERCOM_ENV`, if the file exists), then
     /// `extra` (an explicit file), then `INTERCOM__*` variables, and validates the result.
     pub fn load(
         config_dir: &Path,
@@ -156,8 +159,7 @@ impl Settings {
         env: &dyn EnvSource,
     ) -> Result<Settings, SettingsError> {
         let vars = env.vars();
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder = config::Config::builder();
         if let Some((_, profile)) = vars.iter().find(|(k, _)| k == "INTERCOM_ENV") {
             builder = builder.add_source(
                 config::File::from(config_dir.join(format!("{profile}.toml")))

@@ -12,7 +12,7 @@ use super::*;
 
 /// Listeners and lifecycle.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Public listener, e.g. `0.0.0.0:8080`; port 0 picks a free port.
     #[serde(deserialize_with = "socket_addr")]
@@ -21,7 +21,6 @@ pub struct ServerSettings {
     #[serde(deserialize_with = "socket_addr")]
     pub admin_listen: SocketAddr,
     /// Worker threads; defaults to the number of cores.
-    #[serde(default)]
     pub workers: Option<usize>,
     /// Time between SIGTERM (readiness turns 503) and closing the listeners, so load
     /// balancers notice before connections are refused.
@@ -31,7 +30,6 @@ pub struct ServerSettings {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed. Everyone else's are replaced.
-    #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     /// How long an upstream instance that refused a connection is skipped.
     #[serde(with = "humantime_serde")]
@@ -39,14 +37,30 @@ pub struct ServerSettings {
     /// Idle keep-alive connections kept per upstream host and worker.
     pub upstream_pool_size: usize,
     /// Largest request body, unless a route says otherwise.
-    #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
     /// Time a client gets to send its request head (slow senders are cut off with 408).
-    #[serde(default = "default_client_request_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub client_request_timeout: Duration,
     /// TLS on the public listener, when set.
-    #[serde(default)]
     pub tls: Option<TlsSettings>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            workers: None,
+            shutdown_delay: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            upstream_cooldown: Duration::from_secs(5),
+            upstream_pool_size: 128,
+            max_body_bytes: 10 * 1024 * 1024,
+            client_request_timeout: Duration::from_secs(5),
+            tls: None,
+        }
+    }
 }
 
 /// TLS for the public listener.
@@ -81,13 +95,6 @@ fn default_tls_reload() -> Duration {
 }
 fn default_hsts() -> u64 {
     31_536_000
-}
-
-fn default_max_body() -> u64 {
-    10 * 1024 * 1024
-}
-fn default_client_request_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 
 impl ServerSettings {

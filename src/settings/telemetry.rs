@@ -6,7 +6,7 @@ use super::*;
 
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// `json` for machines, `pretty` for people.
     pub log_format: LogFormat,
