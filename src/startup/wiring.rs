@@ -50,6 +50,8 @@ fn hashers(
     (current, rotation)
 }
 
+/// Builds every part, in dependency order: secrets first (everything else reads them),
+/// then Redis, the shared keys, the broker, and what uses them.
 pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
     let readiness = Arc::new(Readiness::default());
     let secrets = crate::secrets::open(settings, &readiness).await?;
