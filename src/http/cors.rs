@@ -59,14 +59,14 @@ pub fn middleware(policy: &CorsSettings) -> Cors {
     // A request from an origin the policy does not name is refused outright, not
     // forwarded without a grant.
     cors = cors
-        .allowed_methods(policy.methods.iter().map(String::as_str))
+        .allowed_methods(policy.methods.iter().map(|m| m.0.clone()))
         .max_age(policy.max_age_secs)
         .block_on_origin_mismatch(true);
     if !policy.headers.is_empty() {
-        cors = cors.allowed_headers(policy.headers.iter().map(String::as_str));
+        cors = cors.allowed_headers(policy.headers.iter().map(|h| h.0.clone()));
     }
     if !policy.expose_headers.is_empty() {
-        cors = cors.expose_headers(policy.expose_headers.iter().map(String::as_str));
+        cors = cors.expose_headers(policy.expose_headers.iter().map(|h| h.0.clone()));
     }
     if policy.credentials {
         cors = cors.supports_credentials();

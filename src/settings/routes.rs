@@ -209,13 +209,13 @@ pub struct CorsSettings {
     /// Allowed origins (`https://app.example.com`), or `["*"]` without credentials.
     pub origins: Vec<String>,
     #[serde(default = "default_cors_methods")]
-    pub methods: Vec<String>,
+    pub methods: Vec<HttpMethod>,
     /// Request headers a browser may send (besides the CORS-safelisted ones).
     #[serde(default)]
-    pub headers: Vec<String>,
+    pub headers: Vec<HeaderNameSetting>,
     /// Response headers a browser script may read.
     #[serde(default)]
-    pub expose_headers: Vec<String>,
+    pub expose_headers: Vec<HeaderNameSetting>,
     /// Allow cookies and `Authorization`; only with explicit origins.
     #[serde(default)]
     pub credentials: bool,
@@ -224,8 +224,13 @@ pub struct CorsSettings {
     pub max_age_secs: usize,
 }
 
-fn default_cors_methods() -> Vec<String> {
-    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+fn default_cors_methods() -> Vec<HttpMethod> {
+    use http::Method;
+    vec![
+        HttpMethod(Method::GET),
+        HttpMethod(Method::HEAD),
+        HttpMethod(Method::POST),
+    ]
 }
 fn default_cors_max_age() -> usize {
     600
