@@ -87,16 +87,7 @@ impl World {
 }
 
 async fn call(app: &TestApp, token: &str) -> (u16, serde_json::Value) {
-    let mut res = app
-        .client
-        .get(app.url("/intercom/billing/invoices"))
-        .insert_header(("authorization", format!("Bearer {token}")))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let body = res.json().await.unwrap_or(serde_json::Value::Null);
-    (status, body)
+    upstream_saw_with_token(app, "/intercom/billing/invoices", token).await
 }
 
 /// What `POST /token` answered.

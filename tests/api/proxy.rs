@@ -10,9 +10,9 @@ fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
 }
 
 async fn echo(app: &TestApp, path: &str) -> serde_json::Value {
-    let mut res = app.client.get(app.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
+    let (status, seen) = upstream_saw(app, path, &[]).await;
+    assert_eq!(status, 200, "GET {path}");
+    seen
 }
 
 #[actix_web::test]

@@ -55,14 +55,7 @@ impl Replicas {
 }
 
 async fn call(app: &TestApp, token: &str) -> u16 {
-    app.client
-        .get(app.url("/api/x"))
-        .insert_header(("authorization", format!("Bearer {token}")))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    upstream_saw_with_token(app, "/api/x", token).await.0
 }
 
 async fn admin_revoke(app: &TestApp, body: serde_json::Value) -> (u16, serde_json::Value) {

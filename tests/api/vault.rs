@@ -34,13 +34,10 @@ async fn seen_by_upstream(
     path: &str,
     client_header: Option<(&str, &str)>,
 ) -> serde_json::Value {
-    let mut req = app.client.get(app.url(path));
-    if let Some(h) = client_header {
-        req = req.insert_header(h);
-    }
-    let mut res = req.send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
+    let headers: Vec<(&str, &str)> = client_header.into_iter().collect();
+    let (status, seen) = upstream_saw(app, path, &headers).await;
+    assert_eq!(status, 200, "GET {path}");
+    seen
 }
 
 #[actix_web::test]

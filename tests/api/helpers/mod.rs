@@ -194,6 +194,34 @@ pub fn test_client() -> awc::Client {
         .finish()
 }
 
+/// GETs `path` on `app` with `headers`, and returns the status and the answer as JSON:
+/// what the echo upstream saw when the request got through, a problem body when it did
+/// not (`Null` when the answer is not JSON).
+pub async fn upstream_saw(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut req = app.client.get(app.url(path));
+    for (name, value) in headers {
+        req = req.insert_header((*name, *value));
+    }
+    let mut res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// [`upstream_saw`] with the bearer token `token`.
+pub async fn upstream_saw_with_token(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+) -> (u16, serde_json::Value) {
+    let bearer = format!("Bearer {token}");
+    upstream_saw(app, path, &[("authorization", &bearer)]).await
+}
+
 /// Sends raw bytes as one HTTP/1.1 request and returns the status and whole answer.
 /// For paths no client library would send as they are.
 pub fn raw_request(port: u16, request: &str) -> (u16, String) {
