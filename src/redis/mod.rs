@@ -77,7 +77,7 @@ impl SharedRedis {
         password: Option<Secret>,
         readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
-        let mut url = url::Url::parse(&settings.url).map_err(|e| e.to_string())?;
+        let mut url = settings.url.0.clone();
         if let Some(password) = &password {
             url.set_password(Some(password.expose()))
                 .map_err(|_| "redis.url cannot carry a password".to_string())?;

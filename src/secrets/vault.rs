@@ -71,7 +71,7 @@ impl VaultStore {
                 namespace: settings.namespace.clone(),
             }),
             settings: settings.clone(),
-            http: VaultHttp::new(&settings.address, Self::client(settings)?),
+            http: VaultHttp::new(settings.address.0.as_str(), Self::client(settings)?),
         });
         let ttl = match settings.auth {
             VaultAuth::Approle => store.login().await?,

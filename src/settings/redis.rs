@@ -13,7 +13,7 @@ use crate::secret::SecretRef;
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port/db` (no password here: see `password`).
-    pub url: String,
+    pub url: RedisUrl,
     /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
     #[serde(default)]
     pub password: Option<SecretRef>,
@@ -49,26 +49,32 @@ impl RedisSettings {
     /// Checks what serde cannot; every error names its key.
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
         let redis = self;
-        // The URL is not echoed: it might carry a password.
-        let url = Url::parse(&redis.url)
-            .map_err(|_| SettingsError::new("redis.url", "is not a valid URL"))?;
-        if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
-            return Err(SettingsError::new(
-                "redis.url",
-                "must look like redis://host:port/db",
-            ));
-        }
-        if url.password().is_some() {
-            return Err(SettingsError::new(
-                "redis.url",
-                "holds a password: move it to the secret store and set redis.password",
-            ));
-        }
         if redis.pool_size == 0 {
             return Err(SettingsError::new("redis.pool_size", "must be at least 1"));
         }
         positive("redis.timeout", redis.timeout)?;
         positive("redis.retry_interval", redis.retry_interval)?;
         Ok(())
+    }
+}
+
+/// `redis://host:port/db` or `rediss://`, without a password; never echoed in an error
+/// (a password typed into it by mistake must not reach a log).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(pub Url);
+
+impl TryFrom<String> for RedisUrl {
+    type Error = &'static str;
+
+    fn try_from(text: String) -> Result<Self, &'static str> {
+        let url = Url::parse(&text).map_err(|_| "is not a valid URL")?;
+        if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
+            return Err("must look like redis://host:port/db");
+        }
+        if url.password().is_some() {
+            return Err("holds a password: move it to the secret store and set redis.password");
+        }
+        Ok(RedisUrl(url))
     }
 }

@@ -36,7 +36,7 @@ impl Default for SecretsSettings {
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     /// e.g. `https://vault.internal:8200`
-    pub address: String,
+    pub address: VaultAddress,
     #[serde(default)]
     pub namespace: Option<String>,
     /// `token` or `approle`.
@@ -88,12 +88,6 @@ impl SecretsSettings {
     /// Checks what serde cannot; every error names its key.
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
         if let Some(vault) = &self.vault {
-            Url::parse(&vault.address).map_err(|_| {
-                SettingsError::new(
-                    "secrets.vault.address",
-                    format!("{:?} is not a valid URL", vault.address),
-                )
-            })?;
             if !matches!(vault.kv_version, 1 | 2) {
                 return Err(SettingsError::new(
                     "secrets.vault.kv_version",
@@ -104,5 +98,25 @@ impl SecretsSettings {
         }
         positive("secrets.poll_interval", self.poll_interval)?;
         Ok(())
+    }
+}
+
+/// Vault's base URL, `http(s)://host[:port]`, parsed when read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct VaultAddress(pub Url);
+
+impl TryFrom<String> for VaultAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                Ok(VaultAddress(url))
+            }
+            _ => Err(format!(
+                "{text:?} is not a valid URL like https://vault:8200"
+            )),
+        }
     }
 }
