@@ -58,9 +58,7 @@ impl Injection {
             InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. } => {
                 Kind::Bearer
             }
-            InjectSettings::Header { header, .. } => {
-                Kind::Header(HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()).ok()?)
-            }
+            InjectSettings::Header { header, .. } => Kind::Header(header.0.clone()),
             InjectSettings::Basic { username, .. } => Kind::Basic(username.clone()),
         };
         Some(Self {

@@ -115,7 +115,7 @@ impl RouteTable {
                     internal_headers: r
                         .internal_headers
                         .iter()
-                        .map(|h| super::headers::normalize_name(h))
+                        .map(|h| super::headers::normalize_name(h.0.as_str()))
                         .collect(),
                     allow_query_token: r.allow_query_token,
                     allow_method_override: r.allow_method_override,

@@ -4,12 +4,6 @@ use std::time::Duration;
 
 use super::*;
 
-pub(super) fn header_name(key: &str, name: &str) -> Result<(), SettingsError> {
-    http::HeaderName::from_bytes(name.as_bytes())
-        .map(|_| ())
-        .map_err(|_| SettingsError::new(key, format!("{name:?} is not a valid header name")))
-}
-
 pub(super) fn positive(key: &str, value: Duration) -> Result<(), SettingsError> {
     if value.is_zero() {
         Err(SettingsError::new(key, "must be greater than zero"))

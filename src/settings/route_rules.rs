@@ -14,7 +14,6 @@ pub(super) fn validate(settings: &Settings) -> Result<(), SettingsError> {
     for (i, route) in settings.routes.iter().enumerate() {
         identity(settings, i, route, &mut names, &mut prefixes)?;
         upstream(i, route)?;
-        headers(i, route)?;
         access(settings, i, route)?;
         if let Some(cors) = &route.cors {
             self::cors(i, cors)?;
@@ -114,14 +113,6 @@ fn upstream(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Its internal headers: valid names (its header edits were parsed when read).
-fn headers(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
-    for (h, name) in route.internal_headers.iter().enumerate() {
-        header_name(&format!("routes[{i}].internal_headers[{h}]"), name)?;
-    }
-    Ok(())
-}
-
 /// Who may call it: auth, scopes, the injected credential, the exchange target.
 fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
     let key = |field: &str| format!("routes[{i}].{field}");
@@ -141,9 +132,6 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
     }
     if let Some(inject) = &route.inject {
         match inject {
-            InjectSettings::Header { header, .. } => {
-                header_name(&key("inject.header"), header)?
-            }
             InjectSettings::ClientCredentials { .. } if settings.auth_server.is_none() => {
                 return Err(SettingsError::new(
                     key("inject"),

@@ -76,7 +76,10 @@ pub enum InjectSettings {
     /// `Authorization: Bearer <secret>`
     Bearer { secret: SecretRef },
     /// `<header>: <secret>`, e.g. an API key.
-    Header { header: String, secret: SecretRef },
+    Header {
+        header: HeaderNameSetting,
+        secret: SecretRef,
+    },
     /// `Authorization: Basic base64(<username>:<secret>)`
     Basic { username: String, secret: SecretRef },
     /// `Authorization: Bearer <token>` with a token Intercom gets from the AS with this
@@ -166,7 +169,7 @@ pub struct RouteSettings {
     pub audience: Option<String>,
     /// Further headers a client may never send to this route's upstream.
     #[serde(default)]
-    pub internal_headers: Vec<String>,
+    pub internal_headers: Vec<HeaderNameSetting>,
     /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
     #[serde(default)]
     pub allow_query_token: bool,
