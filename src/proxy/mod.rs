@@ -144,7 +144,7 @@ async fn proxy(
     rate_limit(req, state, route, context).await?;
     context.downstream_token = downstream_token(state, route, context.caller.as_ref()).await?;
     let body = limit(route, framing, payload).await?;
-    let mut outbound = rewrite(req, state, route, &canonical, context.admitted());
+    let mut outbound = rewrite(req, state, route, &canonical, framing, context.admitted());
     if let Some(token) = &context.downstream_token {
         // The target's own token replaces the internal JWT.
         if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -369,6 +369,7 @@ fn rewrite(
     state: &ProxyState,
     route: &Route,
     canonical: &str,
+    framing: BodyFraming,
     admitted: Option<&Admitted>,
 ) -> OutboundRequest {
     let mut path_and_query = path::encode(&route.upstream_path(canonical));
@@ -383,7 +384,6 @@ fn rewrite(
             path_and_query.push_str(&query);
         }
     }
-    let framing = BodyFraming::of(req.headers());
     let mut headers: HeaderMap = req.headers().clone();
     headers::remove_hop_by_hop(&mut headers);
     state.identity.strip(&mut headers, &route.internal_headers);

@@ -201,7 +201,7 @@ impl VaultStore {
         mount: &str,
         path: &str,
     ) -> Result<(HashMap<String, serde_json::Value>, Option<String>), VaultCallError> {
-        let untyped = |e: serde_json::Error| VaultCallError::Parse(e.to_string());
+        let untyped = |e: serde_json::Error| VaultCallError::unparsable(&e);
         if self.settings.kv_version == 1 {
             let endpoint = GetSecretRequest::builder()
                 .mount(mount)

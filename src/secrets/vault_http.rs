@@ -27,6 +27,23 @@ pub enum VaultCallError {
 }
 
 impl VaultCallError {
+    /// An answer that does not parse, said without quoting it: serde's messages quote
+    /// the value they did not expect, and in a secret's answer that value is the secret.
+    pub fn unparsable(error: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let what = match error.classify() {
+            Category::Syntax => "is not JSON",
+            Category::Data => "does not have the expected shape",
+            Category::Eof => "is cut short",
+            Category::Io => "could not be read",
+        };
+        Self::Parse(format!(
+            "{what} (line {}, column {})",
+            error.line(),
+            error.column()
+        ))
+    }
+
     /// An endpoint that could not be built from its arguments.
     pub fn unbuilt(e: impl std::fmt::Display) -> Self {
         Self::Transport(format!("the request could not be built: {e}"))
@@ -38,7 +55,10 @@ impl From<RestError> for VaultCallError {
         match e {
             RestError::ServerResponseError { code: 404, .. } => Self::NotFound,
             RestError::ServerResponseError { code, .. } => Self::Status(code),
-            RestError::ResponseParseError { source, .. } => Self::Parse(source.to_string()),
+            RestError::ResponseParseError { source, .. } => match source.downcast_ref() {
+                Some(json) => Self::unparsable(json),
+                None => Self::Parse("the answer could not be parsed".into()),
+            },
             RestError::ResponseError { source } => match source.downcast() {
                 Ok(unread) => Self::Unread(unread),
                 Err(source) => Self::Transport(format!("{source:#}")),
@@ -169,5 +189,25 @@ impl rustify::client::Client for VaultHttp {
         answer
             .body(body)
             .map_err(|e| RestError::ResponseError { source: e.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parse_error_never_quotes_the_answer() {
+        let error = serde_json::from_str::<std::collections::HashMap<String, u32>>(
+            r#"{"api_key": "hunter2-secret"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("hunter2-secret"),
+            "serde quotes it"
+        );
+        let said = VaultCallError::unparsable(&error).to_string();
+        assert!(!said.contains("hunter2"), "{said}");
+        assert!(said.contains("expected shape"), "{said}");
     }
 }

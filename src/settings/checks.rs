@@ -12,14 +12,15 @@ pub(super) fn positive(key: &str, value: Duration) -> Result<(), SettingsError> 
     }
 }
 
-/// `#[serde(deserialize_with)]` for a header name (http-serde 1, the release for
-/// http 0.2, has none): parsed once, refused naming its key.
+/// `#[serde(deserialize_with)]` for a header name held as a bare `HeaderName` (http-serde
+/// 1, the release for http 0.2, has none), parsed as [`HeaderNameSetting`] is.
 pub(super) fn header_name_value<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<http::HeaderName, D::Error> {
     let text = String::deserialize(deserializer)?;
-    http::HeaderName::from_bytes(text.as_bytes())
-        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a valid header name")))
+    HeaderNameSetting::try_from(text)
+        .map(|name| name.0)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `#[serde(deserialize_with)]` for a listen address, refused with an example.

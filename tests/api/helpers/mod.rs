@@ -146,7 +146,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     actix_web::rt::spawn(app.run_until_stopped());
     let client = test_client();
     let live = format!("http://127.0.0.1:{admin_port}/health/live");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while !matches!(client.get(&live).send().await, Ok(r) if r.status().is_success()) {
         assert!(
             std::time::Instant::now() < deadline,
