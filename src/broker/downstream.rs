@@ -171,7 +171,9 @@ impl DownstreamTokens {
         if let Some(refusal) = self.cache.get_negative(&key, m).await {
             return Err(refusal);
         }
-        let load = async {
+        // Boxed: the miss path (Redis, the AS) is a deep future; inline it would make the
+        // future of every L1 hit as large.
+        let load = Box::pin(async {
             match self.obtain(subject, target, &scopes).await {
                 Ok(entry) => Loaded::Value(entry),
                 Err(
@@ -181,8 +183,8 @@ impl DownstreamTokens {
                 ) => Loaded::Rejected(e),
                 Err(e) => Loaded::Failed(e),
             }
-        };
-        match self.cache.load(key, m, load).await {
+        });
+        match Box::pin(self.cache.load(key, m, load)).await {
             Ok(entry) => {
                 self.maybe_renew(&entry, key, subject, target, &scopes);
                 Ok(entry)

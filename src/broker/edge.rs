@@ -13,7 +13,7 @@ use super::introspect::{IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
 use super::Principal;
-use crate::cache::{CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
+use crate::cache::{CacheKey, CacheLimits, Expiring, LoadOutcome, Loaded, Lookup, TokenCache};
 use crate::clock::now_secs;
 use crate::keyed_hash::SharedHasher;
 use crate::revocation_ids::Ids;
@@ -116,11 +116,11 @@ impl EdgeAuthenticator {
     /// Admits `token` for `audience`, from the cache when possible. `gate` runs only when
     /// the token must be checked afresh, once for concurrent requests with it: the place
     /// to charge what a call to the AS costs.
-    pub async fn admit(
+    pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
         &self,
         token: &str,
         audience: &Arc<str>,
-        gate: impl Future<Output = Result<(), EdgeError>>,
+        gate: impl FnOnce() -> G,
     ) -> Result<Admitted, EdgeError> {
         let key = self.cache.key(token);
         let cached = match self.cache.lookup(&key).await {
@@ -128,44 +128,56 @@ impl EdgeAuthenticator {
             Lookup::NegativeHit => {
                 return Err(EdgeError::Invalid("the token is not active".into()))
             }
-            Lookup::Miss => {
-                // Boxed: the gate (a rate-limit decision, maybe in Redis) is a deep future,
-                // and moka moves the loader by value; inline, debug builds overflowed a
-                // worker's stack.
-                let gate = Box::pin(gate);
-                let load = async {
-                    if let Err(refused) = gate.await {
-                        return LoadOutcome::Failed(refused);
-                    }
-                    match self.authenticate(token).await {
-                        Ok(mut principal) => {
-                            // Mint now, off the hit path: the JWT is cached with the result.
-                            let mut ids = principal.revocation_ids(&self.hasher, token);
-                            match &principal.source_token_id {
-                                // An internal JWT is revoked with the token it came from.
-                                Some(source) => ids.token = source.clone(),
-                                None => principal.source_token_id = Some(ids.token.clone()),
-                            }
-                            let entry = CachedToken::new(principal, ids);
-                            if let Ok(m) = self.minter.mint(&entry.principal, audience) {
-                                entry.store_jwt(audience, m);
-                            }
-                            LoadOutcome::Value(entry)
-                        }
-                        Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
-                        Err(e @ (EdgeError::Unavailable(_) | EdgeError::OverBudget { .. })) => {
-                            LoadOutcome::Failed(e)
-                        }
-                    }
-                };
-                match self.cache.load(key, Box::pin(load)).await {
-                    Loaded::Value(entry) => entry,
-                    Loaded::Rejected(e) | Loaded::Failed(e) => return Err(e),
-                }
-            }
+            // Boxed: the miss path (the gate, the AS, moka's loader) is a deep future;
+            // inline it would make the future of every hit as large (tens of KiB, copied
+            // at every boxing layer of actix's service stack).
+            Lookup::Miss => Box::pin(self.load(key, token, audience, gate)).await?,
         };
         let jwt = self.jwt_for(&cached, audience)?;
         Ok(Admitted { token: cached, jwt })
+    }
+
+    /// Checks a token not in the cache (concurrent callers share one check) and caches
+    /// the verdict.
+    async fn load<G: Future<Output = Result<(), EdgeError>>>(
+        &self,
+        key: CacheKey,
+        token: &str,
+        audience: &Arc<str>,
+        gate: impl FnOnce() -> G,
+    ) -> Result<Arc<CachedToken>, EdgeError> {
+        // Boxed: moka moves the loader by value; inline, debug builds overflowed a
+        // worker's stack.
+        let gate = Box::pin(gate());
+        let load = async {
+            if let Err(refused) = gate.await {
+                return LoadOutcome::Failed(refused);
+            }
+            match self.authenticate(token).await {
+                Ok(mut principal) => {
+                    // Mint now, off the hit path: the JWT is cached with the result.
+                    let mut ids = principal.revocation_ids(&self.hasher, token);
+                    match &principal.source_token_id {
+                        // An internal JWT is revoked with the token it came from.
+                        Some(source) => ids.token = source.clone(),
+                        None => principal.source_token_id = Some(ids.token.clone()),
+                    }
+                    let entry = CachedToken::new(principal, ids);
+                    if let Ok(m) = self.minter.mint(&entry.principal, audience) {
+                        entry.store_jwt(audience, m);
+                    }
+                    LoadOutcome::Value(entry)
+                }
+                Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
+                Err(e @ (EdgeError::Unavailable(_) | EdgeError::OverBudget { .. })) => {
+                    LoadOutcome::Failed(e)
+                }
+            }
+        };
+        match self.cache.load(key, Box::pin(load)).await {
+            Loaded::Value(entry) => Ok(entry),
+            Loaded::Rejected(e) | Loaded::Failed(e) => Err(e),
+        }
     }
 
     /// The cached internal JWT for the audience, minted anew when missing or within a

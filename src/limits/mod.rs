@@ -192,7 +192,9 @@ impl RateLimiter {
         let key = (policy.index, Arc::as_ptr(tier) as usize, hashed.short);
         let ask = match self.leases.spend(key) {
             Spend::Local(verdict) => Ok(verdict),
-            Spend::Ask { want } => gcra::decide(
+            // Boxed: a Redis round trip is a deep future, and inline it would make every
+            // request's future (lease hits too) as large.
+            Spend::Ask { want } => Box::pin(gcra::decide(
                 redis,
                 Ask {
                     prefix: &self.prefix,
@@ -202,7 +204,7 @@ impl RateLimiter {
                     want,
                     divisor: 2 * self.replicas,
                 },
-            )
+            ))
             .await
             .map(|mut verdict| {
                 self.leases.settle(key, &verdict);

@@ -23,7 +23,7 @@ pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
     audience: &Arc<str>,
     gate: impl FnOnce() -> G,
 ) -> Result<Admitted, ApiError> {
-    let admitted = edge.admit(token, audience, gate()).await?;
+    let admitted = edge.admit(token, audience, gate).await?;
     let cached = &admitted.token;
     if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
         return Err(ApiError::InvalidToken("the token was revoked".into()));
