@@ -9,6 +9,8 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use http::HeaderValue;
+
 use super::introspect::{IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
@@ -33,36 +35,72 @@ pub enum EdgeError {
     OverBudget { retry_after: u64 },
 }
 
-/// A cached principal and the internal JWTs minted for it, per audience.
+/// A cached principal and the internal JWTs minted for it, per audience, with the
+/// header values the upstream receives made once (a hit formats and validates nothing).
 pub struct CachedToken {
     pub principal: Principal,
     /// How revocations find this token.
     pub ids: Ids,
-    minted: Mutex<Vec<(Arc<str>, Minted)>>,
+    /// `sub`, `client_id` and the scopes, as identity header values.
+    pub identity: IdentityValues,
+    minted: Mutex<Vec<MintedFor>>,
+}
+
+/// An internal JWT for one audience, and its `Authorization` value.
+struct MintedFor {
+    audience: Arc<str>,
+    minted: Minted,
+    bearer: HeaderValue,
+}
+
+/// The identity header values of a principal (`None` when absent or not a valid value).
+pub struct IdentityValues {
+    pub sub: Option<HeaderValue>,
+    pub client_id: Option<HeaderValue>,
+    pub scopes: Option<HeaderValue>,
+}
+
+impl IdentityValues {
+    fn of(p: &Principal) -> Self {
+        let value = |v: Option<&str>| v.and_then(|v| HeaderValue::from_str(v).ok());
+        Self {
+            sub: value(p.sub.as_deref()),
+            client_id: value(p.client_id.as_deref()),
+            scopes: value(Some(&p.scopes.join(" "))),
+        }
+    }
 }
 
 impl CachedToken {
     pub fn new(principal: Principal, ids: Ids) -> Self {
         Self {
+            identity: IdentityValues::of(&principal),
             principal,
             ids,
             minted: Mutex::new(Vec::new()),
         }
     }
 
-    /// The internal JWT minted for `audience`, unless missing or within `margin`
+    /// `Bearer <internal JWT>` for `audience`, unless missing or within `margin`
     /// seconds of its expiry (and the original token lives longer than that).
-    pub fn cached_jwt(&self, audience: &str, margin: u64) -> Option<Arc<str>> {
+    pub fn cached_bearer(&self, audience: &str, margin: u64) -> Option<HeaderValue> {
         let minted = self.minted.lock().expect("minted list lock");
-        let (_, m) = minted.iter().find(|(a, _)| a.as_ref() == audience)?;
-        (m.exp > now_secs() + margin || m.exp >= self.principal.exp).then(|| m.jwt.clone())
+        let m = minted.iter().find(|m| m.audience.as_ref() == audience)?;
+        let exp = m.minted.exp;
+        (exp > now_secs() + margin || exp >= self.principal.exp).then(|| m.bearer.clone())
     }
 
-    /// Keeps `minted` as the JWT for `audience`.
-    pub fn store_jwt(&self, audience: &Arc<str>, minted: Minted) {
+    /// Keeps `minted` as the JWT for `audience`; returns its `Authorization` value.
+    pub fn store_jwt(&self, audience: &Arc<str>, minted: Minted) -> Option<HeaderValue> {
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", minted.jwt)).ok()?;
         let mut list = self.minted.lock().expect("minted list lock");
-        list.retain(|(a, _)| a != audience);
-        list.push((audience.clone(), minted));
+        list.retain(|m| &m.audience != audience);
+        list.push(MintedFor {
+            audience: audience.clone(),
+            minted,
+            bearer: bearer.clone(),
+        });
+        Some(bearer)
     }
 }
 
@@ -72,10 +110,10 @@ impl Expiring for CachedToken {
     }
 }
 
-/// A token that passed, with its internal JWT for the route.
+/// A token that passed, with its internal JWT for the route (as `Bearer <JWT>`).
 pub struct Admitted {
     pub token: Arc<CachedToken>,
-    pub jwt: Arc<str>,
+    pub bearer: HeaderValue,
 }
 
 /// Authenticates bearer tokens at the edge.
@@ -133,8 +171,11 @@ impl EdgeAuthenticator {
             // at every boxing layer of actix's service stack).
             Lookup::Miss => Box::pin(self.load(key, token, audience, gate)).await?,
         };
-        let jwt = self.jwt_for(&cached, audience)?;
-        Ok(Admitted { token: cached, jwt })
+        let bearer = self.bearer_for(&cached, audience)?;
+        Ok(Admitted {
+            token: cached,
+            bearer,
+        })
     }
 
     /// Checks a token not in the cache (concurrent callers share one check) and caches
@@ -164,7 +205,7 @@ impl EdgeAuthenticator {
                     }
                     let entry = CachedToken::new(principal, ids);
                     if let Ok(m) = self.minter.mint(&entry.principal, audience) {
-                        entry.store_jwt(audience, m);
+                        let _ = entry.store_jwt(audience, m);
                     }
                     LoadOutcome::Value(entry)
                 }
@@ -182,18 +223,22 @@ impl EdgeAuthenticator {
 
     /// The cached internal JWT for the audience, minted anew when missing or within a
     /// quarter of its lifetime of expiring.
-    fn jwt_for(&self, entry: &CachedToken, audience: &Arc<str>) -> Result<Arc<str>, EdgeError> {
+    fn bearer_for(
+        &self,
+        entry: &CachedToken,
+        audience: &Arc<str>,
+    ) -> Result<HeaderValue, EdgeError> {
         let margin = (self.minter.lifetime().as_secs() / 4).max(1);
-        if let Some(jwt) = entry.cached_jwt(audience, margin) {
-            return Ok(jwt);
+        if let Some(bearer) = entry.cached_bearer(audience, margin) {
+            return Ok(bearer);
         }
         let fresh = self
             .minter
             .mint(&entry.principal, audience)
             .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
-        let jwt = fresh.jwt.clone();
-        entry.store_jwt(audience, fresh);
-        Ok(jwt)
+        entry
+            .store_jwt(audience, fresh)
+            .ok_or_else(|| EdgeError::Unavailable("the internal JWT is not a header value".into()))
     }
 
     async fn authenticate(&self, token: &str) -> Result<Principal, EdgeError> {

@@ -1,15 +1,14 @@
-//! The request's span and its one access-log line, through `tracing-actix-web`.
+//! The request's span and its one access-log line (written by [`super::envelope`]).
 //!
 //! The span holds the request id, method and path (never the query, which may hold a
 //! token); the line adds the route, status, total and upstream latency and body size.
 
+use std::time::Duration;
+
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::HttpMessage;
 use tracing::Span;
-use tracing_actix_web::RootSpanBuilder;
 
-use super::request_id::{RequestId, RequestStart};
 use crate::telemetry::RequestMetrics;
 
 /// The route that served a request, set by the proxy on the response.
@@ -23,69 +22,48 @@ pub struct RouteTag {
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamLatency(pub std::time::Duration);
 
-/// Builds the per-request span and writes the access log when the head is sent.
-pub struct AccessLog;
+/// The request's span: its id, method and path (never the query).
+pub fn span(id: &str, request: &ServiceRequest) -> Span {
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.path(),
+    )
+}
 
-impl RootSpanBuilder for AccessLog {
-    fn on_request_start(request: &ServiceRequest) -> Span {
-        let id = request
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| "-".into());
-        tracing::info_span!(
-            "request",
-            request_id = %id,
-            method = %request.method(),
-            path = %request.path(),
-        )
-    }
-
-    fn on_request_end<B: MessageBody>(
-        span: Span,
-        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
-    ) {
-        let Ok(res) = outcome else {
-            // actix turns handler errors into responses; this is an unanswered failure.
-            tracing::error!(parent: &span, "request failed before a response was built");
-            return;
-        };
-        let elapsed = res
-            .request()
-            .extensions()
-            .get::<RequestStart>()
-            .map(|s| s.0.elapsed())
-            .unwrap_or_default();
-        let (route, metrics) = match res.response().extensions().get::<RouteTag>() {
-            Some(tag) => (tag.name.clone(), tag.metrics.clone()),
-            None => ("none".into(), RequestMetrics::unrouted()),
-        };
-        let upstream = res
-            .response()
-            .extensions()
-            .get::<UpstreamLatency>()
-            .map(|u| u.0);
-        let bytes = match res.response().body().size() {
-            BodySize::Sized(n) => Some(n),
-            BodySize::None => Some(0),
-            BodySize::Stream => None,
-        };
-        let status = res.status().as_u16();
-        metrics.record(
-            status,
-            elapsed.as_secs_f64(),
-            upstream.map(|u| u.as_secs_f64()),
-            bytes,
-        );
-        tracing::info!(
-            target: "intercom::access",
-            parent: &span,
-            route = %route,
-            status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
-            bytes,
-            "access"
-        );
-    }
+/// Counts the answer in its route's metrics and writes the access-log line.
+pub fn record<B: MessageBody>(span: &Span, res: &ServiceResponse<B>, elapsed: Duration) {
+    let tag = res.response().extensions().get::<RouteTag>().cloned();
+    let (route, metrics) = match tag {
+        Some(tag) => (tag.name, tag.metrics),
+        None => ("none".into(), RequestMetrics::unrouted()),
+    };
+    let upstream = res
+        .response()
+        .extensions()
+        .get::<UpstreamLatency>()
+        .map(|u| u.0);
+    let bytes = match res.response().body().size() {
+        BodySize::Sized(n) => Some(n),
+        BodySize::None => Some(0),
+        BodySize::Stream => None,
+    };
+    let status = res.status().as_u16();
+    metrics.record(
+        status,
+        elapsed.as_secs_f64(),
+        upstream.map(|u| u.as_secs_f64()),
+        bytes,
+    );
+    tracing::info!(
+        target: "intercom::access",
+        parent: span,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
+        bytes,
+        "access"
+    );
 }

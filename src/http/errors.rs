@@ -324,15 +324,16 @@ impl ResponseError for Problem {
     }
 }
 
-/// Middleware: an error answer that Intercom produced without this table (a library
-/// layer such as actix-cors answers in plain text) is re-dressed as problem+json.
-/// Upstream answers pass untouched.
-pub async fn ensure_problem<B: actix_web::body::MessageBody + 'static>(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<B>,
-) -> Result<actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>>, actix_web::Error> {
-    let res = next.call(req).await?;
+/// An error answer that Intercom produced without this table (a library layer such as
+/// actix-cors answers in plain text) is re-dressed as problem+json (from
+/// [`super::envelope`]). Upstream answers pass untouched.
+pub fn redress<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>> {
     let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res.map_into_left_body();
+    }
     let is_problem = res
         .headers()
         .get(header::CONTENT_TYPE)
@@ -342,12 +343,12 @@ pub async fn ensure_problem<B: actix_web::body::MessageBody + 'static>(
         .extensions()
         .get::<super::access_log::UpstreamLatency>()
         .is_some();
-    if (status.is_client_error() || status.is_server_error()) && !is_problem && !proxied {
+    if !is_problem && !proxied {
         let (req, _) = res.into_parts();
         let answer = ApiError::Refused(status).at(&req).error_response();
-        return Ok(actix_web::dev::ServiceResponse::new(req, answer).map_into_right_body());
+        return actix_web::dev::ServiceResponse::new(req, answer).map_into_right_body();
     }
-    Ok(res.map_into_left_body())
+    res.map_into_left_body()
 }
 
 /// Extractor failures (bad JSON, query, path) go through the same table.

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod compression;
 pub mod cors;
 pub mod credentials;
+pub mod envelope;
 pub mod errors;
 pub mod health;
 pub mod path;

@@ -2,7 +2,6 @@
 //! by a fresh UUID. The id goes into the request's span, upstream, and back to the client.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -17,10 +16,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// When the request arrived, for the access log.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestStart(pub Instant);
-
 /// An incoming id is kept only if it is 1–128 characters of `[A-Za-z0-9._:-]`, so it can
 /// never inject into logs or headers.
 pub fn is_well_formed(value: &[u8]) -> bool {
@@ -31,23 +26,37 @@ pub fn is_well_formed(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Middleware: assigns the id before anything else runs and returns it on the response.
-pub async fn assign(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let start = Instant::now();
+/// Gives the request its id (the client's, if well formed, else a fresh UUID) and
+/// stores it in the request's extensions, where errors and the proxy read it.
+pub fn assign_to(req: &ServiceRequest) -> Arc<str> {
     let id: Arc<str> = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if is_well_formed(v.as_bytes()) => {
             Arc::from(v.to_str().expect("checked to be ASCII"))
         }
-        _ => Arc::from(uuid::Uuid::new_v4().to_string()),
+        _ => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+        }
     };
     req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(RequestStart(start));
-    let mut res = next.call(req).await?;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    id
+}
+
+/// Returns the id to the client.
+pub fn echo<B>(res: &mut ServiceResponse<B>, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
         res.headers_mut().insert(X_REQUEST_ID, value);
     }
+}
+
+/// Middleware (the admin listener's; the public one has [`super::envelope`]): assigns
+/// the id before anything else runs and returns it on the response.
+pub async fn assign(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = assign_to(&req);
+    let mut res = next.call(req).await?;
+    echo(&mut res, &id);
     Ok(res)
 }

@@ -4,10 +4,8 @@
 //! version headers dropped; HSTS under TLS. Upstream answers keep their own values
 //! unless their route enforces Intercom's.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
 
 use super::access_log::UpstreamLatency;
 
@@ -48,13 +46,8 @@ const FINGERPRINTS: [&str; 5] = [
     "x-runtime",
 ];
 
-/// Middleware: applies the headers to every response.
-pub async fn apply(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let hsts = req.app_data::<Hsts>().map(|h| h.0.clone());
-    let mut res = next.call(req).await?;
+/// Applies the headers to a response (from [`super::envelope`], on every answer).
+pub fn apply<B>(res: &mut ServiceResponse<B>, hsts: Option<HeaderValue>) {
     if let Some(value) = hsts {
         res.headers_mut()
             .insert(HeaderName::from_static("strict-transport-security"), value);
@@ -67,13 +60,11 @@ pub async fn apply(
         )
     };
     let headers = res.headers_mut();
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| FINGERPRINTS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    for name in found {
-        headers.remove(name);
+    for name in FINGERPRINTS {
+        // Usually absent: a lookup each is cheaper than collecting the names present.
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
     let mut set = |name: &'static str, value: &'static str| {
         let name = HeaderName::from_static(name);
@@ -87,5 +78,4 @@ pub async fn apply(
     if !proxied {
         set("content-security-policy", OWN_CSP);
     }
-    Ok(res)
 }

@@ -39,11 +39,13 @@ impl UpstreamClients {
                     .limit(max_connections)
                     .conn_keep_alive(Duration::from_secs(30))
                     .conn_lifetime(Duration::from_secs(300));
+                // awc's timer bounds the wait for the response head; the same timer is
+                // then reset to what is left of `total` for the body (see `send`).
                 let client = awc::Client::builder()
                     .connector(connector)
                     .disable_redirects()
                     .no_default_headers()
-                    .timeout(route.timeouts.total)
+                    .timeout(route.timeouts.response)
                     .finish();
                 (route.index, client)
             })
@@ -125,6 +127,8 @@ impl Stream for LimitedBody {
 /// The body sent upstream: streamed, or held in memory when small enough to be sent
 /// again (a retry with another credential, another instance).
 pub enum RequestBody {
+    /// The client framed no body: nothing to read, limit or time.
+    Empty,
     Streamed(LimitedBody),
     Buffered(Bytes),
 }
@@ -243,15 +247,13 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
-        let result = tokio::time::timeout(route.timeouts.response, sending).await;
-        let response = match result {
-            Err(_elapsed) => return Err(ApiError::UpstreamTimeout),
-            Ok(Ok(response)) => response,
-            Ok(Err(SendRequestError::Connect(ConnectError::Timeout))) => {
+        let response = match sending.await {
+            Ok(response) => response,
+            Err(SendRequestError::Connect(ConnectError::Timeout)) => {
                 route.upstreams.mark_down(index);
                 return Err(ApiError::UpstreamTimeout);
             }
-            Ok(Err(SendRequestError::Connect(err))) => {
+            Err(SendRequestError::Connect(err)) => {
                 route.upstreams.mark_down(index);
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream refused the connection");
                 if !replayable {
@@ -259,17 +261,25 @@ pub async fn send(
                 }
                 continue;
             }
-            Ok(Err(SendRequestError::Body(_))) => {
+            Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
             }
-            Ok(Err(SendRequestError::Timeout)) => return Err(ApiError::UpstreamTimeout),
-            Ok(Err(err)) => {
+            // The response head did not come within `timeouts.response`.
+            Err(SendRequestError::Timeout) => return Err(ApiError::UpstreamTimeout),
+            Err(err) => {
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");
                 return Err(ApiError::UpstreamProtocol);
             }
         };
         let latency = started.elapsed();
-        let mut headers = response.headers().clone();
+        // The body may take what is left of `total` (awc resets the head's timer).
+        let response = response.timeout(route.timeouts.total.saturating_sub(latency));
+        // The head's headers are moved out, not copied.
+        let mut headers = HeaderMap::new();
+        let response = response.map_body(|head, payload| {
+            headers = std::mem::take(&mut head.headers);
+            payload
+        });
         remove_hop_by_hop(&mut headers);
         return Ok(UpstreamAnswer {
             status: response.status(),
@@ -299,7 +309,7 @@ fn dispatch(
             BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
             _ => request.send_stream(stream),
         },
-        None => return Err(ApiError::Internal),
+        Some(RequestBody::Empty) | None => return Err(ApiError::Internal),
     })
 }
 

@@ -39,17 +39,15 @@ impl IdentityHeaders {
 
     /// Replaces the client's token with the internal JWT and adds identity headers.
     pub fn inject(&self, headers: &mut HeaderMap, admitted: &Admitted) {
-        let p = &admitted.token.principal;
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", admitted.jwt)) {
-            headers.insert(header::AUTHORIZATION, v);
-        }
-        let mut set = |name: &HeaderName, value: Option<&str>| {
-            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(name.clone(), v);
+        headers.insert(header::AUTHORIZATION, admitted.bearer.clone());
+        let values = &admitted.token.identity;
+        let mut set = |name: &HeaderName, value: &Option<HeaderValue>| {
+            if let Some(v) = value {
+                headers.insert(name.clone(), v.clone());
             }
         };
-        set(&self.user_id, p.sub.as_deref());
-        set(&self.client_id, p.client_id.as_deref());
-        set(&self.scopes, Some(&p.scopes.join(" ")));
+        set(&self.user_id, &values.sub);
+        set(&self.client_id, &values.client_id);
+        set(&self.scopes, &values.scopes);
     }
 }

@@ -345,6 +345,9 @@ async fn limit(
     framing: BodyFraming,
     payload: web::Payload,
 ) -> Result<RequestBody, ApiError> {
+    if framing == BodyFraming::None {
+        return Ok(RequestBody::Empty);
+    }
     let body = LimitedBody::new(payload, route.max_body_bytes, route.timeouts.body_idle);
     match framing {
         BodyFraming::Sized(len) if route.inject.is_some() && len <= REPLAYABLE_BODY_BYTES => {

@@ -6,15 +6,13 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
-use tracing_actix_web::TracingLogger;
 
 use super::wiring::Wired;
 use crate::endpoints::{revocation, token};
-use crate::http::access_log::AccessLog;
 use crate::http::compression::CompressionPolicy;
-use crate::http::errors::{ensure_problem, extractor_error};
+use crate::http::errors::extractor_error;
 use crate::http::security_headers::Hsts;
-use crate::http::{compression, cors, request_id, security_headers, wellknown};
+use crate::http::{compression, cors, envelope, wellknown};
 use crate::proxy::forward::UpstreamClients;
 use crate::proxy::{self, ProxyState};
 use crate::settings::{CorsSettings, Settings};
@@ -117,9 +115,10 @@ pub(super) fn server(
                 None => app.service(scope),
             };
         }
-        // Middleware runs bottom-up on the way in: a request id first, then the access
-        // log (which sees the final status), security headers, compression, the problem
-        // rewrite of bare errors, and (only for CORS scopes) canonical routing.
+        // Middleware runs bottom-up on the way in: the envelope first (request id, span;
+        // on the way out the problem re-dress, security headers and the access log, which
+        // sees the final status), then compression, and (only for CORS scopes) canonical
+        // routing.
         app.app_data(proxy_state.clone())
             .app_data(clients)
             .wrap(Condition::new(any_cors, from_fn(cors::canonical_routing)))
@@ -127,11 +126,8 @@ pub(super) fn server(
             .app_data(web::QueryConfig::default().error_handler(extractor_error))
             .app_data(web::FormConfig::default().error_handler(extractor_error))
             .app_data(web::PathConfig::default().error_handler(extractor_error))
-            .wrap(from_fn(ensure_problem))
             .wrap(Condition::new(compress, from_fn(compression::compress)))
-            .wrap(from_fn(security_headers::apply))
-            .wrap(TracingLogger::<AccessLog>::new())
-            .wrap(from_fn(request_id::assign))
+            .wrap(from_fn(envelope::wrap))
             .default_service(web::to(proxy::handle))
     })
     .workers(super::workers(settings))
