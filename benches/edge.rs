@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the edge's hot pieces: the cache-hit path (keyed hash,
 //! lookup, cached JWT, scope check), the hit with the denylist after 10,000 revocations,
 //! local JWT validation, minting, a rate-limit decision from reserved cells, and
-//! sealing / opening a Redis value.
+//! sealing / opening a Redis value, and a route lookup in a table of 10 and of 1,000
+//! routes (the second must cost about what the first does).
 //!
 //! `cargo bench --bench edge`
 
@@ -21,6 +22,7 @@ use intercom::keyed_hash::SharedHasher;
 use intercom::readiness::Readiness;
 use intercom::revocation_ids::Kind;
 use intercom::revoke::{Evicts, Revoker, Target};
+use intercom::proxy::routes::{Match, RouteTable};
 use intercom::settings::{ScopeMatch, Settings};
 use josekit::jwk::JwkSet;
 
@@ -69,7 +71,7 @@ fn cache_hit(c: &mut Criterion) {
     rt.block_on(async {
         for t in &tokens {
             let entry = CachedToken::new(principal(), Default::default());
-            entry.store_jwt(&audience, minter.mint(&entry.principal, &audience).unwrap());
+            let _ = entry.store_jwt(&audience, minter.mint(&entry.principal, &audience).unwrap());
             let _ = cache
                 .load::<(), _>(cache.key(t), async { LoadOutcome::Value(entry) })
                 .await;
@@ -88,7 +90,7 @@ fn cache_hit(c: &mut Criterion) {
                         panic!("miss")
                     };
                     policy.check(&entry.principal.scopes).unwrap();
-                    entry.cached_jwt(&audience, 75).unwrap()
+                    entry.cached_bearer(&audience, 75).unwrap()
                 })
             })
         },
@@ -240,9 +242,35 @@ fn sealing(c: &mut Criterion) {
     });
 }
 
+/// A lookup of the last route of a table of 10 and of 1,000 routes (`/svc{i}` each):
+/// the table is indexed by first path segment, so size must not show.
+fn route_lookup(c: &mut Criterion) {
+    for n in [10usize, 1000] {
+        let toml: String = (0..n)
+            .map(|i| {
+                format!("[[routes]]\nname = \"svc{i}\"\nprefix = \"/svc{i}\"\nupstreams = [\"http://127.0.0.1:1\"]\n\n")
+            })
+            .collect();
+        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(file.path(), toml).unwrap();
+        let settings =
+            Settings::load(std::path::Path::new("config"), Some(file.path()), &Vec::new())
+                .unwrap();
+        let table = RouteTable::new(&settings.routes, Duration::from_secs(1), 1024, Vec::new());
+        let path = format!("/svc{}/orders/42", n - 1);
+        let method = actix_web::http::Method::GET;
+        c.bench_function(&format!("route lookup, {n} routes"), |b| {
+            b.iter(|| {
+                let found = table.find(Some("api.example:443"), &path, &method);
+                assert!(matches!(found, Match::Found(_)));
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing
+    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing, route_lookup
 }
 criterion_main!(benches);

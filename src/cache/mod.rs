@@ -90,6 +90,10 @@ impl CacheLimits {
 /// One token cache (e.g. the edge's), with its metrics under `cache = name`.
 pub struct TokenCache<V: Expiring> {
     name: &'static str,
+    /// `intercom_token_cache_requests_total` for a hit and a negative hit, registered
+    /// once: a lookup per request with labels is a registry search.
+    hits: metrics::Counter,
+    negative_hits: metrics::Counter,
     mac: Hmac<Sha256>,
     positive: moka::future::Cache<CacheKey, Arc<V>>,
     negative: moka::future::Cache<CacheKey, ()>,
@@ -101,8 +105,13 @@ impl<V: Expiring> TokenCache<V> {
         let mut secret = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut secret);
         let mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key length");
+        let requests = |result: &'static str| {
+            metrics::counter!("intercom_token_cache_requests_total", "cache" => name, "result" => result)
+        };
         Self {
             name,
+            hits: requests("hit"),
+            negative_hits: requests("negative_hit"),
             mac,
             positive: moka::future::Cache::builder()
                 .max_capacity(limits.capacity)
@@ -150,13 +159,13 @@ impl<V: Expiring> TokenCache<V> {
     pub async fn lookup(&self, key: &CacheKey) -> Lookup<V> {
         if let Some(v) = self.positive.get(key).await {
             if v.expires_at() > crate::clock::now_secs() {
-                self.count("hit");
+                self.hits.increment(1);
                 return Lookup::Hit(v);
             }
             self.positive.invalidate(key).await;
         }
         if self.negative.contains_key(key) {
-            self.count("negative_hit");
+            self.negative_hits.increment(1);
             return Lookup::NegativeHit;
         }
         Lookup::Miss

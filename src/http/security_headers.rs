@@ -27,30 +27,46 @@ impl Hsts {
 #[derive(Debug, Clone, Copy)]
 pub struct EnforceSecurityHeaders;
 
-const DEFAULTS: [(&str, &str); 4] = [
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
-    ("x-xss-protection", "0"),
+const DEFAULTS: [(HeaderName, HeaderValue); 4] = [
+    (
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    ),
+    (
+        HeaderName::from_static("x-frame-options"),
+        HeaderValue::from_static("DENY"),
+    ),
+    (
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    ),
+    (
+        HeaderName::from_static("x-xss-protection"),
+        HeaderValue::from_static("0"),
+    ),
 ];
 
 /// For Intercom's own answers (errors, JWKS, metadata): they never embed anything.
-const OWN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+const OWN_CSP: (HeaderName, HeaderValue) = (
+    HeaderName::from_static("content-security-policy"),
+    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+);
+
+const HSTS: HeaderName = HeaderName::from_static("strict-transport-security");
 
 /// Headers that advertise software and versions.
-const FINGERPRINTS: [&str; 5] = [
-    "server",
-    "x-powered-by",
-    "x-aspnet-version",
-    "x-aspnetmvc-version",
-    "x-runtime",
+const FINGERPRINTS: [HeaderName; 5] = [
+    HeaderName::from_static("server"),
+    HeaderName::from_static("x-powered-by"),
+    HeaderName::from_static("x-aspnet-version"),
+    HeaderName::from_static("x-aspnetmvc-version"),
+    HeaderName::from_static("x-runtime"),
 ];
 
 /// Applies the headers to a response (from [`super::envelope`], on every answer).
 pub fn apply<B>(res: &mut ServiceResponse<B>, hsts: Option<HeaderValue>) {
     if let Some(value) = hsts {
-        res.headers_mut()
-            .insert(HeaderName::from_static("strict-transport-security"), value);
+        res.headers_mut().insert(HSTS, value);
     }
     let (proxied, enforce) = {
         let ext = res.response().extensions();
@@ -60,22 +76,19 @@ pub fn apply<B>(res: &mut ServiceResponse<B>, hsts: Option<HeaderValue>) {
         )
     };
     let headers = res.headers_mut();
-    for name in FINGERPRINTS {
+    for name in &FINGERPRINTS {
         // Usually absent: a lookup each is cheaper than collecting the names present.
         if headers.contains_key(name) {
             headers.remove(name);
         }
     }
-    let mut set = |name: &'static str, value: &'static str| {
-        let name = HeaderName::from_static(name);
-        if enforce || !proxied || !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
+    let mut set = |(name, value): &(HeaderName, HeaderValue)| {
+        if enforce || !proxied || !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
         }
     };
-    for (name, value) in DEFAULTS {
-        set(name, value);
-    }
+    DEFAULTS.iter().for_each(&mut set);
     if !proxied {
-        set("content-security-policy", OWN_CSP);
+        set(&OWN_CSP);
     }
 }

@@ -213,7 +213,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: 
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
-    let peer = client.peer.map(|ip| ip.to_string()).unwrap_or_default();
+    let peer = client.peer.map(address_text).unwrap_or_default();
     if from_trusted {
         let prior: Vec<String> = headers
             .get_all(&xff)
@@ -237,8 +237,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: 
             }
         }
     } else {
-        match HeaderValue::from_str(&peer) {
-            Ok(v) if !peer.is_empty() => {
+        let empty = peer.is_empty();
+        match HeaderValue::try_from(peer) {
+            Ok(v) if !empty => {
                 headers.insert(xff, v);
             }
             _ => {
@@ -257,6 +258,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientView<'_>, trusted: 
     }
 }
 
+/// An address as `X-Forwarded-For` writes it; IPv4 (every request, usually) without the
+/// formatting machinery.
+fn address_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 fn scheme_value(scheme: &str) -> &'static str {
     if scheme == "https" {
         "https"
@@ -268,6 +291,14 @@ fn scheme_value(scheme: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "192.168.9.99", "::1", "2001:db8::7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn connection_named_headers_go_too() {

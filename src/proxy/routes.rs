@@ -1,6 +1,7 @@
 //! The route table: which route serves a canonical path, and the path it is sent
 //! upstream with.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,17 @@ pub enum Match<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Positions in `routes` of the routes under each first path segment (lowercase),
+    /// in table order, so a lookup visits the few routes a path can match, not all.
+    by_segment: HashMap<String, Vec<usize>>,
+    /// Positions of the routes with prefix `/`, under every path.
+    everywhere: Vec<usize>,
+}
+
+/// The first segment of a path or prefix (`api` of `/api/v1`), empty for `/`.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
 }
 
 impl RouteTable {
@@ -134,20 +146,42 @@ impl RouteTable {
             .collect();
         // Host-specific routes before host-less ones, then longer prefixes first.
         routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
-        Self { routes }
+        let mut by_segment: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut everywhere = Vec::new();
+        for (position, route) in routes.iter().enumerate() {
+            match first_segment(&route.prefix) {
+                "" => everywhere.push(position),
+                segment => by_segment
+                    .entry(segment.to_ascii_lowercase())
+                    .or_default()
+                    .push(position),
+            }
+        }
+        Self {
+            routes,
+            by_segment,
+            everywhere,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
-    /// Finds the route for a canonical path, host (port ignored) and method.
+    /// Finds the route for a canonical path, host (port ignored) and method: the first
+    /// in table order among those under the path's first segment or under `/`.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_> {
-        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        let host = host.map(strip_port);
+        let segment = first_segment(path);
+        let under = match segment.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => self.by_segment.get(&segment.to_ascii_lowercase()),
+            false => self.by_segment.get(segment),
+        };
         let mut allowed: Vec<String> = Vec::new();
-        for route in &self.routes {
+        let candidates = in_order(under.map_or(&[][..], Vec::as_slice), &self.everywhere);
+        for route in candidates.map(|position| &self.routes[position]) {
             if let Some(want) = &route.host {
-                if host.as_deref() != Some(want.as_str()) {
+                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
                     continue;
                 }
             }
@@ -167,6 +201,17 @@ impl RouteTable {
             Match::WrongMethod(allowed)
         }
     }
+}
+
+/// Merges two ascending lists of positions into one ascending sequence.
+fn in_order<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x < y => a.next().copied(),
+        (_, Some(_)) => b.next().copied(),
+        (Some(_), None) => a.next().copied(),
+        (None, None) => None,
+    })
 }
 
 impl Route {
@@ -286,6 +331,31 @@ mod tests {
             panic!("rewrite route not found")
         };
         assert_eq!(r.upstream_path("/old/a"), "/new/a");
+    }
+
+    #[test]
+    fn the_segment_index_finds_what_a_scan_would() {
+        let mut loud = route("loud", "/Loud");
+        loud.case_insensitive = true;
+        let exact = route("exact", "/Exact");
+        let table = RouteTable::new(
+            &[route("root", "/"), loud, exact, route("deep", "/a/b/c")],
+            Duration::from_secs(1),
+            1024,
+            Vec::new(),
+        );
+        let name = |p: &str| match table.find(None, p, &Method::GET) {
+            Match::Found(r) => r.name.to_string(),
+            _ => "-".into(),
+        };
+        assert_eq!(name("/LOUD/x"), "loud");
+        assert_eq!(name("/loud"), "loud");
+        assert_eq!(name("/Exact/1"), "exact");
+        // A case-sensitive prefix is not matched in another case: the scan's `/` wins.
+        assert_eq!(name("/exact/1"), "root");
+        assert_eq!(name("/a/b/c/d"), "deep");
+        assert_eq!(name("/a/b"), "root");
+        assert_eq!(name("/"), "root");
     }
 
     #[test]
