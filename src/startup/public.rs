@@ -127,7 +127,7 @@ pub(super) fn server(
             .app_data(web::FormConfig::default().error_handler(extractor_error))
             .app_data(web::PathConfig::default().error_handler(extractor_error))
             .wrap(Condition::new(compress, from_fn(compression::compress)))
-            .wrap(from_fn(envelope::wrap))
+            .wrap(envelope::Envelope)
             .default_service(web::to(proxy::handle))
     })
     .workers(super::workers(settings))
