@@ -19,10 +19,10 @@ use intercom::broker::Principal;
 use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
 use intercom::clock::now_secs;
 use intercom::keyed_hash::SharedHasher;
+use intercom::proxy::routes::{Match, RouteTable};
 use intercom::readiness::Readiness;
 use intercom::revocation_ids::Kind;
 use intercom::revoke::{Evicts, Revoker, Target};
-use intercom::proxy::routes::{Match, RouteTable};
 use intercom::settings::{ScopeMatch, Settings};
 use josekit::jwk::JwkSet;
 
@@ -253,9 +253,12 @@ fn route_lookup(c: &mut Criterion) {
             .collect();
         let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         std::fs::write(file.path(), toml).unwrap();
-        let settings =
-            Settings::load(std::path::Path::new("config"), Some(file.path()), &Vec::new())
-                .unwrap();
+        let settings = Settings::load(
+            std::path::Path::new("config"),
+            Some(file.path()),
+            &Vec::new(),
+        )
+        .unwrap();
         let table = RouteTable::new(&settings.routes, Duration::from_secs(1), 1024, Vec::new());
         let path = format!("/svc{}/orders/42", n - 1);
         let method = actix_web::http::Method::GET;

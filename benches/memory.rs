@@ -74,7 +74,10 @@ fn main() {
         }
         // Every token still cached (none evicted): the figure is per entry held.
         for token in tokens.iter().step_by(997) {
-            assert!(matches!(cache.lookup(&cache.key(token)).await, Lookup::Hit(_)));
+            assert!(matches!(
+                cache.lookup(&cache.key(token)).await,
+                Lookup::Hit(_)
+            ));
         }
     });
     let after = resident_bytes();

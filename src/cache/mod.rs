@@ -105,9 +105,7 @@ impl<V: Expiring> TokenCache<V> {
         let mut secret = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut secret);
         let mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key length");
-        let requests = |result: &'static str| {
-            metrics::counter!("intercom_token_cache_requests_total", "cache" => name, "result" => result)
-        };
+        let requests = |result: &'static str| metrics::counter!("intercom_token_cache_requests_total", "cache" => name, "result" => result);
         Self {
             name,
             hits: requests("hit"),

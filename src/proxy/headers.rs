@@ -294,7 +294,14 @@ mod tests {
 
     #[test]
     fn addresses_are_written_as_std_writes_them() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "192.168.9.99", "::1", "2001:db8::7"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "2001:db8::7",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(address_text(ip), ip.to_string());
         }
