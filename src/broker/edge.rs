@@ -46,10 +46,11 @@ pub struct CachedToken {
     minted: Mutex<Vec<MintedFor>>,
 }
 
-/// An internal JWT for one audience, and its `Authorization` value.
+/// An internal JWT for one audience, kept only as its `Authorization` value (the JWT
+/// once, not twice: it is most of an entry's size).
 struct MintedFor {
     audience: Arc<str>,
-    minted: Minted,
+    exp: u64,
     bearer: HeaderValue,
 }
 
@@ -86,7 +87,7 @@ impl CachedToken {
     pub fn cached_bearer(&self, audience: &str, margin: u64) -> Option<HeaderValue> {
         let minted = self.minted.lock().expect("minted list lock");
         let m = minted.iter().find(|m| m.audience.as_ref() == audience)?;
-        let exp = m.minted.exp;
+        let exp = m.exp;
         (exp > now_secs() + margin || exp >= self.principal.exp).then(|| m.bearer.clone())
     }
 
@@ -97,7 +98,7 @@ impl CachedToken {
         list.retain(|m| &m.audience != audience);
         list.push(MintedFor {
             audience: audience.clone(),
-            minted,
+            exp: minted.exp,
             bearer: bearer.clone(),
         });
         Some(bearer)

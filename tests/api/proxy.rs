@@ -311,6 +311,57 @@ async fn upstream_refused_slow_and_gone() {
     );
 }
 
+/// `timeouts.total` bounds the whole exchange, the upstream's body too: a body that
+/// stalls past it is cut off (the head already went out, so the connection is closed
+/// without the last chunk, and the client knows the body is incomplete).
+#[actix_web::test]
+async fn a_body_that_stalls_past_the_total_timeout_is_cut_off() {
+    use std::io::{Read, Write};
+    let a = TestUpstream::start("a");
+    let config = route(
+        "trickle",
+        "/trickle",
+        &a.url(),
+        "timeouts = { connect = \"1s\", response = \"20s\", total = \"1s\" }",
+    );
+    let app = spawn_app(&config).await;
+    let port = app.port;
+    // The upstream sends the rest after 60 s; Intercom must close long before.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(45)))
+            .unwrap();
+        let request = "GET /trickle?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n";
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let closed = stream.read_to_end(&mut answer);
+        (
+            closed.is_ok(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    let (closed, text) = answer;
+    assert!(
+        closed,
+        "Intercom closes the connection at timeouts.total: {text}"
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the head came within `response`: {text}"
+    );
+    assert!(
+        text.contains("first;"),
+        "what came in time was forwarded: {text}"
+    );
+    assert!(
+        !text.contains("rest") && !text.ends_with("0\r\n\r\n"),
+        "the body is cut off, visibly incomplete: {text}"
+    );
+}
+
 #[actix_web::test]
 async fn round_robin_skips_a_dead_instance() {
     let a = TestUpstream::start("a");

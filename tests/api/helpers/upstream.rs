@@ -58,6 +58,7 @@ impl TestUpstream {
                     App::new()
                         .app_data(web::Data::new(state.clone()))
                         .route("/slow", web::to(slow))
+                        .route("/trickle", web::to(trickle))
                         .route("/download", web::to(download))
                         .route("/status/{code}", web::to(status))
                         .default_service(web::to(echo))
@@ -176,6 +177,24 @@ async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse
         .unwrap_or(1000);
     actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
     HttpResponse::Ok().body(format!("slept {ms}ms"))
+}
+
+/// The head and a first chunk at once, the rest of the body after `ms`.
+async fn trickle(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let ms: u64 = req
+        .query_string()
+        .strip_prefix("ms=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let first = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first;"))
+    });
+    let rest = futures_util::stream::once(async move {
+        actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"rest"))
+    });
+    HttpResponse::Ok().streaming(futures_util::StreamExt::chain(first, rest))
 }
 
 /// The byte at position `i` of every deterministic test stream.
