@@ -168,13 +168,17 @@ async fn echo(
     }))
 }
 
-async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
-    state.hits.fetch_add(1, Ordering::SeqCst);
-    let ms: u64 = req
-        .query_string()
+/// The `?ms=N` of `/slow` and `/trickle` (1000 when absent).
+fn ms_param(req: &HttpRequest) -> u64 {
+    req.query_string()
         .strip_prefix("ms=")
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(1000)
+}
+
+async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let ms = ms_param(&req);
     actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
     HttpResponse::Ok().body(format!("slept {ms}ms"))
 }
@@ -182,11 +186,7 @@ async fn slow(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse
 /// The head and a first chunk at once, the rest of the body after `ms`.
 async fn trickle(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResponse {
     state.hits.fetch_add(1, Ordering::SeqCst);
-    let ms: u64 = req
-        .query_string()
-        .strip_prefix("ms=")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let ms = ms_param(&req);
     let first = futures_util::stream::once(async {
         Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first;"))
     });
