@@ -2,7 +2,7 @@
 //! id, the request's span, the problem re-dress of bare errors, the security headers,
 //! the id echoed back, and the access-log line with the route's metrics, in that order.
 //!
-//! One layer, not five: each step was its own middleware (a boxed future each, and a
+//! One layer, not four: each step was its own middleware (a boxed future each, and a
 //! body wrapper for the span), which cost more than the few header writes they do. It
 //! is written out as a `Transform` rather than with `from_fn`, whose `Next` boxes the
 //! inner service's future once more on every request.
