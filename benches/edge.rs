@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench edge`
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use intercom::broker::mint::Minter;
 use intercom::broker::policy::ScopePolicy;
 use intercom::broker::validate::{JwtValidator, SignatureCheck};
 use intercom::broker::Principal;
-use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
+use intercom::cache::{LoadOutcome, Lookup, TokenCache};
 use intercom::clock::now_secs;
 use intercom::keyed_hash::SharedHasher;
 use intercom::proxy::routes::{Match, RouteTable};
@@ -36,34 +38,11 @@ fn principal() -> Principal {
     }
 }
 
-/// The edge cache's limits in the benches.
-fn limits() -> CacheLimits {
-    CacheLimits {
-        capacity: 100_000,
-        max_ttl: Duration::from_secs(3600),
-        negative_capacity: 10_000,
-        negative_ttl: Duration::from_secs(10),
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn cache_hit(c: &mut Criterion) {
-    let rt = runtime();
-    let limits = limits();
+    let rt = support::runtime();
+    let limits = support::limits(100_000);
     let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
-    let minter = Minter::new(
-        "ES256",
-        "https://intercom.test",
-        Duration::from_secs(300),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let minter = support::minter();
     let audience: Arc<str> = Arc::from("billing");
     let tokens: Vec<String> = (0..1000)
         .map(|i| format!("opaque-token-{i:04}-abcdefghijklmnopqrstuvwxyz"))
@@ -100,8 +79,8 @@ fn cache_hit(c: &mut Criterion) {
 /// The hit path as the proxy runs it (lookup, then the denylist), with no revocation
 /// and after 10,000: a revocation must not make every later hit pay for it.
 fn cache_hit_after_revocations(c: &mut Criterion) {
-    let rt = runtime();
-    let limits = limits();
+    let rt = support::runtime();
+    let limits = support::limits(100_000);
     let settings = Settings::load(std::path::Path::new("config"), None, &Vec::new())
         .expect("the defaults load");
     let hasher = SharedHasher::new(&intercom::secret::Secret::new("bench-key"));
@@ -155,7 +134,7 @@ fn cache_hit_after_revocations(c: &mut Criterion) {
 }
 
 fn jwt_validation(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = support::runtime();
     // An "AS" key pair: minted tokens stand in for the AS's JWT access tokens.
     let minter = Minter::new(
         "ES256",

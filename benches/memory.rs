@@ -3,13 +3,13 @@
 //! ids, one internal ES256 JWT for the route's audience and its header values), less
 //! the resident set before. Printed, not timed: `cargo bench --bench memory`.
 
+mod support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use intercom::broker::edge::CachedToken;
-use intercom::broker::mint::Minter;
 use intercom::broker::Principal;
-use intercom::cache::{CacheLimits, LoadOutcome, Lookup, TokenCache};
+use intercom::cache::{LoadOutcome, Lookup, TokenCache};
 use intercom::clock::now_secs;
 use intercom::keyed_hash::SharedHasher;
 
@@ -27,24 +27,10 @@ fn resident_bytes() -> u64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let limits = CacheLimits {
-        capacity: 2 * TOKENS as u64,
-        max_ttl: Duration::from_secs(3600),
-        negative_capacity: 10_000,
-        negative_ttl: Duration::from_secs(10),
-    };
-    let cache: TokenCache<CachedToken> = TokenCache::new("memory", &limits);
-    let minter = Minter::new(
-        "ES256",
-        "https://intercom.test",
-        Duration::from_secs(300),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let rt = support::runtime();
+    let cache: TokenCache<CachedToken> =
+        TokenCache::new("memory", &support::limits(2 * TOKENS as u64));
+    let minter = support::minter();
     let hasher = SharedHasher::random();
     let audience: Arc<str> = Arc::from("invoices");
     // Tokens as an AS hands them out (43 characters, like oidc-provider's opaque ones).

@@ -90,10 +90,12 @@ impl CacheLimits {
 /// One token cache (e.g. the edge's), with its metrics under `cache = name`.
 pub struct TokenCache<V: Expiring> {
     name: &'static str,
-    /// `intercom_token_cache_requests_total` for a hit and a negative hit, registered
-    /// once: a lookup per request with labels is a registry search.
+    /// `intercom_token_cache_requests_total` by result, registered once: a lookup per
+    /// request with labels is a registry search.
     hits: metrics::Counter,
     negative_hits: metrics::Counter,
+    misses: metrics::Counter,
+    coalesced: metrics::Counter,
     mac: Hmac<Sha256>,
     positive: moka::future::Cache<CacheKey, Arc<V>>,
     negative: moka::future::Cache<CacheKey, ()>,
@@ -110,6 +112,8 @@ impl<V: Expiring> TokenCache<V> {
             name,
             hits: requests("hit"),
             negative_hits: requests("negative_hit"),
+            misses: requests("miss"),
+            coalesced: requests("coalesced"),
             mac,
             positive: moka::future::Cache::builder()
                 .max_capacity(limits.capacity)
@@ -130,11 +134,6 @@ impl<V: Expiring> TokenCache<V> {
         let mut mac = self.mac.clone();
         mac.update(token.as_bytes());
         mac.finalize().into_bytes().into()
-    }
-
-    fn count(&self, result: &'static str) {
-        metrics::counter!("intercom_token_cache_requests_total", "cache" => self.name, "result" => result)
-            .increment(1);
     }
 
     /// Drops the entries `predicate` picks (revocations).
@@ -188,11 +187,10 @@ impl<V: Expiring> TokenCache<V> {
                 }
             })
             .await;
-        self.count(if ran.load(Ordering::Relaxed) {
-            "miss"
-        } else {
-            "coalesced"
-        });
+        match ran.load(Ordering::Relaxed) {
+            true => self.misses.increment(1),
+            false => self.coalesced.increment(1),
+        }
         metrics::gauge!("intercom_token_cache_entries", "cache" => self.name)
             .set(self.positive.entry_count() as f64);
         match result {
