@@ -2,7 +2,7 @@
 //! lookup, cached JWT, scope check), the hit with the denylist after 10,000 revocations,
 //! local JWT validation, minting, a rate-limit decision from reserved cells, and
 //! sealing / opening a Redis value, and a route lookup in a table of 10 and of 1,000
-//! routes (the second must cost about what the first does).
+//! routes (the second must cost about what the first does), and a route's claim check.
 //!
 //! `cargo bench --bench edge`
 
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use intercom::broker::claims::ClaimPolicy;
 use intercom::broker::edge::CachedToken;
 use intercom::broker::jwks::RemoteJwks;
 use intercom::broker::mint::Minter;
@@ -159,7 +160,7 @@ fn jwt_validation(c: &mut Criterion) {
             algorithms: vec![intercom::settings::JwsAlgorithm::Es256],
             jwks,
         },
-        tier_claim: "plan".into(),
+        claims: std::sync::Arc::new(intercom::broker::claims::ClaimSelection::new("plan", &[])),
     };
     let token = minter.mint(&principal(), "api").unwrap().jwt;
     c.bench_function("validate ES256 JWT access token", |b| {
@@ -250,9 +251,38 @@ fn route_lookup(c: &mut Criterion) {
     }
 }
 
+/// A route's claim check with Keycloak-shaped rules (a plan, realm roles, a client's
+/// roles behind a dotted client id, a denied group), next to the scope check it sits beside.
+fn claim_check(c: &mut Criterion) {
+    let toml = "[auth_server]\nissuer = \"http://127.0.0.1:1\"\nclient_id = \"i\"\nclient_secret = \"file:x\"\n\
+        [[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstreams = [\"http://127.0.0.1:1\"]\nauth = \"bearer\"\n\
+        denied_claims = { groups = [\"suspended\"] }\n[routes.required_claims]\nplan = [\"pro\", \"enterprise\"]\n\
+        realm_access.roles = [\"admin\"]\n'resource_access.\"billing.api\".roles' = [\"invoice-reader\"]\n";
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), toml).unwrap();
+    let settings = Settings::load(
+        std::path::Path::new("config"),
+        Some(file.path()),
+        &Vec::new(),
+    )
+    .unwrap();
+    let route = &settings.routes[0];
+    let policy = ClaimPolicy::new("bench", &route.required_claims, &route.denied_claims);
+    let claims = serde_json::json!({
+        "plan": "pro",
+        "groups": ["staff", "billing-admins"],
+        "realm_access": { "roles": ["offline_access", "uma_authorization", "user", "admin"] },
+        "resource_access": { "billing.api": { "roles": ["invoice-reader"] }, "account": { "roles": ["view-profile"] } },
+    });
+    let claims = claims.as_object().unwrap().clone();
+    c.bench_function("claim check (4 rules, Keycloak shapes)", |b| {
+        b.iter(|| policy.check(&claims).unwrap())
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing, route_lookup
+    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing, route_lookup, claim_check
 }
 criterion_main!(benches);

@@ -53,8 +53,8 @@ pub struct Introspector {
     pub default_lifetime: Duration,
     /// When not empty, an active answer must name one of these in `aud`.
     pub audiences: Vec<String>,
-    /// The claim naming the caller's rate-limit tier.
-    pub tier_claim: String,
+    /// The tier claim and the claims routes check.
+    pub claims: std::sync::Arc<super::claims::ClaimSelection>,
 }
 
 impl Introspector {
@@ -142,7 +142,7 @@ impl Introspector {
         let fallback = now_secs() + self.default_lifetime.as_secs();
         let principal = Principal {
             source_token_id: None,
-            ..claims.into_principal(fallback, &self.tier_claim)
+            ..claims.into_principal(fallback, &self.claims)
         };
         if principal.exp <= now_secs() {
             return Ok(Introspection::Inactive);

@@ -4,6 +4,7 @@
 //! [`edge::EdgeAuthenticator`] ties these into the phantom-token flow used by the proxy.
 
 pub mod authserver;
+pub mod claims;
 pub mod client_credentials;
 pub mod downstream;
 pub mod edge;
@@ -41,6 +42,9 @@ pub struct Principal {
     /// The revocation id of the token this one was minted from (the `src_tid` claim of
     /// internal JWTs): revoking that token revokes what Intercom derived from it.
     pub source_token_id: Option<String>,
+    /// The verified claims some route's `required_claims` or `denied_claims` read (only
+    /// those; empty when no route has claim rules).
+    pub claims: claims::KeptClaims,
 }
 
 impl Principal {
@@ -137,10 +141,44 @@ impl TokenClaims {
         }
     }
 
+    /// The value of a claim by name, whether Intercom reads it itself or not.
+    fn claim(&self, name: &str) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        let text = |v: &Option<String>| v.clone().map(Value::String);
+        match name {
+            "sub" => text(&self.sub),
+            "client_id" => text(&self.client_id),
+            "azp" => text(&self.azp),
+            "scope" => text(&self.scope),
+            "scp" => self
+                .scp
+                .clone()
+                .map(|l| l.into_iter().map(Value::String).collect()),
+            "acr" => text(&self.acr),
+            "sid" => text(&self.sid),
+            "aud" => self.aud.clone(),
+            "token_type" => text(&self.token_type),
+            "typ" => text(&self.typ),
+            "exp" => self.exp.map(Value::from),
+            "iat" => self.iat.map(Value::from),
+            "auth_time" => self.auth_time.map(Value::from),
+            _ => self.other.get(name).cloned(),
+        }
+    }
+
     /// The principal these claims describe, expiring at `exp` (or `fallback_exp` when
-    /// the claims carry none).
-    pub(crate) fn into_principal(mut self, fallback_exp: u64, tier_claim: &str) -> Principal {
-        let tier = match self.other.remove(tier_claim) {
+    /// the claims carry none), with the claims `selection` keeps.
+    pub(crate) fn into_principal(
+        mut self,
+        fallback_exp: u64,
+        selection: &claims::ClaimSelection,
+    ) -> Principal {
+        let kept = selection
+            .kept
+            .iter()
+            .filter_map(|name| Some((name.clone(), self.claim(name)?)))
+            .collect();
+        let tier = match self.other.remove(&selection.tier) {
             Some(serde_json::Value::String(tier)) => Some(tier),
             _ => None,
         };
@@ -163,6 +201,7 @@ impl TokenClaims {
             aud,
             internal: false,
             source_token_id: self.src_tid,
+            claims: kept,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::authserver;
+use super::claims::ClaimSelection;
 use super::edge::EdgeAuthenticator;
 use super::exchange::TokenExchanger;
 use super::introspect::Introspector;
@@ -71,6 +72,10 @@ impl BrokerParts {
             tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
         }
         jwks.spawn_refresh();
+        let claims = Arc::new(ClaimSelection::new(
+            &settings.rate_limit.tier_claim,
+            &settings.routes,
+        ));
         let signature = |algorithms: Vec<crate::settings::JwsAlgorithm>| SignatureCheck {
             algorithms,
             jwks: jwks.clone(),
@@ -82,6 +87,7 @@ impl BrokerParts {
             http.clone(),
             secret.clone(),
             signature(auth.jwt.algorithms.clone()),
+            claims.clone(),
         )?;
         let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
             issuer: meta.issuer.clone(),
@@ -89,7 +95,7 @@ impl BrokerParts {
             typ: auth.jwt.typ.clone(),
             leeway: auth.jwt.leeway,
             signature: signature(auth.jwt.algorithms.clone()),
-            tier_claim: settings.rate_limit.tier_claim.clone(),
+            claims: claims.clone(),
         });
         let t = &settings.tokens;
         let minter = minter(t, secrets)?;
@@ -97,7 +103,7 @@ impl BrokerParts {
         let internal = t.accept_internal.then(|| InternalValidator {
             minter: minter.clone(),
             leeway: auth.jwt.leeway,
-            tier_claim: settings.rate_limit.tier_claim.clone(),
+            claims: claims.clone(),
         });
         let edge = EdgeAuthenticator::new(
             introspector,
@@ -165,6 +171,7 @@ fn introspector(
     http: reqwest::Client,
     secret: Arc<crate::secrets::registry::SecretCell>,
     signature: SignatureCheck,
+    claims: Arc<ClaimSelection>,
 ) -> Result<Introspector, BuildError> {
     Ok(Introspector {
         http,
@@ -184,6 +191,6 @@ fn introspector(
             .cache_max_ttl
             .min(crate::broker::introspect::LIFETIME_WITHOUT_EXP),
         audiences: auth.audiences.clone(),
-        tier_claim: settings.rate_limit.tier_claim.clone(),
+        claims,
     })
 }

@@ -147,8 +147,8 @@ pub struct JwtValidator {
     pub typ: Option<String>,
     pub leeway: Duration,
     pub signature: SignatureCheck,
-    /// The claim naming the caller's rate-limit tier.
-    pub tier_claim: String,
+    /// The tier claim and the claims routes check.
+    pub claims: std::sync::Arc<super::claims::ClaimSelection>,
 }
 
 /// The `iss` a JWT claims, unverified: only to choose how to verify it.
@@ -199,7 +199,7 @@ impl JwtValidator {
         // Only Intercom's own tokens carry a source link; the AS's are their own source.
         Ok(Principal {
             source_token_id: None,
-            ..claims.into_principal(exp, &self.tier_claim)
+            ..claims.into_principal(exp, &self.claims)
         })
     }
 }
@@ -224,7 +224,8 @@ fn is_id_token(payload: &JwtPayload, typ: Option<&str>) -> bool {
 pub struct InternalValidator {
     pub minter: Arc<super::mint::Minter>,
     pub leeway: Duration,
-    pub tier_claim: String,
+    /// The tier claim and the claims routes check.
+    pub claims: std::sync::Arc<super::claims::ClaimSelection>,
 }
 
 impl InternalValidator {
@@ -261,7 +262,7 @@ impl InternalValidator {
             .map_err(|_| JwtError::Malformed)?;
         Ok(Principal {
             internal: true,
-            ..claims.into_principal(exp, &self.tier_claim)
+            ..claims.into_principal(exp, &self.claims)
         })
     }
 }

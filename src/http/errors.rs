@@ -46,6 +46,10 @@ pub enum ApiError {
     /// The target's policy does not let this caller call it: no scope would help.
     #[error("{0}")]
     CallerNotAllowed(String),
+    /// The caller's verified claims do not meet the route's `required_claims` or
+    /// `denied_claims`.
+    #[error("{0}")]
+    ClaimRefused(crate::broker::claims::ClaimRefusal),
     #[error("{0}")]
     AuthServerUnavailable(String),
     #[error("too many requests: retry after {retry_after} s")]
@@ -125,6 +129,11 @@ impl ApiError {
                 "caller-not-allowed",
                 "Caller not allowed",
             ),
+            ClaimRefused(_) => (
+                StatusCode::FORBIDDEN,
+                "claim-requirement-not-met",
+                "Claim requirement not met",
+            ),
             AuthServerUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth-server-unavailable",
@@ -193,6 +202,10 @@ impl ApiError {
             ApiError::CallerNotAllowed(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
                 quoted(why)
+            )),
+            ApiError::ClaimRefused(why) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                quoted(&why.to_string())
             )),
             _ => None,
         }

@@ -265,20 +265,24 @@ async fn downstream_token(
         .map_err(ApiError::from)
 }
 
-/// Checks the route's scope policy, on every request, cache hit or miss alike.
+/// Checks the route's scope and claim policies, on every request, cache hit or miss
+/// alike.
 fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError> {
-    if let Some(a) = admitted {
-        route
-            .accepts(&a.token.principal)
-            .map_err(|why| ApiError::InvalidToken(why.into()))?;
-    }
-    match admitted {
-        Some(a) => route
-            .scopes
-            .check(&a.token.principal.scopes)
-            .map_err(ApiError::InsufficientScope),
-        None => Ok(()),
-    }
+    let Some(a) = admitted else {
+        return Ok(());
+    };
+    let principal = &a.token.principal;
+    route
+        .accepts(principal)
+        .map_err(|why| ApiError::InvalidToken(why.into()))?;
+    route
+        .scopes
+        .check(&principal.scopes)
+        .map_err(ApiError::InsufficientScope)?;
+    route
+        .claims
+        .check(&principal.claims)
+        .map_err(ApiError::ClaimRefused)
 }
 
 /// Counts the request against the route's rate limit, by verified identity (or the

@@ -11,6 +11,7 @@ use url::Url;
 use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::upstreams::Upstreams;
+use crate::broker::claims::ClaimPolicy;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
 use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
@@ -42,6 +43,8 @@ pub struct Route {
     pub metrics: Arc<RequestMetrics>,
     pub auth: RouteAuth,
     pub scopes: ScopePolicy,
+    /// `required_claims` and `denied_claims`.
+    pub claims: ClaimPolicy,
     /// `aud` of the internal JWT.
     pub audience: Arc<str>,
     /// Headers a client may never send here, normalized (lowercase, `_` as `-`).
@@ -123,6 +126,7 @@ impl RouteTable {
                     metrics: Arc::new(RequestMetrics::new(&r.name)),
                     auth: r.auth,
                     scopes: ScopePolicy::new(&r.required_scopes, r.scope_match),
+                    claims: ClaimPolicy::new(&r.name, &r.required_claims, &r.denied_claims),
                     audience: Arc::from(r.audience.as_deref().unwrap_or(&r.name)),
                     internal_headers: r
                         .internal_headers
@@ -271,6 +275,8 @@ mod tests {
             auth: Default::default(),
             required_scopes: vec![],
             scope_match: Default::default(),
+            required_claims: Default::default(),
+            denied_claims: Default::default(),
             audience: None,
             internal_headers: vec![],
             allow_query_token: false,

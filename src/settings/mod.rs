@@ -12,6 +12,7 @@
 mod algorithms;
 mod auth_server;
 mod checks;
+mod claims;
 mod compression;
 mod exchange;
 mod rate_limit;
@@ -34,6 +35,7 @@ use serde::Deserialize;
 pub use algorithms::*;
 pub use auth_server::*;
 use checks::*;
+pub use claims::*;
 pub use compression::*;
 pub use exchange::*;
 use rate_limit::validate_windows;

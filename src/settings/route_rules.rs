@@ -130,6 +130,17 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
             ));
         }
     }
+    for (field, rules) in [
+        ("required_claims", &route.required_claims),
+        ("denied_claims", &route.denied_claims),
+    ] {
+        if !rules.is_empty() && route.auth != RouteAuth::Bearer {
+            return Err(SettingsError::new(
+                key(field),
+                "needs auth = \"bearer\": claims come from the caller's verified token",
+            ));
+        }
+    }
     if let Some(inject) = &route.inject {
         match inject {
             InjectSettings::ClientCredentials { .. } if settings.auth_server.is_none() => {

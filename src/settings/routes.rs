@@ -164,6 +164,13 @@ pub struct RouteSettings {
     pub required_scopes: Vec<String>,
     #[serde(default)]
     pub scope_match: ScopeMatch,
+    /// Claims of the caller's verified token that admit it: each names the values it
+    /// may hold (any of); all entries must hold. Checked next to the scopes.
+    #[serde(default)]
+    pub required_claims: ClaimRules,
+    /// Claim values that refuse the caller, whatever else it holds.
+    #[serde(default)]
+    pub denied_claims: ClaimRules,
     /// `aud` of the internal JWT; defaults to the route's name.
     #[serde(default)]
     pub audience: Option<String>,

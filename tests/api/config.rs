@@ -164,6 +164,31 @@ fn validation_errors_name_the_key() {
             &[],
             "routes[0].required_scopes[0]",
         ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nrequired_claims = {{ plan = [] }}\n"),
+            &[],
+            "routes[0].required_claims: plan needs at least one value",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nrequired_claims = {{ \"realm_access..roles\" = [\"a\"] }}\n"),
+            &[],
+            "routes[0].required_claims: \"realm_access..roles\" is not a claim path: a name is empty",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\ndenied_claims = {{ 'resource_access.\"billing.api' = [\"a\"] }}\n"),
+            &[],
+            "routes[0].denied_claims: \"resource_access.\\\"billing.api\" is not a claim path: a quote is not closed",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nrequired_claims = {{ plan = \"pro\" }}\n"),
+            &[],
+            "routes[0].required_claims",
+        ),
+        (
+            format!("{ROUTE}denied_claims = {{ groups = [\"suspended\"] }}\n"),
+            &[],
+            "routes[0].denied_claims: needs auth = \"bearer\"",
+        ),
         ("[tokens]\nalgorithm = \"HS256\"\n".into(), &[], "tokens.algorithm"),
         (
             format!("{ROUTE}cors = {{ origins = [\"*\"], credentials = true }}\n"),
@@ -273,4 +298,43 @@ fn a_secret_written_where_a_reference_belongs_is_not_echoed() {
         &[],
     );
     assert!(!message.contains("s3cr3t-value"), "{message}");
+}
+
+/// Claim paths come through the layered configuration as written: names keep their
+/// case, a quoted name keeps its dots, and TOML's dotted keys nest as paths.
+#[test]
+fn claim_paths_keep_their_case_and_dots() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "extra.toml",
+        &format!(
+            "{AS}{ROUTE}auth = \"bearer\"\n[routes.required_claims]\ntenantId = [\"T1\"]\n\
+             'resource_access.\"Billing.API\".roles' = [\"Reader\"]\nrealm_access.roles = [\"admin\"]\n"
+        ),
+    );
+    let s = Settings::load(
+        dir.path(),
+        Some(&dir.path().join("extra.toml")),
+        &Vec::new(),
+    )
+    .unwrap();
+    let paths: Vec<(Vec<String>, Vec<String>)> = s.routes[0]
+        .required_claims
+        .0
+        .iter()
+        .map(|r| (r.path.names().to_vec(), r.values.clone()))
+        .collect();
+    let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        paths,
+        vec![
+            (owned(&["realm_access", "roles"]), owned(&["admin"])),
+            (
+                owned(&["resource_access", "Billing.API", "roles"]),
+                owned(&["Reader"])
+            ),
+            (owned(&["tenantId"]), owned(&["T1"])),
+        ]
+    );
 }

@@ -10,65 +10,10 @@ use josekit::jwt;
 
 use crate::helpers::*;
 
-/// An Intercom in front of a real AS and upstream. Keep every field bound: dropping
-/// one stops that process.
-struct Edge {
-    auth: TestAuthServer,
-    upstream: TestUpstream,
-    app: TestApp,
-    _secrets: tempfile::TempDir,
-}
-
-/// Starts Intercom with `auth` as its AS (`as_extra` in `[auth_server]`) and the routes
-/// (and any other sections) that `rest` writes for the upstream.
-async fn start_edge(
-    auth: TestAuthServer,
-    as_extra: &str,
-    rest: impl FnOnce(&TestUpstream) -> String,
-) -> Edge {
-    let upstream = TestUpstream::start("billing");
-    let (dir, secrets) = secrets_file();
-    let config = format!(
-        "{}{}",
-        auth_config(&auth, &secrets, as_extra),
-        rest(&upstream)
-    );
-    let app = spawn_app(&config).await;
-    Edge {
-        auth,
-        upstream,
-        app,
-        _secrets: dir,
-    }
-}
-
 /// Sends one request per token, `concurrency` at a time, and returns the statuses.
 async fn statuses(app: &TestApp, path: &str, tokens: Vec<String>, concurrency: usize) -> Vec<u16> {
     let requests = tokens.into_iter().map(|t| (app.url(path), t)).collect();
     concurrent_gets(requests, concurrency).await
-}
-
-/// A bearer route to `upstream` (audience "billing").
-fn bearer_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\naudience = \"billing\"\n{extra}\n",
-        upstream.url()
-    )
-}
-
-async fn get_with(
-    app: &TestApp,
-    path: &str,
-    token: &str,
-) -> awc::ClientResponse<
-    impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
-> {
-    app.client
-        .get(app.url(path))
-        .insert_header(("authorization", format!("Bearer {token}")))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// Verifies an internal JWT independently, against Intercom's published JWKS.
@@ -99,22 +44,6 @@ async fn verify_internal(app: &TestApp, token: &str) -> jwt::JwtPayload {
         .unwrap_or_else(|| panic!("kid {kid} not published"));
     let verifier = jws::ES256.verifier_from_jwk(key).unwrap();
     jwt::decode_with_verifier(token, &verifier).unwrap().0
-}
-
-fn bearer_of(seen: &serde_json::Value) -> String {
-    seen["headers"]["authorization"][0]
-        .as_str()
-        .unwrap()
-        .strip_prefix("Bearer ")
-        .unwrap()
-        .to_string()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[actix_web::test]

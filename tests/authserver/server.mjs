@@ -233,14 +233,17 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.path === '/__test/token' && ctx.method === 'POST') {
     // Mints a user access token: ?sub=alice&scope=a+b&ttl=60&client_id=app&plan=pro&sid=s1
+    // and &claims={...} (JSON: further claims, such as Keycloak's realm_access, that the
+    // token's introspection answer carries).
     const q = ctx.query;
     const client = await provider.Client.find(q.client_id || 'app');
+    const extra = { ...(q.plan ? { plan: q.plan } : {}), ...(q.claims ? JSON.parse(q.claims) : {}) };
     const token = new provider.AccessToken({
       accountId: q.sub || 'alice',
       client,
       scope: q.scope || 'invoice_read',
       gty: 'authorization_code',
-      ...(q.plan ? { extra: { plan: q.plan } } : {}),
+      ...(Object.keys(extra).length ? { extra } : {}),
       ...(q.sid ? { sid: q.sid } : {}),
     });
     token.expiresIn = Number(q.ttl || 600);

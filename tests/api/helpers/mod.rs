@@ -17,11 +17,13 @@ use intercom::settings::{Settings, TelemetrySettings};
 use intercom::startup::{Application, ShutdownHandle};
 
 mod authserver;
+mod edge;
 mod openbao;
 mod redis;
 mod upstream;
 
 pub use authserver::*;
+pub use edge::*;
 pub use openbao::*;
 pub use redis::*;
 pub use upstream::*;
