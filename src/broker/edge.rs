@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 
-use super::introspect::{IntrospectError, Introspection, Introspector};
+use super::introspect::{ActiveToken, IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
 use super::Principal;
@@ -35,6 +35,15 @@ pub enum EdgeError {
     OverBudget { retry_after: u64 },
 }
 
+/// What a route's upstream receives as its bearer token for an admitted caller.
+#[derive(Debug, Clone)]
+pub enum UpstreamBearer {
+    /// Intercom's internal JWT for this audience.
+    Minted(Arc<str>),
+    /// The authorization server's own JWT for the caller's token, as it returned it.
+    AuthorizationServer,
+}
+
 /// A cached principal and the internal JWTs minted for it, per audience, with the
 /// header values the upstream receives made once (a hit formats and validates nothing).
 pub struct CachedToken {
@@ -44,6 +53,8 @@ pub struct CachedToken {
     /// `sub`, `client_id` and the scopes, as identity header values.
     pub identity: IdentityValues,
     minted: Mutex<Vec<MintedFor>>,
+    /// `Bearer <the AS's JWT for this token>`, kept when some route forwards it.
+    authorization_server: Option<HeaderValue>,
 }
 
 /// An internal JWT for one audience, kept only as its `Authorization` value (the JWT
@@ -79,7 +90,14 @@ impl CachedToken {
             principal,
             ids,
             minted: Mutex::new(Vec::new()),
+            authorization_server: None,
         }
+    }
+
+    /// Keeps the AS's own JWT for this token (verified), as its `Authorization` value.
+    pub fn with_authorization_server_jwt(mut self, jwt: &str) -> Self {
+        self.authorization_server = HeaderValue::from_str(&format!("Bearer {jwt}")).ok();
+        self
     }
 
     /// `Bearer <internal JWT>` for `audience`, unless missing or within `margin`
@@ -126,6 +144,8 @@ pub struct EdgeAuthenticator {
     pub minter: Arc<Minter>,
     cache: TokenCache<CachedToken>,
     hasher: SharedHasher,
+    /// Some route forwards the AS's own JWT: keep it with each entry.
+    keep_authorization_server_jwt: bool,
 }
 
 impl EdgeAuthenticator {
@@ -136,6 +156,7 @@ impl EdgeAuthenticator {
         minter: Arc<Minter>,
         limits: &CacheLimits,
         hasher: SharedHasher,
+        keep_authorization_server_jwt: bool,
     ) -> Self {
         Self {
             introspector,
@@ -144,6 +165,7 @@ impl EdgeAuthenticator {
             minter,
             cache: TokenCache::new("edge", limits),
             hasher,
+            keep_authorization_server_jwt,
         }
     }
 
@@ -152,13 +174,13 @@ impl EdgeAuthenticator {
         self.cache.invalidate_all();
     }
 
-    /// Admits `token` for `audience`, from the cache when possible. `gate` runs only when
-    /// the token must be checked afresh, once for concurrent requests with it: the place
-    /// to charge what a call to the AS costs.
+    /// Admits `token` with the bearer its upstream receives, from the cache when
+    /// possible. `gate` runs only when the token must be checked afresh, once for
+    /// concurrent requests with it: the place to charge what a call to the AS costs.
     pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
         &self,
         token: &str,
-        audience: &Arc<str>,
+        upstream: &UpstreamBearer,
         gate: impl FnOnce() -> G,
     ) -> Result<Admitted, EdgeError> {
         let key = self.cache.key(token);
@@ -170,9 +192,18 @@ impl EdgeAuthenticator {
             // Boxed: the miss path (the gate, the AS, moka's loader) is a deep future;
             // inline it would make the future of every hit as large (tens of KiB, copied
             // at every boxing layer of actix's service stack).
-            Lookup::Miss => Box::pin(self.load(key, token, audience, gate)).await?,
+            Lookup::Miss => Box::pin(self.load(key, token, upstream, gate)).await?,
         };
-        let bearer = self.bearer_for(&cached, audience)?;
+        let bearer = match upstream {
+            UpstreamBearer::Minted(audience) => self.bearer_for(&cached, audience)?,
+            UpstreamBearer::AuthorizationServer => {
+                cached.authorization_server.clone().ok_or_else(|| {
+                    EdgeError::Unavailable(
+                        "the authorization server gave no JWT for this token".into(),
+                    )
+                })?
+            }
+        };
         Ok(Admitted {
             token: cached,
             bearer,
@@ -185,7 +216,7 @@ impl EdgeAuthenticator {
         &self,
         key: CacheKey,
         token: &str,
-        audience: &Arc<str>,
+        upstream: &UpstreamBearer,
         gate: impl FnOnce() -> G,
     ) -> Result<Arc<CachedToken>, EdgeError> {
         // Boxed: moka moves the loader by value; inline, debug builds overflowed a
@@ -196,7 +227,7 @@ impl EdgeAuthenticator {
                 return LoadOutcome::Failed(refused);
             }
             match self.authenticate(token).await {
-                Ok(mut principal) => {
+                Ok(ActiveToken { mut principal, jwt }) => {
                     // Mint now, off the hit path: the JWT is cached with the result.
                     let mut ids = principal.revocation_ids(&self.hasher, token);
                     match &principal.source_token_id {
@@ -204,9 +235,14 @@ impl EdgeAuthenticator {
                         Some(source) => ids.token = source.clone(),
                         None => principal.source_token_id = Some(ids.token.clone()),
                     }
-                    let entry = CachedToken::new(principal, ids);
-                    if let Ok(m) = self.minter.mint(&entry.principal, audience) {
-                        let _ = entry.store_jwt(audience, m);
+                    let mut entry = CachedToken::new(principal, ids);
+                    if let (true, Some(jwt)) = (self.keep_authorization_server_jwt, jwt) {
+                        entry = entry.with_authorization_server_jwt(&jwt);
+                    }
+                    if let UpstreamBearer::Minted(audience) = upstream {
+                        if let Ok(m) = self.minter.mint(&entry.principal, audience) {
+                            let _ = entry.store_jwt(audience, m);
+                        }
                     }
                     LoadOutcome::Value(entry)
                 }
@@ -242,11 +278,17 @@ impl EdgeAuthenticator {
             .ok_or_else(|| EdgeError::Unavailable("the internal JWT is not a header value".into()))
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Principal, EdgeError> {
+    /// Who the token speaks for and, when known, the AS's own JWT for it: a JWT access
+    /// token validated here is that JWT itself.
+    async fn authenticate(&self, token: &str) -> Result<ActiveToken, EdgeError> {
         if let Some(internal) = &self.internal {
             if looks_like_jwt(token) && internal.claims_our_issuer(token) {
                 return internal
                     .validate(token)
+                    .map(|principal| ActiveToken {
+                        principal,
+                        jwt: None,
+                    })
                     .map_err(|e| EdgeError::Invalid(e.to_string()));
             }
         }
@@ -255,11 +297,15 @@ impl EdgeAuthenticator {
                 return validator
                     .validate(token)
                     .await
+                    .map(|principal| ActiveToken {
+                        principal,
+                        jwt: Some(token.to_string()),
+                    })
                     .map_err(|e| EdgeError::Invalid(e.to_string()));
             }
         }
         match self.introspector.introspect(token).await {
-            Ok(Introspection::Active(p)) => Ok(*p),
+            Ok(Introspection::Active(active)) => Ok(*active),
             Ok(Introspection::Inactive) => {
                 Err(EdgeError::Invalid("the token is not active".into()))
             }

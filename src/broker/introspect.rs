@@ -1,17 +1,29 @@
 //! RFC 7662 token introspection at the authorization server, with client
-//! authentication, and RFC 9701 signed answers: with `introspection_format = "jwt"` the
-//! answer must be a JWT signed by the AS for us (`typ`, `iss`, `aud` = our client id,
-//! fresh `iat`); an answer that fails any check is an error, never "active".
+//! authentication, in four answer shapes:
+//!
+//! - `json`: RFC 7662 JSON;
+//! - `jwt`: RFC 9701, the answer in a JWT the AS signs for us (`typ`, `iss`, `aud` = our
+//!   client id, fresh `iat`);
+//! - `jwt_body` (Curity): the token's own JWT as the body, 204 for an inactive token;
+//! - `json_with_jwt` (Keycloak): RFC 7662 JSON with the token's JWT in a claim, which
+//!   must agree with the answer on `sub`, `client_id`, `scope` and `exp`.
+//!
+//! Every JWT is verified against the AS's keys (alg allow-list, `iss`, `exp`, `aud` when
+//! configured); an answer that fails any check is an error, never "active".
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::validate::{audience_matches, SignatureCheck};
+use super::validate::{audience_matches, check_times, SignatureCheck};
 use super::{Principal, TokenClaims};
 use crate::clock::now_secs;
 use crate::secrets::registry::SecretCell;
 use crate::settings::IntrospectionFormat;
 
-const JWT_MEDIA_TYPE: &str = "application/token-introspection+jwt";
+/// RFC 9701's media type of a signed introspection answer.
+const SIGNED_ANSWER_MEDIA_TYPE: &str = "application/token-introspection+jwt";
+/// What Curity and Keycloak answer (or embed) the token's JWT for.
+const TOKEN_JWT_MEDIA_TYPE: &str = "application/jwt";
 
 /// How long an active answer that names no `exp` is trusted (and cached).
 pub const LIFETIME_WITHOUT_EXP: Duration = Duration::from_secs(30);
@@ -19,8 +31,16 @@ pub const LIFETIME_WITHOUT_EXP: Duration = Duration::from_secs(30);
 /// What the AS said of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
-    Active(Box<Principal>),
+    Active(Box<ActiveToken>),
     Inactive,
+}
+
+/// An active token: whom it speaks for and, when the answer carried one, the AS's own
+/// JWT for it (verified; the principal never outlives it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveToken {
+    pub principal: Principal,
+    pub jwt: Option<String>,
 }
 
 /// Why introspection gave no answer. Never quotes the token.
@@ -53,6 +73,8 @@ pub struct Introspector {
     pub default_lifetime: Duration,
     /// When not empty, an active answer must name one of these in `aud`.
     pub audiences: Vec<String>,
+    /// The claim of a `json_with_jwt` answer that holds the token's JWT.
+    pub jwt_claim: String,
     /// The tier claim and the claims routes check.
     pub claims: std::sync::Arc<super::claims::ClaimSelection>,
 }
@@ -78,7 +100,8 @@ impl Introspector {
     async fn call(&self, token: &str) -> Result<Introspection, IntrospectError> {
         let accept = match self.format {
             IntrospectionFormat::Json => "application/json",
-            IntrospectionFormat::Jwt => JWT_MEDIA_TYPE,
+            IntrospectionFormat::Jwt => SIGNED_ANSWER_MEDIA_TYPE,
+            IntrospectionFormat::JwtBody | IntrospectionFormat::JsonWithJwt => TOKEN_JWT_MEDIA_TYPE,
         };
         let form = [("token", token), ("token_type_hint", "access_token")];
         let response = super::post_as_client(
@@ -98,6 +121,11 @@ impl Introspector {
             // refuse structured tokens this way instead of answering active: false).
             return Ok(Introspection::Inactive);
         }
+        if status == reqwest::StatusCode::NO_CONTENT && self.format == IntrospectionFormat::JwtBody
+        {
+            // Curity's answer for a token that is not active: no JWT.
+            return Ok(Introspection::Inactive);
+        }
         if !status.is_success() {
             return Err(IntrospectError::Status(status.as_u16()));
         }
@@ -110,18 +138,57 @@ impl Introspector {
         let body = crate::bounded::read_limited(response)
             .await
             .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
-        let claims: TokenClaims = match self.format {
-            IntrospectionFormat::Json => {
-                serde_json::from_slice(&body).map_err(|_| IntrospectError::Malformed)?
-            }
+        let json = |body: &[u8]| -> Result<TokenClaims, IntrospectError> {
+            serde_json::from_slice(body).map_err(|_| IntrospectError::Malformed)
+        };
+        let text = |body: &[u8]| -> Result<String, IntrospectError> {
+            std::str::from_utf8(body)
+                .map(|t| t.trim().to_string())
+                .map_err(|_| IntrospectError::Malformed)
+        };
+        let (claims, token_jwt) = match self.format {
+            IntrospectionFormat::Json => (json(&body)?, None),
             IntrospectionFormat::Jwt => {
-                if !content_type.starts_with(JWT_MEDIA_TYPE) {
+                if !content_type.starts_with(SIGNED_ANSWER_MEDIA_TYPE) {
                     return Err(IntrospectError::Unverified(
                         "the answer is not a signed JWT".into(),
                     ));
                 }
-                let text = std::str::from_utf8(&body).map_err(|_| IntrospectError::Malformed)?;
-                self.verify_signed_answer(text.trim()).await?
+                (self.verify_signed_answer(&text(&body)?).await?, None)
+            }
+            IntrospectionFormat::JwtBody => {
+                if !content_type.starts_with(TOKEN_JWT_MEDIA_TYPE) {
+                    // An AS may still say `{"active": false}` in JSON; never more.
+                    return match json(&body)?.active {
+                        Some(true) => Err(IntrospectError::Unverified(
+                            "the answer carries no JWT".into(),
+                        )),
+                        _ => Ok(Introspection::Inactive),
+                    };
+                }
+                let jwt = text(&body)?;
+                let (claims, exp) = self.verify_token_jwt(&jwt).await?;
+                let claims = TokenClaims {
+                    active: Some(true),
+                    ..claims
+                };
+                (claims, Some((jwt, exp)))
+            }
+            IntrospectionFormat::JsonWithJwt => {
+                let mut claims = json(&body)?;
+                if claims.active != Some(true) {
+                    return Ok(Introspection::Inactive);
+                }
+                let Some(serde_json::Value::String(jwt)) = claims.other.remove(&self.jwt_claim)
+                else {
+                    return Err(IntrospectError::Unverified(format!(
+                        "the answer carries no {} claim",
+                        self.jwt_claim
+                    )));
+                };
+                let (inner, exp) = self.verify_token_jwt(&jwt).await?;
+                agree(&claims, &inner)?;
+                (claims, Some((jwt, exp)))
             }
         };
         if claims.active != Some(true) {
@@ -140,14 +207,43 @@ impl Introspector {
             return Ok(Introspection::Inactive);
         }
         let fallback = now_secs() + self.default_lifetime.as_secs();
-        let principal = Principal {
+        let mut principal = Principal {
             source_token_id: None,
             ..claims.into_principal(fallback, &self.claims)
         };
+        let jwt = token_jwt.map(|(jwt, exp)| {
+            // The entry is never cached past the JWT it holds.
+            principal.exp = principal.exp.min(exp);
+            jwt
+        });
         if principal.exp <= now_secs() {
             return Ok(Introspection::Inactive);
         }
-        Ok(Introspection::Active(Box::new(principal)))
+        Ok(Introspection::Active(Box::new(ActiveToken {
+            principal,
+            jwt,
+        })))
+    }
+
+    /// Verifies the token's own JWT as the AS returned it: signature by the AS's keys
+    /// (alg allow-list), `iss`, `aud` when configured, `exp` and `nbf`.
+    async fn verify_token_jwt(&self, jwt: &str) -> Result<(TokenClaims, u64), IntrospectError> {
+        let fail = |why: &str| IntrospectError::Unverified(format!("the token's JWT: {why}"));
+        let (payload, _) = self
+            .signature
+            .verify(jwt)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        if payload.issuer() != Some(self.issuer.as_str()) {
+            return Err(fail("wrong iss"));
+        }
+        if !self.audiences.is_empty() && !audience_matches(&payload, &self.audiences) {
+            return Err(fail("wrong aud"));
+        }
+        let exp = check_times(&payload, self.leeway).map_err(|e| fail(&e.to_string()))?;
+        let claims = serde_json::from_value(serde_json::Value::Object(payload.into()))
+            .map_err(|_| IntrospectError::Malformed)?;
+        Ok((claims, exp))
     }
 
     async fn verify_signed_answer(&self, jwt: &str) -> Result<TokenClaims, IntrospectError> {
@@ -158,7 +254,7 @@ impl Introspector {
             .await
             .map_err(|e| IntrospectError::Unverified(e.to_string()))?;
         let typ = typ.unwrap_or_default().to_ascii_lowercase();
-        if typ != "token-introspection+jwt" && typ != JWT_MEDIA_TYPE {
+        if typ != "token-introspection+jwt" && typ != SIGNED_ANSWER_MEDIA_TYPE {
             return Err(fail("wrong typ"));
         }
         if payload.issuer() != Some(self.issuer.as_str()) {
@@ -184,8 +280,73 @@ impl Introspector {
     }
 }
 
+/// The JSON answer and the JWT inside it must describe the same token.
+fn agree(answer: &TokenClaims, jwt: &TokenClaims) -> Result<(), IntrospectError> {
+    let client = |c: &TokenClaims| c.client_id.clone().or(c.azp.clone());
+    let scopes = |c: &TokenClaims| -> BTreeSet<String> {
+        match (&c.scope, &c.scp) {
+            (Some(s), _) => s.split_whitespace().map(str::to_owned).collect(),
+            (None, Some(list)) => list.iter().cloned().collect(),
+            (None, None) => BTreeSet::new(),
+        }
+    };
+    let differs = if answer.sub != jwt.sub {
+        "sub"
+    } else if client(answer) != client(jwt) {
+        "client_id"
+    } else if scopes(answer) != scopes(jwt) {
+        "scope"
+    } else if answer.exp.is_some() && answer.exp != jwt.exp {
+        "exp"
+    } else {
+        return Ok(());
+    };
+    Err(IntrospectError::Unverified(format!(
+        "the token's JWT disagrees with the answer on {differs}"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn claims(json: serde_json::Value) -> TokenClaims {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_jwt_must_describe_the_answers_token() {
+        let answer = claims(serde_json::json!({
+            "active": true, "sub": "alice", "client_id": "app",
+            "scope": "b a", "exp": 100
+        }));
+        let same =
+            serde_json::json!({ "sub": "alice", "azp": "app", "scp": ["a", "b"], "exp": 100 });
+        assert!(agree(&answer, &claims(same.clone())).is_ok());
+        for (claim, other) in [
+            ("sub", serde_json::json!("mallory")),
+            ("azp", serde_json::json!("other-app")),
+            ("scp", serde_json::json!(["a", "b", "admin"])),
+            ("exp", serde_json::json!(200)),
+        ] {
+            let mut jwt = same.clone();
+            jwt[claim] = other;
+            let err = agree(&answer, &claims(jwt)).unwrap_err().to_string();
+            let named = if claim == "azp" {
+                "client_id"
+            } else if claim == "scp" {
+                "scope"
+            } else {
+                claim
+            };
+            assert!(err.ends_with(&format!("on {named}")), "{err}");
+        }
+        // An answer without exp takes the JWT's (the principal never outlives it).
+        let without_exp =
+            claims(serde_json::json!({ "sub": "alice", "client_id": "app", "scope": "a b" }));
+        assert!(agree(&without_exp, &claims(same)).is_ok());
+    }
+
     #[test]
     fn client_credentials_are_form_encoded() {
         assert_eq!(crate::broker::form_encode("a b:c%"), "a+b%3Ac%25");

@@ -16,7 +16,7 @@ use crate::cache::CacheLimits;
 use crate::keyed_hash::SharedHasher;
 use crate::readiness::{DependencyState, Readiness};
 use crate::secrets::registry::SecretRegistry;
-use crate::settings::Settings;
+use crate::settings::{Settings, UpstreamToken};
 
 /// Why the broker could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,10 @@ impl BrokerParts {
             minter.clone(),
             &limits,
             hasher.clone(),
+            settings
+                .routes
+                .iter()
+                .any(|r| r.upstream_token == UpstreamToken::AuthorizationServer),
         );
         let exchanger = meta.token_endpoint.clone().map(|endpoint| TokenExchanger {
             http: http.clone(),
@@ -183,6 +187,7 @@ fn introspector(
         client_id: auth.client_id.clone(),
         client_secret: secret,
         format: auth.introspection_format,
+        jwt_claim: auth.introspection_jwt_claim.clone(),
         signature,
         leeway: auth.jwt.leeway,
         // An active answer without `exp`: trusted briefly, not for the cache's longest.

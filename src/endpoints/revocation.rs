@@ -9,6 +9,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use crate::broker::edge::UpstreamBearer;
 use crate::http::errors::{ApiError, Problem};
 use crate::proxy::gate;
 use crate::revocation_ids::Kind;
@@ -56,8 +57,8 @@ async fn owned_by(
         return false;
     };
     let gate = || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
-    let audience: Arc<str> = Arc::from(REVOCATION_AUDIENCE);
-    gate::admit(edge, None, token, &audience, gate)
+    let upstream = UpstreamBearer::Minted(Arc::from(REVOCATION_AUDIENCE));
+    gate::admit(edge, None, token, &upstream, gate)
         .await
         .is_ok_and(|a| a.token.principal.client_id.as_deref() == Some(client))
 }

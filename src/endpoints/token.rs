@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::downstream::Subject;
+use crate::broker::edge::UpstreamBearer;
 use crate::broker::exchange::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 use crate::broker::Principal;
 use crate::clock::now_secs;
@@ -116,7 +117,8 @@ async fn bearer_caller(
     let (token, _) =
         credentials::extract_bearer(req, false).map_err(|e| ApiError::from(e).at(req))?;
     let gate = || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies);
-    let caller = gate::admit(edge, state.revoker.as_deref(), &token, audience, gate)
+    let upstream = UpstreamBearer::Minted(audience.clone());
+    let caller = gate::admit(edge, state.revoker.as_deref(), &token, &upstream, gate)
         .await
         .map_err(|e| e.at(req))?;
     Ok(caller.token.principal.clone())
@@ -168,7 +170,8 @@ pub async fn exchange(
             caller
         }
     };
-    let subject = gate::admit(edge, revoker, &form.subject_token, &target.audience, gate)
+    let upstream = UpstreamBearer::Minted(target.audience.clone());
+    let subject = gate::admit(edge, revoker, &form.subject_token, &upstream, gate)
         .await
         .map_err(|e| e.at(&req))?;
     taken(&subject.token.principal)?;

@@ -3,13 +3,12 @@
 //! per-address budgets that keep junk tokens from turning into calls to the AS.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
 use super::headers;
-use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError};
+use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError, UpstreamBearer};
 use crate::http::errors::ApiError;
 use crate::limits::{Budget, RateLimiter};
 use crate::revoke::Revoker;
@@ -20,10 +19,10 @@ pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
     edge: &EdgeAuthenticator,
     revoker: Option<&Revoker>,
     token: &str,
-    audience: &Arc<str>,
+    upstream: &UpstreamBearer,
     gate: impl FnOnce() -> G,
 ) -> Result<Admitted, ApiError> {
-    let admitted = edge.admit(token, audience, gate).await?;
+    let admitted = edge.admit(token, upstream, gate).await?;
     let cached = &admitted.token;
     if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
         return Err(ApiError::InvalidToken("the token was revoked".into()));

@@ -235,7 +235,7 @@ async fn authenticate(
         edge,
         state.revoker.as_deref(),
         &token,
-        &route.audience,
+        &route.upstream_bearer,
         || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
     )
     .await?;

@@ -12,9 +12,10 @@ use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::upstreams::Upstreams;
 use crate::broker::claims::ClaimPolicy;
+use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
-use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders};
+use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders, UpstreamToken};
 use crate::telemetry::RequestMetrics;
 
 /// How the matched prefix changes before forwarding.
@@ -45,8 +46,9 @@ pub struct Route {
     pub scopes: ScopePolicy,
     /// `required_claims` and `denied_claims`.
     pub claims: ClaimPolicy,
-    /// `aud` of the internal JWT.
-    pub audience: Arc<str>,
+    /// What the upstream receives as its bearer: the internal JWT for the route's
+    /// audience, or the AS's own JWT.
+    pub upstream_bearer: UpstreamBearer,
     /// Headers a client may never send here, normalized (lowercase, `_` as `-`).
     pub internal_headers: Vec<String>,
     pub allow_query_token: bool,
@@ -127,7 +129,12 @@ impl RouteTable {
                     auth: r.auth,
                     scopes: ScopePolicy::new(&r.required_scopes, r.scope_match),
                     claims: ClaimPolicy::new(&r.name, &r.required_claims, &r.denied_claims),
-                    audience: Arc::from(r.audience.as_deref().unwrap_or(&r.name)),
+                    upstream_bearer: match r.upstream_token {
+                        UpstreamToken::Minted => UpstreamBearer::Minted(Arc::from(
+                            r.audience.as_deref().unwrap_or(&r.name),
+                        )),
+                        UpstreamToken::AuthorizationServer => UpstreamBearer::AuthorizationServer,
+                    },
                     internal_headers: r
                         .internal_headers
                         .iter()
@@ -278,6 +285,7 @@ mod tests {
             required_claims: Default::default(),
             denied_claims: Default::default(),
             audience: None,
+            upstream_token: Default::default(),
             internal_headers: vec![],
             allow_query_token: false,
             allow_method_override: false,

@@ -19,9 +19,14 @@ pub struct AuthServerSettings {
     pub client_id: String,
     /// A secret reference (e.g. `file:intercom_client_secret`), never the value.
     pub client_secret: SecretRef,
-    /// `json` (RFC 7662) or `jwt` (RFC 9701, signed and verified).
+    /// `json` (RFC 7662), `jwt` (RFC 9701, signed and verified), or an answer that
+    /// carries the AS's own JWT for the token: `jwt_body` (Curity) or `json_with_jwt`
+    /// (Keycloak).
     #[serde(default)]
     pub introspection_format: IntrospectionFormat,
+    /// The claim of a `json_with_jwt` answer that holds the JWT.
+    #[serde(default = "default_introspection_jwt_claim")]
+    pub introspection_jwt_claim: String,
     #[serde(default = "default_as_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(default = "default_as_request_timeout", with = "humantime_serde")]
@@ -45,12 +50,32 @@ fn default_as_request_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_introspection_jwt_claim() -> String {
+    "jwt".into()
+}
+
+/// The shape of the introspection answer Intercom asks the AS for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum IntrospectionFormat {
+    /// RFC 7662 JSON.
     #[default]
     Json,
+    /// RFC 9701: the JSON answer inside a JWT the AS signs for Intercom.
     Jwt,
+    /// `Accept: application/jwt`, answered with the token's JWT as the body (Curity's
+    /// phantom-token mode; 204 when the token is not active).
+    JwtBody,
+    /// `Accept: application/jwt`, answered with RFC 7662 JSON holding the token's JWT
+    /// in a claim (Keycloak 25+, `introspection_jwt_claim`).
+    JsonWithJwt,
+}
+
+impl IntrospectionFormat {
+    /// True for the answers that carry the AS's own JWT for the token.
+    pub fn carries_token_jwt(self) -> bool {
+        matches!(self, Self::JwtBody | Self::JsonWithJwt)
+    }
 }
 
 /// How JWT access tokens are validated without calling the AS.
@@ -116,6 +141,12 @@ impl AuthServerSettings {
         positive("auth_server.connect_timeout", auth.connect_timeout)?;
         positive("auth_server.request_timeout", auth.request_timeout)?;
         positive("auth_server.jwt.jwks_cooldown", auth.jwt.jwks_cooldown)?;
+        if auth.introspection_jwt_claim.is_empty() {
+            return Err(SettingsError::new(
+                "auth_server.introspection_jwt_claim",
+                "must name a claim",
+            ));
+        }
         Ok(())
     }
 }

@@ -141,6 +141,9 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
             ));
         }
     }
+    if route.upstream_token == UpstreamToken::AuthorizationServer {
+        authorization_server_token(settings, i, route)?;
+    }
     if let Some(inject) = &route.inject {
         match inject {
             InjectSettings::ClientCredentials { .. } if settings.auth_server.is_none() => {
@@ -251,6 +254,42 @@ fn rate_limit(
             key("rate_limit"),
             format!("tier {tier:?} has no windows: set rate_limit.tiers.{tier}"),
         ));
+    }
+    Ok(())
+}
+
+/// `upstream_token = "authorization_server"`: the AS must hand out its JWT for each token,
+/// and nothing else may take the `Authorization` header's place.
+fn authorization_server_token(
+    settings: &Settings,
+    i: usize,
+    route: &RouteSettings,
+) -> Result<(), SettingsError> {
+    let fail = |why: &str| {
+        Err(SettingsError::new(
+            format!("routes[{i}].upstream_token"),
+            why,
+        ))
+    };
+    if route.auth != RouteAuth::Bearer {
+        return fail("\"authorization_server\" needs auth = \"bearer\"");
+    }
+    let format = settings
+        .auth_server
+        .as_ref()
+        .map(|a| a.introspection_format);
+    if !format.is_some_and(IntrospectionFormat::carries_token_jwt) {
+        return fail(
+            "\"authorization_server\" needs auth_server.introspection_format = \"jwt_body\" or \"json_with_jwt\"",
+        );
+    }
+    if route.exchange.is_some() {
+        return fail(
+            "\"authorization_server\" cannot be used with exchange: the target's token replaces it",
+        );
+    }
+    if !route.internal_audiences.is_empty() {
+        return fail("\"authorization_server\" cannot be used with internal_audiences: Intercom's own JWTs carry no token of the AS");
     }
     Ok(())
 }

@@ -115,6 +115,17 @@ pub enum RouteAuth {
     Bearer,
 }
 
+/// The bearer token a route's upstream receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamToken {
+    /// Intercom's internal JWT, for the route's audience, signed with Intercom's keys.
+    #[default]
+    Minted,
+    /// The authorization server's JWT for the caller's token, as it returned it.
+    AuthorizationServer,
+}
+
 /// Whether any or all `required_scopes` must be held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +185,10 @@ pub struct RouteSettings {
     /// `aud` of the internal JWT; defaults to the route's name.
     #[serde(default)]
     pub audience: Option<String>,
+    /// What the upstream receives as its bearer token: Intercom's internal JWT
+    /// (`minted`) or the authorization server's own JWT (`authorization_server`).
+    #[serde(default)]
+    pub upstream_token: UpstreamToken,
     /// Further headers a client may never send to this route's upstream.
     #[serde(default)]
     pub internal_headers: Vec<HeaderNameSetting>,

@@ -189,6 +189,28 @@ fn validation_errors_name_the_key() {
             &[],
             "routes[0].denied_claims: needs auth = \"bearer\"",
         ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\nupstream_token = \"authorization_server\"\n"),
+            &[],
+            "routes[0].upstream_token: \"authorization_server\" needs auth_server.introspection_format = \"jwt_body\" or \"json_with_jwt\"",
+        ),
+        (
+            format!("{AS}introspection_format = \"jwt_body\"\n{ROUTE}upstream_token = \"authorization_server\"\n"),
+            &[],
+            "routes[0].upstream_token: \"authorization_server\" needs auth = \"bearer\"",
+        ),
+        (
+            format!("{AS}introspection_format = \"json_with_jwt\"\n{ROUTE}auth = \"bearer\"\nupstream_token = \"authorization_server\"\nexchange = {{ audience = \"t\", allowed_scopes = [\"a\"] }}\n"),
+            &[],
+            "routes[0].upstream_token: \"authorization_server\" cannot be used with exchange",
+        ),
+        (
+            format!("{AS}introspection_format = \"json_with_jwt\"\nintrospection_jwt_claim = \"\"\n"),
+            &[],
+            "auth_server.introspection_jwt_claim: must name a claim",
+        ),
+        (format!("{AS}introspection_format = \"xml\"\n"), &[], "auth_server.introspection_format"),
+        (format!("{ROUTE}upstream_token = \"theirs\"\n"), &[], "routes[0].upstream_token"),
         ("[tokens]\nalgorithm = \"HS256\"\n".into(), &[], "tokens.algorithm"),
         (
             format!("{ROUTE}cors = {{ origins = [\"*\"], credentials = true }}\n"),

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, so it links once. Each module covers one capability,
 //! against real processes started by `helpers`.
 
+mod as_jwt;
 mod claims;
 mod compression;
 mod config;

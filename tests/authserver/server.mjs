@@ -8,7 +8,7 @@
 // lifetime (the alternative, driving a browser login, tests nothing of Intercom).
 import Provider, { errors } from 'oidc-provider';
 import { readFileSync } from 'node:fs';
-import { generateKeyPairSync, createPrivateKey, sign as cryptoSign } from 'node:crypto';
+import { generateKeyPairSync, createPrivateKey, randomUUID, sign as cryptoSign } from 'node:crypto';
 
 const port = Number(process.env.PORT || 9400);
 const host = process.env.HOST || '127.0.0.1';
@@ -272,16 +272,18 @@ provider.use(async (ctx, next) => {
       ctx.req.on('data', (c) => { data += c; });
       ctx.req.on('end', () => resolve(JSON.parse(data)));
     });
-    const header = { alg: 'RS256', kid: process.env.SIGNING_KID, ...body.header };
-    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-    const input = `${b64(header)}.${b64(body.claims)}`;
-    const key = createPrivateKey({ key: jwks.keys[0], format: 'jwk' });
-    ctx.body = { jwt: `${input}.${cryptoSign('sha256', Buffer.from(input), key).toString('base64url')}` };
+    ctx.body = { jwt: signJwt(body.header, body.claims) };
     return;
   }
   if (ctx.path === '/token/introspection') {
     counts.introspection += 1;
     console.log(JSON.stringify({ event: 'introspection', n: counts.introspection }));
+    // AS_JWT_INTROSPECTION (needs SIGNING_KID): answer `Accept: application/jwt` with
+    // the token's own JWT, signed by this AS, in one of two shapes that stand in for
+    // ASes that cannot run here: `body` (Curity: the JWT is the body, 204 when not
+    // active) and `claim` (Keycloak 25+: the JSON answer with the JWT in `jwt`).
+    const asJwt = process.env.AS_JWT_INTROSPECTION && jwks && ctx.get('accept') === 'application/jwt';
+    if (asJwt) ctx.request.header.accept = 'application/json';
     await next();
     const body = ctx.body;
     if (body && typeof body === 'object' && body.active) {
@@ -291,6 +293,7 @@ provider.use(async (ctx, next) => {
       // An AS that names no expiry (RFC 7662 makes exp optional).
       if (process.env.INTROSPECTION_OMIT_EXP) delete body.exp;
     }
+    if (asJwt) answerWithTokenJwt(ctx, process.env.AS_JWT_INTROSPECTION);
     return;
   } else if (ctx.path === '/token/revocation') {
     counts.revocation += 1;
@@ -301,6 +304,47 @@ provider.use(async (ctx, next) => {
   }
   await next();
 });
+
+// Signs any header and claims with this AS's own key (only with SIGNING_KID).
+function signJwt(header, claims) {
+  const full = { alg: 'RS256', kid: process.env.SIGNING_KID, ...header };
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const input = `${b64(full)}.${b64(claims)}`;
+  const key = createPrivateKey({ key: jwks.keys[0], format: 'jwk' });
+  return `${input}.${cryptoSign('sha256', Buffer.from(input), key).toString('base64url')}`;
+}
+
+// Turns an introspection answer into the AS-JWT shape `mode` (see AS_JWT_INTROSPECTION).
+// A token's `as_jwt_fault` claim (set through /__test/token?claims=) spoils its JWT on
+// purpose: `tampered` (signature no longer matches), `sub` (a sub that disagrees with
+// the JSON), `expired`, `issuer` (another iss).
+function answerWithTokenJwt(ctx, mode) {
+  const answer = ctx.body;
+  if (!answer || typeof answer !== 'object' || !answer.active) {
+    if (mode === 'body') { ctx.status = 204; ctx.body = null; }
+    return;
+  }
+  const fault = answer.as_jwt_fault;
+  delete answer.as_jwt_fault;
+  const { active, token_type, ...claims } = answer;
+  claims.iss = issuer;
+  claims.jti = randomUUID();
+  if (fault === 'sub') claims.sub = 'mallory';
+  if (fault === 'expired') claims.exp = Math.floor(Date.now() / 1000) - 3600;
+  if (fault === 'issuer') claims.iss = 'https://elsewhere.example';
+  let jwt = signJwt({ typ: 'at+jwt' }, claims);
+  if (fault === 'tampered') {
+    const [h, , sig] = jwt.split('.');
+    const forged = Buffer.from(JSON.stringify({ ...claims, scope: `${claims.scope} admin` })).toString('base64url');
+    jwt = `${h}.${forged}.${sig}`;
+  }
+  if (mode === 'body') {
+    ctx.type = 'application/jwt';
+    ctx.body = jwt;
+  } else {
+    ctx.body = { ...answer, jwt };
+  }
+}
 
 provider.listen(port, host, () => {
   console.log(JSON.stringify({ event: 'listening', issuer }));
