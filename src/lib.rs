@@ -16,6 +16,7 @@
 //!    │            │           │         │        └──► secrets ──► settings, bounded
 //!    │            │           │         └──► telemetry ──► settings
 //!    │            │           ├──► revoke ──► broker, cache, redis
+//!    │            │           ├──► session ──► broker, cache, redis, revoke, http (paths)
 //!    │            │           └──► limits ──► redis, keyed_hash
 //!    │            └──► revoke
 //!    └──► tls
@@ -41,6 +42,7 @@ pub mod revocation_ids;
 pub mod revoke;
 pub mod secret;
 pub mod secrets;
+pub mod session;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -30,6 +30,8 @@ pub struct RevocationState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// To tie a token passed to `POST /revoke` to the client revoking it.
     pub edge: Option<Arc<crate::broker::edge::EdgeAuthenticator>>,
+    /// Browser sessions, ended by back-channel logout.
+    pub sessions: Option<Arc<crate::session::Sessions>>,
 }
 
 impl RevocationState {
@@ -157,6 +159,17 @@ pub async fn backchannel_logout(
         .verify(&form.logout_token)
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()).at(&req))?;
+    if let Some(sessions) = &state.sessions {
+        // The browser sessions of this user or login session end now, everywhere.
+        let ends = [("sub", &logout.sub), ("sid", &logout.sid)];
+        for (kind, value) in ends {
+            if let Some(value) = value {
+                if let Err(e) = sessions.end_all(kind, value).await {
+                    tracing::warn!(error = %e, "sessions could not be ended; the denylist still refuses them");
+                }
+            }
+        }
+    }
     let mut queued = false;
     if let Some(sub) = logout.sub.clone() {
         queued |= state

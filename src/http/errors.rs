@@ -60,6 +60,21 @@ pub enum ApiError {
     /// and the sender (the AS) should retry too.
     #[error("the revocation is applied here but not yet shared with the other replicas")]
     RevocationNotShared,
+    /// A session route without a live session (never a redirect for an API call).
+    #[error("a session is required: log in at /auth/login")]
+    SessionRequired,
+    /// A page navigation to a `on_missing = "login"` route: 302 to this login URL.
+    #[error("a session is required")]
+    LoginRequired { location: String },
+    /// A state-changing call on a session route without the CSRF header or from
+    /// another origin.
+    #[error("{0}")]
+    CsrfRefused(&'static str),
+    /// The browser login could not start or complete.
+    #[error("{0}")]
+    LoginFailed(String),
+    #[error("the session store is unavailable")]
+    SessionStoreUnavailable,
     #[error("an internal error occurred")]
     Internal,
     /// An answer built by a library layer (e.g. a CORS refusal), re-dressed.
@@ -154,6 +169,23 @@ impl ApiError {
                 "revocation-not-shared",
                 "Revocation not shared yet",
             ),
+            SessionRequired => (
+                StatusCode::UNAUTHORIZED,
+                "session-required",
+                "Session required",
+            ),
+            LoginRequired { .. } => (StatusCode::FOUND, "login-required", "Login required"),
+            CsrfRefused(_) => (
+                StatusCode::FORBIDDEN,
+                "csrf-refused",
+                "Cross-site request refused",
+            ),
+            LoginFailed(_) => (StatusCode::BAD_REQUEST, "login-failed", "Login failed"),
+            SessionStoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session-store-unavailable",
+                "Session store unavailable",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -215,7 +247,8 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::NoHealthyUpstream
+            ApiError::SessionStoreUnavailable
+            | ApiError::NoHealthyUpstream
             | ApiError::AuthServerUnavailable(_)
             | ApiError::RateLimiterUnavailable
             | ApiError::RevocationNotShared => Some(5),
@@ -320,6 +353,11 @@ impl ResponseError for Problem {
             HeaderValue::from_static("application/problem+json"),
         ));
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if let ApiError::LoginRequired { location } = &self.error {
+            if let Ok(v) = HeaderValue::from_str(location) {
+                res.insert_header((header::LOCATION, v));
+            }
+        }
         if let ApiError::MethodNotAllowed { allow } = &self.error {
             if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                 res.insert_header((header::ALLOW, v));

@@ -116,7 +116,7 @@ impl RoutePolicy {
         let limit = route.rate_limit.as_ref()?;
         let key = limit.key.unwrap_or(match route.auth {
             RouteAuth::None => RateLimitKey::Address,
-            RouteAuth::Bearer => RateLimitKey::Identity,
+            RouteAuth::Bearer | RouteAuth::Session => RateLimitKey::Identity,
         });
         let mut tiers: HashMap<String, Arc<TierPolicy>> = HashMap::new();
         for (tier, windows) in global.tiers.iter().chain(&limit.tiers) {

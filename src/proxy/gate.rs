@@ -70,3 +70,27 @@ pub async fn spend_budget(
         Err(_) => Err(ApiError::RateLimiterUnavailable),
     }
 }
+
+/// The CSRF rule of state-changing requests on session routes and at `/auth/logout`.
+pub fn check_csrf(req: &HttpRequest, sessions: &crate::session::Sessions) -> Result<(), ApiError> {
+    let text = |name: actix_web::http::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let has_header = req.headers().contains_key(&sessions.csrf_header);
+    if !has_header {
+        return Err(ApiError::CsrfRefused(
+            "a state-changing request needs the CSRF header",
+        ));
+    }
+    let origin = text(actix_web::http::header::ORIGIN);
+    let referer = text(actix_web::http::header::REFERER);
+    if !sessions.csrf_ok(has_header, origin.as_deref(), referer.as_deref()) {
+        return Err(ApiError::CsrfRefused(
+            "a state-changing request must come from an allowed origin",
+        ));
+    }
+    Ok(())
+}

@@ -288,6 +288,34 @@ fn scheme_value(scheme: &str) -> &'static str {
     }
 }
 
+/// Removes the cookie `name` and every cookie whose name starts with `prefix` from the
+/// `Cookie` headers, keeping the others (and dropping a header left empty).
+pub fn remove_cookies(headers: &mut HeaderMap, name: &str, prefix: &str) {
+    let cookie = actix_web::http::header::COOKIE;
+    if !headers.contains_key(&cookie) {
+        return;
+    }
+    let ours = |pair: &str| {
+        let key = pair.split('=').next().unwrap_or("").trim();
+        key == name || key.starts_with(prefix)
+    };
+    let kept: Vec<String> = headers
+        .get_all(&cookie)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !ours(pair))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(&cookie);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&kept.join("; ")) {
+        headers.insert(cookie, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,5 +425,38 @@ mod tests {
         );
         set_forwarded(&mut h2, &view, &[trusted]);
         assert_eq!(h2.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.1");
+    }
+
+    #[test]
+    fn intercoms_cookies_are_removed_and_the_others_kept() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static(
+                "theme=dark; __Host-intercom-session=abc; __Host-intercom-flow-x=1",
+            ),
+        );
+        headers.append(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static("lang=en"),
+        );
+        remove_cookies(
+            &mut headers,
+            "__Host-intercom-session",
+            "__Host-intercom-flow-",
+        );
+        let left: Vec<_> = headers.get_all(actix_web::http::header::COOKIE).collect();
+        assert_eq!(left, [HeaderValue::from_static("theme=dark; lang=en")]);
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static("__Host-intercom-session=abc"),
+        );
+        remove_cookies(
+            &mut only_ours,
+            "__Host-intercom-session",
+            "__Host-intercom-flow-",
+        );
+        assert!(only_ours.get(actix_web::http::header::COOKIE).is_none());
     }
 }

@@ -34,7 +34,8 @@ use crate::limits::{Caller, RateLimiter};
 use crate::revoke::Revoker;
 use crate::secret::Secret;
 use crate::secrets::registry::SecretRegistry;
-use crate::settings::RouteAuth;
+use crate::session::Sessions;
+use crate::settings::{OnMissingSession, RouteAuth};
 use forward::{
     BodyFraming, LimitedBody, OutboundRequest, RequestBody, UpstreamAnswer, UpstreamClients,
 };
@@ -58,6 +59,8 @@ pub struct ProxyState {
     pub downstream: Option<Arc<DownstreamTokens>>,
     /// The denylist; `None` without an authorization server.
     pub revoker: Option<Arc<Revoker>>,
+    /// Browser sessions, for `session` routes; `None` without `[session]`.
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 /// What the phases learn about one request, each filling its part in order; the answer
@@ -226,11 +229,12 @@ async fn authenticate(
     state: &ProxyState,
     route: &Route,
 ) -> Result<Option<AdmittedCaller>, ApiError> {
-    if route.auth == RouteAuth::None {
-        return Ok(None);
-    }
+    let token = match route.auth {
+        RouteAuth::None => return Ok(None),
+        RouteAuth::Bearer => credentials::extract_bearer(req, route.allow_query_token)?.0,
+        RouteAuth::Session => session_token(req, state, route).await?,
+    };
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
-    let (token, _source) = credentials::extract_bearer(req, route.allow_query_token)?;
     let admitted = gate::admit(
         edge,
         state.revoker.as_deref(),
@@ -240,6 +244,51 @@ async fn authenticate(
     )
     .await?;
     Ok(Some(AdmittedCaller { admitted, token }))
+}
+
+/// The access token of the browser session whose cookie came, refreshed when due.
+/// State-changing methods must pass the CSRF rule first. Without a live session: 401,
+/// or a redirect to the login for a page navigation on an `on_missing = "login"` route.
+async fn session_token(
+    req: &HttpRequest,
+    state: &ProxyState,
+    route: &Route,
+) -> Result<String, ApiError> {
+    let sessions = state.sessions.as_ref().ok_or(ApiError::Internal)?;
+    let safe = matches!(
+        *req.method(),
+        actix_web::http::Method::GET
+            | actix_web::http::Method::HEAD
+            | actix_web::http::Method::OPTIONS
+    );
+    if !safe {
+        gate::check_csrf(req, sessions)?;
+    }
+    let cookie = req.cookie(&sessions.cookies.session);
+    let session = match cookie {
+        Some(cookie) => sessions.current(cookie.value()).await?,
+        None => None,
+    };
+    match session {
+        Some(session) => Ok(session.access_token),
+        None if route.on_missing == OnMissingSession::Login
+            && matches!(
+                *req.method(),
+                actix_web::http::Method::GET | actix_web::http::Method::HEAD
+            ) =>
+        {
+            let here = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let query = serde_urlencoded::to_string([("return_to", here)]).unwrap_or_default();
+            Err(ApiError::LoginRequired {
+                location: format!("/auth/login?{query}"),
+            })
+        }
+        None => Err(ApiError::SessionRequired),
+    }
 }
 
 /// The target's token on a route with `exchange`: policy, then the two-tier cache or
@@ -383,7 +432,7 @@ fn rewrite(
     if let Some(query) = req.uri().query() {
         // On bearer routes a token in the query never travels on, however it is spelled.
         let query = match route.auth {
-            RouteAuth::Bearer => credentials::query_without_token(query),
+            RouteAuth::Bearer | RouteAuth::Session => credentials::query_without_token(query),
             RouteAuth::None => query.to_string(),
         };
         if !query.is_empty() {
@@ -393,6 +442,14 @@ fn rewrite(
     }
     let mut headers: HeaderMap = req.headers().clone();
     headers::remove_hop_by_hop(&mut headers);
+    if let Some(sessions) = &state.sessions {
+        // Intercom's own cookies never travel upstream, on any route.
+        headers::remove_cookies(
+            &mut headers,
+            &sessions.cookies.session,
+            &sessions.cookies.flow_prefix,
+        );
+    }
     state.identity.strip(&mut headers, &route.internal_headers);
     if let Some(admitted) = admitted {
         state.identity.inject(&mut headers, admitted);

@@ -15,7 +15,9 @@ use crate::broker::claims::ClaimPolicy;
 use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
-use crate::settings::{RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders, UpstreamToken};
+use crate::settings::{
+    OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders, UpstreamToken,
+};
 use crate::telemetry::RequestMetrics;
 
 /// How the matched prefix changes before forwarding.
@@ -43,6 +45,8 @@ pub struct Route {
     pub timeouts: RouteTimeouts,
     pub metrics: Arc<RequestMetrics>,
     pub auth: RouteAuth,
+    /// On session routes, what a request without a session gets.
+    pub on_missing: OnMissingSession,
     pub scopes: ScopePolicy,
     /// `required_claims` and `denied_claims`.
     pub claims: ClaimPolicy,
@@ -127,6 +131,7 @@ impl RouteTable {
                     timeouts: r.timeouts.clone(),
                     metrics: Arc::new(RequestMetrics::new(&r.name)),
                     auth: r.auth,
+                    on_missing: r.on_missing,
                     scopes: ScopePolicy::new(&r.required_scopes, r.scope_match),
                     claims: ClaimPolicy::new(&r.name, &r.required_claims, &r.denied_claims),
                     upstream_bearer: match r.upstream_token {
@@ -280,6 +285,7 @@ mod tests {
             response_headers: Default::default(),
             timeouts: Default::default(),
             auth: Default::default(),
+            on_missing: Default::default(),
             required_scopes: vec![],
             scope_match: Default::default(),
             required_claims: Default::default(),

@@ -9,6 +9,9 @@
 //! | renewal lock | `<p>:x:l:<hash>` | string, `PX` | none | `cache::tiered` |
 //! | denylist | `<p>:x:denylist` | sorted set (`kind:id` → time) | one key | `revoke` |
 //! | logout `jti` | `<p>:x:logout:<hash>` | string, `EX` | none | `revoke::logout` |
+//! | browser session | `<p>:s:<hash>` | string (sealed), `PX` | none: one key | `session::store` |
+//! | sessions of a `sub` / `sid` | `<p>:s:i:<kind>:<hash>` | set of session keys, `PX` | none | `session::store` |
+//! | session refresh lease | `<p>:s:l:<hash>` | string, `NX PX` | none | `session` |
 //! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows | `limits::gcra` |
 //!
 //! Revocations travel on the pub/sub channel `revocation.channel`, which is not a key.
@@ -59,4 +62,19 @@ pub fn logout_jti(base: &str, id: &str) -> String {
 /// One rate-limit window of one caller on one route.
 pub fn rate_limit_window(base: &str, caller: &str, route: &str, window: &str) -> String {
     format!("{base}:rl:{{{caller}}}:{route}:{window}")
+}
+
+/// A browser session, by the keyed hash of its id.
+pub fn session(base: &str, id: &Hash) -> String {
+    format!("{base}:s:{}", hex::encode(id))
+}
+
+/// The lease that lets one replica refresh a session's tokens.
+pub fn session_lease(base: &str, id: &Hash) -> String {
+    format!("{base}:s:l:{}", hex::encode(id))
+}
+
+/// The sessions of one `sub` or `sid` (`kind`), by a keyed hash of it.
+pub fn session_index(base: &str, kind: &str, id: &Hash) -> String {
+    format!("{base}:s:i:{kind}:{}", hex::encode(id))
 }

@@ -40,7 +40,8 @@ pub struct Logout {
 pub struct LogoutVerifier {
     pub signature: SignatureCheck,
     pub issuer: String,
-    pub client_id: String,
+    /// Intercom's clients at the AS (the browser-login client too, when it differs).
+    pub client_ids: Vec<String>,
     pub leeway: Duration,
     /// Seen `jti`s (hashed), across replicas when Redis is there.
     pub redis: Option<std::sync::Arc<SharedRedis>>,
@@ -71,7 +72,9 @@ impl LogoutVerifier {
                 jwks: parts.jwks.clone(),
             },
             issuer: parts.issuer.clone(),
-            client_id: auth.client_id.clone(),
+            client_ids: std::iter::once(auth.client_id.clone())
+                .chain(settings.session.as_ref().and_then(|s| s.client_id.clone()))
+                .collect(),
             leeway: auth.jwt.leeway,
             redis,
             hasher: hasher.clone(),
@@ -92,7 +95,7 @@ impl LogoutVerifier {
         if payload.issuer() != Some(self.issuer.as_str()) {
             return Err(LogoutError::Claim("iss"));
         }
-        if !audience_matches(&payload, std::slice::from_ref(&self.client_id)) {
+        if !audience_matches(&payload, &self.client_ids) {
             return Err(LogoutError::Claim("aud"));
         }
         let now = now_secs();

@@ -24,6 +24,7 @@ mod routes;
 mod rules;
 mod secrets;
 mod server;
+mod session;
 mod telemetry;
 mod token_endpoint;
 mod tokens;
@@ -46,6 +47,7 @@ pub use revocation::*;
 pub use routes::*;
 pub use secrets::*;
 pub use server::*;
+pub use session::*;
 pub use telemetry::*;
 pub use token_endpoint::*;
 pub use tokens::*;
@@ -85,6 +87,9 @@ pub struct Settings {
     /// What replicas that share Redis must agree on.
     #[serde(default)]
     pub replicas: ReplicasSettings,
+    /// Browser sessions (Intercom as the SPA's backend-for-frontend).
+    #[serde(default)]
+    pub session: Option<SessionSettings>,
 }
 
 /// A configuration that cannot be used, with the key that is wrong.
@@ -217,6 +222,9 @@ impl Settings {
             auth.validate()?;
         }
         self.secrets.validate()?;
+        if let Some(session) = &self.session {
+            session.validate(self)?;
+        }
         self.tokens.validate()
     }
 
@@ -261,6 +269,12 @@ impl Settings {
         for (key, reference) in optional {
             if let Some(reference) = reference {
                 add(key.into(), reference);
+            }
+        }
+        if let Some(session) = &self.session {
+            add("session.encryption_key".into(), &session.encryption_key);
+            if let Some(secret) = &session.client_secret {
+                add("session.client_secret".into(), secret);
             }
         }
         for (i, client) in self.token_endpoint.clients.iter().enumerate() {

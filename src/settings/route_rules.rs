@@ -122,6 +122,18 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
             "\"bearer\" needs an [auth_server] section",
         ));
     }
+    if route.auth == RouteAuth::Session && settings.session.is_none() {
+        return Err(SettingsError::new(
+            key("auth"),
+            "\"session\" needs a [session] section",
+        ));
+    }
+    if route.on_missing == OnMissingSession::Login && route.auth != RouteAuth::Session {
+        return Err(SettingsError::new(
+            key("on_missing"),
+            "only session routes log in",
+        ));
+    }
     for (n, scope) in route.required_scopes.iter().enumerate() {
         if scope.is_empty() || scope.contains(' ') || scope[..scope.len() - 1].contains('*') {
             return Err(SettingsError::new(
@@ -134,10 +146,10 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
         ("required_claims", &route.required_claims),
         ("denied_claims", &route.denied_claims),
     ] {
-        if !rules.is_empty() && route.auth != RouteAuth::Bearer {
+        if !rules.is_empty() && !route.auth.has_caller() {
             return Err(SettingsError::new(
                 key(field),
-                "needs auth = \"bearer\": claims come from the caller's verified token",
+                "needs auth = \"bearer\" or \"session\": claims come from the caller's verified token",
             ));
         }
     }
@@ -153,7 +165,7 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
                 ))
             }
             InjectSettings::Bearer { .. } | InjectSettings::ClientCredentials { .. }
-                if route.auth == RouteAuth::Bearer =>
+                if route.auth.has_caller() =>
             {
                 return Err(SettingsError::new(
                     key("inject"),
@@ -164,10 +176,10 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
         }
     }
     if let Some(exchange) = &route.exchange {
-        if route.auth != RouteAuth::Bearer {
+        if !route.auth.has_caller() {
             return Err(SettingsError::new(
                 key("exchange"),
-                "needs auth = \"bearer\": the caller's token is the subject",
+                "needs auth = \"bearer\" or \"session\": the caller's token is the subject",
             ));
         }
         if exchange.allowed_scopes.is_empty() {
@@ -271,8 +283,8 @@ fn authorization_server_token(
             why,
         ))
     };
-    if route.auth != RouteAuth::Bearer {
-        return fail("\"authorization_server\" needs auth = \"bearer\"");
+    if !route.auth.has_caller() {
+        return fail("\"authorization_server\" needs auth = \"bearer\" or \"session\"");
     }
     let format = settings
         .auth_server

@@ -112,7 +112,28 @@ impl InjectSettings {
 pub enum RouteAuth {
     #[default]
     None,
+    /// A bearer token, replaced by the internal JWT.
     Bearer,
+    /// A browser session's cookie: its access token stands in for a bearer token.
+    Session,
+}
+
+impl RouteAuth {
+    /// True when a verified caller (with a token) is behind every request.
+    pub fn has_caller(self) -> bool {
+        self != RouteAuth::None
+    }
+}
+
+/// What a session route answers a request without a live session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingSession {
+    /// 401 problem+json: an API call must not be redirected to a login page.
+    #[default]
+    Deny,
+    /// A redirect to `/auth/login` (page navigations: GET and HEAD only).
+    Login,
 }
 
 /// The bearer token a route's upstream receives.
@@ -167,9 +188,13 @@ pub struct RouteSettings {
     pub response_headers: HeaderRules,
     #[serde(default)]
     pub timeouts: RouteTimeouts,
-    /// `none` (default) or `bearer`: a token is required and replaced by an internal JWT.
+    /// `none` (default), `bearer` (a token is required and replaced by an internal JWT)
+    /// or `session` (a browser session's cookie, whose token is used likewise).
     #[serde(default)]
     pub auth: RouteAuth,
+    /// On `session` routes: `deny` (401) or `login` (redirect) without a session.
+    #[serde(default)]
+    pub on_missing: OnMissingSession,
     /// Scopes the caller must hold; `prefix_*` matches any scope starting with `prefix_`.
     #[serde(default)]
     pub required_scopes: Vec<String>,

@@ -19,6 +19,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("session: {0}")]
+    Session(String),
     #[error("{key}: {error}")]
     Secret {
         key: String,

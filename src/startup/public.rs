@@ -8,7 +8,7 @@ use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
 
 use super::wiring::Wired;
-use crate::endpoints::{revocation, token};
+use crate::endpoints::{revocation, session, token};
 use crate::http::compression::CompressionPolicy;
 use crate::http::errors::extractor_error;
 use crate::http::security_headers::Hsts;
@@ -44,10 +44,20 @@ struct Endpoints {
     token_clients: Option<web::Data<crate::endpoints::token::TokenClients>>,
     revocation: Option<web::Data<crate::endpoints::revocation::RevocationState>>,
     logout: Option<web::Data<crate::revoke::logout::LogoutVerifier>>,
+    sessions: Option<web::Data<std::sync::Arc<crate::session::Sessions>>>,
 }
 
-/// The well-known documents, `/token`, `/revoke` and `/backchannel-logout`.
+/// The well-known documents, `/token`, `/revoke`, `/backchannel-logout` and `/auth/*`.
 fn own_endpoints(config: &mut web::ServiceConfig, endpoints: &Endpoints) {
+    if let Some(sessions) = &endpoints.sessions {
+        config
+            .app_data(sessions.clone())
+            .route("/auth/login", web::get().to(session::login))
+            .route("/auth/callback", web::get().to(session::callback))
+            .route("/auth/logout", web::post().to(session::logout))
+            .route("/auth/user", web::get().to(session::user))
+            .route("/auth/session", web::get().to(session::status));
+    }
     if let Some(minter) = &endpoints.minter {
         config
             .app_data(minter.clone())
@@ -96,6 +106,7 @@ pub(super) fn server(
         token_clients: wired.token_clients.clone(),
         revocation: wired.revocation.clone(),
         logout: wired.logout.clone(),
+        sessions: wired.sessions.clone().map(web::Data::new),
     };
     let max_connections = settings.server.upstream_pool_size;
     let server = HttpServer::new(move || {

@@ -21,7 +21,10 @@ use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
 use crate::revoke::{Evicts, Revoker};
-use crate::settings::Settings;
+use crate::session::oidc::OidcClient;
+use crate::session::store::SessionStore;
+use crate::session::{SessionParts, Sessions};
+use crate::settings::{SessionStoreKind, Settings};
 
 /// What the public and admin apps serve.
 pub(super) struct Wired {
@@ -33,6 +36,8 @@ pub(super) struct Wired {
     /// The revocation endpoints, when there is an authorization server.
     pub revocation: Option<web::Data<RevocationState>>,
     pub logout: Option<web::Data<LogoutVerifier>>,
+    /// Browser sessions, with `[session]`.
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 /// The shared key (or a random one without `[replicas]`) and the rotating one.
@@ -90,6 +95,21 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
                 keys,
             ))
         });
+    let sessions = match (&settings.session, &broker) {
+        (Some(session), Some(parts)) => Some(
+            sessions(
+                settings,
+                session,
+                parts,
+                &secrets,
+                &hasher,
+                redis.clone(),
+                revoker.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let revocation = revoker.clone().map(|revoker| {
         web::Data::new(RevocationState {
             revoker,
@@ -99,6 +119,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             limiter: limiter.clone(),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             edge: broker.as_ref().map(|b| b.edge.clone()),
+            sessions: sessions.clone(),
         })
     });
     let token_clients = downstream
@@ -119,6 +140,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         limiter,
         downstream,
         revoker,
+        sessions: sessions.clone(),
     });
     Ok(Wired {
         readiness,
@@ -127,5 +149,66 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         token_clients,
         revocation,
         logout,
+        sessions,
     })
+}
+
+/// Browser sessions: the login client discovered at the AS, the store (memory, or
+/// sealed in Redis), the key that seals them.
+async fn sessions(
+    settings: &Settings,
+    session: &crate::settings::SessionSettings,
+    parts: &BrokerParts,
+    secrets: &crate::secrets::registry::SecretRegistry,
+    hasher: &SharedHasher,
+    redis: Option<Arc<SharedRedis>>,
+    revoker: Option<Arc<Revoker>>,
+) -> Result<Arc<Sessions>, StartError> {
+    let auth = settings
+        .auth_server
+        .as_ref()
+        .expect("validated: [session] needs [auth_server]");
+    let secret_ref = session
+        .client_secret
+        .as_ref()
+        .unwrap_or(&auth.client_secret);
+    let unresolved = |key: &'static str| {
+        StartError::Session(format!("{key}: the secret was not resolved at start"))
+    };
+    let client_secret = secrets
+        .stored(Some(secret_ref))
+        .ok_or_else(|| unresolved("session.client_secret"))?;
+    let key = secrets
+        .stored(Some(&session.encryption_key))
+        .ok_or_else(|| unresolved("session.encryption_key"))?;
+    let client_id = session.client_id.as_deref().unwrap_or(&auth.client_id);
+    let oidc = OidcClient::discover(
+        parts.http.clone(),
+        &auth.issuer,
+        client_id,
+        client_secret,
+        &session.redirect_uri,
+        &session.scopes,
+    )
+    .await
+    .map_err(|e| StartError::Session(e.to_string()))?;
+    let store = match (session.store, redis) {
+        (SessionStoreKind::Redis, Some(redis)) => SessionStore::Redis {
+            redis,
+            sealer: crate::cache::sealed::Sealer::new(key.clone()),
+        },
+        _ => SessionStore::memory(session.absolute_timeout),
+    };
+    Ok(Arc::new(Sessions::new(
+        session,
+        SessionParts {
+            oidc,
+            store,
+            encryption_key: key,
+            hasher: hasher.clone(),
+            key_base: crate::redis::keys::base(settings),
+            revoker,
+            request_timeout: auth.request_timeout,
+        },
+    )))
 }

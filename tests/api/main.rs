@@ -17,6 +17,7 @@ mod protections;
 mod proxy;
 mod ratelimit;
 mod revocation;
+mod sessions;
 mod streaming;
 mod tls;
 mod vault;

@@ -47,11 +47,23 @@ const defaultClients = [
     scope: 'invoice_read',
   },
 ];
+// BFF_BASE (the base URL of the Intercom that logs browsers in, e.g.
+// http://127.0.0.1:8080): Intercom's client also logs users in there with the code
+// flow, gets refresh tokens, and hears back-channel logouts at BFF_BASE.
+const bffBase = process.env.BFF_BASE || 'http://127.0.0.1:8080';
+Object.assign(defaultClients[0], {
+  grant_types: [...defaultClients[0].grant_types, 'authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: [`${bffBase}/auth/callback`],
+  post_logout_redirect_uris: [`${bffBase}/`],
+  backchannel_logout_uri: `${bffBase}/backchannel-logout`,
+  scope: `${defaultClients[0].scope} openid offline_access email`,
+});
 const clients = process.env.CLIENTS_FILE
   ? JSON.parse(readFileSync(process.env.CLIENTS_FILE, 'utf8'))
   : defaultClients;
 
-const counts = { introspection: 0, exchange: 0, actor: 0, token: 0, revocation: 0, jwks: 0 };
+const counts = { introspection: 0, exchange: 0, actor: 0, token: 0, revocation: 0, jwks: 0, refresh: 0, refresh_refused: 0, backchannel_logout: 0 };
 
 // SIGNING_KID: sign with a fresh RSA key under this kid instead of the development key
 // (for tests that need an AS whose keys differ).
@@ -124,8 +136,41 @@ const provider = new Provider(issuer, {
     return Object.keys(extra).length ? extra : undefined;
   },
   ...(jwks ? { jwks } : {}),
-  scopes: ['openid', 'offline_access', 'profile', 'invoice_read', 'invoice_write', 'orders_read', 'orders_write'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'invoice_read', 'invoice_write', 'orders_read', 'orders_write'],
+  // Browser logins: every user exists (dev interactions take any name and password),
+  // consent is implied, refresh tokens are issued to clients allowed the grant and are
+  // rotated at each use (a reused one is refused, invalid_grant, and ends the grant).
+  findAccount: async (ctx, id) => ({
+    accountId: id,
+    claims: async () => ({ sub: id, name: `User ${id}`, email: `${id}@example.test` }),
+  }),
+  loadExistingGrant: async (ctx) => {
+    const grantId = ctx.oidc.result?.consent?.grantId
+      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope('openid profile email offline_access');
+    grant.addOIDCClaims(['sub', 'name', 'email', 'sid']);
+    await grant.save();
+    return grant;
+  },
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  // The ID token carries the profile and email claims (a BFF shows them to its SPA).
+  conformIdTokenClaims: false,
+  // Back-channel logouts go to an Intercom on loopback, which oidc-provider's SSRF
+  // guard refuses; this AS only ever calls the test's own processes.
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
+  claims: { openid: ['sub'], profile: ['name'], email: ['email'] },
   features: {
+    backchannelLogout: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: { enabled: true, allowedPolicy: async () => true },
@@ -151,6 +196,17 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = false;
+// Refreshes that succeeded and that were refused (a reused rotated token among them).
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params.grant_type === 'refresh_token') counts.refresh += 1;
+});
+provider.on('grant.error', (ctx) => {
+  if (ctx.oidc.params?.grant_type === 'refresh_token') counts.refresh_refused += 1;
+});
+provider.on('backchannel.success', () => { counts.backchannel_logout += 1; });
+provider.on('backchannel.error', (ctx, err) => {
+  console.log(JSON.stringify({ event: 'backchannel.error', error: String(err), cause: String(err?.cause) }));
+});
 
 // RFC 8693 token exchange. The subject token must be an active token of this AS; the
 // requested scope must be a subset of the subject's (else invalid_scope); the result

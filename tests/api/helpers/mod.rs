@@ -17,12 +17,14 @@ use intercom::settings::{Settings, TelemetrySettings};
 use intercom::startup::{Application, ShutdownHandle};
 
 mod authserver;
+mod browser;
 mod edge;
 mod openbao;
 mod redis;
 mod upstream;
 
 pub use authserver::*;
+pub use browser::*;
 pub use edge::*;
 pub use openbao::*;
 pub use redis::*;
@@ -339,7 +341,8 @@ pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
     std::fs::write(
         &path,
         "intercom_client_secret = \"intercom-dev-secret\"\n\
-         replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n",
+         replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n\
+         session_key = \"key-that-seals-sessions-0123456789abcdef\"\n",
     )
     .unwrap();
     (dir, path)

@@ -1,0 +1,300 @@
+//! Intercom as an OpenID Connect confidential client, through the `openidconnect`
+//! crate: the authorization URL (code flow, PKCE S256, `state`, `nonce`), the code
+//! exchange with the ID token verified (signature by the AS's keys, `iss`, `aud`,
+//! `nonce`, `exp`), refresh, RFC 7009 revocation and RP-initiated logout.
+
+use std::sync::Arc;
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::clock::now_secs;
+use crate::secrets::registry::SecretCell;
+
+/// The metadata a browser login needs beyond core discovery.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct LoginEndpoints {
+    #[serde(default)]
+    end_session_endpoint: Option<String>,
+    #[serde(default)]
+    revocation_endpoint: Option<String>,
+    /// RFC 9207: the AS puts `iss` in every authorization response.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+impl AdditionalProviderMetadata for LoginEndpoints {}
+
+type Metadata = ProviderMetadata<
+    LoginEndpoints,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Why a login or a refresh failed. Never quotes a token or a code.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("the authorization server refused: {0}")]
+    Refused(String),
+    #[error("the ID token failed verification: {0}")]
+    IdToken(String),
+    #[error("the authorization server is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the AS issued at login or refresh.
+pub struct Tokens {
+    pub access_token: String,
+    pub access_expires_at: u64,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<String>,
+    /// The verified ID token's claims (only when one came).
+    pub id_claims: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A login begun: where to send the browser, and what the callback must check.
+pub struct Authorization {
+    pub url: Url,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// The confidential client.
+pub struct OidcClient {
+    metadata: Metadata,
+    client_id: String,
+    secret: Arc<SecretCell>,
+    redirect_uri: RedirectUrl,
+    scopes: Vec<String>,
+    http: reqwest::Client,
+    pub issuer: String,
+}
+
+impl OidcClient {
+    /// Discovers the AS (its metadata and keys) for the client `client_id`.
+    pub async fn discover(
+        http: reqwest::Client,
+        issuer: &str,
+        client_id: &str,
+        secret: Arc<SecretCell>,
+        redirect_uri: &Url,
+        scopes: &[String],
+    ) -> Result<Self, OidcError> {
+        let url = IssuerUrl::new(issuer.to_string())
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let metadata = Metadata::discover_async(url, &http)
+            .await
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            issuer: metadata.issuer().to_string(),
+            metadata,
+            client_id: client_id.to_string(),
+            secret,
+            redirect_uri: RedirectUrl::from_url(redirect_uri.clone()),
+            scopes: scopes.iter().filter(|s| *s != "openid").cloned().collect(),
+            http,
+        })
+    }
+
+    /// A client with the secret's current value (it rotates).
+    fn client(&self) -> Client {
+        let secret = self.secret.current();
+        CoreClient::from_provider_metadata(
+            self.metadata.clone(),
+            ClientId::new(self.client_id.clone()),
+            Some(ClientSecret::new(secret.expose().to_string())),
+        )
+        .set_redirect_uri(self.redirect_uri.clone())
+    }
+
+    /// True when the AS says it puts `iss` in authorization responses (RFC 9207).
+    pub fn announces_iss(&self) -> bool {
+        self.metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+    }
+
+    /// The authorization request: code flow, PKCE S256, fresh `state` and `nonce`;
+    /// `prompt=none` when `silent`.
+    pub fn authorize(&self, silent: bool) -> Authorization {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let client = self.client();
+        let mut request = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge);
+        for scope in &self.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        if silent {
+            request = request.add_prompt(CoreAuthPrompt::None);
+        }
+        let (url, state, nonce) = request.url();
+        Authorization {
+            url,
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        }
+    }
+
+    /// Exchanges the code (with the PKCE verifier) and verifies the ID token.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<Tokens, OidcError> {
+        let client = self.client();
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| OidcError::IdToken("the answer has no ID token".into()))?;
+        id_token
+            .claims(&client.id_token_verifier(), &Nonce::new(nonce.to_string()))
+            .map_err(|e| OidcError::IdToken(e.to_string()))?;
+        Ok(tokens(&response, Some(id_token.to_string())))
+    }
+
+    /// Refreshes the tokens; `Refused` when the AS will not (`invalid_grant`: the
+    /// session is over).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, OidcError> {
+        let client = self.client();
+        let refresh = RefreshToken::new(refresh_token.to_string());
+        let response = client
+            .exchange_refresh_token(&refresh)
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        // A new ID token is verified like the first (no nonce on refresh).
+        let id_token = match response.id_token() {
+            Some(token) => {
+                token
+                    .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
+                    .map_err(|e| OidcError::IdToken(e.to_string()))?;
+                Some(token.to_string())
+            }
+            None => None,
+        };
+        Ok(tokens(&response, id_token))
+    }
+
+    /// RFC 7009: revokes a refresh token at the AS (best effort).
+    pub async fn revoke_refresh_token(&self, token: &str) {
+        let Some(endpoint) = &self.metadata.additional_metadata().revocation_endpoint else {
+            return;
+        };
+        let form = [("token", token), ("token_type_hint", "refresh_token")];
+        let sent = crate::broker::post_as_client(
+            &self.http,
+            endpoint,
+            &self.client_id,
+            &self.secret,
+            &form,
+        )
+        .send()
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %crate::broker::authserver::failure(&e), "refresh token revocation failed");
+        }
+    }
+
+    /// RP-initiated logout at the AS's `end_session_endpoint`, when it has one.
+    pub fn end_session_url(&self, id_token: Option<&str>, after: Option<&Url>) -> Option<Url> {
+        let endpoint = self
+            .metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .as_deref()?;
+        let mut url = Url::parse(endpoint).ok()?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("client_id", &self.client_id);
+            if let Some(hint) = id_token {
+                query.append_pair("id_token_hint", hint);
+            }
+            if let Some(after) = after {
+                query.append_pair("post_logout_redirect_uri", after.as_str());
+            }
+        }
+        Some(url)
+    }
+}
+
+fn token_error<E: std::error::Error>(
+    error: RequestTokenError<
+        E,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
+) -> OidcError {
+    match error {
+        RequestTokenError::ServerResponse(answer) => {
+            OidcError::Refused(answer.error().as_ref().to_string())
+        }
+        other => OidcError::Unavailable(other.to_string()),
+    }
+}
+
+fn tokens(response: &openidconnect::core::CoreTokenResponse, id_token: Option<String>) -> Tokens {
+    let lifetime = response
+        .expires_in()
+        .map_or(300, |d| d.as_secs())
+        .min(crate::broker::MAX_LIFETIME_SECS);
+    let id_claims = id_token.as_deref().and_then(payload_of);
+    Tokens {
+        access_token: response.access_token().secret().clone(),
+        access_expires_at: now_secs() + lifetime,
+        refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        id_token,
+        id_claims,
+    }
+}
+
+/// The claims of a JWT already verified.
+fn payload_of(jwt: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

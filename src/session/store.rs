@@ -1,0 +1,277 @@
+//! Where sessions live: this replica's memory (the embedded default) or Redis, sealed
+//! (AES-256-GCM under `session.encryption_key`, the Redis key as associated data) so
+//! every replica serves every session and Redis holds no token in clear.
+//!
+//! Keys are keyed hashes of the session id (the cookie's value is never a key). The
+//! refresh lease is a `SET NX PX` key beside the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::sealed::Sealer;
+use crate::redis::{RedisError, SharedRedis};
+
+/// One browser session: the tokens Intercom holds for it (never sent to the browser),
+/// the ID token claims the SPA may see, and its times (seconds since the epoch).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    pub sub: String,
+    pub sid: Option<String>,
+    pub access_token: String,
+    pub access_expires_at: u64,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<String>,
+    /// The claims `GET /auth/user` shows.
+    pub user: serde_json::Map<String, serde_json::Value>,
+    pub created_at: u64,
+    pub last_seen: u64,
+    /// The absolute end (`created_at` + `absolute_timeout`).
+    pub ends_at: u64,
+}
+
+/// Never prints a token.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("created_at", &self.created_at)
+            .field("ends_at", &self.ends_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(#[from] RedisError),
+}
+
+/// The sessions of this deployment.
+pub enum SessionStore {
+    Memory {
+        sessions: moka::future::Cache<String, Arc<Session>>,
+        leases: moka::sync::Cache<String, ()>,
+        /// The session keys of each `sub` and `sid` index.
+        indexes: moka::sync::Cache<String, Arc<std::sync::Mutex<Vec<String>>>>,
+    },
+    Redis {
+        redis: Arc<SharedRedis>,
+        sealer: Sealer,
+    },
+}
+
+impl SessionStore {
+    /// A memory store whose entries live at most `longest` (the absolute timeout).
+    pub fn memory(longest: Duration) -> Self {
+        SessionStore::Memory {
+            sessions: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(longest)
+                .build(),
+            leases: moka::sync::Cache::builder()
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            indexes: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(longest)
+                .build(),
+        }
+    }
+
+    /// Adds the session `record` to the index `index` (a `sub` or `sid`), for `ttl`.
+    pub async fn index(&self, index: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            SessionStore::Memory { indexes, .. } => {
+                let list = indexes.get_with(index.to_string(), Default::default);
+                list.lock().expect("index lock").push(record.to_string());
+                Ok(())
+            }
+            SessionStore::Redis { redis, .. } => {
+                let (set, member) = (index.to_string(), record.to_string());
+                let ttl_ms = ttl.as_millis().max(1) as u64;
+                redis
+                    .run("session_index", move |conn| {
+                        async move {
+                            let mut pipe = deadpool_redis::redis::pipe();
+                            pipe.cmd("SADD").arg(&set).arg(&member).ignore();
+                            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
+                            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
+                            pipe.query_async::<()>(conn).await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes every session in the index `index`, and the index; how many there were.
+    pub async fn end_indexed(&self, index: &str) -> Result<usize, StoreError> {
+        match self {
+            SessionStore::Memory {
+                indexes, sessions, ..
+            } => {
+                let Some(list) = indexes.remove(index) else {
+                    return Ok(0);
+                };
+                let records = std::mem::take(&mut *list.lock().expect("index lock"));
+                for record in &records {
+                    sessions.invalidate(record).await;
+                }
+                Ok(records.len())
+            }
+            SessionStore::Redis { redis, .. } => {
+                let set = index.to_string();
+                let ended = redis
+                    .run("session_end", move |conn| {
+                        async move {
+                            let records: Vec<String> = deadpool_redis::redis::cmd("SMEMBERS")
+                                .arg(&set)
+                                .query_async(conn)
+                                .await?;
+                            let mut pipe = deadpool_redis::redis::pipe();
+                            pipe.cmd("DEL").arg(&set).ignore();
+                            for record in &records {
+                                pipe.cmd("DEL").arg(record).ignore();
+                            }
+                            pipe.query_async::<()>(conn).await?;
+                            Ok(records.len())
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(ended)
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        match self {
+            SessionStore::Memory { sessions, .. } => {
+                Ok(sessions.get(key).await.map(|s| (*s).clone()))
+            }
+            SessionStore::Redis { redis, sealer } => {
+                let lookup = key.to_string();
+                let value: Option<String> = redis
+                    .run("session_get", move |conn| {
+                        async move {
+                            deadpool_redis::redis::cmd("GET")
+                                .arg(&lookup)
+                                .query_async(conn)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                // A value that does not open (another key, tampered) is no session.
+                Ok(value
+                    .and_then(|v| sealer.open(&v, key.as_bytes()))
+                    .and_then(|plain| serde_json::from_slice(&plain).ok()))
+            }
+        }
+    }
+
+    /// Stores `session` for `ttl` (its idle or absolute end, whichever comes first).
+    pub async fn put(&self, key: &str, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            SessionStore::Memory { sessions, .. } => {
+                sessions
+                    .insert(key.to_string(), Arc::new(session.clone()))
+                    .await;
+                Ok(())
+            }
+            SessionStore::Redis { redis, sealer } => {
+                let plain = serde_json::to_vec(session).unwrap_or_default();
+                let Some(sealed) = sealer.seal(&plain, key.as_bytes()) else {
+                    return Ok(());
+                };
+                let target = key.to_string();
+                let ttl_ms = ttl.as_millis().max(1) as u64;
+                redis
+                    .run("session_put", move |conn| {
+                        async move {
+                            deadpool_redis::redis::cmd("SET")
+                                .arg(&target)
+                                .arg(&sealed)
+                                .arg("PX")
+                                .arg(ttl_ms)
+                                .query_async::<()>(conn)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            SessionStore::Memory { sessions, .. } => {
+                sessions.invalidate(key).await;
+                Ok(())
+            }
+            SessionStore::Redis { redis, .. } => {
+                let target = key.to_string();
+                redis
+                    .run("session_delete", move |conn| {
+                        async move {
+                            deadpool_redis::redis::cmd("DEL")
+                                .arg(&target)
+                                .query_async::<()>(conn)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the refresh lease `lease` for `ttl`, unless another holder has it.
+    pub async fn take_lease(&self, lease: &str, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            SessionStore::Memory { leases, .. } => {
+                let entry = leases.entry(lease.to_string()).or_insert(());
+                Ok(entry.is_fresh())
+            }
+            SessionStore::Redis { redis, .. } => {
+                let target = lease.to_string();
+                let ttl_ms = ttl.as_millis().max(1) as u64;
+                let taken: Option<String> = redis
+                    .run("session_lease", move |conn| {
+                        async move {
+                            deadpool_redis::redis::cmd("SET")
+                                .arg(&target)
+                                .arg(1)
+                                .arg("NX")
+                                .arg("PX")
+                                .arg(ttl_ms)
+                                .query_async(conn)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(taken.is_some())
+            }
+        }
+    }
+
+    /// Gives the lease back (after the rotated refresh token is stored).
+    pub async fn release_lease(&self, lease: &str) -> Result<(), StoreError> {
+        match self {
+            SessionStore::Memory { leases, .. } => {
+                leases.invalidate(lease);
+                Ok(())
+            }
+            SessionStore::Redis { .. } => self.delete(lease).await,
+        }
+    }
+}

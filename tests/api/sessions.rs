@@ -1,0 +1,513 @@
+//! Browser sessions (Intercom as the SPA's backend-for-frontend), against the real
+//! oidc-provider: the code flow with PKCE through the AS's login page, session routes
+//! that reach the API with the internal JWT (never the cookie), CSRF, open redirects,
+//! refresh under concurrency with rotating refresh tokens, logout and back-channel
+//! logout across replicas that share Redis.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// Intercom replicas logging browsers in at one AS; the first is where the AS sends
+/// browsers back (`base`). Keep every field bound: dropping one stops that process.
+struct Bff {
+    auth: TestAuthServer,
+    upstream: TestUpstream,
+    _apps: Vec<TestApp>,
+    bases: Vec<String>,
+    _redis: Option<TestRedis>,
+    _secrets: tempfile::TempDir,
+}
+
+impl Bff {
+    fn base(&self) -> &str {
+        &self.bases[0]
+    }
+}
+
+/// `replicas` Intercoms (sharing Redis when more than one), the AS started with
+/// `as_env`, `extra` lines in `[session]`.
+async fn start_bff(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
+    let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let mut env = vec![("BFF_BASE", bases[0].as_str())];
+    env.extend_from_slice(as_env);
+    let auth = TestAuthServer::start_with_env(&env).await;
+    let upstream = TestUpstream::start("spa-api");
+    let (dir, secrets) = secrets_file();
+    let redis = (replicas > 1).then(TestRedis::start);
+    let shared = if redis.is_some() {
+        "store = \"redis\"\n"
+    } else {
+        ""
+    };
+    let redis_sections = redis
+        .as_ref()
+        .map(|r| redis_config(r, ""))
+        .unwrap_or_default();
+    let config = format!(
+        "{}[session]\nredirect_uri = \"{base}/auth/callback\"\nencryption_key = \"file:session_key\"\n\
+         scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]\n\
+         post_logout_redirect_uri = \"{base}/\"\n{shared}{extra}\n{redis_sections}\n\
+         [[routes]]\nname = \"spa-api\"\nprefix = \"/api\"\nupstreams = [\"{up}\"]\nauth = \"session\"\naudience = \"spa-api\"\n\
+         [[routes]]\nname = \"spa-pages\"\nprefix = \"/app\"\nupstreams = [\"{up}\"]\nauth = \"session\"\non_missing = \"login\"\n",
+        auth_config(&auth, &secrets, ""),
+        base = bases[0],
+        up = upstream.url(),
+    );
+    let mut apps = Vec::new();
+    for port in &ports {
+        let mut settings = settings_with(&config);
+        settings.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        apps.push(spawn_app_with(settings).await);
+    }
+    Bff {
+        auth,
+        upstream,
+        _apps: apps,
+        bases,
+        _redis: redis,
+        _secrets: dir,
+    }
+}
+
+/// Logs `user` in through the AS's login page, starting at `/auth/login?return_to=`;
+/// the page the browser lands on.
+async fn log_in(browser: &mut Browser, base: &str, user: &str, return_to: &str) -> Page {
+    let query = serde_urlencoded::to_string([("return_to", return_to)]).unwrap();
+    let login_page = browser
+        .navigate(&format!("{base}/auth/login?{query}"))
+        .await;
+    assert_eq!(
+        login_page.status, 200,
+        "{} at {}",
+        login_page.body, login_page.url
+    );
+    browser.submit_login(login_page, user).await
+}
+
+const SESSION_COOKIE: &str = "__Host-intercom-session";
+
+async fn call(browser: &mut Browser, method: &str, url: &str, headers: &[(&str, &str)]) -> Page {
+    browser.send(method, url, headers, None).await
+}
+
+fn problem_type(page: &Page) -> String {
+    let body: serde_json::Value = serde_json::from_str(&page.body).unwrap_or_default();
+    body["type"].as_str().unwrap_or_default().to_string()
+}
+
+#[actix_web::test]
+async fn a_browser_logs_in_calls_the_api_and_logs_out() {
+    let bff = start_bff(1, &[], "").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+
+    let landed = log_in(&mut browser, &base, "alice", "/app/home?tab=1").await;
+    assert_eq!(landed.status, 200, "{} at {}", landed.body, landed.url);
+    let seen: serde_json::Value = serde_json::from_str(&landed.body).unwrap();
+    assert_eq!(seen["path"], "/app/home");
+    assert_eq!(seen["query"], "tab=1");
+    // The upstream gets the internal JWT and identity headers, never Intercom's cookies.
+    assert_eq!(seen["headers"]["x-user-id"][0], "alice");
+    let internal = bearer_of(&seen);
+    let header = josekit::jwt::decode_header(&internal).unwrap();
+    assert_eq!(header.claim("typ").unwrap(), "at+jwt");
+    assert!(seen["headers"].get("cookie").is_none(), "{seen}");
+
+    // The cookies as set: the session's and the login's own, each __Host-, HttpOnly,
+    // Secure, SameSite=Lax, Path=/, no Domain.
+    let ours: Vec<&String> = browser
+        .set_cookie_log
+        .iter()
+        .filter(|(at, _)| base.ends_with(at.as_str()))
+        .map(|(_, line)| line)
+        .collect();
+    assert!(ours.iter().any(|l| l.starts_with("__Host-intercom-flow-")));
+    let session_line = ours
+        .iter()
+        .find(|l| l.starts_with(&format!("{SESSION_COOKIE}=")) && !l.contains("Max-Age=0"))
+        .expect("a session cookie");
+    for line in &ours {
+        let parsed = cookie::Cookie::parse(line.as_str()).unwrap();
+        assert_eq!(parsed.http_only(), Some(true), "{line}");
+        assert_eq!(parsed.secure(), Some(true), "{line}");
+        assert_eq!(parsed.same_site(), Some(cookie::SameSite::Lax), "{line}");
+        assert_eq!(parsed.path(), Some("/"), "{line}");
+        assert_eq!(parsed.domain(), None, "{line}");
+    }
+    let session_id = cookie::Cookie::parse(session_line.as_str())
+        .unwrap()
+        .value()
+        .to_string();
+    // The flow's cookie is gone once the login completed.
+    let names = browser.cookie_names(&base);
+    assert!(
+        names
+            .iter()
+            .all(|k| !k.starts_with("__Host-intercom-flow-")),
+        "{names:?}"
+    );
+
+    // What the SPA may read: claims and the remaining lifetime, no token.
+    let user = call(&mut browser, "GET", &format!("{base}/auth/user"), &[]).await;
+    assert_eq!(user.status, 200);
+    let view: serde_json::Value = serde_json::from_str(&user.body).unwrap();
+    assert_eq!(view["claims"]["sub"], "alice");
+    assert_eq!(view["claims"]["email"], "alice@example.test");
+    assert!(view["expires_in"].as_u64().unwrap() > 0);
+    assert!(
+        !user.body.contains("eyJ"),
+        "a JWT in /auth/user: {}",
+        user.body
+    );
+    for page in [&user, &landed] {
+        for (name, value) in page.headers.iter() {
+            assert!(
+                !value.to_str().unwrap_or("").contains("eyJ"),
+                "{name} carries a JWT"
+            );
+        }
+    }
+    let status = call(&mut browser, "GET", &format!("{base}/auth/session"), &[]).await;
+    assert_eq!(status.status, 200);
+
+    // CSRF: a state-changing call needs the header and an allowed Origin.
+    let api = format!("{base}/api/orders");
+    let no_header = call(&mut browser, "POST", &api, &[("origin", &base)]).await;
+    assert_eq!(
+        (no_header.status, problem_type(&no_header).as_str()),
+        (403, "urn:intercom:problem:csrf-refused")
+    );
+    let foreign = call(
+        &mut browser,
+        "POST",
+        &api,
+        &[("x-csrf", "1"), ("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(foreign.status, 403);
+    let no_origin = call(&mut browser, "POST", &api, &[("x-csrf", "1")]).await;
+    assert_eq!(no_origin.status, 403);
+    let hits = bff.upstream.hits();
+    let allowed = call(
+        &mut browser,
+        "POST",
+        &api,
+        &[("x-csrf", "1"), ("origin", &base)],
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(
+        bff.upstream.hits(),
+        hits + 1,
+        "only the allowed call reached the API"
+    );
+
+    // Without a session: an API call gets 401 problem+json, a page a login redirect.
+    let mut stranger = Browser::default();
+    let denied = call(&mut stranger, "GET", &api, &[]).await;
+    assert_eq!(
+        (denied.status, problem_type(&denied).as_str()),
+        (401, "urn:intercom:problem:session-required")
+    );
+    let page = call(&mut stranger, "GET", &format!("{base}/app/inbox?x=1"), &[]).await;
+    assert_eq!(page.status, 302);
+    assert_eq!(
+        page.headers.get("location").unwrap(),
+        "/auth/login?return_to=%2Fapp%2Finbox%3Fx%3D1"
+    );
+    // A made-up session id is no session.
+    let forged = call(
+        &mut stranger,
+        "GET",
+        &api,
+        &[("cookie", &format!("{SESSION_COOKIE}=forged"))],
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+
+    // Logout: CSRF-protected, the session gone server side, the refresh token revoked,
+    // the browser sent to the AS's end_session with id_token_hint.
+    let refused = call(&mut browser, "POST", &format!("{base}/auth/logout"), &[]).await;
+    assert_eq!(refused.status, 403);
+    let revocations = bff.auth.stats().await["revocation"].as_u64().unwrap();
+    let out = call(
+        &mut browser,
+        "POST",
+        &format!("{base}/auth/logout"),
+        &[("x-csrf", "1"), ("origin", &base)],
+    )
+    .await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    let location = out.headers.get("location").unwrap().to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{}/session/end", bff.auth.issuer)),
+        "{location}"
+    );
+    assert!(location.contains("id_token_hint="), "{location}");
+    assert!(location.contains("post_logout_redirect_uri="), "{location}");
+    assert_eq!(
+        bff.auth.stats().await["revocation"].as_u64().unwrap(),
+        revocations + 1
+    );
+    assert!(
+        browser.cookie(&base, SESSION_COOKIE).is_none(),
+        "the cookie was not cleared"
+    );
+    let replayed = call(
+        &mut stranger,
+        "GET",
+        &api,
+        &[("cookie", &format!("{SESSION_COOKIE}={session_id}"))],
+    )
+    .await;
+    assert_eq!(replayed.status, 401, "the old cookie still opens a session");
+}
+
+#[actix_web::test]
+async fn logins_refuse_open_redirects_and_swapped_or_replayed_states() {
+    let bff = start_bff(1, &[], "").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    for evil in [
+        "//evil.example",
+        "/\\evil.example",
+        "https:evil.example",
+        "%2f%2fevil.example",
+        "/%5cevil.example",
+        "https://app.example@evil.example/",
+        "/\tevil",
+        "javascript:alert(1)",
+        "https://evil.example/",
+    ] {
+        let query = serde_urlencoded::to_string([("return_to", evil)]).unwrap();
+        let page = call(
+            &mut browser,
+            "GET",
+            &format!("{base}/auth/login?{query}"),
+            &[],
+        )
+        .await;
+        assert_eq!(page.status, 400, "{evil:?}");
+        assert_eq!(problem_type(&page), "urn:intercom:problem:login-failed");
+        assert!(page.headers.get("location").is_none());
+    }
+
+    // Two logins in two tabs of one browser both complete, each where it was headed.
+    let query = |to: &str| serde_urlencoded::to_string([("return_to", to)]).unwrap();
+    let first = browser
+        .navigate(&format!("{base}/auth/login?{}", query("/app/one")))
+        .await;
+    let second = browser
+        .navigate(&format!("{base}/auth/login?{}", query("/app/two")))
+        .await;
+    let landed_second = browser.submit_login(second, "bob").await;
+    let landed_first = browser.submit_login(first, "bob").await;
+    for (page, path) in [(&landed_first, "/app/one"), (&landed_second, "/app/two")] {
+        assert_eq!(page.status, 200, "{}", page.body);
+        let seen: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+        assert_eq!(seen["path"], path);
+    }
+
+    // A callback whose state this browser never started, or started elsewhere.
+    let mut other = Browser::default();
+    let start = call(&mut other, "GET", &format!("{base}/auth/login"), &[]).await;
+    let authorize = url::Url::parse(&next_url(&start)).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let swapped = call(
+        &mut browser,
+        "GET",
+        &format!("{base}/auth/callback?code=x&state={state}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (swapped.status, problem_type(&swapped).as_str()),
+        (400, "urn:intercom:problem:login-failed")
+    );
+    let unknown = call(
+        &mut other,
+        "GET",
+        &format!("{base}/auth/callback?code=x&state=never-issued"),
+        &[],
+    )
+    .await;
+    assert_eq!(unknown.status, 400);
+
+    // A completed login's callback, replayed: its login cookie is gone, so is the code.
+    let mut replayer = Browser::default();
+    let page = replayer.navigate(&format!("{base}/auth/login")).await;
+    let mut answer = replayer
+        .send(
+            "POST",
+            &page.url,
+            &[],
+            Some(&[("prompt", "login"), ("login", "carol"), ("password", "pw")]),
+        )
+        .await;
+    while !answer
+        .headers
+        .get("location")
+        .is_some_and(|l| l.to_str().unwrap().contains("/auth/callback"))
+    {
+        let next = next_url(&answer);
+        answer = replayer.send("GET", &next, &[], None).await;
+        assert!((300..400).contains(&answer.status), "{}", answer.body);
+    }
+    let callback = next_url(&answer);
+    let done = replayer.send("GET", &callback, &[], None).await;
+    assert_eq!(done.status, 302);
+    let again = replayer.send("GET", &callback, &[], None).await;
+    assert_eq!(
+        (again.status, problem_type(&again).as_str()),
+        (400, "urn:intercom:problem:login-failed")
+    );
+    assert!(again
+        .set_cookies
+        .iter()
+        .all(|c| !c.starts_with(SESSION_COOKIE)));
+}
+
+#[actix_web::test]
+async fn concurrent_calls_while_the_token_expires_refresh_it_once() {
+    // Access tokens live 30 s and are refreshed in their last 27 s: due 3 s after login.
+    let bff = start_bff(2, &[("TOKEN_TTL", "30")], "refresh_ahead = \"27s\"\n").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "dana", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let logged_in = std::time::Instant::now();
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
+    let before = bff.auth.stats().await;
+    // Wall-clock time must pass for the token to come due; nothing here depends on
+    // how fast the machine is.
+    actix_web::rt::time::sleep(Duration::from_secs(4).saturating_sub(logged_in.elapsed())).await;
+
+    // 50 calls at once, split over both replicas (they share the session in Redis).
+    let calls = (0..50).map(|i| {
+        let url = format!("{}/api/burst/{i}", bff.bases[i % 2]);
+        let cookie = cookie.clone();
+        async move {
+            let mut res = test_client()
+                .get(url)
+                .insert_header(("cookie", cookie))
+                .send()
+                .await
+                .unwrap();
+            let body = res.body().await.unwrap_or_default();
+            let status = res.status().as_u16();
+            if status != 200 {
+                eprintln!("call {i}: {status} {}", String::from_utf8_lossy(&body));
+            }
+            status
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = bff.auth.stats().await;
+    let count = |stats: &serde_json::Value, name: &str| stats[name].as_u64().unwrap();
+    assert_eq!(
+        count(&after, "refresh") - count(&before, "refresh"),
+        1,
+        "exactly one refresh"
+    );
+    assert_eq!(
+        count(&after, "refresh_refused"),
+        count(&before, "refresh_refused"),
+        "no refresh token presented twice"
+    );
+
+    // The next burst after the rotated token is due again: one more refresh, with the
+    // rotated refresh token (the AS refuses the old one).
+    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    let mut res = test_client()
+        .get(format!("{}/api/again", bff.bases[1]))
+        .insert_header(("cookie", cookie.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let _ = res.body().await;
+    let last = bff.auth.stats().await;
+    assert_eq!(count(&last, "refresh") - count(&before, "refresh"), 2);
+    assert_eq!(
+        count(&last, "refresh_refused"),
+        count(&before, "refresh_refused")
+    );
+}
+
+#[actix_web::test]
+async fn a_back_channel_logout_ends_the_session_on_every_replica() {
+    let bff = start_bff(2, &[], "").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "erin", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
+    let on_second = format!("{}/api/me", bff.bases[1]);
+    let mut stranger = Browser::default();
+    let page = call(&mut stranger, "GET", &on_second, &[("cookie", &cookie)]).await;
+    assert_eq!(
+        page.status, 200,
+        "the second replica serves the session: {}",
+        page.body
+    );
+
+    // The user logs out at the AS itself (not through Intercom): the AS tells Intercom
+    // on the back channel.
+    let confirm = browser
+        .navigate(&format!("{}/session/end", bff.auth.issuer))
+        .await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    let xsrf = confirm
+        .body
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the AS's logout form")
+        .to_string();
+    let done = browser
+        .send(
+            "POST",
+            &format!("{}/session/end/confirm", bff.auth.issuer),
+            &[],
+            Some(&[("xsrf", &xsrf), ("logout", "yes")]),
+        )
+        .await;
+    assert!(
+        (200..400).contains(&done.status),
+        "{} {}",
+        done.status,
+        done.body
+    );
+    assert_eq!(bff.auth.stats().await["backchannel_logout"], 1);
+    let ended = eventually(Duration::from_secs(10), async || {
+        let page = call(&mut stranger, "GET", &on_second, &[("cookie", &cookie)]).await;
+        page.status == 401
+    })
+    .await;
+    assert!(ended, "the second replica still serves the session");
+    let first = call(
+        &mut stranger,
+        "GET",
+        &format!("{base}/api/me"),
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(first.status, 401);
+}
