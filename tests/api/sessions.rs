@@ -511,3 +511,76 @@ async fn a_back_channel_logout_ends_the_session_on_every_replica() {
     .await;
     assert_eq!(first.status, 401);
 }
+
+/// Follows redirects from `url` until one points at a fragment (a silent login's answer
+/// to the SPA) or an answer is not a redirect; that answer.
+async fn until_fragment(browser: &mut Browser, url: &str) -> Page {
+    let mut page = browser.send("GET", url, &[], None).await;
+    for _ in 0..20 {
+        let location = page.headers.get("location").map(|l| l.to_str().unwrap().to_string());
+        match location {
+            Some(l) if !l.contains('#') => {
+                let next = next_url(&page);
+                page = browser.send("GET", &next, &[], None).await;
+            }
+            _ => return page,
+        }
+    }
+    page
+}
+
+#[actix_web::test]
+async fn silent_logins_answer_the_spa_and_sessions_time_out() {
+    let bff = start_bff(1, &[], "idle_timeout = \"3s\"\nabsolute_timeout = \"6s\"\n").await;
+    let base = bff.base().to_string();
+
+    // No session at the AS: the SPA gets a clear answer in the fragment, no error page.
+    let mut fresh = Browser::default();
+    let answer = until_fragment(&mut fresh, &format!("{base}/auth/login?prompt=none&return_to=/app/x")).await;
+    assert_eq!(answer.status, 302, "{}", answer.body);
+    assert_eq!(
+        answer.headers.get("location").unwrap(),
+        "/app/x#intercom_login=login_required"
+    );
+    assert!(fresh.cookie(&base, SESSION_COOKIE).is_none());
+
+    // With a session at the AS, a silent login completes without a page.
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "frank", "/app/").await;
+    assert_eq!(landed.status, 200);
+    let first = browser.cookie(&base, SESSION_COOKIE).unwrap();
+    let silent = browser.navigate(&format!("{base}/auth/login?prompt=none&return_to=/app/silent")).await;
+    assert_eq!(silent.status, 200, "{} at {}", silent.body, silent.url);
+    let seen: serde_json::Value = serde_json::from_str(&silent.body).unwrap();
+    assert_eq!(seen["path"], "/app/silent");
+    // A new session id at every login: no fixation.
+    let second = browser.cookie(&base, SESSION_COOKIE).unwrap();
+    assert_ne!(first, second);
+
+    // Idle: unused for longer than idle_timeout, the session is over.
+    let cookie = format!("{SESSION_COOKIE}={first}");
+    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    let idle = call(&mut Browser::default(), "GET", &format!("{base}/api/x"), &[("cookie", &cookie)]).await;
+    assert_eq!(idle.status, 401);
+
+    // Absolute: used every half second, it still ends absolute_timeout after login.
+    let mut browser = Browser::default();
+    // Timed from before the login began: the session cannot end sooner than 5 s after
+    // it (6 s after its creation, counted in whole seconds).
+    let logged_in = std::time::Instant::now();
+    let landed = log_in(&mut browser, &base, "grace", "/app/").await;
+    assert_eq!(landed.status, 200);
+    let cookie = format!("{SESSION_COOKIE}={}", browser.cookie(&base, SESSION_COOKIE).unwrap());
+    let mut ended_after = None;
+    while logged_in.elapsed() < Duration::from_secs(30) {
+        let page = call(&mut Browser::default(), "GET", &format!("{base}/api/x"), &[("cookie", &cookie)]).await;
+        if page.status == 401 {
+            ended_after = Some(logged_in.elapsed());
+            break;
+        }
+        assert_eq!(page.status, 200, "{}", page.body);
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended_after = ended_after.expect("the session outlived its absolute timeout");
+    assert!(ended_after >= Duration::from_secs(5), "ended after {ended_after:?}, before its absolute timeout");
+}
