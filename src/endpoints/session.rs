@@ -81,11 +81,23 @@ pub async fn logout(
         .await
         .map_err(|e| ApiError::from(e).at(&req))?;
     let location = end_session.map_or_else(|| "/".to_string(), |u| u.to_string());
-    Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::SET_COOKIE, sessions.clear_session_cookie()))
-        .finish())
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    // A script's fetch cannot follow a redirect to the AS: it gets the URL to go to.
+    let mut res = if wants_json {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::SeeOther()
+    };
+    res.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::SET_COOKIE, sessions.clear_session_cookie()));
+    if wants_json {
+        return Ok(res.json(serde_json::json!({ "end_session_url": location })));
+    }
+    Ok(res.insert_header((header::LOCATION, location)).finish())
 }
 
 async fn live(

@@ -211,6 +211,41 @@ fn validation_errors_name_the_key() {
         ),
         (format!("{AS}introspection_format = \"xml\"\n"), &[], "auth_server.introspection_format"),
         (format!("{ROUTE}upstream_token = \"theirs\"\n"), &[], "routes[0].upstream_token"),
+        (
+            "[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\n".into(),
+            &[],
+            "session: needs an [auth_server] section",
+        ),
+        (
+            format!("{AS}[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\nstore = \"redis\"\n"),
+            &[],
+            "session.store: \"redis\" needs a [redis] section",
+        ),
+        (
+            format!("{AS}[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\ncookie_name = \"sid\"\n"),
+            &[],
+            "session.cookie_name: must start with __Host-",
+        ),
+        (
+            format!("{AS}[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\norigins = [\"https://app.example.com/spa\"]\n"),
+            &[],
+            "session.origins[0]: \"https://app.example.com/spa\" must be an origin",
+        ),
+        (
+            format!("{AS}[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\nscopes = [\"profile\"]\n"),
+            &[],
+            "session.scopes: must include \"openid\"",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"session\"\n"),
+            &[],
+            "routes[0].auth: \"session\" needs a [session] section",
+        ),
+        (
+            format!("{AS}{ROUTE}auth = \"bearer\"\non_missing = \"login\"\n"),
+            &[],
+            "routes[0].on_missing: only session routes log in",
+        ),
         ("[tokens]\nalgorithm = \"HS256\"\n".into(), &[], "tokens.algorithm"),
         (
             format!("{ROUTE}cors = {{ origins = [\"*\"], credentials = true }}\n"),

@@ -517,7 +517,10 @@ async fn a_back_channel_logout_ends_the_session_on_every_replica() {
 async fn until_fragment(browser: &mut Browser, url: &str) -> Page {
     let mut page = browser.send("GET", url, &[], None).await;
     for _ in 0..20 {
-        let location = page.headers.get("location").map(|l| l.to_str().unwrap().to_string());
+        let location = page
+            .headers
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
         match location {
             Some(l) if !l.contains('#') => {
                 let next = next_url(&page);
@@ -536,7 +539,11 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
 
     // No session at the AS: the SPA gets a clear answer in the fragment, no error page.
     let mut fresh = Browser::default();
-    let answer = until_fragment(&mut fresh, &format!("{base}/auth/login?prompt=none&return_to=/app/x")).await;
+    let answer = until_fragment(
+        &mut fresh,
+        &format!("{base}/auth/login?prompt=none&return_to=/app/x"),
+    )
+    .await;
     assert_eq!(answer.status, 302, "{}", answer.body);
     assert_eq!(
         answer.headers.get("location").unwrap(),
@@ -549,7 +556,11 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
     let landed = log_in(&mut browser, &base, "frank", "/app/").await;
     assert_eq!(landed.status, 200);
     let first = browser.cookie(&base, SESSION_COOKIE).unwrap();
-    let silent = browser.navigate(&format!("{base}/auth/login?prompt=none&return_to=/app/silent")).await;
+    let silent = browser
+        .navigate(&format!(
+            "{base}/auth/login?prompt=none&return_to=/app/silent"
+        ))
+        .await;
     assert_eq!(silent.status, 200, "{} at {}", silent.body, silent.url);
     let seen: serde_json::Value = serde_json::from_str(&silent.body).unwrap();
     assert_eq!(seen["path"], "/app/silent");
@@ -560,7 +571,13 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
     // Idle: unused for longer than idle_timeout, the session is over.
     let cookie = format!("{SESSION_COOKIE}={first}");
     actix_web::rt::time::sleep(Duration::from_secs(4)).await;
-    let idle = call(&mut Browser::default(), "GET", &format!("{base}/api/x"), &[("cookie", &cookie)]).await;
+    let idle = call(
+        &mut Browser::default(),
+        "GET",
+        &format!("{base}/api/x"),
+        &[("cookie", &cookie)],
+    )
+    .await;
     assert_eq!(idle.status, 401);
 
     // Absolute: used every half second, it still ends absolute_timeout after login.
@@ -570,10 +587,19 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
     let logged_in = std::time::Instant::now();
     let landed = log_in(&mut browser, &base, "grace", "/app/").await;
     assert_eq!(landed.status, 200);
-    let cookie = format!("{SESSION_COOKIE}={}", browser.cookie(&base, SESSION_COOKIE).unwrap());
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
     let mut ended_after = None;
     while logged_in.elapsed() < Duration::from_secs(30) {
-        let page = call(&mut Browser::default(), "GET", &format!("{base}/api/x"), &[("cookie", &cookie)]).await;
+        let page = call(
+            &mut Browser::default(),
+            "GET",
+            &format!("{base}/api/x"),
+            &[("cookie", &cookie)],
+        )
+        .await;
         if page.status == 401 {
             ended_after = Some(logged_in.elapsed());
             break;
@@ -582,5 +608,33 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     }
     let ended_after = ended_after.expect("the session outlived its absolute timeout");
-    assert!(ended_after >= Duration::from_secs(5), "ended after {ended_after:?}, before its absolute timeout");
+
+    // A script logs out with fetch: it gets the AS's logout URL to go to, as JSON.
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "heidi", "/app/").await;
+    assert_eq!(landed.status, 200);
+    let out = call(
+        &mut browser,
+        "POST",
+        &format!("{base}/auth/logout"),
+        &[
+            ("x-csrf", "1"),
+            ("origin", &base),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let answer: serde_json::Value = serde_json::from_str(&out.body).unwrap();
+    let url = answer["end_session_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/session/end?", bff.auth.issuer)),
+        "{url}"
+    );
+    let after = call(&mut browser, "GET", &format!("{base}/auth/session"), &[]).await;
+    assert_eq!(after.status, 401);
+    assert!(
+        ended_after >= Duration::from_secs(5),
+        "ended after {ended_after:?}, before its absolute timeout"
+    );
 }

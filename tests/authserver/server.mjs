@@ -55,7 +55,7 @@ Object.assign(defaultClients[0], {
   grant_types: [...defaultClients[0].grant_types, 'authorization_code', 'refresh_token'],
   response_types: ['code'],
   redirect_uris: [`${bffBase}/auth/callback`],
-  post_logout_redirect_uris: [`${bffBase}/`],
+  post_logout_redirect_uris: [`${bffBase}/`, `${bffBase}/public/logged-out`],
   backchannel_logout_uri: `${bffBase}/backchannel-logout`,
   scope: `${defaultClients[0].scope} openid offline_access email`,
 });
