@@ -28,11 +28,14 @@ impl Bff {
 /// `replicas` Intercoms (sharing Redis when more than one), the AS started with
 /// `as_env`, `extra` lines in `[session]`.
 async fn start_bff(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
+    start_bff_at("127.0.0.1", replicas, as_env, extra).await
+}
+
+/// [`start_bff`] with browsers sent to `host` (`localhost` for Chromium, which keeps
+/// `Secure` cookies from `http://localhost`).
+async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
     let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
-    let bases: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let bases: Vec<String> = ports.iter().map(|p| format!("http://{host}:{p}")).collect();
     let mut env = vec![("BFF_BASE", bases[0].as_str())];
     env.extend_from_slice(as_env);
     let auth = TestAuthServer::start_with_env(&env).await;
@@ -637,4 +640,122 @@ async fn silent_logins_answer_the_spa_and_sessions_time_out() {
         ended_after >= Duration::from_secs(5),
         "ended after {ended_after:?}, before its absolute timeout"
     );
+}
+
+#[actix_web::test]
+async fn in_chromium_the_login_leaves_no_token_the_page_can_read() {
+    use fantoccini::Locator;
+    let bff = start_bff_at("localhost", 1, &[], "").await;
+    let base = bff.base().to_string();
+    let chromium = TestChromium::start().await;
+    let browser = &chromium.client;
+
+    // A page navigation without a session goes to the AS's login page and back.
+    browser.goto(&format!("{base}/app/quiet")).await.unwrap();
+    let login = browser
+        .wait()
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap();
+    login.send_keys("ivan").await.unwrap();
+    let password = browser
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap();
+    password.send_keys("pw").await.unwrap();
+    browser
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let landed = eventually(Duration::from_secs(30), async || {
+        browser
+            .current_url()
+            .await
+            .is_ok_and(|u| u.as_str() == format!("{base}/app/quiet"))
+    })
+    .await;
+    assert!(
+        landed,
+        "not back on the page: {:?}",
+        browser.current_url().await
+    );
+    assert!(browser.source().await.unwrap().contains("quiet"));
+
+    // The cookie as Chromium stored it.
+    let cookies = browser.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == SESSION_COOKIE)
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(session.secure(), Some(true));
+    assert_eq!(format!("{:?}", session.same_site()), "Some(Lax)");
+    assert_eq!(session.path(), Some("/"));
+    assert_eq!(session.domain(), Some("localhost"), "a host-only cookie");
+    assert!(
+        cookies
+            .iter()
+            .all(|c| !c.name().starts_with("__Host-intercom-flow-")),
+        "the login's cookie outlived the login: {cookies:?}"
+    );
+
+    // Nothing the page's script can read holds a token.
+    let readable = browser
+        .execute(
+            "return [document.cookie, localStorage.length, sessionStorage.length]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(readable, serde_json::json!(["", 0, 0]));
+    let fetch =
+        |script: &'static str| async move { browser.execute_async(script, vec![]).await.unwrap() };
+    let user = fetch(
+        "const done = arguments[0]; fetch('/auth/user').then(async (r) => done([r.status, await r.text()]))",
+    )
+    .await;
+    assert_eq!(user[0], 200);
+    let text = user[1].as_str().unwrap();
+    assert!(text.contains("ivan") && !text.contains("eyJ"), "{text}");
+
+    // Same-origin calls with the CSRF header pass; a cross-site POST never reaches the API.
+    let hits = bff.upstream.hits();
+    let call = fetch(
+        "const done = arguments[0]; fetch('/api/quiet', { method: 'POST', headers: { 'X-CSRF': '1' } }).then((r) => done(r.status))",
+    )
+    .await;
+    assert_eq!(call, 200);
+    assert_eq!(bff.upstream.hits(), hits + 1);
+    browser
+        .goto(&format!(
+            "{}/.well-known/openid-configuration",
+            bff.auth.issuer
+        ))
+        .await
+        .unwrap();
+    let script = format!(
+        "const done = arguments[0]; Promise.allSettled([\
+         fetch('{base}/api/quiet', {{ method: 'POST', mode: 'no-cors', credentials: 'include', body: 'x' }}),\
+         fetch('{base}/api/quiet', {{ method: 'POST', credentials: 'include', headers: {{ 'X-CSRF': '1' }} }})\
+         ]).then(() => done(true))"
+    );
+    browser.execute_async(&script, vec![]).await.unwrap();
+    assert_eq!(
+        bff.upstream.hits(),
+        hits + 1,
+        "a cross-site request reached the API"
+    );
+
+    // Logout from the page's script: the session is gone.
+    browser.goto(&format!("{base}/app/quiet")).await.unwrap();
+    let out = fetch(
+        "const done = arguments[0]; fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1', Accept: 'application/json' } })\
+         .then(async (r) => { const j = await r.json(); const s = await fetch('/auth/session'); done([r.status, j.end_session_url.startsWith('http'), s.status]); })",
+    )
+    .await;
+    assert_eq!(out, serde_json::json!([200, true, 401]));
+    chromium.close().await;
 }

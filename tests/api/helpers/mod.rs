@@ -18,6 +18,7 @@ use intercom::startup::{Application, ShutdownHandle};
 
 mod authserver;
 mod browser;
+mod chromium;
 mod edge;
 mod openbao;
 mod redis;
@@ -25,6 +26,7 @@ mod upstream;
 
 pub use authserver::*;
 pub use browser::*;
+pub use chromium::*;
 pub use edge::*;
 pub use openbao::*;
 pub use redis::*;

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use super::*;
 
 /// A small real HTTP server that answers with what it received, as JSON: method, path,
-/// query, headers, body length and SHA-256. Special paths: `/slow?ms=N`,
+/// query, headers, body length and SHA-256. Special paths: any ending in `/quiet`
+/// (200 `quiet`, no echo), `/slow?ms=N`,
 /// `/download?bytes=N` (a deterministic stream), `/status/N`.
 pub struct TestUpstream {
     pub port: u16,
@@ -125,6 +126,10 @@ async fn echo(
         if sent != Some(key.as_str()) {
             return HttpResponse::Unauthorized().finish();
         }
+    }
+    if req.path().ends_with("/quiet") {
+        // Answers without echoing: what a browser may see of an API's answer.
+        return HttpResponse::Ok().content_type("text/plain").body("quiet");
     }
     let mut hasher = Sha256::new();
     let mut len = 0u64;
