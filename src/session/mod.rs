@@ -20,7 +20,8 @@ use crate::cache::sealed::Sealer;
 use crate::clock::now_secs;
 use crate::keyed_hash::SharedHasher;
 use crate::revocation_ids::Ids;
-use crate::revoke::Revoker;
+use crate::revocation_ids::Kind;
+use crate::revoke::{Revoker, Target};
 use crate::settings::{SameSite, SessionSettings};
 use flow::{LoginState, ReturnRules, LOGIN_MAX_SECS};
 use oidc::{OidcClient, OidcError};
@@ -418,12 +419,21 @@ impl Sessions {
         if session.access_expires_at <= now + self.refresh_ahead.as_secs() {
             return self.refresh(&keys, session).await;
         }
-        // The idle clock moves at most every tenth of the idle timeout (a write then).
-        if now - session.last_seen >= (self.idle.as_secs() / 10).max(1) {
-            session.last_seen = now;
-            self.store
-                .put(&keys.record, &session, self.ttl(&session))
-                .await?;
+        // The idle clock moves at most every tenth of the idle timeout (a write then),
+        // under the refresh lease and on the stored copy: writing back a copy read
+        // earlier could undo another replica's refresh (and its rotated token).
+        if now - session.last_seen >= (self.idle.as_secs() / 10).max(1)
+            && self.store.take_lease(&keys.lease, self.lease_ttl).await?
+        {
+            let stored = self.store.get_fresh(&keys.record).await;
+            if let Ok(Some(mut stored)) = stored {
+                stored.last_seen = now;
+                self.store
+                    .put(&keys.record, &stored, self.ttl(&stored))
+                    .await?;
+                session = stored;
+            }
+            self.store.release_lease(&keys.lease).await?;
         }
         Ok(Some(session))
     }
@@ -453,7 +463,7 @@ impl Sessions {
             Err(_) => lock.lock().await,
         };
         // Another call may have refreshed while this one waited.
-        let Some(session) = self.store.get(&keys.record).await? else {
+        let Some(session) = self.store.get_fresh(&keys.record).await? else {
             return Ok(None);
         };
         if session.access_expires_at > now_secs() + self.refresh_ahead.as_secs() {
@@ -473,7 +483,7 @@ impl Sessions {
                 // The lease may have just been released by a replica that refreshed:
                 // read again, or the consumed refresh token would be presented twice
                 // (and a rotating AS ends the whole grant for it).
-                let latest = self.store.get(&keys.record).await?;
+                let latest = self.store.get_fresh(&keys.record).await?;
                 let result = match latest {
                     None => Ok(None),
                     Some(latest)
@@ -490,7 +500,7 @@ impl Sessions {
             }
             // Another replica refreshes: its tokens land in the store.
             tokio::time::sleep(Duration::from_millis(25)).await;
-            match self.store.get(&keys.record).await? {
+            match self.store.get_fresh(&keys.record).await? {
                 None => return Ok(None),
                 Some(fresh) if fresh.access_token != session.access_token => {
                     refreshes("coalesced");
@@ -555,8 +565,15 @@ impl Sessions {
         let mut hint = None;
         if let Some(id) = session_id {
             let keys = self.keys(id);
-            if let Some(session) = self.store.get(&keys.record).await? {
+            if let Some(session) = self.store.get_fresh(&keys.record).await? {
                 self.store.delete(&keys.record).await?;
+                if let Some(revoker) = &self.revoker {
+                    // Every replica's recent reads of this session end with its token.
+                    let token = session.access_token.clone();
+                    revoker
+                        .revoke(Target::One(Kind::Token, token), "session_logout")
+                        .await;
+                }
                 if let Some(refresh) = &session.refresh_token {
                     self.oidc.revoke_refresh_token(refresh).await;
                 }

@@ -60,6 +60,10 @@ pub enum SessionStore {
     Redis {
         redis: Arc<SharedRedis>,
         sealer: Sealer,
+        /// Sessions this replica read lately, kept `session.memory_ttl`: a call need
+        /// not wait for Redis. A logout elsewhere reaches it through the revocation
+        /// fan-out (the denylist check on every call), not through this cache.
+        recent: moka::future::Cache<String, Arc<Session>>,
     },
 }
 
@@ -149,12 +153,41 @@ impl SessionStore {
         }
     }
 
+    /// Sealed in Redis, each replica keeping what it read for `memory_ttl` (none when
+    /// zero).
+    pub fn redis(redis: Arc<SharedRedis>, sealer: Sealer, memory_ttl: Duration) -> Self {
+        SessionStore::Redis {
+            redis,
+            sealer,
+            recent: moka::future::Cache::builder()
+                .max_capacity(if memory_ttl.is_zero() { 0 } else { 100_000 })
+                .time_to_live(memory_ttl.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    /// The session, from this replica's recent reads when it can.
     pub async fn get(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        if let SessionStore::Redis { recent, .. } = self {
+            if let Some(session) = recent.get(key).await {
+                return Ok(Some((*session).clone()));
+            }
+        }
+        self.get_fresh(key).await
+    }
+
+    /// The session as the store holds it now (never a recent read): what a refresh
+    /// must decide on, or it could present a refresh token already rotated.
+    pub async fn get_fresh(&self, key: &str) -> Result<Option<Session>, StoreError> {
         match self {
             SessionStore::Memory { sessions, .. } => {
                 Ok(sessions.get(key).await.map(|s| (*s).clone()))
             }
-            SessionStore::Redis { redis, sealer } => {
+            SessionStore::Redis {
+                redis,
+                sealer,
+                recent,
+            } => {
                 let lookup = key.to_string();
                 let value: Option<String> = redis
                     .run("session_get", move |conn| {
@@ -168,9 +201,15 @@ impl SessionStore {
                     })
                     .await?;
                 // A value that does not open (another key, tampered) is no session.
-                Ok(value
+                let session: Option<Session> = value
                     .and_then(|v| sealer.open(&v, key.as_bytes()))
-                    .and_then(|plain| serde_json::from_slice(&plain).ok()))
+                    .and_then(|plain| serde_json::from_slice(&plain).ok());
+                if let Some(session) = &session {
+                    recent
+                        .insert(key.to_string(), Arc::new(session.clone()))
+                        .await;
+                }
+                Ok(session)
             }
         }
     }
@@ -184,7 +223,14 @@ impl SessionStore {
                     .await;
                 Ok(())
             }
-            SessionStore::Redis { redis, sealer } => {
+            SessionStore::Redis {
+                redis,
+                sealer,
+                recent,
+            } => {
+                recent
+                    .insert(key.to_string(), Arc::new(session.clone()))
+                    .await;
                 let plain = serde_json::to_vec(session).unwrap_or_default();
                 let Some(sealed) = sealer.seal(&plain, key.as_bytes()) else {
                     return Ok(());
@@ -216,7 +262,8 @@ impl SessionStore {
                 sessions.invalidate(key).await;
                 Ok(())
             }
-            SessionStore::Redis { redis, .. } => {
+            SessionStore::Redis { redis, recent, .. } => {
+                recent.invalidate(key).await;
                 let target = key.to_string();
                 redis
                     .run("session_delete", move |conn| {

@@ -48,6 +48,10 @@ pub struct SessionSettings {
     /// Where sessions live: `memory` (this replica only) or `redis` (every replica).
     #[serde(default)]
     pub store: SessionStoreKind,
+    /// With `redis`: how long a replica keeps a session it read (`0s`: always ask
+    /// Redis). Logouts reach every replica through the revocation fan-out.
+    #[serde(default = "default_memory_ttl", with = "humantime_serde")]
+    pub memory_ttl: Duration,
     /// The SPA's origins: `return_to` may name them, and state-changing calls must come
     /// from them (`Origin`, else `Referer`). Default: the origin of `redirect_uri`.
     #[serde(default)]
@@ -78,6 +82,9 @@ fn default_idle() -> Duration {
 }
 fn default_absolute() -> Duration {
     Duration::from_secs(12 * 3600)
+}
+fn default_memory_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_refresh_ahead() -> Duration {
     Duration::from_secs(60)

@@ -193,10 +193,11 @@ async fn sessions(
     .await
     .map_err(|e| StartError::Session(e.to_string()))?;
     let store = match (session.store, redis) {
-        (SessionStoreKind::Redis, Some(redis)) => SessionStore::Redis {
+        (SessionStoreKind::Redis, Some(redis)) => SessionStore::redis(
             redis,
-            sealer: crate::cache::sealed::Sealer::new(key.clone()),
-        },
+            crate::cache::sealed::Sealer::new(key.clone()),
+            session.memory_ttl,
+        ),
         _ => SessionStore::memory(session.absolute_timeout),
     };
     Ok(Arc::new(Sessions::new(

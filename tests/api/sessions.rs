@@ -759,3 +759,39 @@ async fn in_chromium_the_login_leaves_no_token_the_page_can_read() {
     assert_eq!(out, serde_json::json!([200, true, 401]));
     chromium.close().await;
 }
+
+#[actix_web::test]
+async fn a_logout_on_one_replica_ends_the_session_another_holds_in_memory() {
+    let bff = start_bff(2, &[], "memory_ttl = \"1h\"\n").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "judy", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
+    let on_second = format!("{}/api/me", bff.bases[1]);
+    let mut other = Browser::default();
+    // The second replica reads the session once and keeps it (memory_ttl is an hour).
+    for _ in 0..2 {
+        let page = call(&mut other, "GET", &on_second, &[("cookie", &cookie)]).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+    }
+    let out = call(
+        &mut browser,
+        "POST",
+        &format!("{base}/auth/logout"),
+        &[("x-csrf", "1"), ("origin", &base)],
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    let ended = eventually(Duration::from_secs(10), async || {
+        call(&mut other, "GET", &on_second, &[("cookie", &cookie)])
+            .await
+            .status
+            == 401
+    })
+    .await;
+    assert!(ended, "the second replica's memory outlived the logout");
+}

@@ -47,14 +47,15 @@ const defaultClients = [
     scope: 'invoice_read',
   },
 ];
-// BFF_BASE (the base URL of the Intercom that logs browsers in, e.g.
+// BFF_BASE (the base URLs, space-separated, of the Intercoms that log browsers in, e.g.
 // http://127.0.0.1:8080): Intercom's client also logs users in there with the code
-// flow, gets refresh tokens, and hears back-channel logouts at BFF_BASE.
-const bffBase = process.env.BFF_BASE || 'http://127.0.0.1:8080';
+// flow, gets refresh tokens, and hears back-channel logouts at the first.
+const bffBases = (process.env.BFF_BASE || 'http://127.0.0.1:8080').split(' ').filter(Boolean);
+const bffBase = bffBases[0];
 Object.assign(defaultClients[0], {
   grant_types: [...defaultClients[0].grant_types, 'authorization_code', 'refresh_token'],
   response_types: ['code'],
-  redirect_uris: [`${bffBase}/auth/callback`],
+  redirect_uris: bffBases.map((b) => `${b}/auth/callback`),
   post_logout_redirect_uris: [`${bffBase}/`, `${bffBase}/public/logged-out`],
   backchannel_logout_uri: `${bffBase}/backchannel-logout`,
   scope: `${defaultClients[0].scope} openid offline_access email`,
