@@ -409,6 +409,13 @@ impl Sessions {
             return Ok(None);
         };
         let now = now_secs();
+        if now >= session.last_seen + self.idle.as_secs() {
+            // A copy read earlier may not have seen the latest use: ask the store.
+            match self.store.get_fresh(&keys.record).await? {
+                Some(stored) => session = stored,
+                None => return Ok(None),
+            }
+        }
         if now >= session.ends_at
             || now >= session.last_seen + self.idle.as_secs()
             || self.revoked(&session)

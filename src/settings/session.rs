@@ -183,6 +183,12 @@ impl SessionSettings {
             }
         }
         positive("session.idle_timeout", self.idle_timeout)?;
+        if self.store == SessionStoreKind::Redis && self.memory_ttl > self.idle_timeout / 10 {
+            return Err(SettingsError::new(
+                "session.memory_ttl",
+                "must be at most a tenth of idle_timeout (the idle clock moves in tenths)",
+            ));
+        }
         positive("session.absolute_timeout", self.absolute_timeout)?;
         if !self.scopes.iter().any(|s| s == "openid") {
             return Err(SettingsError::new(

@@ -237,6 +237,11 @@ fn validation_errors_name_the_key() {
             "session.scopes: must include \"openid\"",
         ),
         (
+            format!("{AS}[redis]\nurl = \"redis://127.0.0.1:1\"\n[replicas]\nshared_key = \"file:k\"\n[session]\nredirect_uri = \"http://127.0.0.1:1/auth/callback\"\nencryption_key = \"file:k\"\nstore = \"redis\"\nidle_timeout = \"30s\"\n"),
+            &[],
+            "session.memory_ttl: must be at most a tenth of idle_timeout",
+        ),
+        (
             format!("{AS}{ROUTE}auth = \"session\"\n"),
             &[],
             "routes[0].auth: \"session\" needs a [session] section",
