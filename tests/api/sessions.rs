@@ -94,6 +94,33 @@ async fn log_in(browser: &mut Browser, base: &str, user: &str, return_to: &str) 
 
 const SESSION_COOKIE: &str = "__Host-intercom-session";
 
+/// Logs `user` in on the first replica of `bff`; the browser, its session cookie (a
+/// `Cookie` header value) and a URL on the second replica, which serves the session.
+async fn logged_in_across(bff: &Bff, user: &str) -> (Browser, String, String) {
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, user, "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
+    let on_second = format!("{}/api/me", bff.bases[1]);
+    let page = call(
+        &mut Browser::default(),
+        "GET",
+        &on_second,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(
+        page.status, 200,
+        "the second replica serves the session: {}",
+        page.body
+    );
+    (browser, cookie, on_second)
+}
+
 async fn call(browser: &mut Browser, method: &str, url: &str, headers: &[(&str, &str)]) -> Page {
     browser.send(method, url, headers, None).await
 }
@@ -455,21 +482,8 @@ async fn concurrent_calls_while_the_token_expires_refresh_it_once() {
 async fn a_back_channel_logout_ends_the_session_on_every_replica() {
     let bff = start_bff(2, &[], "").await;
     let base = bff.base().to_string();
-    let mut browser = Browser::default();
-    let landed = log_in(&mut browser, &base, "erin", "/app/").await;
-    assert_eq!(landed.status, 200, "{}", landed.body);
-    let cookie = format!(
-        "{SESSION_COOKIE}={}",
-        browser.cookie(&base, SESSION_COOKIE).unwrap()
-    );
-    let on_second = format!("{}/api/me", bff.bases[1]);
+    let (mut browser, cookie, on_second) = logged_in_across(&bff, "erin").await;
     let mut stranger = Browser::default();
-    let page = call(&mut stranger, "GET", &on_second, &[("cookie", &cookie)]).await;
-    assert_eq!(
-        page.status, 200,
-        "the second replica serves the session: {}",
-        page.body
-    );
 
     // The user logs out at the AS itself (not through Intercom): the AS tells Intercom
     // on the back channel.
@@ -764,20 +778,9 @@ async fn in_chromium_the_login_leaves_no_token_the_page_can_read() {
 async fn a_logout_on_one_replica_ends_the_session_another_holds_in_memory() {
     let bff = start_bff(2, &[], "memory_ttl = \"60s\"\n").await;
     let base = bff.base().to_string();
-    let mut browser = Browser::default();
-    let landed = log_in(&mut browser, &base, "judy", "/app/").await;
-    assert_eq!(landed.status, 200, "{}", landed.body);
-    let cookie = format!(
-        "{SESSION_COOKIE}={}",
-        browser.cookie(&base, SESSION_COOKIE).unwrap()
-    );
-    let on_second = format!("{}/api/me", bff.bases[1]);
+    // The second replica reads the session and keeps it (for a minute).
+    let (mut browser, cookie, on_second) = logged_in_across(&bff, "judy").await;
     let mut other = Browser::default();
-    // The second replica reads the session once and keeps it (for a minute).
-    for _ in 0..2 {
-        let page = call(&mut other, "GET", &on_second, &[("cookie", &cookie)]).await;
-        assert_eq!(page.status, 200, "{}", page.body);
-    }
     let out = call(
         &mut browser,
         "POST",
