@@ -22,6 +22,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use ipnet::IpNet;
 
+use crate::broker::claims::KeptClaims;
 use crate::broker::downstream::{DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
@@ -81,6 +82,9 @@ struct RequestContext {
 struct AdmittedCaller {
     admitted: Admitted,
     token: String,
+    /// On session routes: the ID token's claims that claim rules read (the access
+    /// token's own claims come first).
+    login_claims: KeptClaims,
 }
 
 impl RequestContext {
@@ -143,7 +147,7 @@ async fn proxy(
     // An announced body over the limit is refused before anything costs the AS a call.
     let framing = refuse_oversized(req, route)?;
     context.caller = authenticate(req, state, route).await?;
-    authorize(route, context.admitted())?;
+    authorize(route, context.caller.as_ref())?;
     rate_limit(req, state, route, context).await?;
     context.downstream_token = downstream_token(state, route, context.caller.as_ref()).await?;
     let body = limit(route, framing, payload).await?;
@@ -229,9 +233,12 @@ async fn authenticate(
     state: &ProxyState,
     route: &Route,
 ) -> Result<Option<AdmittedCaller>, ApiError> {
-    let token = match route.auth {
+    let (token, login_claims) = match route.auth {
         RouteAuth::None => return Ok(None),
-        RouteAuth::Bearer => credentials::extract_bearer(req, route.allow_query_token)?.0,
+        RouteAuth::Bearer => (
+            credentials::extract_bearer(req, route.allow_query_token)?.0,
+            KeptClaims::new(),
+        ),
         RouteAuth::Session => session_token(req, state, route).await?,
     };
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
@@ -243,7 +250,11 @@ async fn authenticate(
         || gate::unknown_token_gate(req, state.limiter.as_deref(), &state.trusted_proxies),
     )
     .await?;
-    Ok(Some(AdmittedCaller { admitted, token }))
+    Ok(Some(AdmittedCaller {
+        admitted,
+        token,
+        login_claims,
+    }))
 }
 
 /// The access token of the browser session whose cookie came, refreshed when due.
@@ -253,7 +264,7 @@ async fn session_token(
     req: &HttpRequest,
     state: &ProxyState,
     route: &Route,
-) -> Result<String, ApiError> {
+) -> Result<(String, KeptClaims), ApiError> {
     let sessions = state.sessions.as_ref().ok_or(ApiError::Internal)?;
     let safe = matches!(
         *req.method(),
@@ -270,7 +281,7 @@ async fn session_token(
         None => None,
     };
     match session {
-        Some(session) => Ok(session.access_token),
+        Some(session) => Ok((session.access_token, session.claims)),
         None if route.on_missing == OnMissingSession::Login
             && matches!(
                 *req.method(),
@@ -298,7 +309,13 @@ async fn downstream_token(
     route: &Route,
     caller: Option<&AdmittedCaller>,
 ) -> Result<Option<String>, ApiError> {
-    let (Some(target), Some(AdmittedCaller { admitted, token })) = (&route.target, caller) else {
+    let (
+        Some(target),
+        Some(AdmittedCaller {
+            admitted, token, ..
+        }),
+    ) = (&route.target, caller)
+    else {
         return Ok(None);
     };
     let downstream = state.downstream.as_ref().ok_or(ApiError::Internal)?;
@@ -316,11 +333,11 @@ async fn downstream_token(
 
 /// Checks the route's scope and claim policies, on every request, cache hit or miss
 /// alike.
-fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError> {
-    let Some(a) = admitted else {
+fn authorize(route: &Route, caller: Option<&AdmittedCaller>) -> Result<(), ApiError> {
+    let Some(caller) = caller else {
         return Ok(());
     };
-    let principal = &a.token.principal;
+    let principal = &caller.admitted.token.principal;
     route
         .accepts(principal)
         .map_err(|why| ApiError::InvalidToken(why.into()))?;
@@ -328,10 +345,15 @@ fn authorize(route: &Route, admitted: Option<&Admitted>) -> Result<(), ApiError>
         .scopes
         .check(&principal.scopes)
         .map_err(ApiError::InsufficientScope)?;
-    route
-        .claims
-        .check(&principal.claims)
-        .map_err(ApiError::ClaimRefused)
+    let claims = if caller.login_claims.is_empty() {
+        std::borrow::Cow::Borrowed(&principal.claims)
+    } else {
+        // A session's ID token claims fill in what its access token does not say.
+        let mut merged = caller.login_claims.clone();
+        merged.extend(principal.claims.clone());
+        std::borrow::Cow::Owned(merged)
+    };
+    route.claims.check(&claims).map_err(ApiError::ClaimRefused)
 }
 
 /// Counts the request against the route's rate limit, by verified identity (or the

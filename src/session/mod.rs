@@ -103,6 +103,8 @@ pub struct Sessions {
     lease_ttl: Duration,
     post_logout: Option<Url>,
     user_claims: Vec<String>,
+    /// The ID token claims routes' claim rules read, kept with each session.
+    rule_claims: Vec<String>,
 }
 
 /// The parts a [`Sessions`] is built from.
@@ -115,6 +117,8 @@ pub struct SessionParts {
     pub revoker: Option<Arc<Revoker>>,
     /// The AS's request timeout: a refresh lease outlives one call.
     pub request_timeout: Duration,
+    /// The claims routes' `required_claims` and `denied_claims` read.
+    pub rule_claims: Vec<String>,
 }
 
 impl Sessions {
@@ -156,6 +160,7 @@ impl Sessions {
             lease_ttl: parts.request_timeout * 2 + Duration::from_secs(1),
             post_logout: settings.post_logout_redirect_uri.clone(),
             user_claims: settings.user_claims.clone(),
+            rule_claims: parts.rule_claims,
         }
     }
 
@@ -321,6 +326,11 @@ impl Sessions {
                 .map(str::to_owned),
             user: self
                 .user_claims
+                .iter()
+                .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
+                .collect(),
+            claims: self
+                .rule_claims
                 .iter()
                 .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
                 .collect(),

@@ -26,6 +26,9 @@ pub struct Session {
     pub id_token: Option<String>,
     /// The claims `GET /auth/user` shows.
     pub user: serde_json::Map<String, serde_json::Value>,
+    /// The ID token's claims that routes' `required_claims` / `denied_claims` read.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
     pub created_at: u64,
     pub last_seen: u64,
     /// The absolute end (`created_at` + `absolute_timeout`).

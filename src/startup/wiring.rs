@@ -210,6 +210,11 @@ async fn sessions(
             key_base: crate::redis::keys::base(settings),
             revoker,
             request_timeout: auth.request_timeout,
+            rule_claims: crate::broker::claims::ClaimSelection::new(
+                &settings.rate_limit.tier_claim,
+                &settings.routes,
+            )
+            .kept,
         },
     )))
 }

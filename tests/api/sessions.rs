@@ -56,7 +56,9 @@ async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extr
          scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]\n\
          post_logout_redirect_uri = \"{base}/\"\n{shared}{extra}\n{redis_sections}\n\
          [[routes]]\nname = \"spa-api\"\nprefix = \"/api\"\nupstreams = [\"{up}\"]\nauth = \"session\"\naudience = \"spa-api\"\n\
-         [[routes]]\nname = \"spa-pages\"\nprefix = \"/app\"\nupstreams = [\"{up}\"]\nauth = \"session\"\non_missing = \"login\"\n",
+         [[routes]]\nname = \"spa-pages\"\nprefix = \"/app\"\nupstreams = [\"{up}\"]\nauth = \"session\"\non_missing = \"login\"\n\
+         [[routes]]\nname = \"spa-mail\"\nprefix = \"/mail\"\nupstreams = [\"{up}\"]\nauth = \"session\"\n\
+         required_claims = {{ email = [\"kate@example.test\"] }}\n",
         auth_config(&auth, &secrets, ""),
         base = bases[0],
         up = upstream.url(),
@@ -797,4 +799,25 @@ async fn a_logout_on_one_replica_ends_the_session_another_holds_in_memory() {
     })
     .await;
     assert!(ended, "the second replica's memory outlived the logout");
+}
+
+#[actix_web::test]
+async fn claim_rules_on_session_routes_read_the_id_tokens_claims() {
+    // The access token's introspection carries no email; the ID token does.
+    let bff = start_bff(1, &[], "").await;
+    let base = bff.base().to_string();
+    for (user, status) in [("kate", 200), ("leo", 403)] {
+        let mut browser = Browser::default();
+        let landed = log_in(&mut browser, &base, user, "/app/").await;
+        assert_eq!(landed.status, 200, "{}", landed.body);
+        let page = call(&mut browser, "GET", &format!("{base}/mail/inbox"), &[]).await;
+        assert_eq!(page.status, status, "{user}: {}", page.body);
+        if status == 403 {
+            assert_eq!(
+                problem_type(&page),
+                "urn:intercom:problem:claim-requirement-not-met"
+            );
+            assert!(!page.body.contains("leo@"), "{}", page.body);
+        }
+    }
 }
