@@ -100,6 +100,34 @@ pub async fn logout(
     Ok(res.insert_header((header::LOCATION, location)).finish())
 }
 
+/// The query of `/auth/frontchannel-logout`.
+#[derive(Debug, Deserialize)]
+pub struct FrontChannel {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// `GET /auth/frontchannel-logout?iss=...&sid=...` (OIDC Front-Channel Logout, when
+/// `session.frontchannel_logout` is on): loaded by the AS's logout page in an iframe.
+pub async fn frontchannel_logout(
+    req: HttpRequest,
+    query: web::Query<FrontChannel>,
+    sessions: web::Data<Arc<Sessions>>,
+) -> Result<HttpResponse, Problem> {
+    let (iss, sid) = (
+        query.iss.as_deref().unwrap_or(""),
+        query.sid.as_deref().unwrap_or(""),
+    );
+    sessions
+        .front_channel_logout(iss, sid)
+        .await
+        .map_err(|e| ApiError::from(e).at(&req))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("text/html; charset=utf-8")
+        .body(""))
+}
+
 async fn live(
     req: &HttpRequest,
     sessions: &Sessions,

@@ -105,6 +105,8 @@ pub struct Sessions {
     user_claims: Vec<String>,
     /// The ID token claims routes' claim rules read, kept with each session.
     rule_claims: Vec<String>,
+    /// `session.frontchannel_logout`: `/auth/frontchannel-logout` is served.
+    pub front_channel: bool,
 }
 
 /// The parts a [`Sessions`] is built from.
@@ -161,6 +163,7 @@ impl Sessions {
             post_logout: settings.post_logout_redirect_uri.clone(),
             user_claims: settings.user_claims.clone(),
             rule_claims: parts.rule_claims,
+            front_channel: settings.frontchannel_logout,
         }
     }
 
@@ -385,6 +388,29 @@ impl Sessions {
     pub async fn end_all(&self, kind: &str, value: &str) -> Result<usize, SessionError> {
         let ended = self.store.end_indexed(&self.index_key(kind, value)).await?;
         metrics::counter!("intercom_session_logouts_total", "source" => "backchannel")
+            .increment(ended as u64);
+        Ok(ended)
+    }
+
+    /// OIDC Front-Channel Logout: ends every session of the AS's login session `sid`
+    /// when `iss` is the AS's, on every replica (the sessions' index, and the denylist
+    /// through the fan-out for copies in memory).
+    pub async fn front_channel_logout(&self, iss: &str, sid: &str) -> Result<usize, SessionError> {
+        if iss != self.oidc.issuer || sid.is_empty() {
+            return Err(SessionError::LoginFailed(
+                "iss is not the authorization server's, or sid is missing".into(),
+            ));
+        }
+        let ended = self.store.end_indexed(&self.index_key("sid", sid)).await?;
+        if let Some(revoker) = &self.revoker {
+            revoker
+                .revoke(
+                    Target::One(Kind::Sid, sid.to_string()),
+                    "frontchannel_logout",
+                )
+                .await;
+        }
+        metrics::counter!("intercom_session_logouts_total", "source" => "frontchannel")
             .increment(ended as u64);
         Ok(ended)
     }

@@ -69,6 +69,10 @@ pub struct SessionSettings {
     /// The ID token claims `GET /auth/user` shows the SPA.
     #[serde(default = "default_user_claims")]
     pub user_claims: Vec<String>,
+    /// Serve OIDC Front-Channel Logout at `/auth/frontchannel-logout` (`iss`, `sid`):
+    /// the AS's logout page loads it to end the sessions of that login session.
+    #[serde(default)]
+    pub frontchannel_logout: bool,
 }
 
 fn default_scopes() -> Vec<String> {

@@ -57,6 +57,12 @@ fn own_endpoints(config: &mut web::ServiceConfig, endpoints: &Endpoints) {
             .route("/auth/logout", web::post().to(session::logout))
             .route("/auth/user", web::get().to(session::user))
             .route("/auth/session", web::get().to(session::status));
+        if sessions.front_channel {
+            config.route(
+                "/auth/frontchannel-logout",
+                web::get().to(session::frontchannel_logout),
+            );
+        }
     }
     if let Some(minter) = &endpoints.minter {
         config

@@ -821,3 +821,53 @@ async fn claim_rules_on_session_routes_read_the_id_tokens_claims() {
         }
     }
 }
+
+#[actix_web::test]
+async fn a_front_channel_logout_ends_the_sessions_of_its_sid() {
+    let bff = start_bff(
+        1,
+        &[],
+        "frontchannel_logout = true\nuser_claims = [\"sub\", \"sid\"]\n",
+    )
+    .await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "nina", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let user = call(&mut browser, "GET", &format!("{base}/auth/user"), &[]).await;
+    let view: serde_json::Value = serde_json::from_str(&user.body).unwrap();
+    let sid = view["claims"]["sid"]
+        .as_str()
+        .expect("the ID token names its sid")
+        .to_string();
+    let query =
+        |iss: &str, sid: &str| serde_urlencoded::to_string([("iss", iss), ("sid", sid)]).unwrap();
+    let logout = format!("{base}/auth/frontchannel-logout");
+    // Another issuer, or no sid: refused, and the session lives on.
+    for q in [
+        query("https://evil.example", &sid),
+        query(&bff.auth.issuer, ""),
+    ] {
+        let page = call(
+            &mut Browser::default(),
+            "GET",
+            &format!("{logout}?{q}"),
+            &[],
+        )
+        .await;
+        assert_eq!(page.status, 400, "{}", page.body);
+    }
+    let alive = call(&mut browser, "GET", &format!("{base}/auth/session"), &[]).await;
+    assert_eq!(alive.status, 200);
+    // The AS's logout page loads it with its own iss and the sid: the session ends.
+    let page = call(
+        &mut Browser::default(),
+        "GET",
+        &format!("{logout}?{}", query(&bff.auth.issuer, &sid)),
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let ended = call(&mut browser, "GET", &format!("{base}/auth/session"), &[]).await;
+    assert_eq!(ended.status, 401);
+}

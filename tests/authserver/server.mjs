@@ -58,6 +58,8 @@ Object.assign(defaultClients[0], {
   redirect_uris: bffBases.map((b) => `${b}/auth/callback`),
   post_logout_redirect_uris: [`${bffBase}/`, `${bffBase}/public/logged-out`],
   backchannel_logout_uri: `${bffBase}/backchannel-logout`,
+  // ID tokens carry `sid`, and logout tokens name it.
+  backchannel_logout_session_required: true,
   scope: `${defaultClients[0].scope} openid offline_access email`,
 });
 const clients = process.env.CLIENTS_FILE
