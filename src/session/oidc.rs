@@ -70,6 +70,9 @@ pub enum OidcError {
     Unavailable(String),
 }
 
+/// The least time between two fetches of the AS's keys for ID tokens.
+pub const KEY_REFETCH_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the AS issued at login or refresh.
 pub struct Tokens {
     pub access_token: String,
@@ -90,7 +93,10 @@ pub struct Authorization {
 
 /// The confidential client.
 pub struct OidcClient {
-    metadata: Metadata,
+    /// The AS's metadata and keys; the keys are fetched again when an ID token names
+    /// one they lack (the AS rotated), at most once per [`KEY_REFETCH_COOLDOWN`].
+    metadata: std::sync::RwLock<Metadata>,
+    keys_fetched: std::sync::Mutex<Option<std::time::Instant>>,
     client_id: String,
     secret: Arc<SecretCell>,
     redirect_uri: RedirectUrl,
@@ -116,7 +122,8 @@ impl OidcClient {
             .map_err(|e| OidcError::Unavailable(e.to_string()))?;
         Ok(Self {
             issuer: metadata.issuer().to_string(),
-            metadata,
+            metadata: std::sync::RwLock::new(metadata),
+            keys_fetched: std::sync::Mutex::new(None),
             client_id: client_id.to_string(),
             secret,
             redirect_uri: RedirectUrl::from_url(redirect_uri.clone()),
@@ -129,7 +136,7 @@ impl OidcClient {
     fn client(&self) -> Client {
         let secret = self.secret.current();
         CoreClient::from_provider_metadata(
-            self.metadata.clone(),
+            self.metadata.read().expect("metadata lock").clone(),
             ClientId::new(self.client_id.clone()),
             Some(ClientSecret::new(secret.expose().to_string())),
         )
@@ -138,9 +145,65 @@ impl OidcClient {
 
     /// True when the AS says it puts `iss` in authorization responses (RFC 9207).
     pub fn announces_iss(&self) -> bool {
-        self.metadata
-            .additional_metadata()
+        self.endpoints()
             .authorization_response_iss_parameter_supported
+    }
+
+    fn endpoints(&self) -> LoginEndpoints {
+        self.metadata
+            .read()
+            .expect("metadata lock")
+            .additional_metadata()
+            .clone()
+    }
+
+    /// Fetches the AS's keys again, unless that happened within the cooldown; true
+    /// when new keys are in place.
+    async fn refetch_keys(&self) -> bool {
+        {
+            let mut last = self.keys_fetched.lock().expect("key fetch lock");
+            if last.is_some_and(|at| at.elapsed() < KEY_REFETCH_COOLDOWN) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let uri = self
+            .metadata
+            .read()
+            .expect("metadata lock")
+            .jwks_uri()
+            .clone();
+        match openidconnect::core::CoreJsonWebKeySet::fetch_async(&uri, &self.http).await {
+            Ok(keys) => {
+                let mut metadata = self.metadata.write().expect("metadata lock");
+                *metadata = metadata.clone().set_jwks(keys);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the authorization server's keys could not be fetched again");
+                false
+            }
+        }
+    }
+
+    /// Verifies an ID token; when that fails, once more with the AS's keys fetched
+    /// again (the AS may have rotated them since start).
+    async fn verify_id_token<N: openidconnect::NonceVerifier + Copy>(
+        &self,
+        id_token: &openidconnect::core::CoreIdToken,
+        nonce: N,
+    ) -> Result<(), OidcError> {
+        let check = |client: &Client| {
+            id_token
+                .claims(&client.id_token_verifier(), nonce)
+                .map(|_| ())
+                .map_err(|e| OidcError::IdToken(e.to_string()))
+        };
+        match check(&self.client()) {
+            Ok(()) => Ok(()),
+            Err(first) if self.refetch_keys().await => check(&self.client()).map_err(|_| first),
+            Err(first) => Err(first),
+        }
     }
 
     /// The authorization request: code flow, PKCE S256, fresh `state` and `nonce`;
@@ -188,9 +251,8 @@ impl OidcClient {
         let id_token = response
             .id_token()
             .ok_or_else(|| OidcError::IdToken("the answer has no ID token".into()))?;
-        id_token
-            .claims(&client.id_token_verifier(), &Nonce::new(nonce.to_string()))
-            .map_err(|e| OidcError::IdToken(e.to_string()))?;
+        let nonce = Nonce::new(nonce.to_string());
+        self.verify_id_token(id_token, &nonce).await?;
         Ok(tokens(&response, Some(id_token.to_string())))
     }
 
@@ -208,9 +270,8 @@ impl OidcClient {
         // A new ID token is verified like the first (no nonce on refresh).
         let id_token = match response.id_token() {
             Some(token) => {
-                token
-                    .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
-                    .map_err(|e| OidcError::IdToken(e.to_string()))?;
+                let no_nonce = |_: Option<&Nonce>| Ok(());
+                self.verify_id_token(token, no_nonce).await?;
                 Some(token.to_string())
             }
             None => None,
@@ -220,13 +281,13 @@ impl OidcClient {
 
     /// RFC 7009: revokes a refresh token at the AS (best effort).
     pub async fn revoke_refresh_token(&self, token: &str) {
-        let Some(endpoint) = &self.metadata.additional_metadata().revocation_endpoint else {
+        let Some(endpoint) = self.endpoints().revocation_endpoint else {
             return;
         };
         let form = [("token", token), ("token_type_hint", "refresh_token")];
         let sent = crate::broker::post_as_client(
             &self.http,
-            endpoint,
+            &endpoint,
             &self.client_id,
             &self.secret,
             &form,
@@ -240,12 +301,8 @@ impl OidcClient {
 
     /// RP-initiated logout at the AS's `end_session_endpoint`, when it has one.
     pub fn end_session_url(&self, id_token: Option<&str>, after: Option<&Url>) -> Option<Url> {
-        let endpoint = self
-            .metadata
-            .additional_metadata()
-            .end_session_endpoint
-            .as_deref()?;
-        let mut url = Url::parse(endpoint).ok()?;
+        let endpoint = self.endpoints().end_session_endpoint?;
+        let mut url = Url::parse(&endpoint).ok()?;
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("client_id", &self.client_id);

@@ -871,3 +871,33 @@ async fn a_front_channel_logout_ends_the_sessions_of_its_sid() {
     let ended = call(&mut browser, "GET", &format!("{base}/auth/session"), &[]).await;
     assert_eq!(ended.status, 401);
 }
+
+#[actix_web::test]
+async fn logins_follow_the_as_when_it_rotates_its_signing_key() {
+    let Bff {
+        auth,
+        upstream: _upstream,
+        _apps,
+        bases,
+        _redis,
+        _secrets,
+    } = start_bff(1, &[("SIGNING_KID", "key-before")], "").await;
+    let base = bases[0].clone();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "olga", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    // The AS comes back on its port with a new signing key, one Intercom never saw.
+    let port = auth.port();
+    drop(auth);
+    let auth = TestAuthServer::start_on(port, &[("BFF_BASE", &base), ("SIGNING_KID", "key-after")])
+        .await
+        .expect("the AS's port is free again");
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "pavel", "/app/").await;
+    assert_eq!(
+        landed.status, 200,
+        "the ID token signed with the new key: {}",
+        landed.body
+    );
+    assert!(auth.stats().await["introspection"].as_u64().unwrap() >= 1);
+}

@@ -27,6 +27,17 @@ impl TestAuthServer {
         panic!("oidc-provider found no free port in {PORT_ATTEMPTS} attempts");
     }
 
+    /// Starts on `port` (to bring an AS back where Intercom expects it); `None` when
+    /// the port is taken.
+    pub async fn start_on(port: u16, env: &[(&str, &str)]) -> Option<Self> {
+        Self::try_start_on(port, env).await
+    }
+
+    /// The port the AS listens on.
+    pub fn port(&self) -> u16 {
+        url::Url::parse(&self.issuer).unwrap().port().unwrap()
+    }
+
     async fn try_start_on(port: u16, env: &[(&str, &str)]) -> Option<Self> {
         let dir = repo_root().join("tests/authserver");
         assert!(
