@@ -231,14 +231,7 @@ fn route_lookup(c: &mut Criterion) {
                 format!("[[routes]]\nname = \"svc{i}\"\nprefix = \"/svc{i}\"\nupstreams = [\"http://127.0.0.1:1\"]\n\n")
             })
             .collect();
-        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(file.path(), toml).unwrap();
-        let settings = Settings::load(
-            std::path::Path::new("config"),
-            Some(file.path()),
-            &Vec::new(),
-        )
-        .unwrap();
+        let settings = support::settings(&toml);
         let table = RouteTable::new(&settings.routes, Duration::from_secs(1), 1024, Vec::new());
         let path = format!("/svc{}/orders/42", n - 1);
         let method = actix_web::http::Method::GET;
@@ -258,14 +251,7 @@ fn claim_check(c: &mut Criterion) {
         [[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstreams = [\"http://127.0.0.1:1\"]\nauth = \"bearer\"\n\
         denied_claims = { groups = [\"suspended\"] }\n[routes.required_claims]\nplan = [\"pro\", \"enterprise\"]\n\
         realm_access.roles = [\"admin\"]\n'resource_access.\"billing.api\".roles' = [\"invoice-reader\"]\n";
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(file.path(), toml).unwrap();
-    let settings = Settings::load(
-        std::path::Path::new("config"),
-        Some(file.path()),
-        &Vec::new(),
-    )
-    .unwrap();
+    let settings = support::settings(toml);
     let route = &settings.routes[0];
     let policy = ClaimPolicy::new("bench", &route.required_claims, &route.denied_claims);
     let claims = serde_json::json!({

@@ -1,5 +1,5 @@
 //! What the benches set up alike: the edge cache's limits, a current-thread runtime,
-//! and Intercom's ES256 minter.
+//! Intercom's ES256 minter, and settings from a TOML text.
 
 use std::time::Duration;
 
@@ -30,6 +30,19 @@ pub fn minter() -> Minter {
         "https://intercom.test",
         Duration::from_secs(300),
         Duration::from_secs(300),
+    )
+    .unwrap()
+}
+
+/// The settings of `config/` with `toml` layered over them, as Intercom reads them.
+#[allow(dead_code)] // not every bench reads settings
+pub fn settings(toml: &str) -> intercom::settings::Settings {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), toml).unwrap();
+    intercom::settings::Settings::load(
+        std::path::Path::new("config"),
+        Some(file.path()),
+        &Vec::new(),
     )
     .unwrap()
 }

@@ -16,16 +16,23 @@ use openidconnect::{AdditionalProviderMetadata, IssuerUrl, ProviderMetadata};
 use serde::{Deserialize, Serialize};
 
 /// The endpoints Intercom uses that core OpenID metadata does not name.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct OAuthEndpoints {
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct OAuthEndpoints {
     #[serde(default)]
-    introspection_endpoint: Option<String>,
+    pub introspection_endpoint: Option<String>,
     #[serde(default)]
-    revocation_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    /// RP-initiated logout, for browser sessions.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    /// RFC 9207: the AS puts `iss` in every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 impl AdditionalProviderMetadata for OAuthEndpoints {}
 
-type Metadata = ProviderMetadata<
+/// The AS's metadata as discovered (its keys included), for the login client.
+pub type Metadata = ProviderMetadata<
     OAuthEndpoints,
     CoreAuthDisplay,
     CoreClientAuthMethod,
@@ -48,6 +55,8 @@ pub struct AuthServerMetadata {
     pub token_endpoint: Option<String>,
     pub introspection_endpoint: Option<String>,
     pub revocation_endpoint: Option<String>,
+    /// Everything discovery read, for browser logins (`session::oidc`).
+    pub discovered: Metadata,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +137,7 @@ pub async fn discover(
         token_endpoint: meta.token_endpoint().map(|u| u.to_string()),
         introspection_endpoint: meta.additional_metadata().introspection_endpoint.clone(),
         revocation_endpoint: meta.additional_metadata().revocation_endpoint.clone(),
+        discovered: meta,
     })
 }
 

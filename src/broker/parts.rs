@@ -45,6 +45,8 @@ pub struct BrokerParts {
     /// The AS's keys and issuer, for other JWTs it signs (logout tokens).
     pub jwks: Arc<RemoteJwks>,
     pub issuer: String,
+    /// The AS's metadata as discovered at start, for the browser-login client.
+    pub discovered: authserver::Metadata,
 }
 
 impl BrokerParts {
@@ -133,6 +135,7 @@ impl BrokerParts {
             revocation_endpoint: meta.revocation_endpoint.clone(),
             jwks,
             issuer: meta.issuer.clone(),
+            discovered: meta.discovered,
         }))
     }
 }

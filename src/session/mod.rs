@@ -93,10 +93,10 @@ pub struct Sessions {
     revoker: Option<Arc<Revoker>>,
     /// One refresh per session at a time in this replica.
     refreshing: moka::future::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Where logins may return to; its origins are also the ones CSRF admits.
     pub rules: ReturnRules,
     pub cookies: CookieSpec,
     pub csrf_header: http::HeaderName,
-    pub origins: Vec<String>,
     idle: Duration,
     absolute: Duration,
     refresh_ahead: Duration,
@@ -155,7 +155,6 @@ impl Sessions {
                 same_site: settings.same_site,
             },
             csrf_header: settings.csrf_header.0.clone(),
-            origins: settings.allowed_origins(),
             idle: settings.idle_timeout,
             absolute: settings.absolute_timeout,
             refresh_ahead: settings.refresh_ahead,
@@ -658,7 +657,7 @@ impl Sessions {
                 .map(|u| u.origin().ascii_serialization()),
             (None, None) => None,
         };
-        from.is_some_and(|o| self.origins.contains(&o))
+        from.is_some_and(|o| self.rules.origins.contains(&o))
     }
 }
 

@@ -5,50 +5,18 @@
 
 use std::sync::Arc;
 
-use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClient,
-    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
-};
+use openidconnect::core::{CoreAuthPrompt, CoreClient, CoreResponseType};
 use openidconnect::{
-    AdditionalProviderMetadata, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse,
+    AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
-use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::clock::now_secs;
 use crate::secrets::registry::SecretCell;
 
-/// The metadata a browser login needs beyond core discovery.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct LoginEndpoints {
-    #[serde(default)]
-    end_session_endpoint: Option<String>,
-    #[serde(default)]
-    revocation_endpoint: Option<String>,
-    /// RFC 9207: the AS puts `iss` in every authorization response.
-    #[serde(default)]
-    authorization_response_iss_parameter_supported: bool,
-}
-impl AdditionalProviderMetadata for LoginEndpoints {}
-
-type Metadata = ProviderMetadata<
-    LoginEndpoints,
-    CoreAuthDisplay,
-    CoreClientAuthMethod,
-    CoreClaimName,
-    CoreClaimType,
-    CoreGrantType,
-    CoreJweContentEncryptionAlgorithm,
-    CoreJweKeyManagementAlgorithm,
-    CoreJsonWebKey,
-    CoreResponseMode,
-    CoreResponseType,
-    CoreSubjectIdentifierType,
->;
+type Metadata = crate::broker::authserver::Metadata;
 
 type Client = CoreClient<
     EndpointSet,
@@ -106,21 +74,16 @@ pub struct OidcClient {
 }
 
 impl OidcClient {
-    /// Discovers the AS (its metadata and keys) for the client `client_id`.
-    pub async fn discover(
+    /// The client `client_id` of the AS as discovered at start (its keys included).
+    pub fn new(
+        metadata: Metadata,
         http: reqwest::Client,
-        issuer: &str,
         client_id: &str,
         secret: Arc<SecretCell>,
         redirect_uri: &Url,
         scopes: &[String],
-    ) -> Result<Self, OidcError> {
-        let url = IssuerUrl::new(issuer.to_string())
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-        let metadata = Metadata::discover_async(url, &http)
-            .await
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             issuer: metadata.issuer().to_string(),
             metadata: std::sync::RwLock::new(metadata),
             keys_fetched: std::sync::Mutex::new(None),
@@ -129,7 +92,7 @@ impl OidcClient {
             redirect_uri: RedirectUrl::from_url(redirect_uri.clone()),
             scopes: scopes.iter().filter(|s| *s != "openid").cloned().collect(),
             http,
-        })
+        }
     }
 
     /// A client with the secret's current value (it rotates).
@@ -149,7 +112,7 @@ impl OidcClient {
             .authorization_response_iss_parameter_supported
     }
 
-    fn endpoints(&self) -> LoginEndpoints {
+    fn endpoints(&self) -> crate::broker::authserver::OAuthEndpoints {
         self.metadata
             .read()
             .expect("metadata lock")

@@ -96,18 +96,15 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             ))
         });
     let sessions = match (&settings.session, &broker) {
-        (Some(session), Some(parts)) => Some(
-            sessions(
-                settings,
-                session,
-                parts,
-                &secrets,
-                &hasher,
-                redis.clone(),
-                revoker.clone(),
-            )
-            .await?,
-        ),
+        (Some(session), Some(parts)) => Some(sessions(
+            settings,
+            session,
+            parts,
+            &secrets,
+            &hasher,
+            redis.clone(),
+            revoker.clone(),
+        )?),
         _ => None,
     };
     let revocation = revoker.clone().map(|revoker| {
@@ -153,9 +150,9 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
     })
 }
 
-/// Browser sessions: the login client discovered at the AS, the store (memory, or
-/// sealed in Redis), the key that seals them.
-async fn sessions(
+/// Browser sessions: the login client (on the AS as the broker discovered it), the
+/// store (memory, or sealed in Redis), the key that seals them.
+fn sessions(
     settings: &Settings,
     session: &crate::settings::SessionSettings,
     parts: &BrokerParts,
@@ -182,16 +179,14 @@ async fn sessions(
         .stored(Some(&session.encryption_key))
         .ok_or_else(|| unresolved("session.encryption_key"))?;
     let client_id = session.client_id.as_deref().unwrap_or(&auth.client_id);
-    let oidc = OidcClient::discover(
+    let oidc = OidcClient::new(
+        parts.discovered.clone(),
         parts.http.clone(),
-        &auth.issuer,
         client_id,
         client_secret,
         &session.redirect_uri,
         &session.scopes,
-    )
-    .await
-    .map_err(|e| StartError::Session(e.to_string()))?;
+    );
     let store = match (session.store, redis) {
         (SessionStoreKind::Redis, Some(redis)) => SessionStore::redis(
             redis,
