@@ -14,6 +14,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use intercom::broker::claims::ClaimPolicy;
 use intercom::broker::edge::CachedToken;
+use intercom::broker::failure::TokenRejected;
 use intercom::broker::jwks::RemoteJwks;
 use intercom::broker::mint::Minter;
 use intercom::broker::policy::ScopePolicy;
@@ -42,7 +43,7 @@ fn principal() -> Principal {
 fn cache_hit(c: &mut Criterion) {
     let rt = support::runtime();
     let limits = support::limits(100_000);
-    let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
+    let cache: TokenCache<CachedToken, TokenRejected> = TokenCache::new("bench", &limits);
     let minter = support::minter();
     let audience: Arc<str> = Arc::from("billing");
     let tokens: Vec<String> = (0..1000)
@@ -89,7 +90,7 @@ fn cache_hit_after_revocations(c: &mut Criterion) {
         .map(|i| format!("opaque-token-{i:04}-abcdefghijklmnopqrstuvwxyz"))
         .collect();
     for revocations in [0usize, 10_000] {
-        let cache: TokenCache<CachedToken> = TokenCache::new("bench", &limits);
+        let cache: TokenCache<CachedToken, TokenRejected> = TokenCache::new("bench", &limits);
         let revoker = Revoker::new(
             &settings,
             hasher.clone(),

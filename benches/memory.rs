@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use intercom::broker::edge::CachedToken;
+use intercom::broker::failure::TokenRejected;
 use intercom::broker::Principal;
 use intercom::cache::{LoadOutcome, Lookup, TokenCache};
 use intercom::clock::now_secs;
@@ -28,7 +29,7 @@ fn resident_bytes() -> u64 {
 
 fn main() {
     let rt = support::runtime();
-    let cache: TokenCache<CachedToken> =
+    let cache: TokenCache<CachedToken, TokenRejected> =
         TokenCache::new("memory", &support::limits(2 * TOKENS as u64));
     let minter = support::minter();
     let hasher = SharedHasher::random();

@@ -78,26 +78,28 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: floor_awc LISTEN UPSTREAM WORKERS");
         std::process::exit(64);
     };
-    let base = base.trim_end_matches('/').to_string();
     let workers: usize = workers.parse().expect("WORKERS is a number");
-    actix_web::rt::System::new().block_on(async move {
-        HttpServer::new(move || {
-            let connector = awc::Connector::new().limit(256);
-            let client = awc::Client::builder()
-                .connector(connector)
-                .disable_redirects()
-                .no_default_headers()
-                .finish();
-            App::new()
-                .app_data(Upstream {
-                    base: base.clone(),
-                    client,
-                })
-                .default_service(web::to(forward))
-        })
-        .workers(workers)
-        .bind(listen.as_str())?
-        .run()
-        .await
+    actix_web::rt::System::new().block_on(async move { server(listen, base, workers)?.await })
+}
+
+/// The floor's server, unstarted (`benches/allocations.rs` runs it in its own process).
+pub fn server(listen: &str, base: &str, workers: usize) -> std::io::Result<actix_web::dev::Server> {
+    let base = base.trim_end_matches('/').to_string();
+    Ok(HttpServer::new(move || {
+        let connector = awc::Connector::new().limit(256);
+        let client = awc::Client::builder()
+            .connector(connector)
+            .disable_redirects()
+            .no_default_headers()
+            .finish();
+        App::new()
+            .app_data(Upstream {
+                base: base.clone(),
+                client,
+            })
+            .default_service(web::to(forward))
     })
+    .workers(workers)
+    .bind(listen)?
+    .run())
 }

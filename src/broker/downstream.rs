@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use super::client_credentials::ClientCredentials;
 use super::exchange::{ExchangeError, ExchangeRequest, TokenExchanger, ACCESS_TOKEN_TYPE};
+use super::failure::{CallerRefused, Outage};
 use super::mint::Minter;
 use super::policy::{GrantRefused, TargetPolicy};
 use super::Principal;
-use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, Refusal, TieredCache};
+use crate::cache::tiered::{ExchangeEntry, LoadError, Loaded, TieredCache};
 use crate::clock::now_secs;
 use crate::keyed_hash::{Hash, SharedHasher};
 use crate::settings::ExchangeMode;
@@ -21,52 +22,30 @@ use crate::settings::ExchangeMode;
 pub enum DownstreamError {
     /// No scope is left to grant: 403 `insufficient_scope`, naming the scopes (RFC 6750
     /// §3: the `scope` attribute lists scopes, never prose).
-    #[error("none of the scopes {0} can be granted")]
-    Denied(String),
+    #[error("none of the scopes {} can be granted", .0.join(" "))]
+    Denied(Vec<String>),
     /// The target's policy (or the AS, `invalid_target`) does not let this caller call
     /// it: 403 with its own detail.
     #[error("{0}")]
-    NotAllowed(String),
+    NotAllowed(CallerRefused),
     /// The AS refused the subject token: 401.
     #[error("the authorization server refused the token")]
     InvalidSubject,
     /// 503.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[from] Outage),
 }
 
-impl Refusal for DownstreamError {
-    fn encode(&self) -> String {
-        match self {
-            DownstreamError::Denied(scopes) => format!("denied:{scopes}"),
-            DownstreamError::NotAllowed(why) => format!("not_allowed:{why}"),
-            DownstreamError::InvalidSubject => "invalid_subject".into(),
-            DownstreamError::Unavailable(why) => format!("unavailable:{why}"),
-        }
-    }
-
-    fn decode(text: &str) -> Option<Self> {
-        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
-        Some(match kind {
-            "denied" => DownstreamError::Denied(rest.into()),
-            "not_allowed" => DownstreamError::NotAllowed(rest.into()),
-            "invalid_subject" => DownstreamError::InvalidSubject,
-            "unavailable" => DownstreamError::Unavailable(rest.into()),
-            _ => return None,
-        })
-    }
-}
-
-impl From<ExchangeError> for DownstreamError {
-    fn from(e: ExchangeError) -> Self {
+impl DownstreamError {
+    /// How the AS's refusal of an exchange for `scopes` reads.
+    fn from_exchange(e: ExchangeError, scopes: &[String]) -> Self {
         match e {
-            ExchangeError::Denied(code) if code == "invalid_target" => DownstreamError::NotAllowed(
-                "the authorization server does not issue tokens for this target to this caller"
-                    .into(),
-            ),
-            ExchangeError::Denied(code) => DownstreamError::Denied(code),
+            ExchangeError::ScopeRefused => DownstreamError::Denied(scopes.to_vec()),
+            ExchangeError::TargetRefused => {
+                DownstreamError::NotAllowed(CallerRefused::ByAuthServer)
+            }
             ExchangeError::InvalidSubject => DownstreamError::InvalidSubject,
-            ExchangeError::Unavailable(why) => DownstreamError::Unavailable(why),
+            ExchangeError::Unavailable(outage) => DownstreamError::Unavailable(outage),
         }
     }
 }
@@ -158,7 +137,9 @@ impl DownstreamTokens {
         let scopes = target
             .grant(&subject.caller, &subject.principal, asked)
             .map_err(|refused| match refused {
-                GrantRefused::CallerNotAllowed(why) => DownstreamError::NotAllowed(why),
+                GrantRefused::CallerNotAllowed => {
+                    DownstreamError::NotAllowed(CallerRefused::ByPolicy(target.audience.clone()))
+                }
                 GrantRefused::NothingLeft(scopes) => DownstreamError::Denied(scopes),
             })?;
         let caller = subject.caller.client_id.as_deref().unwrap_or("");
@@ -216,15 +197,17 @@ impl DownstreamTokens {
             .revocation_ids(&self.hasher, &subject.token);
         match target.mode {
             ExchangeMode::Exchange => {
-                let exchanger = self.exchanger.as_ref().ok_or_else(|| {
-                    DownstreamError::Unavailable(
-                        "the authorization server has no token endpoint".into(),
-                    )
-                })?;
+                let exchanger = self
+                    .exchanger
+                    .as_ref()
+                    .ok_or_else(|| Outage::new("the authorization server has no token endpoint"))?;
                 let actor = match (&self.actor, target.actor) {
-                    (Some(source), true) => Some(source.token().await.map_err(|e| {
-                        DownstreamError::Unavailable(format!("no actor token: {e}"))
-                    })?),
+                    (Some(source), true) => Some(
+                        source
+                            .token()
+                            .await
+                            .map_err(|e| Outage::because("no actor token", e))?,
+                    ),
                     _ => None,
                 };
                 let issued = exchanger
@@ -236,7 +219,8 @@ impl DownstreamTokens {
                         requested_token_type: target.requested_token_type.as_deref(),
                         actor_token: actor.as_ref().map(|s| s.expose()),
                     })
-                    .await?;
+                    .await
+                    .map_err(|e| DownstreamError::from_exchange(e, scopes))?;
                 let exp = now_secs().saturating_add(issued.expires_in.unwrap_or(DEFAULT_LIFETIME));
                 Ok(ExchangeEntry::new(
                     issued.access_token,
@@ -251,7 +235,7 @@ impl DownstreamTokens {
                 let minted = self
                     .minter
                     .mint_delegated(&subject.principal, &target.audience, scopes, actor)
-                    .map_err(|e| DownstreamError::Unavailable(e.to_string()))?;
+                    .map_err(|e| Outage::because("the token could not be minted", e))?;
                 Ok(ExchangeEntry::new(
                     minted.jwt.to_string(),
                     ACCESS_TOKEN_TYPE.to_string(),

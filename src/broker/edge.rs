@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 
+use super::failure::{Outage, TokenRejected};
 use super::introspect::{ActiveToken, IntrospectError, Introspection, Introspector};
 use super::mint::{Minted, Minter};
 use super::validate::{looks_like_jwt, InternalValidator, JwtValidator};
@@ -25,10 +26,10 @@ use crate::revocation_ids::Ids;
 pub enum EdgeError {
     /// Invalid, expired, inactive or forged: 401 `invalid_token`.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] TokenRejected),
     /// The AS could not answer (or its answer failed verification): 503.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[from] Outage),
     /// The gate before the AS refused (the caller's budget of unknown tokens is spent):
     /// 429 after this many seconds. Nothing is cached.
     #[error("too many unknown tokens")]
@@ -142,7 +143,7 @@ pub struct EdgeAuthenticator {
     /// Intercom's own internal JWTs, when `tokens.accept_internal` is on.
     pub internal: Option<InternalValidator>,
     pub minter: Arc<Minter>,
-    cache: TokenCache<CachedToken>,
+    cache: TokenCache<CachedToken, TokenRejected>,
     hasher: SharedHasher,
     /// Some route forwards the AS's own JWT: keep it with each entry.
     keep_authorization_server_jwt: bool,
@@ -186,9 +187,7 @@ impl EdgeAuthenticator {
         let key = self.cache.key(token);
         let cached = match self.cache.lookup(&key).await {
             Lookup::Hit(entry) => entry,
-            Lookup::NegativeHit => {
-                return Err(EdgeError::Invalid("the token is not active".into()))
-            }
+            Lookup::NegativeHit(rejected) => return Err(EdgeError::Invalid(rejected)),
             // Boxed: the miss path (the gate, the AS, moka's loader) is a deep future;
             // inline it would make the future of every hit as large (tens of KiB, copied
             // at every boxing layer of actix's service stack).
@@ -198,9 +197,7 @@ impl EdgeAuthenticator {
             UpstreamBearer::Minted(audience) => self.bearer_for(&cached, audience)?,
             UpstreamBearer::AuthorizationServer => {
                 cached.authorization_server.clone().ok_or_else(|| {
-                    EdgeError::Unavailable(
-                        "the authorization server gave no JWT for this token".into(),
-                    )
+                    Outage::new("the authorization server gave no JWT for this token")
                 })?
             }
         };
@@ -246,7 +243,7 @@ impl EdgeAuthenticator {
                     }
                     LoadOutcome::Value(entry)
                 }
-                Err(e @ EdgeError::Invalid(_)) => LoadOutcome::Rejected(e),
+                Err(EdgeError::Invalid(rejected)) => LoadOutcome::Rejected(rejected),
                 Err(e @ (EdgeError::Unavailable(_) | EdgeError::OverBudget { .. })) => {
                     LoadOutcome::Failed(e)
                 }
@@ -254,7 +251,8 @@ impl EdgeAuthenticator {
         };
         match self.cache.load(key, Box::pin(load)).await {
             Loaded::Value(entry) => Ok(entry),
-            Loaded::Rejected(e) | Loaded::Failed(e) => Err(e),
+            Loaded::Rejected(rejected) => Err(EdgeError::Invalid(rejected)),
+            Loaded::Failed(e) => Err(e),
         }
     }
 
@@ -272,10 +270,14 @@ impl EdgeAuthenticator {
         let fresh = self
             .minter
             .mint(&entry.principal, audience)
-            .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
-        entry
-            .store_jwt(audience, fresh)
-            .ok_or_else(|| EdgeError::Unavailable("the internal JWT is not a header value".into()))
+            .map_err(|e| Outage::because("the internal JWT could not be minted", e))?;
+        entry.store_jwt(audience, fresh).ok_or_else(|| {
+            Outage::because(
+                "the internal JWT could not be minted",
+                "the JWT is not a header value",
+            )
+            .into()
+        })
     }
 
     /// Who the token speaks for and, when known, the AS's own JWT for it: a JWT access
@@ -289,7 +291,7 @@ impl EdgeAuthenticator {
                         principal,
                         jwt: None,
                     })
-                    .map_err(|e| EdgeError::Invalid(e.to_string()));
+                    .map_err(|e| TokenRejected::from(e).into());
             }
         }
         if let Some(validator) = &self.validator {
@@ -301,26 +303,21 @@ impl EdgeAuthenticator {
                         principal,
                         jwt: Some(token.to_string()),
                     })
-                    .map_err(|e| EdgeError::Invalid(e.to_string()));
+                    .map_err(|e| TokenRejected::from(e).into());
             }
         }
         match self.introspector.introspect(token).await {
             Ok(Introspection::Active(active)) => Ok(*active),
-            Ok(Introspection::Inactive) => {
-                Err(EdgeError::Invalid("the token is not active".into()))
-            }
+            Ok(Introspection::Inactive) => Err(TokenRejected::Inactive.into()),
             Err(e @ IntrospectError::Unverified(_)) => {
+                // Worth an error line of its own: a forged or misconfigured answer.
                 tracing::error!(error = %e, "introspection answer failed verification");
-                Err(EdgeError::Unavailable(
-                    "the authorization server's answer could not be verified".into(),
-                ))
+                Err(
+                    Outage::because("the authorization server's answer could not be verified", e)
+                        .into(),
+                )
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "introspection failed");
-                Err(EdgeError::Unavailable(
-                    "the authorization server is unavailable".into(),
-                ))
-            }
+            Err(e) => Err(Outage::because("the authorization server is unavailable", e).into()),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+use super::failure::Outage;
 use crate::secrets::registry::SecretCell;
 
 /// The grant type of RFC 8693.
@@ -17,15 +18,18 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// Why no token came back. Never quotes a token or a secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
-    /// The AS refused the scopes or the target (`invalid_scope`, `invalid_target`): 403.
-    #[error("the authorization server refused the exchange: {0}")]
-    Denied(String),
+    /// The AS refused the scopes asked for (`invalid_scope`): 403.
+    #[error("the authorization server refused the scopes")]
+    ScopeRefused,
+    /// The AS does not issue tokens for the target to this caller (`invalid_target`): 403.
+    #[error("the authorization server refused the target")]
+    TargetRefused,
     /// The AS refused the subject token (`invalid_grant`): 401.
     #[error("the authorization server refused the subject token")]
     InvalidSubject,
     /// The AS could not be reached, failed, or refused Intercom itself: 503.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Outage),
 }
 
 /// What the AS issued.
@@ -77,7 +81,7 @@ impl TokenExchanger {
             .record(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(_) => "issued",
-            Err(ExchangeError::Denied(_)) => "denied",
+            Err(ExchangeError::ScopeRefused | ExchangeError::TargetRefused) => "denied",
             Err(ExchangeError::InvalidSubject) => "invalid_subject",
             Err(ExchangeError::Unavailable(_)) => "unavailable",
         };
@@ -117,33 +121,45 @@ impl TokenExchanger {
         .send()
         .await
         .map_err(|e| {
-            let why = super::authserver::failure(&e);
-            ExchangeError::Unavailable(format!("the authorization server is unreachable: {why}"))
+            ExchangeError::Unavailable(Outage::because(
+                "the authorization server is unreachable",
+                super::authserver::failure(&e),
+            ))
         })?;
         let status = response.status();
-        let body = crate::bounded::read_limited(response)
-            .await
-            .map_err(|e| ExchangeError::Unavailable(format!("the authorization server's {e}")))?;
+        let body = crate::bounded::read_limited(response).await.map_err(|e| {
+            ExchangeError::Unavailable(Outage::because(
+                "the authorization server's answer could not be read",
+                e,
+            ))
+        })?;
         if status.is_success() {
             return serde_json::from_slice::<Issued>(&body).map_err(|_| {
-                ExchangeError::Unavailable("the authorization server's answer is malformed".into())
+                ExchangeError::Unavailable(Outage::new(
+                    "the authorization server's answer is malformed",
+                ))
             });
         }
         let code = serde_json::from_slice::<OAuthError>(&body)
             .map(|e| e.error)
             .unwrap_or_default();
         Err(match (status.as_u16(), code.as_str()) {
-            (400, "invalid_scope" | "invalid_target") => ExchangeError::Denied(code),
+            (400, "invalid_scope") => ExchangeError::ScopeRefused,
+            (400, "invalid_target") => ExchangeError::TargetRefused,
             (400, "invalid_grant") => ExchangeError::InvalidSubject,
             (_, "invalid_client" | "unauthorized_client") => {
                 tracing::error!(status = status.as_u16(), error = %code, "the AS refused Intercom's client for token exchange");
-                ExchangeError::Unavailable("the token exchange is misconfigured".into())
+                ExchangeError::Unavailable(Outage::because(
+                    "the token exchange is misconfigured",
+                    format_args!("the AS answered {status} {code}"),
+                ))
             }
             _ => {
                 tracing::warn!(status = status.as_u16(), error = %code, "token exchange failed");
-                ExchangeError::Unavailable(
-                    "the authorization server could not exchange the token".into(),
-                )
+                ExchangeError::Unavailable(Outage::because(
+                    "the authorization server could not exchange the token",
+                    format_args!("the AS answered {status} {code}"),
+                ))
             }
         })
     }

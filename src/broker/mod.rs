@@ -9,6 +9,7 @@ pub mod client_credentials;
 pub mod downstream;
 pub mod edge;
 pub mod exchange;
+pub mod failure;
 pub mod introspect;
 pub mod jwks;
 pub mod mint;

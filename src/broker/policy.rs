@@ -49,9 +49,9 @@ impl ScopePolicy {
         }
     }
 
-    /// `Ok` if `granted` satisfies the policy, else the scope string to name in the
+    /// `Ok` if `granted` satisfies the policy, else the scopes to name in the
     /// `insufficient_scope` challenge.
-    pub fn check(&self, granted: &[String]) -> Result<(), String> {
+    pub fn check(&self, granted: &[String]) -> Result<(), Vec<String>> {
         if self.required.is_empty() {
             return Ok(());
         }
@@ -63,13 +63,12 @@ impl ScopePolicy {
         if ok {
             Ok(())
         } else {
-            let missing: Vec<&str> = self
+            Err(self
                 .required
                 .iter()
                 .filter(|(p, _)| self.any || !p.held_by(granted))
-                .map(|(_, text)| text.as_str())
-                .collect();
-            Err(missing.join(" "))
+                .map(|(_, text)| text.clone())
+                .collect())
         }
     }
 }
@@ -78,9 +77,9 @@ impl ScopePolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantRefused {
     /// Neither named in `callers` nor holding one of `caller_scopes`.
-    CallerNotAllowed(String),
+    CallerNotAllowed,
     /// No scope is left; carries the scopes that would have been needed.
-    NothingLeft(String),
+    NothingLeft(Vec<String>),
 }
 
 /// The policy of one downstream audience.
@@ -134,10 +133,7 @@ impl TargetPolicy {
             .is_some_and(|c| self.callers.contains(c));
         let by_scope = caller.scopes.iter().any(|s| self.caller_scopes.contains(s));
         if !named && !by_scope {
-            return Err(GrantRefused::CallerNotAllowed(format!(
-                "this caller may not call {}",
-                self.audience
-            )));
+            return Err(GrantRefused::CallerNotAllowed);
         }
         let mut granted: Vec<String> = subject
             .scopes
@@ -154,22 +150,22 @@ impl TargetPolicy {
         granted.dedup();
         if granted.is_empty() {
             return Err(GrantRefused::NothingLeft(match asked {
-                Some(asked) => asked.join(" "),
-                None => self.allowed_text(),
+                Some(asked) => asked.to_vec(),
+                None => self.allowed_scopes(),
             }));
         }
         Ok(granted)
     }
 
-    fn allowed_text(&self) -> String {
+    /// The target's `allowed_scopes`, as configured (`invoice_*` for a prefix).
+    fn allowed_scopes(&self) -> Vec<String> {
         self.allowed
             .iter()
             .map(|p| match p {
                 Pattern::Exact(s) => s.clone(),
                 Pattern::Prefix(p) => format!("{p}*"),
             })
-            .collect::<Vec<_>>()
-            .join(" ")
+            .collect()
     }
 }
 
@@ -187,13 +183,13 @@ mod tests {
         assert!(all.check(&scopes("orders_read invoice_read x")).is_ok());
         assert_eq!(
             all.check(&scopes("invoice_read")),
-            Err("orders_read".into())
+            Err(vec!["orders_read".to_string()])
         );
         let any = ScopePolicy::new(&scopes("invoice_write admin"), ScopeMatch::Any);
         assert!(any.check(&scopes("admin")).is_ok());
         assert_eq!(
             any.check(&scopes("invoice_read")),
-            Err("invoice_write admin".into())
+            Err(vec!["invoice_write".to_string(), "admin".to_string()])
         );
         let wild = ScopePolicy::new(&scopes("invoice_*"), ScopeMatch::All);
         assert!(wild.check(&scopes("invoice_read")).is_ok());
@@ -237,18 +233,21 @@ mod tests {
         let alone = |c: &Principal| target.grant(c, c, None);
         assert_eq!(
             alone(&caller("app", "orders_read")),
-            Err(GrantRefused::NothingLeft("invoice_* profile".into()))
+            Err(GrantRefused::NothingLeft(vec![
+                "invoice_*".into(),
+                "profile".into()
+            ]))
         );
         assert!(matches!(
             alone(&caller("other", "invoice_read")),
-            Err(GrantRefused::CallerNotAllowed(_))
+            Err(GrantRefused::CallerNotAllowed)
         ));
         assert!(alone(&caller("other", "invoice_read billing_caller")).is_ok());
         // The caller is judged on its own scopes, not the subject's.
         let subject = caller("user-app", "invoice_read billing_caller");
         assert!(matches!(
             target.grant(&caller("other", ""), &subject, None),
-            Err(GrantRefused::CallerNotAllowed(_))
+            Err(GrantRefused::CallerNotAllowed)
         ));
     }
 }

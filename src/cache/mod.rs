@@ -43,26 +43,33 @@ impl<V: Expiring> Expiry<CacheKey, Arc<V>> for UntilExpiry {
 }
 
 /// What a lookup found.
-pub enum Lookup<V> {
+pub enum Lookup<V, R> {
     Hit(Arc<V>),
-    /// The token was recently found inactive.
-    NegativeHit,
+    /// The token was recently refused, for this reason.
+    NegativeHit(R),
     Miss,
 }
 
 /// How a load ended for one caller.
-pub enum Loaded<V, E> {
+pub enum Loaded<V, R, E> {
     Value(Arc<V>),
-    /// The loader said the token is not good; cached negatively.
-    Rejected(E),
+    /// The loader said the token is not good; cached negatively with the reason.
+    Rejected(R),
     /// The loader failed (the AS was unreachable, say); nothing cached.
     Failed(E),
 }
 
 /// What a loader returns.
-pub enum LoadOutcome<V, E> {
+pub enum LoadOutcome<V, R, E> {
     Value(V),
-    Rejected(E),
+    Rejected(R),
+    Failed(E),
+}
+
+/// A load that gave no value, as moka shares it with the coalesced callers.
+#[derive(Clone)]
+enum NoValue<R, E> {
+    Rejected(R),
     Failed(E),
 }
 
@@ -87,8 +94,9 @@ impl CacheLimits {
     }
 }
 
-/// One token cache (e.g. the edge's), with its metrics under `cache = name`.
-pub struct TokenCache<V: Expiring> {
+/// One token cache (e.g. the edge's), with its metrics under `cache = name`. `R` is why a
+/// token was refused: the negative cache keeps it, so a repeat gets the same answer.
+pub struct TokenCache<V: Expiring, R: Clone + Send + Sync + 'static> {
     name: &'static str,
     /// `intercom_token_cache_requests_total` by result, registered once: a lookup per
     /// request with labels is a registry search.
@@ -98,10 +106,10 @@ pub struct TokenCache<V: Expiring> {
     coalesced: metrics::Counter,
     mac: Hmac<Sha256>,
     positive: moka::future::Cache<CacheKey, Arc<V>>,
-    negative: moka::future::Cache<CacheKey, ()>,
+    negative: moka::future::Cache<CacheKey, R>,
 }
 
-impl<V: Expiring> TokenCache<V> {
+impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
     /// A cache keyed under a fresh random per-process key.
     pub fn new(name: &'static str, limits: &CacheLimits) -> Self {
         let mut secret = [0u8; 32];
@@ -153,7 +161,7 @@ impl<V: Expiring> TokenCache<V> {
     }
 
     /// Looks the key up in both caches.
-    pub async fn lookup(&self, key: &CacheKey) -> Lookup<V> {
+    pub async fn lookup(&self, key: &CacheKey) -> Lookup<V, R> {
         if let Some(v) = self.positive.get(key).await {
             if v.expires_at() > crate::clock::now_secs() {
                 self.hits.increment(1);
@@ -161,18 +169,18 @@ impl<V: Expiring> TokenCache<V> {
             }
             self.positive.invalidate(key).await;
         }
-        if self.negative.contains_key(key) {
+        if let Some(rejected) = self.negative.get(key).await {
             self.negative_hits.increment(1);
-            return Lookup::NegativeHit;
+            return Lookup::NegativeHit(rejected);
         }
         Lookup::Miss
     }
 
     /// Loads a missing entry; concurrent callers for the same key share one load.
-    pub async fn load<E, F>(&self, key: CacheKey, loader: F) -> Loaded<V, E>
+    pub async fn load<E, F>(&self, key: CacheKey, loader: F) -> Loaded<V, R, E>
     where
         E: Clone + Send + Sync + 'static,
-        F: Future<Output = LoadOutcome<V, E>>,
+        F: Future<Output = LoadOutcome<V, R, E>>,
     {
         let ran = Arc::new(AtomicBool::new(false));
         let ran_inner = ran.clone();
@@ -182,8 +190,8 @@ impl<V: Expiring> TokenCache<V> {
                 ran_inner.store(true, Ordering::Relaxed);
                 match loader.await {
                     LoadOutcome::Value(v) => Ok(Arc::new(v)),
-                    LoadOutcome::Rejected(e) => Err((true, e)),
-                    LoadOutcome::Failed(e) => Err((false, e)),
+                    LoadOutcome::Rejected(r) => Err(NoValue::Rejected(r)),
+                    LoadOutcome::Failed(e) => Err(NoValue::Failed(e)),
                 }
             })
             .await;
@@ -195,15 +203,13 @@ impl<V: Expiring> TokenCache<V> {
             .set(self.positive.entry_count() as f64);
         match result {
             Ok(v) => Loaded::Value(v),
-            Err(shared) => {
-                let (rejected, e) = (*shared).clone();
-                if rejected {
-                    self.negative.insert(key, ()).await;
-                    Loaded::Rejected(e)
-                } else {
-                    Loaded::Failed(e)
+            Err(shared) => match (*shared).clone() {
+                NoValue::Rejected(rejected) => {
+                    self.negative.insert(key, rejected.clone()).await;
+                    Loaded::Rejected(rejected)
                 }
-            }
+                NoValue::Failed(e) => Loaded::Failed(e),
+            },
         }
     }
 }
@@ -230,8 +236,8 @@ mod tests {
 
     #[tokio::test]
     async fn keys_are_keyed_hashes_and_loads_are_shared() {
-        let cache: TokenCache<Entry> = TokenCache::new("test", &limits());
-        let other: TokenCache<Entry> = TokenCache::new("test", &limits());
+        let cache: TokenCache<Entry, ()> = TokenCache::new("test", &limits());
+        let other: TokenCache<Entry, ()> = TokenCache::new("test", &limits());
         let key = cache.key("secret-token");
         assert_eq!(key, cache.key("secret-token"));
         assert_ne!(key, other.key("secret-token"), "a per-process key");
@@ -254,15 +260,18 @@ mod tests {
 
     #[tokio::test]
     async fn rejected_tokens_are_cached_negatively_and_expired_entries_are_not_served() {
-        let cache: TokenCache<Entry> = TokenCache::new("test", &limits());
+        let cache: TokenCache<Entry, &str> = TokenCache::new("test", &limits());
         let bad = cache.key("bad");
         let r = cache
             .load(bad, async {
-                LoadOutcome::<Entry, &str>::Rejected("inactive")
+                LoadOutcome::<Entry, &str, ()>::Rejected("expired")
             })
             .await;
-        assert!(matches!(r, Loaded::Rejected("inactive")));
-        assert!(matches!(cache.lookup(&bad).await, Lookup::NegativeHit));
+        assert!(matches!(r, Loaded::Rejected("expired")));
+        assert!(
+            matches!(cache.lookup(&bad).await, Lookup::NegativeHit("expired")),
+            "a repeat reads the same reason"
+        );
         let old = cache.key("old");
         let _ = cache
             .load::<(), _>(old, async {

@@ -64,12 +64,14 @@ impl ExchangeEntry {
     }
 }
 
-/// A refusal remembered in the negative cache: stored as text, read back as the same
-/// refusal, so a repeated request gets the same answer as the first (a 401 stays 401).
-pub trait Refusal: Clone + Send + Sync + 'static {
-    fn encode(&self) -> String;
-    fn decode(text: &str) -> Option<Self>;
-}
+/// A refusal remembered in the negative cache, as it was, so a repeated request gets the
+/// same answer as the first (a 401 stays 401). The cache holds it type-erased, so that it
+/// need not know its users' error types; it reads back only as the type it was stored as.
+pub trait Refusal: Clone + Send + Sync + 'static {}
+
+impl<E: Clone + Send + Sync + 'static> Refusal for E {}
+
+type StoredRefusal = Arc<dyn std::any::Any + Send + Sync>;
 
 /// How a load ended.
 pub enum LoadError<E> {
@@ -96,7 +98,7 @@ struct SharedTier {
 /// The two tiers.
 pub struct TieredCache {
     l1: Option<moka::future::Cache<Hash, Arc<ExchangeEntry>>>,
-    negative: moka::future::Cache<Hash, String>,
+    negative: moka::future::Cache<Hash, StoredRefusal>,
     l2: Option<SharedTier>,
     /// Entries go this many seconds before their token's `exp`.
     skew: u64,
@@ -167,7 +169,8 @@ impl TieredCache {
 
     /// How a recent exchange for this key was refused.
     pub async fn get_negative<E: Refusal>(&self, key: &Hash, m: &ExchangeMetrics) -> Option<E> {
-        let refusal = E::decode(&self.negative.get(key).await?)?;
+        let stored = self.negative.get(key).await?;
+        let refusal = stored.downcast_ref::<E>()?.clone();
         m.l1.negative_hit.increment(1);
         Some(refusal)
     }
@@ -212,7 +215,7 @@ impl TieredCache {
         match result {
             Ok(entry) => Ok(entry),
             Err((true, e)) => {
-                self.negative.insert(key, e.encode()).await;
+                self.negative.insert(key, Arc::new(e.clone())).await;
                 Err(LoadError::Rejected(e))
             }
             Err((false, e)) => Err(LoadError::Failed(e)),

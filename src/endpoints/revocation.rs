@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::broker::edge::UpstreamBearer;
+use crate::broker::failure::{Outage, TokenRejected};
 use crate::http::errors::{ApiError, Problem};
 use crate::proxy::gate;
 use crate::revocation_ids::Kind;
@@ -128,7 +129,7 @@ pub async fn admin_revoke(
         return Err(ApiError::MissingToken.at(&req));
     };
     if !credential.accepts(presented.as_bytes()) {
-        return Err(ApiError::InvalidToken("the admin credential is not valid".into()).at(&req));
+        return Err(ApiError::InvalidToken(TokenRejected::AdminCredential).at(&req));
     }
     let target = body.into_inner().target().map_err(|e| e.at(&req))?;
     let revoked = state.revoker.revoke(target, "admin").await;
@@ -245,8 +246,12 @@ pub async fn revoke_passthrough(
         call = call.header(header::AUTHORIZATION.as_str(), auth.as_bytes());
     }
     let started = std::time::Instant::now();
-    let answer = call.send().await.map_err(|_| {
-        ApiError::AuthServerUnavailable("the authorization server is unreachable".into()).at(&req)
+    let answer = call.send().await.map_err(|e| {
+        ApiError::AuthServerUnavailable(Outage::because(
+            "the authorization server is unreachable",
+            crate::broker::authserver::failure(&e),
+        ))
+        .at(&req)
     })?;
     let status = answer.status();
     let content_type = answer
@@ -256,7 +261,11 @@ pub async fn revoke_passthrough(
         .unwrap_or("application/json")
         .to_string();
     let bytes = crate::bounded::read_limited(answer).await.map_err(|e| {
-        ApiError::AuthServerUnavailable(format!("the authorization server's {e}")).at(&req)
+        ApiError::AuthServerUnavailable(Outage::because(
+            "the authorization server's answer could not be read",
+            e,
+        ))
+        .at(&req)
     })?;
     metrics::counter!("intercom_revocation_passthrough_total", "tied" => if tied { "yes" } else { "no" })
         .increment(1);

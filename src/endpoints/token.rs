@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::downstream::Subject;
 use crate::broker::edge::UpstreamBearer;
 use crate::broker::exchange::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
+use crate::broker::failure::TokenRejected;
 use crate::broker::Principal;
 use crate::clock::now_secs;
 use crate::http::credentials;
@@ -150,7 +151,7 @@ pub async fn exchange(
     let taken = |principal: &Principal| {
         route
             .accepts(principal)
-            .map_err(|why| ApiError::InvalidToken(why.into()).at(&req))
+            .map_err(|why| ApiError::InvalidToken(TokenRejected::NotForRoute(why)).at(&req))
     };
     let (edge, downstream) = match (&state.edge, &state.downstream) {
         (Some(edge), Some(downstream)) => (edge, downstream),

@@ -1,7 +1,8 @@
 //! The request's span and its one access-log line (written by [`super::envelope`]).
 //!
 //! The span holds the request id, method and path (never the query, which may hold a
-//! token); the line adds the route, status, total and upstream latency and body size.
+//! token); the line adds the route, status, total and upstream latency, body size and,
+//! for an answer that hides it from the client, the error's cause.
 
 use std::time::Duration;
 
@@ -49,6 +50,11 @@ pub fn record<B: MessageBody>(span: &Span, res: &ServiceResponse<B>, elapsed: Du
         BodySize::None => Some(0),
         BodySize::Stream => None,
     };
+    let cause = res
+        .response()
+        .extensions()
+        .get::<super::errors::ErrorCause>()
+        .map(|c| c.0.clone());
     let status = res.status().as_u16();
     metrics.record(
         status,
@@ -64,6 +70,7 @@ pub fn record<B: MessageBody>(span: &Span, res: &ServiceResponse<B>, elapsed: Du
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
         bytes,
+        cause = cause.as_deref(),
         "access"
     );
 }

@@ -10,6 +10,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use super::request_id::RequestId;
+use crate::broker::failure::{CallerRefused, Outage, TokenRejected};
 
 /// Every error Intercom answers with, whatever module it came from.
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +40,21 @@ pub enum ApiError {
     #[error("client authentication failed")]
     InvalidClient,
     #[error("{0}")]
-    InvalidToken(String),
+    InvalidToken(TokenRejected),
     /// Carries the scopes needed (the challenge's `scope` attribute).
-    #[error("the token lacks the scope this route requires: {0}")]
-    InsufficientScope(String),
-    /// The target's policy does not let this caller call it: no scope would help.
+    #[error("the token lacks the scope this route requires: {}", .0.join(" "))]
+    InsufficientScope(Vec<String>),
+    /// The target's policy (or the AS) does not let this caller call it: no scope would
+    /// help.
     #[error("{0}")]
-    CallerNotAllowed(String),
+    CallerNotAllowed(CallerRefused),
     /// The caller's verified claims do not meet the route's `required_claims` or
     /// `denied_claims`.
     #[error("{0}")]
     ClaimRefused(crate::broker::claims::ClaimRefusal),
-    #[error("{0}")]
-    AuthServerUnavailable(String),
+    /// The client reads what failed; the cause goes to the access-log line.
+    #[error("{}", .0.what())]
+    AuthServerUnavailable(Outage),
     #[error("too many requests: retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("the rate limiter cannot decide right now")]
@@ -225,15 +228,15 @@ impl ApiError {
             ApiError::InvalidClient => Some(format!("Basic realm=\"{REALM}\"")),
             ApiError::InvalidToken(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-                quoted(why)
+                quoted(&why.to_string())
             )),
-            ApiError::InsufficientScope(scope) => Some(format!(
+            ApiError::InsufficientScope(scopes) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
-                quoted(scope)
+                quoted(&scopes.join(" "))
             )),
             ApiError::CallerNotAllowed(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
-                quoted(why)
+                quoted(&why.to_string())
             )),
             ApiError::ClaimRefused(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
@@ -275,7 +278,7 @@ impl From<super::credentials::BearerError> for ApiError {
         use super::credentials::BearerError;
         match error {
             BearerError::Missing => ApiError::MissingToken,
-            BearerError::Malformed(why) => ApiError::InvalidToken(why.into()),
+            BearerError::Malformed(why) => ApiError::InvalidToken(TokenRejected::Malformed(why)),
         }
     }
 }
@@ -285,7 +288,7 @@ impl From<crate::broker::edge::EdgeError> for ApiError {
         use crate::broker::edge::EdgeError;
         match error {
             EdgeError::Invalid(why) => ApiError::InvalidToken(why),
-            EdgeError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
+            EdgeError::Unavailable(outage) => ApiError::AuthServerUnavailable(outage),
             EdgeError::OverBudget { retry_after } => ApiError::RateLimited { retry_after },
         }
     }
@@ -299,9 +302,9 @@ impl From<crate::broker::downstream::DownstreamError> for ApiError {
             DownstreamError::Denied(scopes) => ApiError::InsufficientScope(scopes),
             DownstreamError::NotAllowed(why) => ApiError::CallerNotAllowed(why),
             DownstreamError::InvalidSubject => {
-                ApiError::InvalidToken("the authorization server refused the token".into())
+                ApiError::InvalidToken(TokenRejected::RefusedByAuthServer)
             }
-            DownstreamError::Unavailable(why) => ApiError::AuthServerUnavailable(why),
+            DownstreamError::Unavailable(outage) => ApiError::AuthServerUnavailable(outage),
         }
     }
 }
@@ -314,6 +317,11 @@ impl From<ApiError> for Problem {
         }
     }
 }
+
+/// The cause of an error answer that the client does not read and the operator needs
+/// ("connection refused" vs "timed out" vs "TLS"): the access-log line's `cause`.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub std::sync::Arc<str>);
 
 /// The RFC 9457 body.
 #[derive(Serialize)]
@@ -370,6 +378,11 @@ impl ResponseError for Problem {
         }
         if let Some(secs) = self.error.retry_after() {
             res.insert_header((header::RETRY_AFTER, secs));
+        }
+        if let ApiError::AuthServerUnavailable(outage) = &self.error {
+            if let Some(cause) = outage.cause() {
+                res.extensions_mut().insert(ErrorCause(cause.into()));
+            }
         }
         res.body(serde_json::to_vec(&body).unwrap_or_default())
     }

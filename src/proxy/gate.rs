@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::headers;
 use crate::broker::edge::{Admitted, EdgeAuthenticator, EdgeError, UpstreamBearer};
+use crate::broker::failure::{Outage, TokenRejected};
 use crate::http::errors::ApiError;
 use crate::limits::{Budget, RateLimiter};
 use crate::revoke::Revoker;
@@ -25,7 +26,7 @@ pub async fn admit<G: Future<Output = Result<(), EdgeError>>>(
     let admitted = edge.admit(token, upstream, gate).await?;
     let cached = &admitted.token;
     if revoker.is_some_and(|r| r.is_denied(&cached.ids, cached.principal.iat)) {
-        return Err(ApiError::InvalidToken("the token was revoked".into()));
+        return Err(ApiError::InvalidToken(TokenRejected::Revoked));
     }
     Ok(admitted)
 }
@@ -41,9 +42,7 @@ pub async fn unknown_token_gate(
     match spend_budget(req, limiter, trusted, Budget::UnknownToken).await {
         Ok(()) => Ok(()),
         Err(ApiError::RateLimited { retry_after }) => Err(EdgeError::OverBudget { retry_after }),
-        Err(_) => Err(EdgeError::Unavailable(
-            "the budget of unknown tokens cannot be checked".into(),
-        )),
+        Err(e) => Err(Outage::because("the budget of unknown tokens cannot be checked", e).into()),
     }
 }
 

@@ -9,6 +9,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 
 use crate::broker::client_credentials::ClientCredentials;
+use crate::broker::failure::Outage;
 use crate::broker::parts::BrokerParts;
 use crate::http::errors::ApiError;
 use crate::secret::Secret;
@@ -87,8 +88,10 @@ impl Injection {
         match &self.source {
             Source::Stored(cell) => Ok(cell.current()),
             Source::Fetched(cc) => cc.token().await.map_err(|e| {
-                tracing::warn!(source = %self.source_name(), error = %e, "no token for the upstream");
-                ApiError::AuthServerUnavailable("no credential for the upstream could be obtained".into())
+                ApiError::AuthServerUnavailable(Outage::because(
+                    "no credential for the upstream could be obtained",
+                    format_args!("{}: {e}", self.source_name()),
+                ))
             }),
         }
     }

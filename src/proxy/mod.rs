@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use crate::broker::claims::KeptClaims;
 use crate::broker::downstream::{DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator};
+use crate::broker::failure::TokenRejected;
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::credentials;
 use crate::http::errors::ApiError;
@@ -340,7 +341,7 @@ fn authorize(route: &Route, caller: Option<&AdmittedCaller>) -> Result<(), ApiEr
     let principal = &caller.admitted.token.principal;
     route
         .accepts(principal)
-        .map_err(|why| ApiError::InvalidToken(why.into()))?;
+        .map_err(|why| ApiError::InvalidToken(TokenRejected::NotForRoute(why)))?;
     route
         .scopes
         .check(&principal.scopes)

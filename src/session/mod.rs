@@ -16,6 +16,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 use url::Url;
 
+use crate::broker::failure::Outage;
 use crate::cache::sealed::Sealer;
 use crate::clock::now_secs;
 use crate::keyed_hash::SharedHasher;
@@ -38,8 +39,8 @@ pub enum SessionError {
     LoginFailed(String),
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("the authorization server is unavailable: {0}")]
-    Unavailable(String),
+    #[error("{0}")]
+    Unavailable(Outage),
 }
 
 /// The query of `/auth/callback`.
@@ -218,10 +219,9 @@ impl Sessions {
             started_at: now_secs(),
         };
         let plain = serde_json::to_vec(&state).unwrap_or_default();
-        let sealed = self
-            .sealer
-            .seal(&plain, FLOW_CONTEXT)
-            .ok_or_else(|| SessionError::Unavailable("the login state cannot be sealed".into()))?;
+        let sealed = self.sealer.seal(&plain, FLOW_CONTEXT).ok_or_else(|| {
+            SessionError::Unavailable(Outage::new("the login state cannot be sealed"))
+        })?;
         let name = flow::flow_cookie_name(&self.cookies.flow_prefix, &auth.state);
         // Lax: the AS sends the browser back with a top-level GET.
         let cookie = self.cookie(
@@ -550,9 +550,9 @@ impl Sessions {
                 }
                 Some(same) if valid(&same) => return Ok(Some(same)),
                 Some(_) if Instant::now() > deadline => {
-                    return Err(SessionError::Unavailable(
-                        "another replica's refresh did not finish".into(),
-                    ))
+                    return Err(SessionError::Unavailable(Outage::new(
+                        "another replica's refresh did not finish",
+                    )))
                 }
                 Some(_) => {}
             }

@@ -13,6 +13,7 @@ use openidconnect::{
 };
 use url::Url;
 
+use crate::broker::failure::Outage;
 use crate::clock::now_secs;
 use crate::secrets::registry::SecretCell;
 
@@ -34,9 +35,12 @@ pub enum OidcError {
     Refused(String),
     #[error("the ID token failed verification: {0}")]
     IdToken(String),
-    #[error("the authorization server is unavailable: {0}")]
-    Unavailable(String),
+    #[error("{0}")]
+    Unavailable(Outage),
 }
+
+/// What a login client without the AS's token endpoint says.
+const NO_TOKEN_ENDPOINT: &str = "the authorization server announces no token endpoint";
 
 /// The least time between two fetches of the AS's keys for ID tokens.
 pub const KEY_REFETCH_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -206,7 +210,7 @@ impl OidcClient {
         let client = self.client();
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .map_err(|e| OidcError::Unavailable(Outage::because(NO_TOKEN_ENDPOINT, e)))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
             .await
@@ -226,7 +230,7 @@ impl OidcClient {
         let refresh = RefreshToken::new(refresh_token.to_string());
         let response = client
             .exchange_refresh_token(&refresh)
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .map_err(|e| OidcError::Unavailable(Outage::because(NO_TOKEN_ENDPOINT, e)))?
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
@@ -290,7 +294,10 @@ fn token_error<E: std::error::Error>(
         RequestTokenError::ServerResponse(answer) => {
             OidcError::Refused(answer.error().as_ref().to_string())
         }
-        other => OidcError::Unavailable(other.to_string()),
+        other => OidcError::Unavailable(Outage::because(
+            "the authorization server is unavailable",
+            other,
+        )),
     }
 }
 

@@ -554,6 +554,13 @@ async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
         let mut res = get_with(&app, "/inv", token).await;
         let body = assert_problem(&mut res, 401).await;
         assert_eq!(body["type"], "urn:intercom:problem:invalid-token", "{name}");
+        // A repeat is answered from the negative cache, with the same reason.
+        let mut again = get_with(&app, "/inv", token).await;
+        let repeat = assert_problem(&mut again, 401).await;
+        assert_eq!(repeat["detail"], body["detail"], "{name}");
+        if *name == "expired" {
+            assert_eq!(repeat["detail"], "the token has expired");
+        }
     }
     assert_eq!(upstream.hits(), hits, "a forged token reached the upstream");
 
@@ -720,10 +727,30 @@ async fn cached_tokens_outlive_an_unreachable_auth_server() {
         200,
         "cached token stopped working"
     );
-    let mut res = get_with(&app, "/inv", &fresh).await;
+    let mut res = app
+        .client
+        .get(app.url("/inv"))
+        .insert_header(("authorization", format!("Bearer {fresh}")))
+        .insert_header(("x-request-id", "as-down-1"))
+        .send()
+        .await
+        .unwrap();
     let body = assert_problem(&mut res, 503).await;
     assert_eq!(body["type"], "urn:intercom:problem:auth-server-unavailable");
     assert!(res.headers().get("retry-after").is_some());
+    // The client reads what failed; the operator's log line has why.
+    assert_eq!(body["detail"], "the authorization server is unavailable");
+    let logged = |l: &&str| l.contains("as-down-1") && l.contains("\"status\":503");
+    eventually(PATIENCE, async || {
+        captured_logs().lines().any(|l| logged(&l))
+    })
+    .await;
+    let logs = captured_logs();
+    let line = logs.lines().find(logged).unwrap();
+    assert!(
+        line.contains("\"cause\":\"the authorization server is unreachable: "),
+        "{line}"
+    );
 }
 
 /// A private ES256 JWK with the given kid, as JSON.
