@@ -6,10 +6,16 @@
 //!
 //! Run: `cargo bench --bench allocations` (after `scripts/test deps`: it starts the test
 //! authorization server, tests/authserver, for the phantom route's token).
+//! `ALLOC_TRACE=intercom-noauth cargo bench --bench allocations` also prints where one
+//! request of that contender allocates inside Intercom (the innermost `intercom::` frame
+//! of each allocation's backtrace, counted).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
@@ -25,24 +31,50 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// While set, every allocation's backtrace is kept (`ALLOC_TRACE`).
+static TRACING: AtomicBool = AtomicBool::new(false);
+static TRACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Set while a backtrace is taken: its own allocations are not traced.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counted(size: usize) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    if TRACING.load(Ordering::Relaxed) && !IN_TRACE.with(|t| t.replace(true)) {
+        let trace = std::backtrace::Backtrace::force_capture().to_string();
+        TRACES.lock().unwrap().push(trace);
+        IN_TRACE.with(|t| t.set(false));
+    }
+}
+
+/// The innermost frame of Intercom's own code in a backtrace, or what called it.
+fn intercom_frame(trace: &str) -> String {
+    trace
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.split_once(": ").map(|(_, f)| f))
+        .find(|f| f.starts_with("intercom::") && !f.starts_with("intercom::telemetry"))
+        .map(|f| f.rsplit_once("::h").map_or(f, |(name, _)| name).to_string())
+        .unwrap_or_else(|| "(outside Intercom's code: the client, the upstream, actix)".into())
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        counted(layout.size());
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        counted(layout.size());
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        counted(new_size);
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
@@ -95,7 +127,12 @@ async fn start_auth_server(port: u16) -> AuthServer {
 }
 
 /// Allocations and bytes per request over `REQUESTS` sequential keep-alive requests.
-async fn per_request(client: &awc::Client, url: &str, bearer: Option<&str>) -> (f64, f64) {
+async fn per_request(
+    client: &awc::Client,
+    url: &str,
+    bearer: Option<&str>,
+    trace: bool,
+) -> (f64, f64) {
     let call = || async {
         let mut request = client.get(url);
         if let Some(token) = bearer {
@@ -116,10 +153,26 @@ async fn per_request(client: &awc::Client, url: &str, bearer: Option<&str>) -> (
         call().await;
     }
     let n = REQUESTS as f64;
-    (
+    let counts = (
         (ALLOCATIONS.load(Ordering::Relaxed) - a) as f64 / n,
         (BYTES.load(Ordering::Relaxed) - b) as f64 / n,
-    )
+    );
+    if trace {
+        TRACING.store(true, Ordering::Relaxed);
+        call().await;
+        TRACING.store(false, Ordering::Relaxed);
+        let mut by_frame = BTreeMap::<String, u32>::new();
+        for t in TRACES.lock().unwrap().drain(..) {
+            *by_frame.entry(intercom_frame(&t)).or_default() += 1;
+        }
+        let mut rows: Vec<_> = by_frame.into_iter().collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.1));
+        println!("allocations of one request to {url}, by the innermost frame of Intercom's code:");
+        for (frame, count) in rows {
+            println!("  {count:4}  {frame}");
+        }
+    }
+    counts
 }
 
 fn main() {
@@ -204,7 +257,8 @@ required_scopes = ["invoice_*"]
         let mut direct = 0.0;
         let mut floor = 0.0;
         for (name, url, bearer) in &contenders {
-            let (allocations, bytes) = per_request(&client, url, *bearer).await;
+            let trace = std::env::var("ALLOC_TRACE").is_ok_and(|t| t == *name);
+            let (allocations, bytes) = per_request(&client, url, *bearer, trace).await;
             match *name {
                 "direct" => direct = allocations,
                 "floor-awc" => floor = allocations,

@@ -98,6 +98,18 @@ impl Introspector {
     }
 
     async fn call(&self, token: &str) -> Result<Introspection, IntrospectError> {
+        let Some((content_type, body)) = self.ask(token).await? else {
+            return Ok(Introspection::Inactive);
+        };
+        match self.read(&content_type, &body).await? {
+            Some((claims, token_jwt)) => Ok(self.judge(claims, token_jwt)),
+            None => Ok(Introspection::Inactive),
+        }
+    }
+
+    /// The AS's answer for `token`: its content type (lower case) and body, or `None`
+    /// for the statuses that mean "not active".
+    async fn ask(&self, token: &str) -> Result<Option<(String, Vec<u8>)>, IntrospectError> {
         let accept = match self.format {
             IntrospectionFormat::Json => "application/json",
             IntrospectionFormat::Jwt => SIGNED_ANSWER_MEDIA_TYPE,
@@ -119,12 +131,12 @@ impl Introspector {
         if status == reqwest::StatusCode::BAD_REQUEST {
             // Our request is well-formed, so the token is what the AS refused (some
             // refuse structured tokens this way instead of answering active: false).
-            return Ok(Introspection::Inactive);
+            return Ok(None);
         }
         if status == reqwest::StatusCode::NO_CONTENT && self.format == IntrospectionFormat::JwtBody
         {
             // Curity's answer for a token that is not active: no JWT.
-            return Ok(Introspection::Inactive);
+            return Ok(None);
         }
         if !status.is_success() {
             return Err(IntrospectError::Status(status.as_u16()));
@@ -138,6 +150,16 @@ impl Introspector {
         let body = crate::bounded::read_limited(response)
             .await
             .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
+        Ok(Some((content_type, body)))
+    }
+
+    /// The claims of the answer in the configured format, verified, and the AS's own JWT
+    /// with its `exp` when the format carries one; `None` when it says "not active".
+    async fn read(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Option<(TokenClaims, Option<(String, u64)>)>, IntrospectError> {
         let json = |body: &[u8]| -> Result<TokenClaims, IntrospectError> {
             serde_json::from_slice(body).map_err(|_| IntrospectError::Malformed)
         };
@@ -146,27 +168,27 @@ impl Introspector {
                 .map(|t| t.trim().to_string())
                 .map_err(|_| IntrospectError::Malformed)
         };
-        let (claims, token_jwt) = match self.format {
-            IntrospectionFormat::Json => (json(&body)?, None),
+        Ok(Some(match self.format {
+            IntrospectionFormat::Json => (json(body)?, None),
             IntrospectionFormat::Jwt => {
                 if !content_type.starts_with(SIGNED_ANSWER_MEDIA_TYPE) {
                     return Err(IntrospectError::Unverified(
                         "the answer is not a signed JWT".into(),
                     ));
                 }
-                (self.verify_signed_answer(&text(&body)?).await?, None)
+                (self.verify_signed_answer(&text(body)?).await?, None)
             }
             IntrospectionFormat::JwtBody => {
                 if !content_type.starts_with(TOKEN_JWT_MEDIA_TYPE) {
                     // An AS may still say `{"active": false}` in JSON; never more.
-                    return match json(&body)?.active {
+                    return match json(body)?.active {
                         Some(true) => Err(IntrospectError::Unverified(
                             "the answer carries no JWT".into(),
                         )),
-                        _ => Ok(Introspection::Inactive),
+                        _ => Ok(None),
                     };
                 }
-                let jwt = text(&body)?;
+                let jwt = text(body)?;
                 let (claims, exp) = self.verify_token_jwt(&jwt).await?;
                 let claims = TokenClaims {
                     active: Some(true),
@@ -175,9 +197,9 @@ impl Introspector {
                 (claims, Some((jwt, exp)))
             }
             IntrospectionFormat::JsonWithJwt => {
-                let mut claims = json(&body)?;
+                let mut claims = json(body)?;
                 if claims.active != Some(true) {
-                    return Ok(Introspection::Inactive);
+                    return Ok(None);
                 }
                 let Some(serde_json::Value::String(jwt)) = claims.other.remove(&self.jwt_claim)
                 else {
@@ -190,13 +212,18 @@ impl Introspector {
                 agree(&claims, &inner)?;
                 (claims, Some((jwt, exp)))
             }
-        };
+        }))
+    }
+
+    /// What verified claims admit: an active access token for an accepted audience,
+    /// not past its `exp` (nor past the AS's own JWT's).
+    fn judge(&self, claims: TokenClaims, token_jwt: Option<(String, u64)>) -> Introspection {
         if claims.active != Some(true) {
-            return Ok(Introspection::Inactive);
+            return Introspection::Inactive;
         }
         // Active, but not an access token (a refresh token, say): not a credential here.
         if !claims.is_access_token() {
-            return Ok(Introspection::Inactive);
+            return Introspection::Inactive;
         }
         if !self.audiences.is_empty()
             && !claims
@@ -204,7 +231,7 @@ impl Introspector {
                 .iter()
                 .any(|a| self.audiences.contains(a))
         {
-            return Ok(Introspection::Inactive);
+            return Introspection::Inactive;
         }
         let fallback = now_secs() + self.default_lifetime.as_secs();
         let mut principal = Principal {
@@ -217,12 +244,9 @@ impl Introspector {
             jwt
         });
         if principal.exp <= now_secs() {
-            return Ok(Introspection::Inactive);
+            return Introspection::Inactive;
         }
-        Ok(Introspection::Active(Box::new(ActiveToken {
-            principal,
-            jwt,
-        })))
+        Introspection::Active(Box::new(ActiveToken { principal, jwt }))
     }
 
     /// Verifies the token's own JWT as the AS returned it: signature by the AS's keys

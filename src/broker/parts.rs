@@ -68,12 +68,7 @@ impl BrokerParts {
         let meta = authserver::discover(&http, &auth.issuer).await?;
         readiness.report("authorization_server", DependencyState::Ok, false, None);
         let jwks_uri = auth.jwks_uri.clone().unwrap_or(meta.jwks_uri.clone());
-        let jwks = RemoteJwks::new(http.clone(), jwks_uri, auth.jwt.jwks_cooldown);
-        // Not fatal: the keys are fetched again on demand.
-        if let Err(e) = jwks.fetch("start").await {
-            tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
-        }
-        jwks.spawn_refresh();
+        let jwks = start_jwks(&http, jwks_uri, auth.jwt.jwks_cooldown).await;
         let claims = Arc::new(ClaimSelection::new(
             &settings.rate_limit.tier_claim,
             &settings.routes,
@@ -91,14 +86,12 @@ impl BrokerParts {
             signature(auth.jwt.algorithms.clone()),
             claims.clone(),
         )?;
-        let validator = (!auth.jwt.audiences.is_empty()).then(|| JwtValidator {
-            issuer: meta.issuer.clone(),
-            audiences: auth.jwt.audiences.clone(),
-            typ: auth.jwt.typ.clone(),
-            leeway: auth.jwt.leeway,
-            signature: signature(auth.jwt.algorithms.clone()),
-            claims: claims.clone(),
-        });
+        let validator = JwtValidator::for_settings(
+            &auth.jwt,
+            &meta.issuer,
+            signature(auth.jwt.algorithms.clone()),
+            claims.clone(),
+        );
         let t = &settings.tokens;
         let minter = minter(t, secrets)?;
         let limits = CacheLimits::from_settings(t);
@@ -107,6 +100,10 @@ impl BrokerParts {
             leeway: auth.jwt.leeway,
             claims: claims.clone(),
         });
+        let keep_as_jwt = settings
+            .routes
+            .iter()
+            .any(|r| r.upstream_token == UpstreamToken::AuthorizationServer);
         let edge = EdgeAuthenticator::new(
             introspector,
             validator,
@@ -114,10 +111,7 @@ impl BrokerParts {
             minter.clone(),
             &limits,
             hasher.clone(),
-            settings
-                .routes
-                .iter()
-                .any(|r| r.upstream_token == UpstreamToken::AuthorizationServer),
+            keep_as_jwt,
         );
         let exchanger = meta.token_endpoint.clone().map(|endpoint| TokenExchanger {
             http: http.clone(),
@@ -138,6 +132,21 @@ impl BrokerParts {
             discovered: meta.discovered,
         }))
     }
+}
+
+/// The AS's keys, fetched now (not fatally: again on demand) and refreshed in the
+/// background.
+async fn start_jwks(
+    http: &reqwest::Client,
+    uri: String,
+    cooldown: std::time::Duration,
+) -> Arc<RemoteJwks> {
+    let jwks = RemoteJwks::new(http.clone(), uri, cooldown);
+    if let Err(e) = jwks.fetch("start").await {
+        tracing::warn!(error = %e, "JWKS fetch at start failed; will retry on demand");
+    }
+    jwks.spawn_refresh();
+    jwks
 }
 
 /// Intercom's signing keys: from the secret store (`tokens.signing_key`, and the next one

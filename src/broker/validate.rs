@@ -166,6 +166,24 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
 }
 
 impl JwtValidator {
+    /// The validator of `[auth_server.jwt]` when it names audiences (without, JWTs are
+    /// introspected like any other token).
+    pub fn for_settings(
+        jwt: &crate::settings::JwtSettings,
+        issuer: &str,
+        signature: SignatureCheck,
+        claims: std::sync::Arc<super::claims::ClaimSelection>,
+    ) -> Option<Self> {
+        (!jwt.audiences.is_empty()).then(|| Self {
+            issuer: issuer.to_string(),
+            audiences: jwt.audiences.clone(),
+            typ: jwt.typ.clone(),
+            leeway: jwt.leeway,
+            signature,
+            claims,
+        })
+    }
+
     /// True if this token claims our trusted issuer (unverified: only to route it here
     /// rather than to introspection).
     pub fn claims_our_issuer(&self, token: &str) -> bool {

@@ -194,6 +194,11 @@ pub async fn exchange(
         )
         .await
         .map_err(|e| ApiError::from(e).at(&req))?;
+    Ok(issued(&entry))
+}
+
+/// The RFC 8693 answer for a token, never to be cached.
+fn issued(entry: &crate::cache::tiered::ExchangeEntry) -> HttpResponse {
     let answer = ExchangeAnswer {
         access_token: &entry.token,
         issued_token_type: &entry.issued_token_type,
@@ -201,8 +206,8 @@ pub async fn exchange(
         expires_in: entry.exp.saturating_sub(now_secs()),
         scope: &entry.scope,
     };
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
-        .json(answer))
+        .json(answer)
 }

@@ -11,7 +11,7 @@ use actix_web::http::Uri;
 use actix_web::middleware::Next;
 
 use super::path;
-use crate::settings::CorsSettings;
+use crate::settings::{AllowedOrigin, CorsSettings};
 
 /// Middleware: before the router picks a scope, the request's path becomes its
 /// canonical form (re-encoded), so scopes and the route table see the same path. A path
@@ -49,12 +49,11 @@ pub async fn canonical_routing(
 /// The `actix-cors` middleware for one route's policy (validated in settings).
 pub fn middleware(policy: &CorsSettings) -> Cors {
     let mut cors = Cors::default();
-    if policy.origins.iter().any(|o| o == "*") {
-        cors = cors.allow_any_origin();
-    } else {
-        for origin in &policy.origins {
-            cors = cors.allowed_origin(origin);
-        }
+    for origin in &policy.origins {
+        cors = match origin {
+            AllowedOrigin::Any => cors.allow_any_origin(),
+            AllowedOrigin::Exact(origin) => cors.allowed_origin(origin.as_str()),
+        };
     }
     // A request from an origin the policy does not name is refused outright, not
     // forwarded without a grant.

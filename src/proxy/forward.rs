@@ -247,8 +247,8 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
-        let response = match sending.await {
-            Ok(response) => response,
+        match sending.await {
+            Ok(response) => return Ok(answer(route, response, started.elapsed())),
             Err(SendRequestError::Connect(ConnectError::Timeout)) => {
                 route.upstreams.mark_down(index);
                 return Err(ApiError::UpstreamTimeout);
@@ -259,7 +259,6 @@ pub async fn send(
                 if !replayable {
                     return Err(ApiError::UpstreamConnect);
                 }
-                continue;
             }
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
@@ -270,23 +269,26 @@ pub async fn send(
                 tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");
                 return Err(ApiError::UpstreamProtocol);
             }
-        };
-        let latency = started.elapsed();
-        // The body may take what is left of `total` (awc resets the head's timer).
-        let response = response.timeout(route.timeouts.total.saturating_sub(latency));
-        // The head's headers are moved out, not copied.
-        let mut headers = HeaderMap::new();
-        let response = response.map_body(|head, payload| {
-            headers = std::mem::take(&mut head.headers);
-            payload
-        });
-        remove_hop_by_hop(&mut headers);
-        return Ok(UpstreamAnswer {
-            status: response.status(),
-            headers,
-            body: response,
-            latency,
-        });
+        }
+    }
+}
+
+/// The upstream's answer as the proxy streams it on: its body bounded by what is left of
+/// the route's `total` (awc reset the head's timer), its head's headers moved out (not
+/// copied) without the hop-by-hop ones.
+fn answer(route: &Route, response: awc::ClientResponse, latency: Duration) -> UpstreamAnswer {
+    let response = response.timeout(route.timeouts.total.saturating_sub(latency));
+    let mut headers = HeaderMap::new();
+    let response = response.map_body(|head, payload| {
+        headers = std::mem::take(&mut head.headers);
+        payload
+    });
+    remove_hop_by_hop(&mut headers);
+    UpstreamAnswer {
+        status: response.status(),
+        headers,
+        body: response,
+        latency,
     }
 }
 

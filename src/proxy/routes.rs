@@ -16,7 +16,8 @@ use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
 use crate::settings::{
-    OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders, UpstreamToken,
+    AllowedOrigin, OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders,
+    UpstreamToken,
 };
 use crate::telemetry::RequestMetrics;
 
@@ -152,7 +153,7 @@ impl RouteTable {
                     any_origin: r
                         .cors
                         .as_ref()
-                        .is_some_and(|c| c.origins.iter().any(|o| o == "*")),
+                        .is_some_and(|c| c.origins.contains(&AllowedOrigin::Any)),
                     inject: injections.next().flatten(),
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,

@@ -57,6 +57,21 @@ pub struct LogoutVerifier {
 const MAX_AGE: u64 = 300;
 
 impl LogoutVerifier {
+    /// The verifier when back-channel logout is on (`revocation.backchannel_logout`)
+    /// and there is an AS whose logout tokens to verify.
+    pub fn for_settings(
+        settings: &crate::settings::Settings,
+        parts: Option<&crate::broker::parts::BrokerParts>,
+        redis: Option<std::sync::Arc<SharedRedis>>,
+        keys: (&SharedHasher, Option<&SharedHasher>),
+    ) -> Option<Self> {
+        if !settings.revocation.backchannel_logout {
+            return None;
+        }
+        let auth = settings.auth_server.as_ref()?;
+        Some(Self::new(settings, auth, parts?, redis, keys))
+    }
+
     /// Verifies logout tokens of the AS in `parts`; seen `jti`s are remembered for
     /// twice [`MAX_AGE`] (at most 100,000 here, and in Redis when there is one).
     pub fn new(

@@ -260,36 +260,8 @@ impl Sessions {
         flow_cookie: impl Fn(&str) -> Option<String>,
     ) -> Result<Landing, SessionError> {
         let failed = |why: &str| SessionError::LoginFailed(why.to_string());
-        let state = callback
-            .state
-            .as_deref()
-            .ok_or_else(|| failed("no state"))?;
-        let name = flow::flow_cookie_name(&self.cookies.flow_prefix, state);
-        let sealed =
-            flow_cookie(&name).ok_or_else(|| failed("no login was started here for this state"))?;
-        let login: LoginState = self
-            .sealer
-            .open(&sealed, FLOW_CONTEXT)
-            .and_then(|plain| serde_json::from_slice(&plain).ok())
-            .ok_or_else(|| failed("the login state is unreadable"))?;
-        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
-            return Err(failed("the state does not match"));
-        }
-        if login.started_at + LOGIN_MAX_SECS < now_secs() {
-            return Err(failed("the login took too long"));
-        }
+        let (login, name) = self.login_of(callback, flow_cookie)?;
         let clear_flow = self.cookie(&name, "", Duration::ZERO, SameSite::Lax);
-        match (&callback.iss, self.oidc.announces_iss()) {
-            (Some(iss), _) if *iss != self.oidc.issuer => {
-                return Err(failed("iss is not the authorization server's"))
-            }
-            (None, true) => {
-                return Err(failed(
-                    "the authorization server announced iss but sent none",
-                ))
-            }
-            _ => {}
-        }
         if let Some(error) = &callback.error {
             if login.silent && SILENT_ANSWERS.contains(&error.as_str()) {
                 return Ok(Landing {
@@ -314,14 +286,72 @@ impl Sessions {
                 OidcError::Unavailable(why) => SessionError::Unavailable(why),
                 other => SessionError::LoginFailed(other.to_string()),
             })?;
+        let id = self.create(self.session_of(tokens)?).await?;
+        metrics::counter!("intercom_sessions_created_total").increment(1);
+        Ok(Landing {
+            location: login.return_to,
+            set_cookies: vec![
+                self.cookie(
+                    &self.cookies.session,
+                    &id,
+                    self.absolute,
+                    self.cookies.same_site,
+                ),
+                clear_flow,
+            ],
+        })
+    }
+
+    /// The login this callback completes, from this browser's sealed flow cookie (and
+    /// that cookie's name): its state matches, it is recent, and `iss` is the AS's.
+    fn login_of(
+        &self,
+        callback: &Callback,
+        flow_cookie: impl Fn(&str) -> Option<String>,
+    ) -> Result<(LoginState, String), SessionError> {
+        let failed = |why: &str| SessionError::LoginFailed(why.to_string());
+        let state = callback
+            .state
+            .as_deref()
+            .ok_or_else(|| failed("no state"))?;
+        let name = flow::flow_cookie_name(&self.cookies.flow_prefix, state);
+        let sealed =
+            flow_cookie(&name).ok_or_else(|| failed("no login was started here for this state"))?;
+        let login: LoginState = self
+            .sealer
+            .open(&sealed, FLOW_CONTEXT)
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            .ok_or_else(|| failed("the login state is unreadable"))?;
+        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
+            return Err(failed("the state does not match"));
+        }
+        if login.started_at + LOGIN_MAX_SECS < now_secs() {
+            return Err(failed("the login took too long"));
+        }
+        match (&callback.iss, self.oidc.announces_iss()) {
+            (Some(iss), _) if *iss != self.oidc.issuer => {
+                return Err(failed("iss is not the authorization server's"))
+            }
+            (None, true) => {
+                return Err(failed(
+                    "the authorization server announced iss but sent none",
+                ))
+            }
+            _ => {}
+        }
+        Ok((login, name))
+    }
+
+    /// A new session for the tokens of a completed login.
+    fn session_of(&self, tokens: oidc::Tokens) -> Result<Session, SessionError> {
         let claims = tokens.id_claims.clone().unwrap_or_default();
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| failed("the ID token has no sub"))?
+            .ok_or_else(|| SessionError::LoginFailed("the ID token has no sub".into()))?
             .to_string();
         let now = now_secs();
-        let session = Session {
+        Ok(Session {
             sid: claims
                 .get("sid")
                 .and_then(|v| v.as_str())
@@ -344,7 +374,11 @@ impl Sessions {
             created_at: now,
             last_seen: now,
             ends_at: now + self.absolute.as_secs(),
-        };
+        })
+    }
+
+    /// Stores a new session, indexed by its `sub` and `sid` for logouts; its id.
+    async fn create(&self, session: Session) -> Result<String, SessionError> {
         let id = new_session_id();
         let record = self.keys(&id).record;
         self.store
@@ -359,19 +393,7 @@ impl Sessions {
                 .index(&self.index_key("sid", sid), &record, lifetime)
                 .await?;
         }
-        metrics::counter!("intercom_sessions_created_total").increment(1);
-        Ok(Landing {
-            location: login.return_to,
-            set_cookies: vec![
-                self.cookie(
-                    &self.cookies.session,
-                    &id,
-                    self.absolute,
-                    self.cookies.same_site,
-                ),
-                clear_flow,
-            ],
-        })
+        Ok(id)
     }
 
     fn index_key(&self, kind: &str, value: &str) -> String {

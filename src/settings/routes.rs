@@ -257,7 +257,7 @@ pub struct RouteSettings {
 #[serde(deny_unknown_fields)]
 pub struct CorsSettings {
     /// Allowed origins (`https://app.example.com`), or `["*"]` without credentials.
-    pub origins: Vec<String>,
+    pub origins: Vec<AllowedOrigin>,
     #[serde(default = "default_cors_methods")]
     pub methods: Vec<HttpMethod>,
     /// Request headers a browser may send (besides the CORS-safelisted ones).
@@ -292,53 +292,6 @@ pub enum SecurityHeaders {
     #[default]
     Default,
     Enforce,
-}
-
-/// Header edits applied in the order remove → set → add.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderRules {
-    #[serde(default, deserialize_with = "header_pairs")]
-    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
-    #[serde(default, deserialize_with = "header_pairs")]
-    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
-    #[serde(default)]
-    pub remove: Vec<HeaderNameSetting>,
-}
-
-/// A header name of the configuration, parsed when read.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct HeaderNameSetting(pub http::HeaderName);
-
-impl TryFrom<String> for HeaderNameSetting {
-    type Error = String;
-
-    fn try_from(name: String) -> Result<Self, String> {
-        http::HeaderName::from_bytes(name.as_bytes())
-            .map(HeaderNameSetting)
-            .map_err(|_| format!("{name:?} is not a valid header name"))
-    }
-}
-
-/// A table of `name = "value"` headers, each name and value parsed when read (in the
-/// table's order, which is the names' order).
-fn header_pairs<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, D::Error> {
-    use serde::de::Error;
-    let table = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
-    table
-        .into_iter()
-        .map(|(name, value)| {
-            let parsed = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| D::Error::custom(format!("{name:?} is not a valid header name")))?;
-            let value = http::HeaderValue::from_str(&value).map_err(|_| {
-                D::Error::custom(format!("the value of {name:?} is not a valid header value"))
-            })?;
-            Ok((parsed, value))
-        })
-        .collect()
 }
 
 /// Per-route upstream timeouts.

@@ -55,7 +55,7 @@ pub struct SessionSettings {
     /// The SPA's origins: `return_to` may name them, and state-changing calls must come
     /// from them (`Origin`, else `Referer`). Default: the origin of `redirect_uri`.
     #[serde(default)]
-    pub origins: Vec<String>,
+    pub origins: Vec<Origin>,
     /// Path prefixes `return_to` may name (default: every path).
     #[serde(default = "default_return_paths")]
     pub return_to_paths: Vec<String>,
@@ -129,7 +129,7 @@ impl SessionSettings {
         if self.origins.is_empty() {
             vec![self.redirect_uri.origin().ascii_serialization()]
         } else {
-            self.origins.clone()
+            self.origins.iter().map(|o| o.to_string()).collect()
         }
     }
 
@@ -165,18 +165,6 @@ impl SessionSettings {
                 "session.cookie_name",
                 "is not a valid cookie name",
             ));
-        }
-        for (i, origin) in self.origins.iter().enumerate() {
-            let parsed = Url::parse(origin).ok();
-            let exact = parsed
-                .as_ref()
-                .is_some_and(|u| u.origin().ascii_serialization() == *origin);
-            if !exact {
-                return Err(SettingsError::new(
-                    format!("session.origins[{i}]"),
-                    format!("{origin:?} must be an origin: scheme://host[:port], no path"),
-                ));
-            }
         }
         for (i, path) in self.return_to_paths.iter().enumerate() {
             if !path.starts_with('/') || path.starts_with("//") {

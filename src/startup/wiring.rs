@@ -81,43 +81,26 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         let keys = (hasher.clone(), rotation.clone());
         Revoker::start(settings, keys, evicts, redis.clone(), readiness.clone())
     });
-    let logout = broker
-        .as_ref()
-        .filter(|_| settings.revocation.backchannel_logout)
-        .zip(settings.auth_server.as_ref())
-        .map(|(parts, auth)| {
-            let keys = (&hasher, rotation.as_ref());
-            web::Data::new(LogoutVerifier::new(
-                settings,
-                auth,
-                parts,
-                redis.clone(),
-                keys,
-            ))
-        });
-    let sessions = match (&settings.session, &broker) {
-        (Some(session), Some(parts)) => Some(sessions(
-            settings,
-            session,
-            parts,
-            &secrets,
-            &hasher,
-            redis.clone(),
-            revoker.clone(),
-        )?),
-        _ => None,
-    };
-    let revocation = revoker.clone().map(|revoker| {
-        web::Data::new(RevocationState {
-            revoker,
-            admin_credential: secrets.stored(settings.revocation.admin_credential.as_ref()),
-            http: broker.as_ref().map(|b| b.http.clone()).unwrap_or_default(),
-            revocation_endpoint: broker.as_ref().and_then(|b| b.revocation_endpoint.clone()),
-            limiter: limiter.clone(),
-            trusted_proxies: settings.server.trusted_proxies.clone(),
-            edge: broker.as_ref().map(|b| b.edge.clone()),
-            sessions: sessions.clone(),
-        })
+    let keys = (&hasher, rotation.as_ref());
+    let logout = LogoutVerifier::for_settings(settings, broker.as_ref(), redis.clone(), keys)
+        .map(web::Data::new);
+    let sessions = sessions(
+        settings,
+        broker.as_ref(),
+        &secrets,
+        &hasher,
+        redis.clone(),
+        revoker.clone(),
+    )?;
+    let revocation = revoker.clone().map(|revoker| RevocationState {
+        revoker,
+        admin_credential: secrets.stored(settings.revocation.admin_credential.as_ref()),
+        http: broker.as_ref().map(|b| b.http.clone()).unwrap_or_default(),
+        revocation_endpoint: broker.as_ref().and_then(|b| b.revocation_endpoint.clone()),
+        limiter: limiter.clone(),
+        trusted_proxies: settings.server.trusted_proxies.clone(),
+        edge: broker.as_ref().map(|b| b.edge.clone()),
+        sessions: sessions.clone(),
     });
     let token_clients = downstream
         .is_some()
@@ -144,27 +127,28 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         proxy,
         minter,
         token_clients,
-        revocation,
+        revocation: revocation.map(web::Data::new),
         logout,
         sessions,
     })
 }
 
-/// Browser sessions: the login client (on the AS as the broker discovered it), the
-/// store (memory, or sealed in Redis), the key that seals them.
+/// Browser sessions, with `[session]`: the login client (on the AS as the broker
+/// discovered it), the store (memory, or sealed in Redis), the key that seals them.
 fn sessions(
     settings: &Settings,
-    session: &crate::settings::SessionSettings,
-    parts: &BrokerParts,
+    parts: Option<&BrokerParts>,
     secrets: &crate::secrets::registry::SecretRegistry,
     hasher: &SharedHasher,
     redis: Option<Arc<SharedRedis>>,
     revoker: Option<Arc<Revoker>>,
-) -> Result<Arc<Sessions>, StartError> {
-    let auth = settings
-        .auth_server
-        .as_ref()
-        .expect("validated: [session] needs [auth_server]");
+) -> Result<Option<Arc<Sessions>>, StartError> {
+    // Settings refuse a [session] without [auth_server]; the broker exists with it.
+    let (Some(session), Some(auth), Some(parts)) =
+        (&settings.session, &settings.auth_server, parts)
+    else {
+        return Ok(None);
+    };
     let secret_ref = session
         .client_secret
         .as_ref()
@@ -195,7 +179,7 @@ fn sessions(
         ),
         _ => SessionStore::memory(session.absolute_timeout),
     };
-    Ok(Arc::new(Sessions::new(
+    Ok(Some(Arc::new(Sessions::new(
         session,
         SessionParts {
             oidc,
@@ -211,5 +195,5 @@ fn sessions(
             )
             .kept,
         },
-    )))
+    ))))
 }

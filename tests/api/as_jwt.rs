@@ -27,14 +27,23 @@ async fn start(mode: &str, format: &str) -> Edge {
     .await;
     start_edge(
         auth,
-        &format!("introspection_format = \"{format}\"\n[auth_server.jwt]\naudiences = [\"{JWT_AUDIENCE}\"]"),
+        &format!(
+            r#"
+            introspection_format = "{format}"
+            [auth_server.jwt]
+            audiences = ["{JWT_AUDIENCE}"]
+        "#
+        ),
         |up| {
             [
                 bearer_route(
                     "asj-as",
                     "/as",
                     up,
-                    "upstream_token = \"authorization_server\"\nstrip_prefix = true",
+                    r#"
+                        upstream_token = "authorization_server"
+                        strip_prefix = true
+                    "#,
                 ),
                 bearer_route("asj-minted", "/minted", up, "strip_prefix = true"),
             ]

@@ -18,14 +18,20 @@ fn claim_routes(up: &TestUpstream) -> String {
             "claims-groups",
             "/groups",
             up,
-            "required_claims = { groups = [\"billing-admins\"] }\ndenied_claims = { groups = [\"suspended\"] }",
+            r#"
+                required_claims = { groups = ["billing-admins"] }
+                denied_claims = { groups = ["suspended"] }
+            "#,
         ),
         // TOML's dotted key: nested tables, read as the path realm_access.roles.
         bearer_route(
             "claims-realm",
             "/realm",
             up,
-            "[routes.required_claims]\nrealm_access.roles = [\"admin\"]",
+            r#"
+                [routes.required_claims]
+                realm_access.roles = ["admin"]
+            "#,
         ),
         // A client id with a dot, as one quoted name of the path.
         bearer_route(
@@ -215,7 +221,10 @@ async fn claims_of_locally_validated_jwts_are_checked_too() {
         _secrets,
     } = start_edge(
         TestAuthServer::start().await,
-        "[auth_server.jwt]\naudiences = [\"https://jwt.claims.test\"]",
+        r#"
+            [auth_server.jwt]
+            audiences = ["https://jwt.claims.test"]
+        "#,
         claim_routes,
     )
     .await;

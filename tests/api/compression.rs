@@ -9,7 +9,15 @@ use crate::helpers::*;
 async fn responses_are_compressed_when_it_is_worth_it_and_never_twice() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[compression]\nenabled = true\nmin_bytes = 256\n[[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        r#"
+            [compression]
+            enabled = true
+            min_bytes = 256
+            [[routes]]
+            name = "svc"
+            prefix = "/svc"
+            upstreams = ["{}"]
+        "#,
         upstream.url()
     ))
     .await;
@@ -77,7 +85,15 @@ async fn responses_are_compressed_when_it_is_worth_it_and_never_twice() {
         "compressed twice"
     );
     let small = spawn_app(&format!(
-        "[compression]\nenabled = true\nmin_bytes = 100000\n[[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        r#"
+            [compression]
+            enabled = true
+            min_bytes = 100000
+            [[routes]]
+            name = "svc"
+            prefix = "/svc"
+            upstreams = ["{}"]
+        "#,
         upstream.url()
     ))
     .await;

@@ -7,10 +7,21 @@ use crate::helpers::*;
 async fn cors_allows_named_origins_and_answers_preflights_itself() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[[routes]]\nname = \"web\"\nprefix = \"/web\"\nupstreams = [\"{0}\"]\n\
-         cors = {{ origins = [\"https://app.example.com\"], methods = [\"GET\", \"POST\"], headers = [\"content-type\"], credentials = true }}\n\
-         [[routes]]\nname = \"web-admin\"\nprefix = \"/web/admin\"\nupstreams = [\"{0}\"]\n\
-         [[routes]]\nname = \"plain\"\nprefix = \"/plain\"\nupstreams = [\"{0}\"]\n",
+        r#"
+            [[routes]]
+            name = "web"
+            prefix = "/web"
+            upstreams = ["{0}"]
+            cors = {{ origins = ["https://app.example.com"], methods = ["GET", "POST"], headers = ["content-type"], credentials = true }}
+            [[routes]]
+            name = "web-admin"
+            prefix = "/web/admin"
+            upstreams = ["{0}"]
+            [[routes]]
+            name = "plain"
+            prefix = "/plain"
+            upstreams = ["{0}"]
+        "#,
         upstream.url()
     ))
     .await;
@@ -105,13 +116,25 @@ async fn cors_allows_named_origins_and_answers_preflights_itself() {
 async fn cors_is_decided_on_the_canonical_path_and_the_host() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{0}\"]\n\
-         cors = {{ origins = [\"https://app.example.com\"], methods = [\"GET\"] }}\n\
-         [[routes]]\nname = \"partner\"\nprefix = \"/api\"\nhost = \"partner.test\"\nupstreams = [\"{0}\"]\n\
-         cors = {{ origins = [\"https://partner.example\"], methods = [\"GET\"] }}\n\
-         [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{0}\"]\n\
-         cors = {{ origins = [\"*\"], methods = [\"GET\"] }}\n\
-         response_headers = {{ set = {{ access-control-allow-credentials = \"true\" }} }}\n",
+        r#"
+            [[routes]]
+            name = "api"
+            prefix = "/api"
+            upstreams = ["{0}"]
+            cors = {{ origins = ["https://app.example.com"], methods = ["GET"] }}
+            [[routes]]
+            name = "partner"
+            prefix = "/api"
+            host = "partner.test"
+            upstreams = ["{0}"]
+            cors = {{ origins = ["https://partner.example"], methods = ["GET"] }}
+            [[routes]]
+            name = "open"
+            prefix = "/open"
+            upstreams = ["{0}"]
+            cors = {{ origins = ["*"], methods = ["GET"] }}
+            response_headers = {{ set = {{ access-control-allow-credentials = "true" }} }}
+        "#,
         upstream.url()
     ))
     .await;

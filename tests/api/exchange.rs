@@ -23,9 +23,11 @@ impl World {
         let (dir, secrets) = secrets_file();
         let mut text = std::fs::read_to_string(&secrets).unwrap();
         text.push_str(&format!(
-            "cache_encryption_key = \"encryption-key-shared-by-replicas-42\"\n\
-             admin_credential = \"{ADMIN}\"\n\
-             token_client_app = \"app:token-endpoint-secret\"\n"
+            r#"
+                cache_encryption_key = "encryption-key-shared-by-replicas-42"
+                admin_credential = "{ADMIN}"
+                token_client_app = "app:token-endpoint-secret"
+            "#
         ));
         std::fs::write(&secrets, text).unwrap();
         Self {
@@ -61,13 +63,28 @@ impl World {
         rest: &str,
     ) -> TestApp {
         let config = format!(
-            "{}{}\
-             [exchange]\nencryption_key = \"file:cache_encryption_key\"\n{exchange}\n\
-             [revocation]\nadmin_credential = \"file:admin_credential\"\n\
-             [[routes]]\nname = \"billing\"\nprefix = \"/intercom/billing\"\nstrip_prefix = true\n\
-             upstreams = [\"{}\"]\nauth = \"bearer\"\n{route_keys}\n\
-             [routes.exchange]\naudience = \"https://billing.internal\"\n\
-             allowed_scopes = [\"invoice_read\", \"invoice_write\"]\ncallers = [\"app\"]\n{route}\n{rest}\n",
+            r#"
+                {}
+                {}
+                [exchange]
+                encryption_key = "file:cache_encryption_key"
+                {exchange}
+                [revocation]
+                admin_credential = "file:admin_credential"
+                [[routes]]
+                name = "billing"
+                prefix = "/intercom/billing"
+                strip_prefix = true
+                upstreams = ["{}"]
+                auth = "bearer"
+                {route_keys}
+                [routes.exchange]
+                audience = "https://billing.internal"
+                allowed_scopes = ["invoice_read", "invoice_write"]
+                callers = ["app"]
+                {route}
+                {rest}
+            "#,
             auth_config(&self.auth, &self.secrets, ""),
             redis_config(self.redis(), "retry_interval = \"300ms\""),
             self.upstream.url(),
@@ -234,9 +251,17 @@ async fn callers_and_scopes_outside_the_policy_are_denied_without_asking_the_as(
     let a = world
         .intercom(
             "",
-            "[[routes]]\nname = \"vault\"\nprefix = \"/intercom/vault\"\nupstreams = [\"http://127.0.0.1:9\"]\n\
-             auth = \"bearer\"\n[routes.exchange]\naudience = \"https://forbidden.internal\"\n\
-             allowed_scopes = [\"invoice_read\"]\ncallers = [\"app\"]\n",
+            r#"
+                [[routes]]
+                name = "vault"
+                prefix = "/intercom/vault"
+                upstreams = ["http://127.0.0.1:9"]
+                auth = "bearer"
+                [routes.exchange]
+                audience = "https://forbidden.internal"
+                allowed_scopes = ["invoice_read"]
+                callers = ["app"]
+            "#,
         )
         .await;
     // A caller the target does not list.
@@ -312,9 +337,17 @@ async fn a_subject_the_as_refuses_gets_the_same_401_on_every_try() {
     let a = world
         .intercom(
             "",
-            "[[routes]]\nname = \"orders\"\nprefix = \"/intercom/orders\"\nupstreams = [\"http://127.0.0.1:9\"]\n\
-             auth = \"bearer\"\n[routes.exchange]\naudience = \"https://orders.internal\"\n\
-             allowed_scopes = [\"orders_read\"]\ncallers = [\"app\"]\n",
+            r#"
+                [[routes]]
+                name = "orders"
+                prefix = "/intercom/orders"
+                upstreams = ["http://127.0.0.1:9"]
+                auth = "bearer"
+                [routes.exchange]
+                audience = "https://orders.internal"
+                allowed_scopes = ["orders_read"]
+                callers = ["app"]
+            "#,
         )
         .await;
     let caller = world.app_token().await;
@@ -354,7 +387,10 @@ async fn intercoms_own_endpoints_are_limited_per_client_address() {
     let a = world
         .intercom(
             "",
-            "[rate_limit]\nendpoints = [{ requests = 4, per = \"1h\" }]",
+            r#"
+                [rate_limit]
+                endpoints = [{ requests = 4, per = "1h" }]
+            "#,
         )
         .await;
     let caller = world.app_token().await;
@@ -424,7 +460,13 @@ async fn each_caller_gets_its_own_minted_token_for_one_subject() {
     let world = World::start(&[]).await;
     // `app` is named; `reader` is allowed by its own scope.
     let a = world
-        .intercom("mode = \"mint\"\ncaller_scopes = [\"invoice_read\"]", "")
+        .intercom(
+            r#"
+            mode = "mint"
+            caller_scopes = ["invoice_read"]
+        "#,
+            "",
+        )
         .await;
     let subject = world
         .auth
@@ -543,7 +585,10 @@ async fn entries_are_renewed_ahead_of_expiry_without_a_request_waiting() {
     // A 30 s token renewed past a tenth of its life: the test waits 3 s for that, and a
     // slow machine has the remaining 26 s before the old token would expire.
     let world = World::start(&[("EXCHANGE_TTL", "30")]).await;
-    let renewing = "refresh_ahead = 0.1\nskew = \"1s\"";
+    let renewing = r#"
+        refresh_ahead = 0.1
+        skew = "1s"
+    "#;
     let a = world.intercom_with("", renewing, "").await;
     let b = world.intercom_with("", renewing, "").await;
     let caller = world.app_token().await;
@@ -966,7 +1011,10 @@ async fn the_token_endpoint_takes_configured_clients_with_basic_authentication()
     let a = world
         .intercom(
             "",
-            "[token_endpoint]\nclients = [{ client_id = \"app\", secret = \"file:token_client_app\" }]",
+            r#"
+                [token_endpoint]
+                clients = [{ client_id = "app", secret = "file:token_client_app" }]
+            "#,
         )
         .await;
     let subject = world
@@ -1027,11 +1075,22 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
             "mode = \"mint\"",
             "",
             &format!(
-                "[tokens]\naccept_internal = true\n\
-                 [[routes]]\nname = \"orders\"\nprefix = \"/api/orders\"\nupstreams = [\"{}\"]\n\
-                 auth = \"bearer\"\naudience = \"orders-svc\"\n\
-                 [[routes]]\nname = \"reports\"\nprefix = \"/api/reports\"\nupstreams = [\"{}\"]\n\
-                 auth = \"bearer\"\naudience = \"reports-svc\"\n",
+                r#"
+                    [tokens]
+                    accept_internal = true
+                    [[routes]]
+                    name = "orders"
+                    prefix = "/api/orders"
+                    upstreams = ["{}"]
+                    auth = "bearer"
+                    audience = "orders-svc"
+                    [[routes]]
+                    name = "reports"
+                    prefix = "/api/reports"
+                    upstreams = ["{}"]
+                    auth = "bearer"
+                    audience = "reports-svc"
+                "#,
                 world.upstream.url(),
                 world.upstream.url()
             ),

@@ -11,9 +11,20 @@ fn check_config_exits_64_naming_the_key() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
-         [[routes]]\nname = \"b\"\nprefix = \"/b\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
-         [[routes]]\nname = \"c\"\nprefix = \"/c\"\nupstreams = [\"htp://x\"]\n",
+        r#"
+            [[routes]]
+            name = "a"
+            prefix = "/a"
+            upstreams = ["http://127.0.0.1:1"]
+            [[routes]]
+            name = "b"
+            prefix = "/b"
+            upstreams = ["http://127.0.0.1:1"]
+            [[routes]]
+            name = "c"
+            prefix = "/c"
+            upstreams = ["htp://x"]
+        "#,
     )
     .unwrap();
     let out = intercom_binary(&bad, &["check-config"], &[])
@@ -41,7 +52,12 @@ fn check_config_exits_64_naming_the_key() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+        r#"
+            [[routes]]
+            name = "a"
+            prefix = "/a"
+            upstreams = ["http://127.0.0.1:1"]
+        "#,
     )
     .unwrap();
     let out = intercom_binary(&good, &["check-config"], &[])
@@ -66,9 +82,17 @@ async fn sigterm_turns_unready_and_drains_a_slow_request() {
     let dir = tempfile::tempdir().unwrap();
     let (mut intercom, port, admin_port) = serve_process(dir.path(), |port, admin_port| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             shutdown_delay = \"700ms\"\ndrain_timeout = \"10s\"\n\
-             [[routes]]\nname = \"slow\"\nprefix = \"/slow\"\nupstreams = [\"{}\"]\n",
+            r#"
+                [server]
+                listen = "127.0.0.1:{port}"
+                admin_listen = "127.0.0.1:{admin_port}"
+                shutdown_delay = "700ms"
+                drain_timeout = "10s"
+                [[routes]]
+                name = "slow"
+                prefix = "/slow"
+                upstreams = ["{}"]
+            "#,
             upstream.url()
         )
     })
@@ -133,16 +157,31 @@ async fn sigterm_turns_unready_and_drains_a_slow_request() {
 #[test]
 fn unusable_files_and_addresses_stop_serve_with_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let route = "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstreams = [\"http://127.0.0.1:1\"]\n";
+    let route = r#"
+        [[routes]]
+        name = "a"
+        prefix = "/a"
+        upstreams = ["http://127.0.0.1:1"]
+    "#;
     let listen = |port: u16| {
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n")
+        format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:{port}"
+            admin_listen = "127.0.0.1:0"
+        "#
+        )
     };
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let cases = [
         (
             format!(
-                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                r#"
+                    {}[server.tls]
+                    cert_file = "{}"
+                    key_file = "{}"
+                "#,
                 listen(0),
                 dir.path().join("missing.pem").display(),
                 garbage.display()
@@ -151,16 +190,32 @@ fn unusable_files_and_addresses_stop_serve_with_64_naming_the_key() {
         ),
         (
             // 192.0.2.1 (TEST-NET-1) is not an address of this machine.
-            "[server]\nlisten = \"192.0.2.1:8080\"\nadmin_listen = \"127.0.0.1:0\"\n".to_string(),
+            r#"
+                [server]
+                listen = "192.0.2.1:8080"
+                admin_listen = "127.0.0.1:0"
+            "#
+            .to_string(),
             "server.listen: cannot listen on 192.0.2.1:8080",
         ),
         (
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"192.0.2.1:9901\"\n".to_string(),
+            r#"
+                [server]
+                listen = "127.0.0.1:0"
+                admin_listen = "192.0.2.1:9901"
+            "#
+            .to_string(),
             "server.admin_listen",
         ),
         (
             format!(
-                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nredirect_listen = \"localhost:80\"\nredirect_hosts = [\"a.test\"]\n",
+                r#"
+                    {}[server.tls]
+                    cert_file = "{}"
+                    key_file = "{}"
+                    redirect_listen = "localhost:80"
+                    redirect_hosts = ["a.test"]
+                "#,
                 listen(0),
                 garbage.display(),
                 garbage.display()
@@ -169,7 +224,12 @@ fn unusable_files_and_addresses_stop_serve_with_64_naming_the_key() {
         ),
         (
             format!(
-                "{}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nredirect_listen = \"127.0.0.1:0\"\n",
+                r#"
+                    {}[server.tls]
+                    cert_file = "{}"
+                    key_file = "{}"
+                    redirect_listen = "127.0.0.1:0"
+                "#,
                 listen(0),
                 garbage.display(),
                 garbage.display()

@@ -27,8 +27,16 @@ async fn escape_attempts_get_400_and_never_reach_an_upstream() {
     let api = TestUpstream::start("api");
     let admin = TestUpstream::start("admin");
     let config = format!(
-        "[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\n\
-         [[routes]]\nname = \"admin\"\nprefix = \"/admin\"\nupstreams = [\"{}\"]\n",
+        r#"
+            [[routes]]
+            name = "api"
+            prefix = "/api"
+            upstreams = ["{}"]
+            [[routes]]
+            name = "admin"
+            prefix = "/admin"
+            upstreams = ["{}"]
+        "#,
         api.url(),
         admin.url()
     );
@@ -82,8 +90,17 @@ async fn nested_routes_no_variant_reaches_the_outer_upstream() {
     let outer = TestUpstream::start("outer");
     let inner = TestUpstream::start("inner");
     let config = format!(
-        "[[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\n\
-         [[routes]]\nname = \"admin\"\nprefix = \"/api/admin\"\ncase_insensitive = true\nupstreams = [\"{}\"]\n",
+        r#"
+            [[routes]]
+            name = "api"
+            prefix = "/api"
+            upstreams = ["{}"]
+            [[routes]]
+            name = "admin"
+            prefix = "/api/admin"
+            case_insensitive = true
+            upstreams = ["{}"]
+        "#,
         outer.url(),
         inner.url()
     );

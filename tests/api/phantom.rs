@@ -171,7 +171,10 @@ async fn signed_introspection_answers_are_verified_and_fail_closed() {
     // Intercom trusts other keys than the AS signs with: nothing is admitted.
     let impostor = TestAuthServer::start_with_env(&[("SIGNING_KID", "keystore-CHANGE-ME")]).await;
     let wrong_keys = format!(
-        "introspection_format = \"jwt\"\njwks_uri = \"{}/jwks\"",
+        r#"
+            introspection_format = "jwt"
+            jwks_uri = "{}/jwks"
+        "#,
         impostor.issuer
     );
     let strict = spawn_app(&format!(
@@ -206,7 +209,10 @@ async fn bad_tokens_are_refused_with_clear_challenges() {
         _secrets,
     } = start_edge(
         TestAuthServer::start().await,
-        "[auth_server.jwt]\naudiences = [\"https://jwt.api.test\"]",
+        r#"
+            [auth_server.jwt]
+            audiences = ["https://jwt.api.test"]
+        "#,
         |up| {
             [
                 bearer_route("inv", "/inv", up, "required_scopes = [\"invoice_write\"]"),
@@ -215,7 +221,10 @@ async fn bad_tokens_are_refused_with_clear_challenges() {
                     "any",
                     "/any",
                     up,
-                    "required_scopes = [\"admin\", \"invoice_read\"]\nscope_match = \"any\"",
+                    r#"
+                        required_scopes = ["admin", "invoice_read"]
+                        scope_match = "any"
+                    "#,
                 ),
             ]
             .concat()
@@ -324,8 +333,19 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         _secrets,
     } = start_edge(TestAuthServer::start().await, "", |up| {
         format!(
-            "{}[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\ninternal_headers = [\"x-internal-role\"]\n",
-            bearer_route("inv", "/inv", up, "internal_headers = [\"x-internal-role\"]"),
+            r#"
+                {}[[routes]]
+                name = "open"
+                prefix = "/open"
+                upstreams = ["{}"]
+                internal_headers = ["x-internal-role"]
+            "#,
+            bearer_route(
+                "inv",
+                "/inv",
+                up,
+                "internal_headers = [\"x-internal-role\"]"
+            ),
             up.url()
         )
     })
@@ -411,7 +431,11 @@ async fn forged_jwts_are_refused_and_unknown_kids_cannot_flood_the_jwks() {
         _secrets,
     } = start_edge(
         TestAuthServer::start_with_env(&[("SIGNING_KID", "as-key-1")]).await,
-        "[auth_server.jwt]\naudiences = [\"https://api.test\"]\ntyp = \"at+jwt\"",
+        r#"
+            [auth_server.jwt]
+            audiences = ["https://api.test"]
+            typ = "at+jwt"
+        "#,
         |up| bearer_route("inv", "/inv", up, ""),
     )
     .await;
@@ -596,7 +620,14 @@ async fn one_introspection_for_a_burst_and_junk_cannot_evict_good_tokens() {
         format!(
             // The budget of unknown tokens per address is off: this test is about the
             // caches, and all its junk comes from one address.
-            "[tokens]\nnegative_capacity = 200\ncache_capacity = 1000\n[rate_limit]\nunknown_tokens = []\n{}",
+            r#"
+                [tokens]
+                negative_capacity = 200
+                cache_capacity = 1000
+                [rate_limit]
+                unknown_tokens = []
+                {}
+            "#,
             bearer_route("inv", "/inv", up, "")
         )
     })
@@ -771,7 +802,10 @@ async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
         std::fs::write(
             &file,
             format!(
-                "intercom_client_secret = \"intercom-dev-secret\"\nsigning_key = '{}'\n",
+                r#"
+                    intercom_client_secret = "intercom-dev-secret"
+                    signing_key = '{}'
+                "#,
                 private_jwk(kid)
             ),
         )
@@ -779,7 +813,18 @@ async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
     };
     write_keys("store-key-1");
     let config = format!(
-        "[secrets]\nfile = \"{}\"\npoll_interval = \"200ms\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n[tokens]\nsigning_key = \"file:signing_key\"\n{}",
+        r#"
+            [secrets]
+            file = "{}"
+            poll_interval = "200ms"
+            [auth_server]
+            issuer = "{}"
+            client_id = "intercom"
+            client_secret = "file:intercom_client_secret"
+            [tokens]
+            signing_key = "file:signing_key"
+            {}
+        "#,
         file.display(),
         auth.issuer,
         bearer_route("inv", "/inv", &upstream, "")
@@ -932,7 +977,12 @@ async fn an_introspection_answer_without_exp_is_trusted_briefly() {
         "",
         |up| {
             format!(
-                "[tokens]\ncache_max_ttl = \"10m\"\nlifetime = \"10m\"\n{}",
+                r#"
+                    [tokens]
+                    cache_max_ttl = "10m"
+                    lifetime = "10m"
+                    {}
+                "#,
                 bearer_route("inv", "/inv", up, "")
             )
         },
@@ -959,7 +1009,11 @@ async fn junk_tokens_from_one_address_cost_the_as_at_most_the_budget() {
         _secrets,
     } = start_edge(TestAuthServer::start().await, "", |up| {
         format!(
-            "[rate_limit]\nunknown_tokens = [{{ requests = 20, per = \"1h\" }}]\n{}",
+            r#"
+                [rate_limit]
+                unknown_tokens = [{{ requests = 20, per = "1h" }}]
+                {}
+            "#,
             bearer_route("inv", "/inv", up, "")
         )
     })

@@ -8,7 +8,13 @@ use crate::helpers::*;
 
 fn route(name: &str, upstream: &TestUpstream, extra: &str) -> String {
     format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstreams = [\"{}\"]\n{extra}\n",
+        r#"
+            [[routes]]
+            name = "{name}"
+            prefix = "/{name}"
+            upstreams = ["{}"]
+            {extra}
+        "#,
         upstream.url()
     )
 }
@@ -17,7 +23,11 @@ fn route(name: &str, upstream: &TestUpstream, extra: &str) -> String {
 async fn oversized_bodies_are_refused_without_reading_them() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[server]\nmax_body_bytes = 1048576\n{}{}",
+        r#"
+            [server]
+            max_body_bytes = 1048576
+            {}{}
+        "#,
         route("small", &upstream, "max_body_bytes = 1024"),
         route("default", &upstream, ""),
     ))
@@ -105,7 +115,11 @@ async fn request_smuggling_attempts_are_refused() {
 async fn slow_senders_are_cut_off() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[server]\nclient_request_timeout = \"500ms\"\n{}",
+        r#"
+            [server]
+            client_request_timeout = "500ms"
+            {}
+        "#,
         route("svc", &upstream, "")
     ))
     .await;
@@ -132,7 +146,12 @@ async fn security_headers_on_every_answer() {
     let upstream = TestUpstream::start("svc");
     let dead = dead_address();
     let app = spawn_app(&format!(
-        "{}{}[[routes]]\nname = \"unreachable\"\nprefix = \"/dead\"\nupstreams = [\"http://{dead}\"]\n",
+        r#"
+            {}{}[[routes]]
+            name = "unreachable"
+            prefix = "/dead"
+            upstreams = ["http://{dead}"]
+        "#,
         route("svc", &upstream, ""),
         route("strict", &upstream, "security_headers = \"enforce\""),
     ))
@@ -182,7 +201,11 @@ async fn security_headers_on_every_answer() {
 async fn a_trickling_body_is_cut_with_408_and_frees_the_upstream_connection() {
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[server]\nupstream_pool_size = 1\n{}",
+        r#"
+            [server]
+            upstream_pool_size = 1
+            {}
+        "#,
         route(
             "svc",
             &upstream,

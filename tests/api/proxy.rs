@@ -5,7 +5,13 @@ use crate::helpers::*;
 
 fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
     format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"{upstream}\"]\n{extra}\n"
+        r#"
+            [[routes]]
+            name = "{name}"
+            prefix = "{prefix}"
+            upstreams = ["{upstream}"]
+            {extra}
+        "#
     )
 }
 
@@ -184,7 +190,11 @@ x-served-by = "intercom"
 async fn trusted_proxies_extend_forwarded_for() {
     let a = TestUpstream::start("a");
     let config = format!(
-        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        r#"
+            [server]
+            trusted_proxies = ["127.0.0.0/8"]
+            {}
+        "#,
         route("r", "/r", &a.url(), "")
     );
     let app = spawn_app(&config).await;
@@ -372,7 +382,12 @@ async fn round_robin_skips_a_dead_instance() {
     let b = TestUpstream::start("b");
     let dead = dead_address();
     let config = format!(
-        "[[routes]]\nname = \"rr\"\nprefix = \"/rr\"\nupstreams = [\"{}\", \"http://{dead}\", \"{}\"]\n",
+        r#"
+            [[routes]]
+            name = "rr"
+            prefix = "/rr"
+            upstreams = ["{}", "http://{dead}", "{}"]
+        "#,
         a.url(),
         b.url()
     );

@@ -39,9 +39,16 @@ impl Shared {
     /// `[routes.rate_limit]` lines and a `[rate_limit]` section).
     async fn intercom(&self, route_limit: &str, global: &str) -> TestApp {
         let config = format!(
-            "{}{}\
-             [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\n\
-             [routes.rate_limit]\n{route_limit}\n{global}\n",
+            r#"
+                {}{}[[routes]]
+                name = "api"
+                prefix = "/api"
+                upstreams = ["{}"]
+                auth = "bearer"
+                [routes.rate_limit]
+                {route_limit}
+                {global}
+            "#,
             auth_config(&self.auth, &self.secrets, ""),
             redis_config(self.redis(), "retry_interval = \"300ms\""),
             self.upstream.url(),
@@ -81,7 +88,10 @@ fn header(res: &awc::ClientResponse<impl Sized>, name: &str) -> String {
 #[actix_web::test]
 async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     let shared = Shared::start().await;
-    let global = "[rate_limit.tiers]\nfree = [{ requests = 100, per = \"1h\" }]";
+    let global = r#"
+        [rate_limit.tiers]
+        free = [{ requests = 100, per = "1h" }]
+    "#;
     let a = shared.intercom("", global).await;
     let b = shared.intercom("", global).await;
     let token = shared
@@ -150,9 +160,14 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
 #[actix_web::test]
 async fn tiers_come_from_verified_claims_and_headers_show_every_window() {
     let shared = Shared::start().await;
-    let global = "[rate_limit]\ntier_claim = \"plan\"\ndefault_tier = \"free\"\n\
-                  [rate_limit.tiers]\nfree = [{ requests = 3, per = \"1h\" }, { requests = 1000, per = \"1d\" }]\n\
-                  pro = [{ requests = 6, per = \"1h\" }]";
+    let global = r#"
+        [rate_limit]
+        tier_claim = "plan"
+        default_tier = "free"
+        [rate_limit.tiers]
+        free = [{ requests = 3, per = "1h" }, { requests = 1000, per = "1d" }]
+        pro = [{ requests = 6, per = "1h" }]
+    "#;
     let app = shared.intercom("", global).await;
     let allowed = |statuses: Vec<u16>| statuses.iter().filter(|s| **s == 200).count();
     let mut runs = Vec::new();
@@ -206,7 +221,10 @@ async fn tiers_come_from_verified_claims_and_headers_show_every_window() {
 #[actix_web::test]
 async fn spoofed_identity_headers_do_not_change_the_bucket() {
     let shared = Shared::start().await;
-    let global = "[rate_limit.tiers]\nfree = [{ requests = 3, per = \"1h\" }]";
+    let global = r#"
+        [rate_limit.tiers]
+        free = [{ requests = 3, per = "1h" }]
+    "#;
     let app = shared.intercom("", global).await;
     let token = shared.auth.user_token("sam", "invoice_read", 600).await;
     let mut statuses = Vec::new();
@@ -255,9 +273,19 @@ async fn burst_then_the_sustained_rate() {
 async fn open_routes_count_by_client_address_not_by_forwarded_headers() {
     let shared = Shared::start().await;
     let config = format!(
-        "[secrets]\nfile = \"{}\"\n{}[rate_limit.tiers]\nanon = [{{ requests = 2, per = \"1h\" }}]\n\
-         [rate_limit]\nanonymous_tier = \"anon\"\n\
-         [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstreams = [\"{}\"]\n[routes.rate_limit]\n",
+        r#"
+            [secrets]
+            file = "{}"
+            {}[rate_limit.tiers]
+            anon = [{{ requests = 2, per = "1h" }}]
+            [rate_limit]
+            anonymous_tier = "anon"
+            [[routes]]
+            name = "open"
+            prefix = "/open"
+            upstreams = ["{}"]
+            [routes.rate_limit]
+        "#,
         shared.secrets.display(),
         redis_config(shared.redis(), ""),
         shared.upstream.url()
@@ -292,23 +320,45 @@ async fn redis_gone_falls_back_as_configured_then_recovers() {
     let mut shared = Shared::start().await;
     let port = shared.redis().port;
     // 10 per hour over 2 replicas: the local fallback allows 5 here.
-    let tiers = "[rate_limit.tiers]\nfree = [{ requests = 10, per = \"1h\" }]";
+    let tiers = r#"
+        [rate_limit.tiers]
+        free = [{ requests = 10, per = "1h" }]
+    "#;
     let local = shared
         .intercom(
             "",
-            &format!("[rate_limit]\nreplicas = 2\non_redis_error = \"local\"\n{tiers}"),
+            &format!(
+                r#"
+                [rate_limit]
+                replicas = 2
+                on_redis_error = "local"
+                {tiers}
+            "#
+            ),
         )
         .await;
     let allow = shared
         .intercom(
             "",
-            &format!("[rate_limit]\non_redis_error = \"allow\"\n{tiers}"),
+            &format!(
+                r#"
+                [rate_limit]
+                on_redis_error = "allow"
+                {tiers}
+            "#
+            ),
         )
         .await;
     let deny = shared
         .intercom(
             "",
-            &format!("[rate_limit]\non_redis_error = \"deny\"\n{tiers}"),
+            &format!(
+                r#"
+                [rate_limit]
+                on_redis_error = "deny"
+                {tiers}
+            "#
+            ),
         )
         .await;
     let token = shared.auth.user_token("rita", "invoice_read", 600).await;
@@ -377,7 +427,10 @@ async fn redis_gone_falls_back_as_configured_then_recovers() {
 async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_trips() {
     let shared = Shared::start().await;
     // A cell every 86 ms: little refills while the test runs.
-    let global = "[rate_limit.tiers]\nfree = [{ requests = 1000000, per = \"1d\" }]";
+    let global = r#"
+        [rate_limit.tiers]
+        free = [{ requests = 1000000, per = "1d" }]
+    "#;
     let app = shared.intercom("", global).await;
     let token = shared.auth.user_token("busy", "invoice_read", 600).await;
     let started = std::time::Instant::now();

@@ -21,7 +21,10 @@ impl Replicas {
         let (dir, secrets) = secrets_file();
         let mut text = std::fs::read_to_string(&secrets).unwrap();
         text.push_str(&format!(
-            "admin_credential = \"{ADMIN}\"\nreplicas_next_key = \"the-next-shared-key-fedcba9876543210\"\n"
+            r#"
+                admin_credential = "{ADMIN}"
+                replicas_next_key = "the-next-shared-key-fedcba9876543210"
+            "#
         ));
         std::fs::write(&secrets, text).unwrap();
         Self {
@@ -45,8 +48,15 @@ impl Replicas {
     /// A replica whose `[redis]` and `[replicas]` sections are `shared`.
     async fn replica_sharing(&self, shared: &str) -> TestApp {
         spawn_app(&format!(
-            "{}{shared}[revocation]\nadmin_credential = \"file:admin_credential\"\n\
-             [[routes]]\nname = \"api\"\nprefix = \"/api\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\n",
+            r#"
+                {}{shared}[revocation]
+                admin_credential = "file:admin_credential"
+                [[routes]]
+                name = "api"
+                prefix = "/api"
+                upstreams = ["{}"]
+                auth = "bearer"
+            "#,
             auth_config(&self.auth, &self.secrets, ""),
             self.upstream.url(),
         ))
@@ -226,12 +236,20 @@ async fn replicas_in_the_middle_of_a_key_rotation_hear_each_other() {
     let redis = redis_section(world.redis());
     let step1 = world
         .replica_sharing(&format!(
-            "{redis}[replicas]\nshared_key = \"file:replicas_shared_key\"\nrotation_shared_key = \"file:replicas_next_key\"\n"
+            r#"
+                {redis}[replicas]
+                shared_key = "file:replicas_shared_key"
+                rotation_shared_key = "file:replicas_next_key"
+            "#
         ))
         .await;
     let step2 = world
         .replica_sharing(&format!(
-            "{redis}[replicas]\nshared_key = \"file:replicas_next_key\"\nrotation_shared_key = \"file:replicas_shared_key\"\n"
+            r#"
+                {redis}[replicas]
+                shared_key = "file:replicas_next_key"
+                rotation_shared_key = "file:replicas_shared_key"
+            "#
         ))
         .await;
     let lee = world.auth.user_token("lee", "invoice_read", 600).await;

@@ -43,7 +43,9 @@ async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extr
     let (dir, secrets) = secrets_file();
     let redis = (replicas > 1).then(TestRedis::start);
     let shared = if redis.is_some() {
-        "store = \"redis\"\n"
+        r#"
+            store = "redis"
+        "#
     } else {
         ""
     };
@@ -52,13 +54,33 @@ async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extr
         .map(|r| redis_config(r, ""))
         .unwrap_or_default();
     let config = format!(
-        "{}[session]\nredirect_uri = \"{base}/auth/callback\"\nencryption_key = \"file:session_key\"\n\
-         scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]\n\
-         post_logout_redirect_uri = \"{base}/\"\n{shared}{extra}\n{redis_sections}\n\
-         [[routes]]\nname = \"spa-api\"\nprefix = \"/api\"\nupstreams = [\"{up}\"]\nauth = \"session\"\naudience = \"spa-api\"\n\
-         [[routes]]\nname = \"spa-pages\"\nprefix = \"/app\"\nupstreams = [\"{up}\"]\nauth = \"session\"\non_missing = \"login\"\n\
-         [[routes]]\nname = \"spa-mail\"\nprefix = \"/mail\"\nupstreams = [\"{up}\"]\nauth = \"session\"\n\
-         required_claims = {{ email = [\"kate@example.test\"] }}\n",
+        r#"
+            {}[session]
+            redirect_uri = "{base}/auth/callback"
+            encryption_key = "file:session_key"
+            scopes = ["openid", "profile", "email", "offline_access"]
+            post_logout_redirect_uri = "{base}/"
+            {shared}{extra}
+            {redis_sections}
+            [[routes]]
+            name = "spa-api"
+            prefix = "/api"
+            upstreams = ["{up}"]
+            auth = "session"
+            audience = "spa-api"
+            [[routes]]
+            name = "spa-pages"
+            prefix = "/app"
+            upstreams = ["{up}"]
+            auth = "session"
+            on_missing = "login"
+            [[routes]]
+            name = "spa-mail"
+            prefix = "/mail"
+            upstreams = ["{up}"]
+            auth = "session"
+            required_claims = {{ email = ["kate@example.test"] }}
+        "#,
         auth_config(&auth, &secrets, ""),
         base = bases[0],
         up = upstream.url(),
@@ -412,7 +434,14 @@ async fn logins_refuse_open_redirects_and_swapped_or_replayed_states() {
 #[actix_web::test]
 async fn concurrent_calls_while_the_token_expires_refresh_it_once() {
     // Access tokens live 30 s and are refreshed in their last 27 s: due 3 s after login.
-    let bff = start_bff(2, &[("TOKEN_TTL", "30")], "refresh_ahead = \"27s\"\n").await;
+    let bff = start_bff(
+        2,
+        &[("TOKEN_TTL", "30")],
+        r#"
+        refresh_ahead = "27s"
+    "#,
+    )
+    .await;
     let base = bff.base().to_string();
     let mut browser = Browser::default();
     let landed = log_in(&mut browser, &base, "dana", "/app/").await;
@@ -553,7 +582,15 @@ async fn until_fragment(browser: &mut Browser, url: &str) -> Page {
 
 #[actix_web::test]
 async fn silent_logins_answer_the_spa_and_sessions_time_out() {
-    let bff = start_bff(1, &[], "idle_timeout = \"3s\"\nabsolute_timeout = \"6s\"\n").await;
+    let bff = start_bff(
+        1,
+        &[],
+        r#"
+        idle_timeout = "3s"
+        absolute_timeout = "6s"
+    "#,
+    )
+    .await;
     let base = bff.base().to_string();
 
     // No session at the AS: the SPA gets a clear answer in the fragment, no error page.
@@ -778,7 +815,14 @@ async fn in_chromium_the_login_leaves_no_token_the_page_can_read() {
 
 #[actix_web::test]
 async fn a_logout_on_one_replica_ends_the_session_another_holds_in_memory() {
-    let bff = start_bff(2, &[], "memory_ttl = \"60s\"\n").await;
+    let bff = start_bff(
+        2,
+        &[],
+        r#"
+        memory_ttl = "60s"
+    "#,
+    )
+    .await;
     let base = bff.base().to_string();
     // The second replica reads the session and keeps it (for a minute).
     let (mut browser, cookie, on_second) = logged_in_across(&bff, "judy").await;
@@ -827,7 +871,10 @@ async fn a_front_channel_logout_ends_the_sessions_of_its_sid() {
     let bff = start_bff(
         1,
         &[],
-        "frontchannel_logout = true\nuser_claims = [\"sub\", \"sid\"]\n",
+        r#"
+            frontchannel_logout = true
+            user_claims = ["sub", "sid"]
+        "#,
     )
     .await;
     let base = bff.base().to_string();

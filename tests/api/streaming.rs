@@ -15,8 +15,18 @@ async fn fifty_megabytes_each_way_without_buffering() {
     // A separate process, so its memory is its own.
     let (intercom, port, _) = serve_process(dir.path(), |port, admin_port| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nworkers = 1\n\
-             [[routes]]\nname = \"big\"\nprefix = \"/big\"\nupstreams = [\"{}\"]\nstrip_prefix = true\nmax_body_bytes = 104857600\n",
+            r#"
+                [server]
+                listen = "127.0.0.1:{port}"
+                admin_listen = "127.0.0.1:{admin_port}"
+                workers = 1
+                [[routes]]
+                name = "big"
+                prefix = "/big"
+                upstreams = ["{}"]
+                strip_prefix = true
+                max_body_bytes = 104857600
+            "#,
             upstream.url()
         )
     })

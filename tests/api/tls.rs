@@ -63,8 +63,18 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
     let (cert, key, der) = write_certificate(dir.path());
     let redirect_port = free_port();
     let app = spawn_app(&format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\nredirect_listen = \"127.0.0.1:{redirect_port}\"\nredirect_hosts = [\"example.test\", \"[::1]\"]\n\
-         [[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        r#"
+            [server.tls]
+            cert_file = "{}"
+            key_file = "{}"
+            reload_interval = "200ms"
+            redirect_listen = "127.0.0.1:{redirect_port}"
+            redirect_hosts = ["example.test", "[::1]"]
+            [[routes]]
+            name = "svc"
+            prefix = "/svc"
+            upstreams = ["{}"]
+        "#,
         cert.display(),
         key.display(),
         upstream.url()
@@ -186,7 +196,16 @@ async fn tls13_only_refuses_tls12() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(dir.path());
     let app = spawn_app(&format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\ntls13_only = true\n[[routes]]\nname = \"svc\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n",
+        r#"
+            [server.tls]
+            cert_file = "{}"
+            key_file = "{}"
+            tls13_only = true
+            [[routes]]
+            name = "svc"
+            prefix = "/svc"
+            upstreams = ["{}"]
+        "#,
         cert.display(),
         key.display(),
         upstream.url()

@@ -16,7 +16,15 @@ fn vault_config(
     extra: &str,
 ) -> String {
     format!(
-        "[secrets]\npoll_interval = \"{poll}\"\n[secrets.vault]\naddress = \"{}\"\nauth = \"token\"\ntoken_file = \"{}\"\n{extra}\n",
+        r#"
+            [secrets]
+            poll_interval = "{poll}"
+            [secrets.vault]
+            address = "{}"
+            auth = "token"
+            token_file = "{}"
+            {extra}
+        "#,
         bao.address(),
         token_file.display()
     )
@@ -24,7 +32,13 @@ fn vault_config(
 
 fn inject_route(name: &str, upstream: &TestUpstream, inject: &str) -> String {
     format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstreams = [\"{}\"]\ninject = {inject}\n",
+        r#"
+            [[routes]]
+            name = "{name}"
+            prefix = "/{name}"
+            upstreams = ["{}"]
+            inject = {inject}
+        "#,
         upstream.url()
     )
 }
@@ -319,9 +333,17 @@ async fn approle_logs_in_and_keeps_its_token_alive() {
         serde_json::json!({"type": "approle"}),
     )
     .await;
-    bao.api("PUT", "sys/policies/acl/intercom", serde_json::json!({
-        "policy": "path \"secret/data/intercom/*\" { capabilities = [\"read\"] }\npath \"secret/metadata/intercom/*\" { capabilities = [\"read\"] }"
-    })).await;
+    bao.api(
+        "PUT",
+        "sys/policies/acl/intercom",
+        serde_json::json!({
+            "policy": r#"
+            path "secret/data/intercom/*" { capabilities = ["read"] }
+            path "secret/metadata/intercom/*" { capabilities = ["read"] }
+        "#
+        }),
+    )
+    .await;
     bao.api(
         "POST",
         "auth/approle/role/intercom",
@@ -355,7 +377,16 @@ async fn approle_logs_in_and_keeps_its_token_alive() {
     std::fs::write(dir.path().join("secret_id"), &secret_id).unwrap();
     let upstream = TestUpstream::start("svc");
     let app = spawn_app(&format!(
-        "[secrets]\npoll_interval = \"300ms\"\n[secrets.vault]\naddress = \"{}\"\nauth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\n{}",
+        r#"
+            [secrets]
+            poll_interval = "300ms"
+            [secrets.vault]
+            address = "{}"
+            auth = "approle"
+            role_id_file = "{}"
+            secret_id_file = "{}"
+            {}
+        "#,
         bao.address(),
         dir.path().join("role_id").display(),
         dir.path().join("secret_id").display(),
@@ -408,9 +439,20 @@ async fn a_bad_reference_stops_start_naming_it_and_the_file_store_reloads() {
 
     // The file store: a changed file is picked up at the next poll.
     let file = dir.path().join("secrets.toml");
-    std::fs::write(&file, "api_key = \"file-key-1\"\n").unwrap();
+    std::fs::write(
+        &file,
+        r#"
+        api_key = "file-key-1"
+    "#,
+    )
+    .unwrap();
     let app = spawn_app(&format!(
-        "[secrets]\nfile = \"{}\"\npoll_interval = \"200ms\"\n{}",
+        r#"
+            [secrets]
+            file = "{}"
+            poll_interval = "200ms"
+            {}
+        "#,
         file.display(),
         inject_route(
             "svc",
@@ -424,7 +466,13 @@ async fn a_bad_reference_stops_start_naming_it_and_the_file_store_reloads() {
         serde_json::json!(["file-key-1"])
     );
     actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    std::fs::write(&file, "api_key = \"file-key-2\"\n").unwrap();
+    std::fs::write(
+        &file,
+        r#"
+        api_key = "file-key-2"
+    "#,
+    )
+    .unwrap();
     assert!(
         eventually(PATIENCE, async || seen_by_upstream(&app, "/svc", None)
             .await["headers"]["x-api-key"]
@@ -519,8 +567,14 @@ async fn an_upstream_refusing_every_credential_costs_one_refresh_per_interval() 
     let auth = TestAuthServer::start().await;
     let upstream = TestUpstream::start("svc");
     let route = format!(
-        "[[routes]]\nname = \"refusing\"\nprefix = \"/svc\"\nupstreams = [\"{}\"]\n\
-         rewrite = \"/status/401\"\ninject = {CLIENT_CREDENTIALS}\n",
+        r#"
+            [[routes]]
+            name = "refusing"
+            prefix = "/svc"
+            upstreams = ["{}"]
+            rewrite = "/status/401"
+            inject = {CLIENT_CREDENTIALS}
+        "#,
         upstream.url()
     );
     let (_dir, app) = client_credentials_app(&auth, &route).await;
@@ -554,11 +608,22 @@ async fn client_credentials_app(
     let file = dir.path().join("secrets.toml");
     std::fs::write(
         &file,
-        "intercom_client_secret = \"intercom-dev-secret\"\napp_secret = \"app-dev-secret\"\n",
+        r#"
+            intercom_client_secret = "intercom-dev-secret"
+            app_secret = "app-dev-secret"
+        "#,
     )
     .unwrap();
     let app = spawn_app(&format!(
-        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\nclient_secret = \"file:intercom_client_secret\"\n{routes}",
+        r#"
+            [secrets]
+            file = "{}"
+            [auth_server]
+            issuer = "{}"
+            client_id = "intercom"
+            client_secret = "file:intercom_client_secret"
+            {routes}
+        "#,
         file.display(),
         auth.issuer,
     ))

@@ -38,7 +38,15 @@ pub async fn start_edge(
 /// A bearer route to `upstream` (audience "billing").
 pub fn bearer_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
     format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"{}\"]\nauth = \"bearer\"\naudience = \"billing\"\n{extra}\n",
+        r#"
+            [[routes]]
+            name = "{name}"
+            prefix = "{prefix}"
+            upstreams = ["{}"]
+            auth = "bearer"
+            audience = "billing"
+            {extra}
+        "#,
         upstream.url()
     )
 }

@@ -342,9 +342,11 @@ pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("secrets.toml");
     std::fs::write(
         &path,
-        "intercom_client_secret = \"intercom-dev-secret\"\n\
-         replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n\
-         session_key = \"key-that-seals-sessions-0123456789abcdef\"\n",
+        r#"
+            intercom_client_secret = "intercom-dev-secret"
+            replicas_shared_key = "key-shared-by-replicas-0123456789abcdef"
+            session_key = "key-that-seals-sessions-0123456789abcdef"
+        "#,
     )
     .unwrap();
     (dir, path)
@@ -354,7 +356,11 @@ pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
 /// is in [`secrets_file`]), plus `extra` lines in `[redis]`.
 pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
     format!(
-        "{}{extra}\n[replicas]\nshared_key = \"file:replicas_shared_key\"\n",
+        r#"
+            {}{extra}
+            [replicas]
+            shared_key = "file:replicas_shared_key"
+        "#,
         redis_section(redis)
     )
 }
@@ -363,15 +369,29 @@ pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
 /// miss the 100 ms default, and no test measures Redis's speed (Redis down is a
 /// stopped server, refused at once).
 pub fn redis_section(redis: &TestRedis) -> String {
-    format!("[redis]\nurl = \"{}\"\ntimeout = \"5s\"\n", redis.url())
+    format!(
+        r#"
+        [redis]
+        url = "{}"
+        timeout = "5s"
+    "#,
+        redis.url()
+    )
 }
 
 /// The `[secrets]` and `[auth_server]` sections for a test AS, plus `extra` lines in
 /// `[auth_server]`.
 pub fn auth_config(auth: &TestAuthServer, secrets: &Path, extra: &str) -> String {
     format!(
-        "[secrets]\nfile = \"{}\"\n[auth_server]\nissuer = \"{}\"\nclient_id = \"intercom\"\n\
-         client_secret = \"file:intercom_client_secret\"\n{extra}\n",
+        r#"
+            [secrets]
+            file = "{}"
+            [auth_server]
+            issuer = "{}"
+            client_id = "intercom"
+            client_secret = "file:intercom_client_secret"
+            {extra}
+        "#,
         secrets.display(),
         auth.issuer
     )
