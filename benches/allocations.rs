@@ -8,7 +8,7 @@
 //! authorization server, tests/authserver, for the phantom route's token).
 //! `ALLOC_TRACE=intercom-noauth cargo bench --bench allocations` also prints where one
 //! request of that contender allocates inside Intercom (the innermost `intercom::` frame
-//! of each allocation's backtrace, counted).
+//! of each allocation's backtrace, counted; `ALLOC_TRACE_FILE=path` keeps the backtraces).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -56,7 +56,7 @@ fn intercom_frame(trace: &str) -> String {
         .lines()
         .map(str::trim)
         .filter_map(|l| l.split_once(": ").map(|(_, f)| f))
-        .find(|f| f.starts_with("intercom::") && !f.starts_with("intercom::telemetry"))
+        .find(|f| f.contains("intercom::") && !f.contains("intercom::telemetry"))
         .map(|f| f.rsplit_once("::h").map_or(f, |(name, _)| name).to_string())
         .unwrap_or_else(|| "(outside Intercom's code: the client, the upstream, actix)".into())
 }
@@ -162,7 +162,11 @@ async fn per_request(
         call().await;
         TRACING.store(false, Ordering::Relaxed);
         let mut by_frame = BTreeMap::<String, u32>::new();
-        for t in TRACES.lock().unwrap().drain(..) {
+        let traces: Vec<String> = TRACES.lock().unwrap().drain(..).collect();
+        if let Ok(file) = std::env::var("ALLOC_TRACE_FILE") {
+            std::fs::write(file, traces.join("\n----\n")).unwrap();
+        }
+        for t in traces {
             *by_frame.entry(intercom_frame(&t)).or_default() += 1;
         }
         let mut rows: Vec<_> = by_frame.into_iter().collect();

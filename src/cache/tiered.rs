@@ -5,7 +5,7 @@
 //! briefly. Redis slow or down: L1 and direct loads keep serving.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ pub struct TieredCache {
     l2: Option<SharedTier>,
     /// Entries go this many seconds before their token's `exp`.
     skew: u64,
+    /// Entries created at or before this second are not served: a revocation of
+    /// everything (Redis keeps them until they expire; no replica reads them).
+    forgotten_before: AtomicU64,
 }
 
 struct UntilExpiry {
@@ -150,11 +153,21 @@ impl TieredCache {
                 prefix,
             }),
             skew: skew.as_secs(),
+            forgotten_before: AtomicU64::new(0),
         }
     }
 
     fn fresh(&self, entry: &ExchangeEntry) -> bool {
         entry.exp > now_secs() + self.skew
+            && entry.created > self.forgotten_before.load(Ordering::Relaxed)
+    }
+
+    /// Serves no entry created at or before `at` again, from either tier: what a
+    /// revocation of everything does to the shared tier without visiting its keys (a
+    /// `SCAN` would have to visit every node of a cluster).
+    pub fn forget_before(&self, at: u64) {
+        self.forgotten_before.fetch_max(at, Ordering::Relaxed);
+        self.clear_local();
     }
 
     /// An L1 hit, if any.
@@ -306,27 +319,35 @@ impl TieredCache {
             .redis
             .run("exchange_put", move |conn| {
                 async move {
-                    let mut pipe = deadpool_redis::redis::pipe();
-                    pipe.cmd("SET")
+                    // Each index is a key of its own (its own slot on a cluster), written
+                    // before the entry: a failure leaves an index naming a missing entry,
+                    // never an entry a revocation cannot find.
+                    let batches: Vec<_> = indexes
+                        .iter()
+                        .map(|index| {
+                            let mut pipe = deadpool_redis::redis::pipe();
+                            pipe.cmd("SADD").arg(index).arg(&redis_key).ignore();
+                            pipe.cmd("PEXPIRE")
+                                .arg(index)
+                                .arg(ttl_ms)
+                                .arg("GT")
+                                .ignore();
+                            pipe.cmd("PEXPIRE")
+                                .arg(index)
+                                .arg(ttl_ms)
+                                .arg("NX")
+                                .ignore();
+                            pipe
+                        })
+                        .collect();
+                    crate::redis::each::<()>(conn, &batches).await?;
+                    deadpool_redis::redis::cmd("SET")
                         .arg(&redis_key)
                         .arg(&sealed)
                         .arg("PX")
                         .arg(ttl_ms)
-                        .ignore();
-                    for index in &indexes {
-                        pipe.cmd("SADD").arg(index).arg(&redis_key).ignore();
-                        pipe.cmd("PEXPIRE")
-                            .arg(index)
-                            .arg(ttl_ms)
-                            .arg("GT")
-                            .ignore();
-                        pipe.cmd("PEXPIRE")
-                            .arg(index)
-                            .arg(ttl_ms)
-                            .arg("NX")
-                            .ignore();
-                    }
-                    pipe.query_async::<()>(conn).await
+                        .query_async::<()>(conn)
+                        .await
                 }
                 .boxed()
             })
@@ -383,45 +404,22 @@ impl TieredCache {
                         .arg(&index)
                         .query_async(conn)
                         .await?;
-                    let mut pipe = deadpool_redis::redis::pipe();
-                    pipe.cmd("DEL").arg(&index).ignore();
-                    for member in &members {
-                        pipe.cmd("DEL").arg(member);
-                    }
-                    let deleted: Vec<usize> = pipe.query_async(conn).await?;
-                    Ok(deleted.iter().sum::<usize>())
-                }
-                .boxed()
-            })
-            .await
-            .unwrap_or(0);
-        metrics::counter!("intercom_exchange_cache_evictions_total", "tier" => "l2")
-            .increment(evicted as u64);
-        evicted
-    }
-
-    /// Deletes every L2 entry and index.
-    pub async fn clear_shared(&self) -> usize {
-        let Some(tier) = &self.l2 else { return 0 };
-        let patterns = keys::exchange_patterns(&tier.prefix);
-        let evicted = tier
-            .redis
-            .run("exchange_clear", move |conn| {
-                async move {
-                    let mut entries = 0;
-                    for (n, pattern) in patterns.iter().enumerate() {
-                        let keys = crate::redis::scan_keys(conn, pattern).await?;
-                        for chunk in keys.chunks(500) {
-                            let deleted: usize = deadpool_redis::redis::cmd("DEL")
-                                .arg(chunk)
+                    // One DEL of many keys: on a cluster the client splits it by slot
+                    // and adds the counts.
+                    let deleted: usize = match members.is_empty() {
+                        true => 0,
+                        false => {
+                            deadpool_redis::redis::cmd("DEL")
+                                .arg(&members)
                                 .query_async(conn)
-                                .await?;
-                            if n == 0 {
-                                entries += deleted;
-                            }
+                                .await?
                         }
-                    }
-                    Ok(entries)
+                    };
+                    deadpool_redis::redis::cmd("DEL")
+                        .arg(&index)
+                        .query_async::<()>(conn)
+                        .await?;
+                    Ok(deleted)
                 }
                 .boxed()
             })

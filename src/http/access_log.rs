@@ -24,10 +24,10 @@ pub struct RouteTag {
 pub struct UpstreamLatency(pub std::time::Duration);
 
 /// The request's span: its id, method and path (never the query).
-pub fn span(id: &str, request: &ServiceRequest) -> Span {
+pub fn span(id: &super::request_id::RequestId, request: &ServiceRequest) -> Span {
     tracing::info_span!(
         "request",
-        request_id = %id,
+        request_id = %id.as_str(),
         method = %request.method(),
         path = %request.path(),
     )

@@ -213,7 +213,7 @@ impl ApiError {
 
     /// Binds the error to the request it answers, for the `request_id` in the body.
     pub fn at(self, req: &HttpRequest) -> Problem {
-        let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone());
+        let request_id = req.extensions().get::<RequestId>().cloned();
         Problem {
             error: self,
             request_id,
@@ -264,7 +264,7 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Problem {
     pub error: ApiError,
-    pub request_id: Option<std::sync::Arc<str>>,
+    pub request_id: Option<RequestId>,
 }
 
 impl std::fmt::Display for Problem {
@@ -353,7 +353,7 @@ impl ResponseError for Problem {
             title: row.title,
             status: row.status.as_u16(),
             detail: self.error.to_string(),
-            request_id: self.request_id.as_deref(),
+            request_id: self.request_id.as_ref().map(RequestId::as_str),
         };
         let mut res = HttpResponse::build(row.status);
         res.insert_header((

@@ -1,8 +1,6 @@
 //! Request ids: a well-formed incoming `X-Request-Id` is kept, anything else is replaced
 //! by a fresh UUID. The id goes into the request's span, upstream, and back to the client.
 
-use std::sync::Arc;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -12,9 +10,18 @@ use actix_web::HttpMessage;
 /// The header that carries the id both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The id of the request being served, in the request's extensions.
+/// The id of the request being served, in the request's extensions: a header value, so
+/// sending it upstream and back to the client copies nothing (a client's own id is the
+/// bytes it sent).
 #[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    /// The id as text (it is always ASCII).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
 
 /// An incoming id is kept only if it is 1–128 characters of `[A-Za-z0-9._:-]`, so it can
 /// never inject into logs or headers.
@@ -28,25 +35,23 @@ pub fn is_well_formed(value: &[u8]) -> bool {
 
 /// Gives the request its id (the client's, if well formed, else a fresh UUID) and
 /// stores it in the request's extensions, where errors and the proxy read it.
-pub fn assign_to(req: &ServiceRequest) -> Arc<str> {
-    let id: Arc<str> = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if is_well_formed(v.as_bytes()) => {
-            Arc::from(v.to_str().expect("checked to be ASCII"))
-        }
+pub fn assign_to(req: &ServiceRequest) -> RequestId {
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if is_well_formed(v.as_bytes()) => v.clone(),
         _ => {
             let mut buf = uuid::Uuid::encode_buffer();
-            Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).expect("a UUID is a header value")
         }
     };
-    req.extensions_mut().insert(RequestId(id.clone()));
+    let id = RequestId(id);
+    req.extensions_mut().insert(id.clone());
     id
 }
 
 /// Returns the id to the client.
-pub fn echo<B>(res: &mut ServiceResponse<B>, id: &str) {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        res.headers_mut().insert(X_REQUEST_ID, value);
-    }
+pub fn echo<B>(res: &mut ServiceResponse<B>, id: &RequestId) {
+    res.headers_mut().insert(X_REQUEST_ID, id.0.clone());
 }
 
 /// Middleware (the admin listener's; the public one has [`super::envelope`]): assigns

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
@@ -223,7 +223,8 @@ pub async fn send(
     let replayable = !has_body || !matches!(body, Some(RequestBody::Streamed(_)));
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
-    let mut tried: Vec<usize> = Vec::with_capacity(route.upstreams.len());
+    // The instances that refused; empty (unallocated) on the usual first success.
+    let mut tried: Vec<usize> = Vec::new();
     loop {
         let Some(index) = route.upstreams.pick(&tried) else {
             return Err(if tried.is_empty() {
@@ -232,18 +233,17 @@ pub async fn send(
                 ApiError::UpstreamConnect
             });
         };
-        tried.push(index);
         let instance = route.upstreams.get(index);
         let url = format!("{}{}", instance.base, outbound.path_and_query);
         let mut request = client.request(outbound.method.clone(), url);
-        let last_chance = has_body || tried.len() == route.upstreams.len();
+        let last_chance = has_body || tried.len() + 1 == route.upstreams.len();
         *request.headers_mut() = if last_chance {
             spare_headers.take().unwrap_or_default()
         } else {
             spare_headers.clone().unwrap_or_default()
         };
-        if let Ok(host) = HeaderValue::from_str(&instance.authority) {
-            request.headers_mut().insert(header::HOST, host);
+        if let Some(host) = &instance.host {
+            request.headers_mut().insert(header::HOST, host.clone());
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
@@ -259,6 +259,7 @@ pub async fn send(
                 if !replayable {
                     return Err(ApiError::UpstreamConnect);
                 }
+                tried.push(index);
             }
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))

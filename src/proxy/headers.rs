@@ -264,7 +264,10 @@ fn address_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
-    let mut text = String::with_capacity(15);
+    // Exactly its length: a header value takes the buffer as it is, with no spare room
+    // to account for.
+    let digits = |o: u8| 1 + usize::from(o >= 10) + usize::from(o >= 100);
+    let mut text = String::with_capacity(3 + v4.octets().into_iter().map(digits).sum::<usize>());
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             text.push('.');

@@ -495,9 +495,7 @@ fn rewrite(
     );
     headers::set_forwarded(&mut headers, &view, &state.trusted_proxies);
     if let Some(id) = req.extensions().get::<RequestId>() {
-        if let Ok(value) = header::HeaderValue::from_str(&id.0) {
-            headers.insert(request_id::X_REQUEST_ID, value);
-        }
+        headers.insert(request_id::X_REQUEST_ID, id.0.clone());
     }
     route.request_headers.apply(&mut headers);
     OutboundRequest {

@@ -248,21 +248,21 @@ impl Route {
     }
 
     /// The path sent upstream for a canonical request path under this route's prefix.
-    pub fn upstream_path(&self, path: &str) -> String {
+    pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         let rest = if self.prefix == "/" {
             path
         } else {
             &path[self.prefix.len()..]
         };
         let joined = match &self.rewrite {
-            Rewrite::Keep => return path.to_string(),
+            Rewrite::Keep => return path.into(),
             Rewrite::Strip => rest.to_string(),
             Rewrite::Replace(to) => format!("{to}{rest}"),
         };
         if joined.starts_with('/') {
-            joined
+            joined.into()
         } else {
-            format!("/{joined}")
+            format!("/{joined}").into()
         }
     }
 }

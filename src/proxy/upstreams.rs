@@ -12,8 +12,10 @@ use url::Url;
 pub struct Instance {
     /// `scheme://authority/base-path` without a trailing '/', to which the path is appended.
     pub base: String,
-    /// Authority (`host:port`) sent as `Host`.
+    /// Authority (`host:port`), for logs.
     pub authority: String,
+    /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
+    pub host: Option<http::HeaderValue>,
     down_until_ms: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl Upstreams {
                 );
                 Instance {
                     base,
+                    host: http::HeaderValue::from_str(&authority).ok(),
                     authority,
                     down_until_ms: AtomicU64::new(0),
                 }

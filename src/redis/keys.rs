@@ -4,17 +4,28 @@
 //!
 //! | family | key | type | hash tag | written by |
 //! |---|---|---|---|---|
-//! | exchanged token | `<p>:x:e:<hash>` | string (sealed) | none: one key per call | `cache::tiered` |
-//! | revocation index | `<p>:x:i:<kind>:<id>` | set of entry keys | none | `cache::tiered` |
+//! | exchanged token | `<p>:x:e:<hash>` | string (sealed) | none: one key per command | `cache::tiered` |
+//! | revocation index | `<p>:x:i:<kind>:<id>` | set of entry keys | none: written and read on its own | `cache::tiered` |
 //! | renewal lock | `<p>:x:l:<hash>` | string, `PX` | none | `cache::tiered` |
-//! | denylist | `<p>:x:denylist` | sorted set (`kind:id` → time) | one key | `revoke` |
-//! | logout `jti` | `<p>:x:logout:<hash>` | string, `EX` | none | `revoke::logout` |
+//! | denylist | `<p>:x:denylist` | sorted set (`kind:id` → time; `everything` → time) | one key | `revoke` |
+//! | logout `jti` | `<p>:x:logout:<hash>` | string, `EX` | none: each hash (one per key of a rotation) on its own | `revoke::logout` |
 //! | browser session | `<p>:s:<hash>` | string (sealed), `PX` | none: one key | `session::store` |
-//! | sessions of a `sub` / `sid` | `<p>:s:i:<kind>:<hash>` | set of session keys, `PX` | none | `session::store` |
+//! | sessions of a `sub` / `sid` | `<p>:s:i:<kind>:<hash>` | set of session keys, `PX` | none: written and read on its own | `session::store` |
 //! | session refresh lease | `<p>:s:l:<hash>` | string, `NX PX` | none | `session` |
-//! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows | `limits::gcra` |
+//! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows on a route | `limits::gcra` |
 //!
-//! Revocations travel on the pub/sub channel `revocation.channel`, which is not a key.
+//! On a Redis Cluster every command and pipeline keeps to one slot: the rate-limit
+//! script's keys share their tag, and everything else touches one key per command or
+//! pipeline. Where one change spans families (an exchanged token and its indexes, the
+//! sessions of an index), each key is written on its own, the index first, so a failure
+//! leaves an index naming a key that is gone, never a key its revocation cannot find; a
+//! `DEL` of many keys is split by slot by the cluster client. Nothing scans the keyspace:
+//! a revocation of everything is the denylist's `everything` member, and exchanged
+//! tokens made before it are passed over until they expire.
+//!
+//! Revocations travel on the pub/sub channel `revocation.channel`, which is not a key (on
+//! a cluster every node delivers every message; a replica subscribes on one node and
+//! moves to the next when it goes).
 
 use crate::keyed_hash::Hash;
 use crate::revocation_ids::Kind;
@@ -42,11 +53,6 @@ pub fn exchange_index(base: &str, kind: Kind, id: &str) -> String {
 /// The lock that lets one replica renew an entry.
 pub fn exchange_lock(base: &str, key: &Hash) -> String {
     format!("{base}:x:l:{}", hex::encode(key))
-}
-
-/// Patterns of every exchange entry and index, for a revocation of everything.
-pub fn exchange_patterns(base: &str) -> [String; 2] {
-    [format!("{base}:x:e:*"), format!("{base}:x:i:*")]
 }
 
 /// The denylist.

@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{Cmd, Pipeline, RedisFuture, Value};
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use futures_util::future::BoxFuture;
 
 use crate::readiness::{DependencyState, Readiness};
 use crate::secret::Secret;
-use crate::settings::RedisSettings;
+use crate::settings::{RedisMode, RedisSettings};
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,49 @@ pub enum RedisError {
     Failed(String),
 }
 
+/// A connection to the shared Redis: one server's, or the cluster's (which sends each
+/// command to its slot's master and follows MOVED, ASK and failovers). Both multiplex:
+/// clones share one socket (per node).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(conn) => conn.get_db(),
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The pool of `[redis]`'s mode.
+enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
 /// A pooled connection to the shared Redis, with deadlines and a failure back-off.
 pub struct SharedRedis {
     pool: Pool,
@@ -44,8 +89,10 @@ pub struct SharedRedis {
     id: usize,
     /// Bumped on every failure: connections of an older generation are not reused.
     generation: AtomicU64,
-    /// For pub/sub, which needs a connection of its own.
-    client: deadpool_redis::redis::Client,
+    /// For pub/sub, which needs a connection of its own: to the one Redis, or to each
+    /// node of the cluster in turn (a cluster delivers every message to every node).
+    subscribers: Vec<deadpool_redis::redis::Client>,
+    next_subscriber: AtomicUsize,
     timeout: Duration,
     retry_interval: Duration,
     started: Instant,
@@ -69,7 +116,33 @@ impl SharedRedis {
         let password = secrets
             .stored(redis.password.as_ref())
             .map(|cell| cell.current());
-        Self::new(redis, password, readiness.clone()).map(|r| Some(Arc::new(r)))
+        let shared = Arc::new(Self::new(redis, password, readiness.clone())?);
+        shared.spawn_probe();
+        Ok(Some(shared))
+    }
+
+    /// While Redis is failing, asks it (`PING`) every `retry_interval`, so readiness turns
+    /// `ok` again when it is back (or a cluster has failed over) even with no traffic.
+    fn spawn_probe(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let every = self.retry_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(redis) = me.upgrade() else { return };
+                if !redis.is_healthy() {
+                    let _ = redis
+                        .run("ping", |conn| {
+                            Box::pin(async move {
+                                deadpool_redis::redis::cmd("PING")
+                                    .query_async::<()>(conn)
+                                    .await
+                            })
+                        })
+                        .await;
+                }
+            }
+        });
     }
 
     pub fn new(
@@ -77,13 +150,22 @@ impl SharedRedis {
         password: Option<Secret>,
         readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
-        let mut url = settings.url.0.clone();
-        if let Some(password) = &password {
-            url.set_password(Some(password.expose()))
-                .map_err(|_| "redis.url cannot carry a password".to_string())?;
+        let with_password = |url: &url::Url| -> Result<String, String> {
+            let mut url = url.clone();
+            if let Some(password) = &password {
+                url.set_password(Some(password.expose()))
+                    .map_err(|_| "redis: the URL cannot carry a password".to_string())?;
+            }
+            Ok(url.to_string())
+        };
+        let urls = match settings.mode {
+            RedisMode::Standalone => settings.url.iter().map(|u| &u.0).collect::<Vec<_>>(),
+            RedisMode::Cluster => settings.nodes.iter().map(|u| &u.0).collect(),
         }
-        let mut config = deadpool_redis::Config::from_url(url.as_str());
-        config.pool = Some(PoolConfig {
+        .into_iter()
+        .map(with_password)
+        .collect::<Result<Vec<_>, _>>()?;
+        let pool_config = PoolConfig {
             max_size: settings.pool_size,
             timeouts: Timeouts {
                 wait: Some(settings.timeout),
@@ -91,11 +173,31 @@ impl SharedRedis {
                 recycle: Some(settings.timeout),
             },
             ..Default::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| format!("redis pool: {e}"))?;
-        let client = deadpool_redis::redis::Client::open(url.as_str())
+        };
+        let pool = match settings.mode {
+            RedisMode::Standalone => {
+                let mut config = deadpool_redis::Config::from_url(urls[0].as_str());
+                config.pool = Some(pool_config);
+                Pool::Single(
+                    config
+                        .create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| format!("redis pool: {e}"))?,
+                )
+            }
+            RedisMode::Cluster => {
+                let mut config = deadpool_redis::cluster::Config::from_urls(urls.clone());
+                config.pool = Some(pool_config);
+                Pool::Cluster(
+                    config
+                        .create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| format!("redis cluster pool: {e}"))?,
+                )
+            }
+        };
+        let subscribers = urls
+            .iter()
+            .map(|url| deadpool_redis::redis::Client::open(url.as_str()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("redis client: {e}"))?;
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         readiness.report("redis", DependencyState::Ok, false, None);
@@ -103,7 +205,8 @@ impl SharedRedis {
             pool,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
-            client,
+            subscribers,
+            next_subscriber: AtomicUsize::new(0),
             timeout: settings.timeout,
             retry_interval: settings.retry_interval,
             started: Instant::now(),
@@ -117,7 +220,7 @@ impl SharedRedis {
     pub async fn run<T, F>(&self, name: &'static str, op: F) -> Result<T, RedisError>
     where
         F: for<'c> FnOnce(
-            &'c mut MultiplexedConnection,
+            &'c mut RedisConn,
         ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
     {
         self.run_within(name, self.timeout, op).await
@@ -133,7 +236,7 @@ impl SharedRedis {
     ) -> Result<T, RedisError>
     where
         F: for<'c> FnOnce(
-            &'c mut MultiplexedConnection,
+            &'c mut RedisConn,
         ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
     {
         let now_ms = self.started.elapsed().as_millis() as u64;
@@ -183,7 +286,7 @@ impl SharedRedis {
     }
 
     /// This thread's connection, made through the pool when missing or outdated.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self) -> Result<RedisConn, RedisError> {
         let generation = self.generation.load(Ordering::Relaxed);
         let kept = KEPT.with(|kept| {
             kept.borrow()
@@ -194,12 +297,15 @@ impl SharedRedis {
         if let Some(conn) = kept {
             return Ok(conn);
         }
-        let fresh = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| RedisError::Failed(e.to_string()))?;
-        let conn = deadpool_redis::Connection::take(fresh);
+        let failed = |e: &dyn std::fmt::Display| RedisError::Failed(e.to_string());
+        let conn = match &self.pool {
+            Pool::Single(pool) => RedisConn::Single(deadpool_redis::Connection::take(
+                pool.get().await.map_err(|e| failed(&e))?,
+            )),
+            Pool::Cluster(pool) => RedisConn::Cluster(deadpool_redis::cluster::Connection::take(
+                pool.get().await.map_err(|e| failed(&e))?,
+            )),
+        };
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
             kept.retain(|k| k.owner != self.id);
@@ -212,9 +318,12 @@ impl SharedRedis {
         Ok(conn)
     }
 
-    /// A client for a dedicated (pub/sub) connection.
-    pub fn client(&self) -> &deadpool_redis::redis::Client {
-        &self.client
+    /// A client for a dedicated (pub/sub) connection: the one Redis, or the next node of
+    /// the cluster (after a failure, the subscriber tries another: any node delivers all
+    /// of the cluster's messages).
+    pub fn subscriber(&self) -> &deadpool_redis::redis::Client {
+        let n = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        &self.subscribers[n % self.subscribers.len()]
     }
 
     /// Drops every kept connection, so the next calls make fresh ones: for when Redis is
@@ -239,35 +348,25 @@ impl SharedRedis {
     }
 }
 
-/// Every key matching `pattern` (SCAN, never KEYS: Redis keeps serving meanwhile).
-pub async fn scan_keys(
-    conn: &mut MultiplexedConnection,
-    pattern: &str,
-) -> deadpool_redis::redis::RedisResult<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            return Ok(keys);
-        }
-    }
+/// Sends each of `batches` at once, each on its own (on a cluster, to its keys' node):
+/// for keys in different slots, which one pipeline cannot hold there. A batch keeps to
+/// one slot (one key, or keys with one hash tag). The answers, in order.
+pub async fn each<T: deadpool_redis::redis::FromRedisValue>(
+    conn: &mut RedisConn,
+    batches: &[Pipeline],
+) -> deadpool_redis::redis::RedisResult<Vec<T>> {
+    futures_util::future::try_join_all(batches.iter().map(|batch| {
+        let mut conn = conn.clone();
+        async move { batch.query_async::<T>(&mut conn).await }
+    }))
+    .await
 }
 
 /// A connection kept by a thread for one [`SharedRedis`].
 struct Kept {
     owner: usize,
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: RedisConn,
 }
 
 thread_local! {

@@ -204,12 +204,17 @@ impl LogoutVerifier {
         let first = redis
             .run("logout_jti", move |conn| {
                 async move {
-                    let mut pipe = deadpool_redis::redis::pipe();
-                    for key in &keys {
-                        pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl);
-                    }
-                    let set: Vec<Option<String>> = pipe.query_async(conn).await?;
-                    Ok(set.iter().all(Option::is_some))
+                    // One hash of the jti per key: in different slots on a cluster.
+                    let sets: Vec<_> = keys
+                        .iter()
+                        .map(|key| {
+                            let mut set = deadpool_redis::redis::pipe();
+                            set.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl);
+                            set
+                        })
+                        .collect();
+                    let set: Vec<(Option<String>,)> = crate::redis::each(conn, &sets).await?;
+                    Ok(set.iter().all(|(s,)| s.is_some()))
                 }
                 .boxed()
             })

@@ -121,6 +121,10 @@ pub struct Evicts {
 /// with an error log (Redis has been gone for a long while by then).
 const MAX_PENDING: usize = 100_000;
 
+/// The denylist member of a revocation of everything: its score is when, and exchanged
+/// tokens made before it are not served from the shared tier.
+const EVERYTHING: &str = "everything";
+
 impl Revoker {
     /// `rotation` is the second shared key while one rotates.
     pub fn new(
@@ -216,14 +220,9 @@ impl Revoker {
             .increment(1);
         self.apply(kind, &ids, at).await;
         let mut shared_entries_evicted = 0;
-        if let Some(cache) = &self.exchange {
-            match kind {
-                Some(kind) => {
-                    for id in &ids {
-                        shared_entries_evicted += cache.evict_shared(kind, id).await;
-                    }
-                }
-                None => shared_entries_evicted = cache.clear_shared().await,
+        if let (Some(cache), Some(kind)) = (&self.exchange, kind) {
+            for id in &ids {
+                shared_entries_evicted += cache.evict_shared(kind, id).await;
             }
         }
         let message = Announcement {
@@ -272,7 +271,7 @@ impl Revoker {
             }
             None => {
                 if let Some(cache) = &self.exchange {
-                    cache.clear_local();
+                    cache.forget_before(at);
                 }
                 if let Some(edge) = &self.edge {
                     edge.clear();
@@ -309,7 +308,8 @@ impl Revoker {
                 .iter()
                 .map(|id| format!("{}:{id}", kind.label()))
                 .collect(),
-            None => Vec::new(),
+            // Kept too, so that a replica starting later forgets the same shared entries.
+            None => vec![EVERYTHING.to_string()],
         };
         let deny_key = self.deny_key.clone();
         let (at, ttl) = (message.at, self.ttl.as_secs().max(1));
@@ -326,7 +326,7 @@ impl Revoker {
                             .arg(member)
                             .ignore();
                     }
-                    if !members.is_empty() {
+                    {
                         pipe.cmd("ZREMRANGEBYSCORE")
                             .arg(&deny_key)
                             .arg("-inf")
@@ -334,8 +334,14 @@ impl Revoker {
                             .ignore();
                         pipe.cmd("EXPIRE").arg(&deny_key).arg(ttl).ignore();
                     }
-                    pipe.cmd("PUBLISH").arg(&channel).arg(&payload).ignore();
-                    pipe.query_async::<()>(conn).await
+                    pipe.query_async::<()>(conn).await?;
+                    // Apart: on a cluster the channel's name hashes to another slot than
+                    // the denylist's, and one pipeline keeps to one slot.
+                    deadpool_redis::redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(&payload)
+                        .query_async::<()>(conn)
+                        .await
                 }
                 .boxed()
             })
@@ -391,7 +397,7 @@ impl Revoker {
             let mut first = true;
             loop {
                 let Some(this) = me.upgrade() else { return };
-                let client = redis.client().clone();
+                let client = redis.subscriber().clone();
                 let channel = this.channel.clone();
                 drop(this);
                 match client.get_async_pubsub().await {
@@ -486,6 +492,12 @@ impl Revoker {
         };
         let loaded = found.len();
         for (member, at) in found {
+            if member == EVERYTHING {
+                if let Some(cache) = &self.exchange {
+                    cache.forget_before(at);
+                }
+                continue;
+            }
             let Some((kind, id)) = member.split_once(':') else {
                 continue;
             };

@@ -140,12 +140,19 @@ impl SessionStore {
                                 .arg(&set)
                                 .query_async(conn)
                                 .await?;
-                            let mut pipe = deadpool_redis::redis::pipe();
-                            pipe.cmd("DEL").arg(&set).ignore();
-                            for record in &records {
-                                pipe.cmd("DEL").arg(record).ignore();
+                            // The sessions first, then their index: a failure between
+                            // leaves the index to name them again. One DEL of many keys,
+                            // which a cluster client splits by slot.
+                            if !records.is_empty() {
+                                deadpool_redis::redis::cmd("DEL")
+                                    .arg(&records)
+                                    .query_async::<()>(conn)
+                                    .await?;
                             }
-                            pipe.query_async::<()>(conn).await?;
+                            deadpool_redis::redis::cmd("DEL")
+                                .arg(&set)
+                                .query_async::<()>(conn)
+                                .await?;
                             Ok(records.len())
                         }
                         .boxed()

@@ -12,8 +12,16 @@ use crate::secret::SecretRef;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (no password here: see `password`).
-    pub url: RedisUrl,
+    /// One Redis (`url`), or a Redis Cluster (`nodes`).
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// `redis://host:port/db` (no password here: see `password`), in `standalone` mode.
+    #[serde(default)]
+    pub url: Option<RedisUrl>,
+    /// In `cluster` mode: some of the cluster's nodes (`redis://host:port`), from which
+    /// the topology is learnt and followed (MOVED, ASK, failovers).
+    #[serde(default)]
+    pub nodes: Vec<RedisUrl>,
     /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
     #[serde(default)]
     pub password: Option<SecretRef>,
@@ -29,6 +37,15 @@ pub struct RedisSettings {
     /// deployments can share one Redis.
     #[serde(default = "default_redis_key_prefix")]
     pub key_prefix: String,
+}
+
+/// How Intercom reaches Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
 }
 
 fn default_redis_key_prefix() -> String {
@@ -54,7 +71,40 @@ impl RedisSettings {
         }
         positive("redis.timeout", redis.timeout)?;
         positive("redis.retry_interval", redis.retry_interval)?;
-        Ok(())
+        match (redis.mode, &redis.url, redis.nodes.is_empty()) {
+            (RedisMode::Standalone, None, _) => Err(SettingsError::new(
+                "redis.url",
+                "is required in standalone mode",
+            )),
+            (RedisMode::Standalone, Some(_), false) => Err(SettingsError::new(
+                "redis.nodes",
+                "are for mode = \"cluster\"; a standalone Redis has one url",
+            )),
+            (RedisMode::Cluster, Some(_), _) => Err(SettingsError::new(
+                "redis.url",
+                "is for mode = \"standalone\"; name the cluster's nodes in redis.nodes",
+            )),
+            (RedisMode::Cluster, None, true) => Err(SettingsError::new(
+                "redis.nodes",
+                "name at least one node of the cluster",
+            )),
+            (RedisMode::Cluster, None, false) => {
+                for (i, node) in redis.nodes.iter().enumerate() {
+                    let key = format!("redis.nodes[{i}]");
+                    if !matches!(node.0.path(), "" | "/" | "/0") {
+                        return Err(SettingsError::new(key, "a cluster has only database 0"));
+                    }
+                    if node.0.scheme() != redis.nodes[0].0.scheme() {
+                        return Err(SettingsError::new(
+                            key,
+                            "every node needs the same scheme (redis:// or rediss://)",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            (RedisMode::Standalone, Some(_), true) => Ok(()),
+        }
     }
 }
 

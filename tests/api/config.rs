@@ -476,6 +476,67 @@ fn validation_errors_name_the_key() {
             &[],
             "redis.url",
         ),
+        (
+            r#"
+                [redis]
+                pool_size = 4
+            "#.into(),
+            &[],
+            "redis.url: is required in standalone mode",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "cluster"
+            "#.into(),
+            &[],
+            "redis.nodes: name at least one node of the cluster",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "cluster"
+                url = "redis://127.0.0.1:7000"
+            "#.into(),
+            &[],
+            "redis.url: is for mode = \"standalone\"",
+        ),
+        (
+            r#"
+                [redis]
+                url = "redis://127.0.0.1:7000"
+                nodes = ["redis://127.0.0.1:7001"]
+            "#.into(),
+            &[],
+            "redis.nodes: are for mode = \"cluster\"",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "cluster"
+                nodes = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001/2"]
+            "#.into(),
+            &[],
+            "redis.nodes[1]: a cluster has only database 0",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "cluster"
+                nodes = ["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"]
+            "#.into(),
+            &[],
+            "redis.nodes[1]: every node needs the same scheme",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "sentinel"
+                url = "redis://127.0.0.1:7000"
+            "#.into(),
+            &[],
+            "redis.mode",
+        ),
         // The Redis key prefix moved to [redis]: the old key is refused, named.
         (
             r#"

@@ -14,11 +14,21 @@ struct World {
     auth: TestAuthServer,
     upstream: TestUpstream,
     redis: Option<TestRedis>,
+    /// Instead of `redis`: a Redis Cluster.
+    cluster: Option<TestRedisCluster>,
     _dir: tempfile::TempDir,
     secrets: std::path::PathBuf,
 }
 
 impl World {
+    /// As [`World::start`], with a Redis Cluster as the shared tier.
+    async fn start_on_cluster() -> Self {
+        let mut world = Self::start(&[]).await;
+        world.redis = None;
+        world.cluster = Some(TestRedisCluster::start());
+        world
+    }
+
     async fn start(as_env: &[(&str, &str)]) -> Self {
         let (dir, secrets) = secrets_file();
         let mut text = std::fs::read_to_string(&secrets).unwrap();
@@ -34,6 +44,7 @@ impl World {
             auth: TestAuthServer::start_with_env(as_env).await,
             upstream: TestUpstream::start("billing"),
             redis: Some(TestRedis::start()),
+            cluster: None,
             _dir: dir,
             secrets,
         }
@@ -41,6 +52,14 @@ impl World {
 
     fn redis(&self) -> &TestRedis {
         self.redis.as_ref().expect("redis runs")
+    }
+
+    /// The shared tier, whichever it is.
+    fn shared(&self) -> &dyn RedisUnderTest {
+        match &self.cluster {
+            Some(cluster) => cluster,
+            None => self.redis(),
+        }
     }
 
     /// An Intercom whose `/intercom/billing` route exchanges for "https://billing.internal";
@@ -86,7 +105,7 @@ impl World {
                 {rest}
             "#,
             auth_config(&self.auth, &self.secrets, ""),
-            redis_config(self.redis(), "retry_interval = \"300ms\""),
+            redis_config(self.shared(), "retry_interval = \"300ms\""),
             self.upstream.url(),
         );
         spawn_app(&config).await
@@ -163,7 +182,15 @@ async fn admin_revoke(
 
 #[actix_web::test]
 async fn an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
-    let world = World::start(&[]).await;
+    shared_hit(World::start(&[]).await).await;
+}
+
+#[actix_web::test]
+async fn on_a_redis_cluster_an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
+    shared_hit(World::start_on_cluster().await).await;
+}
+
+async fn shared_hit(world: World) {
     let a = world.intercom("", "").await;
     let b = world.intercom("", "").await;
     let caller = world.app_token().await;
@@ -213,7 +240,7 @@ async fn an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
         assert!(!logs.contains(secret) && !metrics.contains(secret));
     }
     // Redis holds ciphertext only, and no key names a token or an identity.
-    let keys = world.redis().keys();
+    let keys = world.shared().keys();
     assert!(
         keys.iter().any(|k| k.starts_with("intercom:x:e:")),
         "{keys:?}"
@@ -228,7 +255,7 @@ async fn an_exchange_on_one_instance_is_a_shared_hit_on_the_other() {
             assert!(!key.contains(secret), "key {key} holds {secret}");
         }
         if key.starts_with("intercom:x:e:") {
-            let value = world.redis().get(key);
+            let value = world.shared().get(key);
             assert!(value.starts_with("v1."), "{value}");
             // Not "eyJ" alone: three characters turn up in ~0.5 % of random base64
             // texts this long. `{"alg":` in base64 does not happen by chance.
@@ -632,7 +659,15 @@ async fn entries_are_renewed_ahead_of_expiry_without_a_request_waiting() {
 
 #[actix_web::test]
 async fn a_revocation_on_one_instance_is_refused_on_the_other() {
-    let world = World::start(&[]).await;
+    revocation_shared(World::start(&[]).await).await;
+}
+
+#[actix_web::test]
+async fn on_a_redis_cluster_a_revocation_on_one_instance_is_refused_on_the_other() {
+    revocation_shared(World::start_on_cluster().await).await;
+}
+
+async fn revocation_shared(world: World) {
     let a = world.intercom("", "").await;
     let b = world.intercom("", "").await;
     let alice = world
@@ -649,7 +684,7 @@ async fn a_revocation_on_one_instance_is_refused_on_the_other() {
     }
     let entries = |world: &World| {
         world
-            .redis()
+            .shared()
             .keys()
             .iter()
             .filter(|k| k.starts_with("intercom:x:e:"))
@@ -671,6 +706,8 @@ async fn a_revocation_on_one_instance_is_refused_on_the_other() {
             .0,
         400
     );
+    let series = "intercom_revocations_total{source=\"admin\",kind=\"sub\"}";
+    let revoked_before = metric(&a.metrics().await, series);
     let (status, body) = admin_revoke(&a, ADMIN, serde_json::json!({"sub": "alice"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["shared_entries_evicted"], 1);
@@ -691,12 +728,31 @@ async fn a_revocation_on_one_instance_is_refused_on_the_other() {
         .await;
     assert_eq!(call(&b, &fresh).await.0, 200);
     assert_eq!(
-        metric(
-            &a.metrics().await,
-            "intercom_revocations_total{source=\"admin\",kind=\"sub\"}"
-        ),
-        1.0
+        metric(&a.metrics().await, series) - revoked_before,
+        1.0,
+        "one revocation counted"
     );
+
+    // Everything: no exchanged token made before it is served again, by a replica that
+    // heard it or by one started after it (the shared tier is not scanned: entries made
+    // before are passed over until they expire).
+    let (status, body) = admin_revoke(&a, ADMIN, serde_json::json!({"all": true})).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the revocation's second
+    let before = world.exchanges().await;
+    let c = world.intercom("", "").await;
+    assert!(
+        eventually(PATIENCE, async || dependency(&c, "denylist").await == "ok").await,
+        "C never loaded the denylist"
+    );
+    assert_eq!(call(&c, &bob).await.0, 200);
+    assert_eq!(
+        world.exchanges().await,
+        before + 1,
+        "C served bob's old entry"
+    );
+    assert_eq!(call(&b, &bob).await.0, 200);
+    assert_eq!(world.exchanges().await, before + 1, "B takes C's new entry");
 }
 
 #[actix_web::test]

@@ -15,17 +15,36 @@ struct Shared {
     auth: TestAuthServer,
     upstream: TestUpstream,
     redis: Option<TestRedis>,
+    /// Instead of `redis`: a Redis Cluster.
+    cluster: Option<TestRedisCluster>,
     _dir: tempfile::TempDir,
     secrets: std::path::PathBuf,
 }
 
 impl Shared {
+    /// As [`Shared::start`], with a Redis Cluster as the shared Redis.
+    async fn start_on_cluster() -> Self {
+        let mut shared = Self::start().await;
+        shared.redis = None;
+        shared.cluster = Some(TestRedisCluster::start());
+        shared
+    }
+
+    /// The shared Redis, whichever it is.
+    fn shared(&self) -> &dyn RedisUnderTest {
+        match &self.cluster {
+            Some(cluster) => cluster,
+            None => self.redis(),
+        }
+    }
+
     async fn start() -> Self {
         let (dir, secrets) = secrets_file();
         Self {
             auth: TestAuthServer::start().await,
             upstream: TestUpstream::start("api"),
             redis: Some(TestRedis::start()),
+            cluster: None,
             _dir: dir,
             secrets,
         }
@@ -50,7 +69,7 @@ impl Shared {
                 {global}
             "#,
             auth_config(&self.auth, &self.secrets, ""),
-            redis_config(self.redis(), "retry_interval = \"300ms\""),
+            redis_config(self.shared(), "retry_interval = \"300ms\""),
             self.upstream.url(),
         );
         spawn_app(&config).await
@@ -87,7 +106,15 @@ fn header(res: &awc::ClientResponse<impl Sized>, name: &str) -> String {
 
 #[actix_web::test]
 async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
-    let shared = Shared::start().await;
+    limit_shared(Shared::start().await).await;
+}
+
+#[actix_web::test]
+async fn two_instances_sharing_a_redis_cluster_allow_the_limit_once_in_total() {
+    limit_shared(Shared::start_on_cluster().await).await;
+}
+
+async fn limit_shared(shared: Shared) {
     let global = r#"
         [rate_limit.tiers]
         free = [{ requests = 100, per = "1h" }]
@@ -144,7 +171,7 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     // Redis keys hold a hash, never the identity; every value is a number.
     // (The route's keys: the budget of unknown tokens per address keeps its own.)
     let keys: Vec<String> = shared
-        .redis()
+        .shared()
         .keys()
         .into_iter()
         .filter(|k| k.contains("}:api:"))
@@ -153,7 +180,7 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
     for key in &keys {
         assert!(key.starts_with("intercom:rl:{"), "{key}");
         assert!(!key.contains("carol") && !key.contains("app"), "{key}");
-        assert!(shared.redis().get(key).trim().parse::<u64>().is_ok());
+        assert!(shared.shared().get(key).trim().parse::<u64>().is_ok());
     }
 }
 
@@ -466,4 +493,139 @@ async fn a_busy_caller_far_from_its_limit_spends_reserved_cells_without_round_tr
     assert!(remaining
         .iter()
         .all(|r| *r >= 1_000_000 - 301 - MAX_RESERVED));
+}
+
+#[actix_web::test]
+async fn a_manual_cluster_failover_under_load_fails_no_request() {
+    failover_under_load(false).await;
+}
+
+#[actix_web::test]
+async fn a_cluster_master_killed_under_load_fails_no_request() {
+    failover_under_load(true).await;
+}
+
+/// Requests run through two instances while the master of their rate-limit key hands over
+/// to its replica (`CLUSTER FAILOVER`) or dies (`kill`): none fails (the local fallback
+/// serves while Redis cannot answer), and afterwards the limits are shared again.
+async fn failover_under_load(kill: bool) {
+    let mut shared = Shared::start_on_cluster().await;
+    let global = r#"
+        [rate_limit]
+        tier_claim = "plan"
+        default_tier = "free"
+        [rate_limit.tiers]
+        free = [{ requests = 100000, per = "1d" }]
+        pro = [{ requests = 10, per = "1h" }]
+    "#;
+    let a = shared.intercom("", global).await;
+    let b = shared.intercom("", global).await;
+    let token = shared
+        .auth
+        .user_token_with_plan("dora", "invoice_read", 600, "free")
+        .await;
+    assert_eq!(
+        [status(&a, &token).await, status(&b, &token).await],
+        [200, 200]
+    );
+    let key = shared
+        .shared()
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("}:api:"))
+        .expect("the rate-limit window is in the cluster");
+
+    // The load: rounds of requests alternating between A and B, until told to stop.
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let statuses = std::rc::Rc::new(std::cell::RefCell::new(Vec::<u16>::new()));
+    let urls = [a.url("/api/x"), b.url("/api/x")];
+    let load = actix_web::rt::spawn({
+        let (stop, statuses, token) = (stop.clone(), statuses.clone(), token.clone());
+        async move {
+            while !stop.get() {
+                let round = (0..32)
+                    .map(|i| (urls[i % 2].clone(), token.clone()))
+                    .collect();
+                let answered = concurrent_gets(round, 8).await;
+                statuses.borrow_mut().extend(answered);
+            }
+        }
+    });
+    let served = |n: usize| {
+        let statuses = statuses.clone();
+        async move || statuses.borrow().len() >= n
+    };
+    assert!(
+        eventually(PATIENCE, served(64)).await,
+        "the load did not start"
+    );
+
+    let cluster = shared.cluster.as_mut().expect("a cluster");
+    let master = cluster.master_of(&key).port;
+    let replica = cluster.replica_of(cluster.master_of(&key)).port;
+    let node = |port: u16| TestClusterNode {
+        port,
+        process: None,
+    };
+    if kill {
+        cluster.kill(master);
+    } else {
+        assert!(node(replica).cli(&["CLUSTER", "FAILOVER"]).contains("OK"));
+    }
+    let promoted = eventually(PATIENCE * 2, async || {
+        node(replica).role() == "master"
+            && node(replica)
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+    })
+    .await;
+    assert!(promoted, "the replica was not promoted");
+    let after = statuses.borrow().len() + 128;
+    assert!(
+        eventually(PATIENCE, served(after)).await,
+        "the load stalled"
+    );
+    stop.set(true);
+    load.await.unwrap();
+
+    let statuses = statuses.borrow().clone();
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "{} of {} requests failed while the master {}",
+        failed,
+        statuses.len(),
+        if kill { "died" } else { "failed over" }
+    );
+    assert_eq!(failed, 0, "{statuses:?}");
+
+    // Afterwards both follow the new topology and share the limits again.
+    for app in [&a, &b] {
+        let back = eventually(PATIENCE, async || dependency(app, "redis").await == "ok").await;
+        let logs = captured_logs();
+        let said: Vec<&str> = logs.lines().filter(|l| l.contains("redis")).collect();
+        assert!(
+            back,
+            "redis did not come back in readiness: {:?}",
+            &said[said.len().saturating_sub(10)..]
+        );
+    }
+    let pro = shared
+        .auth
+        .user_token_with_plan("paul", "invoice_read", 600, "pro")
+        .await;
+    let requests = (0..40)
+        .map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            (app.url("/api/x"), pro.clone())
+        })
+        .collect();
+    let allowed = concurrent_gets(requests, 8)
+        .await
+        .iter()
+        .filter(|s| **s == 200)
+        .count();
+    assert!(
+        (10..=11).contains(&allowed),
+        "allowed {allowed} of 40 against a shared limit of 10"
+    );
 }

@@ -94,20 +94,6 @@ async fn logout_token(auth: &TestAuthServer, jti: &str, (who, value): (&str, &st
         .await
 }
 
-async fn dependency(app: &TestApp, name: &str) -> String {
-    let mut res = app
-        .client
-        .get(app.admin_url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
-    body["dependencies"][name]["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[actix_web::test]
 async fn replicas_without_an_exchange_route_share_revocations() {
     let world = Replicas::start().await;

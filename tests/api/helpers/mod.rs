@@ -354,14 +354,14 @@ pub fn secrets_file() -> (tempfile::TempDir, PathBuf) {
 
 /// The `[redis]` and `[replicas]` sections for replicas sharing `redis` (the shared key
 /// is in [`secrets_file`]), plus `extra` lines in `[redis]`.
-pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
+pub fn redis_config(redis: &dyn RedisUnderTest, extra: &str) -> String {
     format!(
         r#"
             {}{extra}
             [replicas]
             shared_key = "file:replicas_shared_key"
         "#,
-        redis_section(redis)
+        redis.section()
     )
 }
 
@@ -369,14 +369,7 @@ pub fn redis_config(redis: &TestRedis, extra: &str) -> String {
 /// miss the 100 ms default, and no test measures Redis's speed (Redis down is a
 /// stopped server, refused at once).
 pub fn redis_section(redis: &TestRedis) -> String {
-    format!(
-        r#"
-        [redis]
-        url = "{}"
-        timeout = "5s"
-    "#,
-        redis.url()
-    )
+    redis.section()
 }
 
 /// The `[secrets]` and `[auth_server]` sections for a test AS, plus `extra` lines in
@@ -514,4 +507,20 @@ pub async fn concurrent_gets(requests: Vec<(String, String)>, concurrency: usize
         .buffer_unordered(concurrency)
         .collect()
         .await
+}
+
+/// The state `/health/ready` gives a dependency (`ok`, `degraded`, ...; empty before it
+/// reported).
+pub async fn dependency(app: &TestApp, name: &str) -> String {
+    let mut res = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    body["dependencies"][name]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

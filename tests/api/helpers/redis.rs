@@ -132,3 +132,267 @@ impl TestRedis {
             .to_string()
     }
 }
+
+/// A real Redis Cluster of Debian's `redis-server`: three masters and a replica of each
+/// on loopback ports, created with `redis-cli --cluster create`. Dropping it stops every
+/// node.
+pub struct TestRedisCluster {
+    pub nodes: Vec<TestClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+/// One node of a [`TestRedisCluster`].
+pub struct TestClusterNode {
+    pub port: u16,
+    pub process: Option<ChildProcess>,
+}
+
+impl TestRedisCluster {
+    /// Starts six nodes and joins them, retrying with other ports if one was taken.
+    pub fn start() -> Self {
+        for attempt in 1..=PORT_ATTEMPTS {
+            if let Some(cluster) = Self::try_start() {
+                return cluster;
+            }
+            eprintln!("redis cluster: a port was taken, attempt {attempt}");
+        }
+        panic!("the redis cluster found no free ports in {PORT_ATTEMPTS} attempts");
+    }
+
+    fn try_start() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let (port, bus) = (free_port(), free_port());
+            let mut cmd = Command::new("redis-server");
+            cmd.current_dir(dir.path()).args([
+                "--port",
+                &port.to_string(),
+                "--cluster-port",
+                &bus.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                // A replica takes over however long its link was down (a test's
+                // replica may have synced only a moment ago).
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            let mut process = ChildProcess::spawn("redis-cluster-node", cmd);
+            let deadline = Instant::now() + PATIENCE;
+            while redis_pid(port) != Some(process.pid()) {
+                if process.exited() {
+                    return None;
+                }
+                assert!(Instant::now() < deadline, "a cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            nodes.push(TestClusterNode {
+                port,
+                process: Some(process),
+            });
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_until_ok();
+        Some(cluster)
+    }
+
+    /// Waits until every running node says the cluster is ok and agrees on three
+    /// masters that each have a replica.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let settled = self.running().all(|n| {
+                let replication = n.cli(&["INFO", "replication"]);
+                (replication.contains("role:master")
+                    || replication.contains("master_link_status:up"))
+                    && n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    && n.cli(&["CLUSTER", "NODES"])
+                        .lines()
+                        .filter(|l| l.contains("master") && !l.contains("fail"))
+                        .count()
+                        == 3
+            });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the redis cluster did not settle"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &TestClusterNode> {
+        self.nodes.iter().filter(|n| n.process.is_some())
+    }
+
+    /// The nodes' URLs, for `redis.nodes`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Every key of the cluster (each master's).
+    pub fn keys(&self) -> Vec<String> {
+        self.running()
+            .filter(|n| n.role() == "master")
+            .flat_map(|n| {
+                n.cli(&["--scan"])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The node that is master now for `key`'s slot.
+    pub fn master_of(&self, key: &str) -> &TestClusterNode {
+        let any = self.running().next().expect("a node runs");
+        let slot: u16 = any
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        self.running()
+            .find(|n| n.role() == "master" && n.owns(slot))
+            .expect("some master owns every slot")
+    }
+
+    /// A replica of `master`.
+    pub fn replica_of(&self, master: &TestClusterNode) -> &TestClusterNode {
+        let id = master.cli(&["CLUSTER", "MYID"]).trim().to_string();
+        self.running()
+            .find(|n| {
+                n.cli(&["INFO", "replication"]).contains("role:slave") && {
+                    n.cli(&["CLUSTER", "NODES"])
+                        .lines()
+                        .any(|l| l.contains("myself") && l.contains(&id))
+                }
+            })
+            .expect("every master has a replica")
+    }
+
+    /// Stops the node on `port` (a master that dies).
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        node.process = None;
+    }
+}
+
+impl TestClusterNode {
+    /// `master` or `slave`, from `INFO replication`.
+    pub fn role(&self) -> String {
+        self.cli(&["INFO", "replication"])
+            .lines()
+            .find_map(|l| l.strip_prefix("role:"))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+
+    fn owns(&self, slot: u16) -> bool {
+        self.cli(&["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| l.contains("myself"))
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .skip(8)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .any(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    (a.parse::<u16>().unwrap_or(1)..=b.parse().unwrap_or(0)).contains(&slot)
+                }
+                None => range.parse::<u16>().ok() == Some(slot),
+            })
+    }
+
+    /// `redis-cli` against this node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// What a test asks of the shared Redis, whichever it runs: one server or a cluster.
+pub trait RedisUnderTest {
+    /// `[redis]` for it, with a per-call deadline of seconds (see [`redis_section`]).
+    fn section(&self) -> String;
+    /// Every key (on a cluster, each master's).
+    fn keys(&self) -> Vec<String>;
+    /// The raw value of `key`.
+    fn get(&self, key: &str) -> String;
+}
+
+impl RedisUnderTest for TestRedis {
+    fn section(&self) -> String {
+        format!(
+            r#"
+                [redis]
+                url = "{}"
+                timeout = "5s"
+            "#,
+            self.url()
+        )
+    }
+    fn keys(&self) -> Vec<String> {
+        TestRedis::keys(self)
+    }
+    fn get(&self, key: &str) -> String {
+        TestRedis::get(self, key)
+    }
+}
+
+impl RedisUnderTest for TestRedisCluster {
+    fn section(&self) -> String {
+        let nodes: Vec<String> = self.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            r#"
+                [redis]
+                mode = "cluster"
+                nodes = [{}]
+                timeout = "5s"
+            "#,
+            nodes.join(", ")
+        )
+    }
+    fn keys(&self) -> Vec<String> {
+        TestRedisCluster::keys(self)
+    }
+    fn get(&self, key: &str) -> String {
+        self.master_of(key).cli(&["GET", key])
+    }
+}
