@@ -1255,3 +1255,42 @@ async fn internal_jwts_presented_back_are_accepted_and_revoked_with_their_subjec
         "{body}"
     );
 }
+
+#[actix_web::test]
+async fn on_a_redis_cluster_revocations_reach_every_replica_after_a_node_dies() {
+    let mut world = World::start_on_cluster().await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let erin = world
+        .auth
+        .user_token_with("erin", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &erin).await.0, 200);
+    }
+    // Every replica subscribes on the first node of `nodes` first: that node dies (a
+    // master, whose replica takes over, or a replica), and the subscribers move on.
+    let cluster = world.cluster.as_mut().expect("a cluster");
+    let first = cluster.nodes[0].port;
+    cluster.kill(first);
+    let settled = eventually(PATIENCE * 2, async || {
+        cluster.nodes[1..].iter().all(|n| {
+            n.process.is_none() || n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        })
+    })
+    .await;
+    assert!(settled, "the cluster did not settle without its first node");
+
+    let revoked = eventually(PATIENCE, async || {
+        admin_revoke(&a, ADMIN, serde_json::json!({"sub": "erin"}))
+            .await
+            .1["announced"]
+            == true
+    })
+    .await;
+    assert!(revoked, "A could not share the revocation");
+    assert!(
+        eventually(PATIENCE, async || call(&b, &erin).await.0 == 401).await,
+        "B never heard the revocation"
+    );
+}

@@ -16,6 +16,7 @@ struct Bff {
     _apps: Vec<TestApp>,
     bases: Vec<String>,
     _redis: Option<TestRedis>,
+    _cluster: Option<TestRedisCluster>,
     _secrets: tempfile::TempDir,
 }
 
@@ -34,6 +35,24 @@ async fn start_bff(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff
 /// [`start_bff`] with browsers sent to `host` (`localhost` for Chromium, which keeps
 /// `Secure` cookies from `http://localhost`).
 async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
+    let redis = (replicas > 1).then(TestRedis::start);
+    start_bff_sharing(host, replicas, as_env, extra, redis, None).await
+}
+
+/// [`start_bff`] with the replicas' sessions in a Redis Cluster.
+async fn start_bff_on_cluster(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
+    let cluster = Some(TestRedisCluster::start());
+    start_bff_sharing("127.0.0.1", replicas, as_env, extra, None, cluster).await
+}
+
+async fn start_bff_sharing(
+    host: &str,
+    replicas: usize,
+    as_env: &[(&str, &str)],
+    extra: &str,
+    redis: Option<TestRedis>,
+    cluster: Option<TestRedisCluster>,
+) -> Bff {
     let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
     let bases: Vec<String> = ports.iter().map(|p| format!("http://{host}:{p}")).collect();
     let mut env = vec![("BFF_BASE", bases[0].as_str())];
@@ -41,18 +60,19 @@ async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extr
     let auth = TestAuthServer::start_with_env(&env).await;
     let upstream = TestUpstream::start("spa-api");
     let (dir, secrets) = secrets_file();
-    let redis = (replicas > 1).then(TestRedis::start);
-    let shared = if redis.is_some() {
+    let store: Option<&dyn RedisUnderTest> = match (&redis, &cluster) {
+        (Some(redis), _) => Some(redis),
+        (None, Some(cluster)) => Some(cluster),
+        (None, None) => None,
+    };
+    let shared = if store.is_some() {
         r#"
             store = "redis"
         "#
     } else {
         ""
     };
-    let redis_sections = redis
-        .as_ref()
-        .map(|r| redis_config(r, ""))
-        .unwrap_or_default();
+    let redis_sections = store.map(|r| redis_config(r, "")).unwrap_or_default();
     let config = format!(
         r#"
             {}[session]
@@ -97,6 +117,7 @@ async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extr
         _apps: apps,
         bases,
         _redis: redis,
+        _cluster: cluster,
         _secrets: dir,
     }
 }
@@ -433,15 +454,21 @@ async fn logins_refuse_open_redirects_and_swapped_or_replayed_states() {
 
 #[actix_web::test]
 async fn concurrent_calls_while_the_token_expires_refresh_it_once() {
-    // Access tokens live 30 s and are refreshed in their last 27 s: due 3 s after login.
-    let bff = start_bff(
-        2,
-        &[("TOKEN_TTL", "30")],
-        r#"
-        refresh_ahead = "27s"
-    "#,
-    )
-    .await;
+    refresh_once(start_bff(2, &[("TOKEN_TTL", "30")], REFRESH_SOON).await).await;
+}
+
+#[actix_web::test]
+async fn on_a_redis_cluster_concurrent_calls_while_the_token_expires_refresh_it_once() {
+    refresh_once(start_bff_on_cluster(2, &[("TOKEN_TTL", "30")], REFRESH_SOON).await).await;
+}
+
+/// Access tokens live 30 s (`TOKEN_TTL`) and are refreshed in their last 27 s: due 3 s
+/// after login.
+const REFRESH_SOON: &str = r#"
+    refresh_ahead = "27s"
+"#;
+
+async fn refresh_once(bff: Bff) {
     let base = bff.base().to_string();
     let mut browser = Browser::default();
     let landed = log_in(&mut browser, &base, "dana", "/app/").await;
@@ -511,7 +538,15 @@ async fn concurrent_calls_while_the_token_expires_refresh_it_once() {
 
 #[actix_web::test]
 async fn a_back_channel_logout_ends_the_session_on_every_replica() {
-    let bff = start_bff(2, &[], "").await;
+    back_channel_logout(start_bff(2, &[], "").await).await;
+}
+
+#[actix_web::test]
+async fn on_a_redis_cluster_a_back_channel_logout_ends_the_session_on_every_replica() {
+    back_channel_logout(start_bff_on_cluster(2, &[], "").await).await;
+}
+
+async fn back_channel_logout(bff: Bff) {
     let base = bff.base().to_string();
     let (mut browser, cookie, on_second) = logged_in_across(&bff, "erin").await;
     let mut stranger = Browser::default();
@@ -927,6 +962,7 @@ async fn logins_follow_the_as_when_it_rotates_its_signing_key() {
         _apps,
         bases,
         _redis,
+        _cluster,
         _secrets,
     } = start_bff(1, &[("SIGNING_KID", "key-before")], "").await;
     let base = bases[0].clone();
