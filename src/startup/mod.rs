@@ -77,6 +77,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // The recorder first, so what the parts record while they start is kept.
         let metrics = crate::telemetry::metrics_handle();
+        // One TLS provider for every client that does not name its own (Redis over
+        // `rediss://`); a second call (another app in this process) changes nothing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let wired = wiring::wire(&settings).await?;
         let tls = match &settings.server.tls {
             Some(t) => Some(crate::tls::configure(t, &wired.readiness).map_err(|e| {

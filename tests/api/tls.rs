@@ -222,3 +222,154 @@ async fn tls13_only_refuses_tls12() {
             .is_ok()
     );
 }
+
+/// A CA, and a certificate it signed for `127.0.0.1`: (CA PEM, certificate PEM, key PEM).
+fn signed_by_a_ca() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Names of their own: a leaf named like its CA reads as self-issued.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Intercom test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[actix_web::test]
+async fn redis_over_tls_is_verified_against_the_trusted_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = signed_by_a_ca();
+    let (other_ca, _, _) = signed_by_a_ca();
+    for (name, pem) in [
+        ("ca.pem", &ca),
+        ("other-ca.pem", &other_ca),
+        ("redis.pem", &cert),
+        ("redis.key", &key),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // A Redis that speaks only TLS.
+    let tls_port = free_port();
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--tls-port",
+        &tls_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        &path("redis.pem"),
+        "--tls-key-file",
+        &path("redis.key"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let _redis = ChildProcess::spawn("redis-server-tls", cmd);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                &path("ca.pem"),
+                "-p",
+                &tls_port.to_string(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        eventually(PATIENCE, async || cli(&["PING"]).contains("PONG")).await,
+        "the TLS redis-server did not start"
+    );
+    let (_secrets_dir, secrets) = secrets_file();
+    let config = |port: u16, admin_port: u16| {
+        format!(
+            r#"
+                [server]
+                listen = "127.0.0.1:{port}"
+                admin_listen = "127.0.0.1:{admin_port}"
+                [secrets]
+                file = "{secrets}"
+                [redis]
+                url = "rediss://127.0.0.1:{tls_port}"
+                timeout = "5s"
+                retry_interval = "300ms"
+                [replicas]
+                shared_key = "file:replicas_shared_key"
+                [[routes]]
+                name = "open"
+                prefix = "/open"
+                upstreams = ["http://127.0.0.1:9"]
+                [routes.rate_limit]
+                key = "address"
+                [rate_limit.tiers]
+                free = [{{ requests = 100, per = "1h" }}]
+            "#,
+            secrets = secrets.display()
+        )
+    };
+    let ready = |admin_port: u16| async move {
+        let mut res = test_client()
+            .get(format!("http://127.0.0.1:{admin_port}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["dependencies"]["redis"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let hit = |port: u16| async move {
+        let _ = test_client()
+            .get(format!("http://127.0.0.1:{port}/open/x"))
+            .send()
+            .await;
+    };
+
+    // Trusting the CA (as a system root, through SSL_CERT_FILE): the windows live in
+    // Redis over TLS.
+    let trusting = dir.path().join("trusting");
+    std::fs::create_dir(&trusting).unwrap();
+    let ca_file = path("ca.pem");
+    let (_trusted, port, admin) =
+        serve_process_with_env(&trusting, &[("SSL_CERT_FILE", &ca_file)], config).await;
+    hit(port).await;
+    assert!(
+        eventually(PATIENCE, async || cli(&["--scan"]).contains("intercom:rl:")).await,
+        "no rate-limit window reached the TLS Redis"
+    );
+    assert_eq!(ready(admin).await, "ok");
+
+    // Trusting another CA: the handshake fails, and Redis is never ok.
+    let wary = dir.path().join("wary");
+    std::fs::create_dir(&wary).unwrap();
+    let other_file = path("other-ca.pem");
+    let (_wary, port, admin) =
+        serve_process_with_env(&wary, &[("SSL_CERT_FILE", &other_file)], config).await;
+    hit(port).await;
+    assert!(
+        eventually(PATIENCE, async || {
+            hit(port).await;
+            ready(admin).await == "degraded"
+        })
+        .await,
+        "a Redis certificate from an untrusted CA was accepted"
+    );
+}

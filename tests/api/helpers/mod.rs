@@ -411,12 +411,21 @@ pub async fn serve_process(
     dir: &Path,
     config: impl Fn(u16, u16) -> String,
 ) -> (ChildProcess, u16, u16) {
+    serve_process_with_env(dir, &[], config).await
+}
+
+/// [`serve_process`] with `env` set for the process.
+pub async fn serve_process_with_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+    config: impl Fn(u16, u16) -> String,
+) -> (ChildProcess, u16, u16) {
     let client = test_client();
     for _ in 0..PORT_ATTEMPTS {
         let (port, admin_port) = (free_port(), free_port());
         let file = dir.join("intercom.toml");
         std::fs::write(&file, config(port, admin_port)).unwrap();
-        let mut process = ChildProcess::spawn("intercom", intercom_binary(&file, &["serve"], &[]));
+        let mut process = ChildProcess::spawn("intercom", intercom_binary(&file, &["serve"], env));
         let live = format!("http://127.0.0.1:{admin_port}/health/live");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
