@@ -187,7 +187,7 @@ async fn a_header_named_like_a_claim_changes_nothing() {
         upstream,
         app,
         _secrets,
-    } = start_edge(TestAuthServer::start().await, "", claim_routes).await;
+    } = start_edge(TestAuthServer::shared().await, "", claim_routes).await;
     let bob = token_with(&auth, "bob", serde_json::json!({ "plan": "free" })).await;
     for (name, value) in [
         ("plan", "pro"),

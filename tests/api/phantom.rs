@@ -331,7 +331,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         app,
         upstream: _upstream,
         _secrets,
-    } = start_edge(TestAuthServer::start().await, "", |up| {
+    } = start_edge(TestAuthServer::shared().await, "", |up| {
         format!(
             r#"
                 {}[[routes]]
@@ -693,7 +693,7 @@ async fn key_rotation_under_load_fails_no_request() {
         app,
         upstream: _upstream,
         _secrets,
-    } = start_edge(TestAuthServer::start().await, "", |up| {
+    } = start_edge(TestAuthServer::shared().await, "", |up| {
         bearer_route("inv", "/inv", up, "")
     })
     .await;
@@ -794,7 +794,7 @@ fn private_jwk(kid: &str) -> String {
 
 #[actix_web::test]
 async fn stored_signing_keys_are_shared_by_replicas_and_follow_rotation() {
-    let auth = TestAuthServer::start().await;
+    let auth = TestAuthServer::shared().await;
     let upstream = TestUpstream::start("billing");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("secrets.toml");
@@ -896,7 +896,7 @@ async fn introspected_tokens_must_be_access_tokens_for_an_accepted_audience() {
         upstream,
         _secrets,
     } = start_edge(
-        TestAuthServer::start().await,
+        TestAuthServer::shared().await,
         "audiences = [\"https://api.test\", \"https://orders.test\"]",
         |up| {
             format!(

@@ -11,9 +11,25 @@ pub struct TestAuthServer {
     pub process: ChildProcess,
 }
 
+/// The AS that tests without needs of their own share while any of them runs.
+static SHARED: tokio::sync::Mutex<std::sync::Weak<TestAuthServer>> =
+    tokio::sync::Mutex::const_new(std::sync::Weak::new());
+
 impl TestAuthServer {
     pub async fn start() -> Self {
         Self::start_with_env(&[]).await
+    }
+
+    /// One AS for the tests that neither configure it, nor count its calls, nor stop
+    /// it: started by the first, stopped when the last one running lets it go.
+    pub async fn shared() -> std::sync::Arc<Self> {
+        let mut slot = SHARED.lock().await;
+        if let Some(auth) = slot.upgrade() {
+            return auth;
+        }
+        let auth = std::sync::Arc::new(Self::start().await);
+        *slot = std::sync::Arc::downgrade(&auth);
+        auth
     }
 
     /// Starts on a free port, retrying on another if the chosen one was taken meanwhile.

@@ -6,7 +6,7 @@ use super::*;
 /// An Intercom in front of a real AS and upstream. Keep every field bound: dropping
 /// one stops that process.
 pub struct Edge {
-    pub auth: TestAuthServer,
+    pub auth: std::sync::Arc<TestAuthServer>,
     pub upstream: TestUpstream,
     pub app: TestApp,
     pub _secrets: tempfile::TempDir,
@@ -15,10 +15,11 @@ pub struct Edge {
 /// Starts Intercom with `auth` as its AS (`as_extra` in `[auth_server]`) and the routes
 /// (and any other sections) that `rest` writes for the upstream.
 pub async fn start_edge(
-    auth: TestAuthServer,
+    auth: impl Into<std::sync::Arc<TestAuthServer>>,
     as_extra: &str,
     rest: impl FnOnce(&TestUpstream) -> String,
 ) -> Edge {
+    let auth = auth.into();
     let upstream = TestUpstream::start("billing");
     let (dir, secrets) = secrets_file();
     let config = format!(
