@@ -560,6 +560,7 @@ async fn failover_under_load(kill: bool) {
         "the load did not start"
     );
 
+    let errors_before = metric(&process_metrics(), "intercom_redis_errors_total");
     let cluster = shared.cluster.as_mut().expect("a cluster");
     let master = cluster.master_of(&key).port;
     let replica = cluster.replica_of(cluster.master_of(&key)).port;
@@ -597,6 +598,10 @@ async fn failover_under_load(kill: bool) {
         if kill { "died" } else { "failed over" }
     );
     assert_eq!(failed, 0, "{statuses:?}");
+    if kill {
+        // The dead master's calls failed, and the local fallback answered them.
+        assert!(metric(&process_metrics(), "intercom_redis_errors_total") > errors_before);
+    }
 
     // Afterwards both follow the new topology and share the limits again.
     for app in [&a, &b] {
