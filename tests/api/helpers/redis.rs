@@ -25,6 +25,26 @@ fn redis_pid(port: u16) -> Option<u32> {
     rest.lines().next()?.trim().parse().ok()
 }
 
+/// `process` once the Redis on `port` is it (our own child, not another Redis on the
+/// same port: it reports our pid); `None` when it ended (the port was taken).
+fn answering(mut process: ChildProcess, port: u16) -> Option<ChildProcess> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if process.exited() {
+            return None;
+        }
+        if redis_pid(port) == Some(process.pid()) {
+            return Some(process);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start:\n{}",
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A real `redis-server` on a free port, without persistence.
 pub struct TestRedis {
     pub port: u16,
@@ -62,23 +82,9 @@ impl TestRedis {
             "--enable-debug-command",
             "local",
         ]);
-        let mut process = ChildProcess::spawn("redis-server", cmd);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if process.exited() {
-                return None; // the port was taken
-            }
-            // Our own child, not another Redis on the same port: it reports our pid.
-            if redis_pid(port) == Some(process.pid()) {
-                return Some(Self { port, process });
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start:\n{}",
-                process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = ChildProcess::spawn("redis-server", cmd);
+        let process = answering(process, port)?;
+        Some(Self { port, process })
     }
 
     pub fn url(&self) -> String {
@@ -187,15 +193,7 @@ impl TestRedisCluster {
                 "--appendonly",
                 "no",
             ]);
-            let mut process = ChildProcess::spawn("redis-cluster-node", cmd);
-            let deadline = Instant::now() + PATIENCE;
-            while redis_pid(port) != Some(process.pid()) {
-                if process.exited() {
-                    return None;
-                }
-                assert!(Instant::now() < deadline, "a cluster node did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let process = answering(ChildProcess::spawn("redis-cluster-node", cmd), port)?;
             nodes.push(TestClusterNode {
                 port,
                 process: Some(process),
