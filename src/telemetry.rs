@@ -86,7 +86,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "intercom_upstream_errors_total",
-        "Upstream failures by route and kind (connect, timeout, unavailable)"
+        "Failed exchanges with an upstream instance, by route and kind (refused, timeout, tls, protocol)"
     );
     describe_counter!(
         "intercom_http_response_bytes_total",

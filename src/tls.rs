@@ -1,7 +1,8 @@
-//! TLS for the public listener (rustls): TLS 1.2 and 1.3, or 1.3 only; the certificate
+//! TLS (rustls). For the public listener: TLS 1.2 and 1.3, or 1.3 only; the certificate
 //! and key read from PEM files and reloaded without a restart when they change, so the
-//! next handshake presents the new certificate. The certificate's expiry goes into
-//! readiness.
+//! next handshake presents the new certificate; its expiry goes into readiness. Shared
+//! with the TLS to upstreams (`proxy::transport`): a certificate and key pair from PEM,
+//! and the classes a failed handshake is sorted into for the client and the metrics.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::readiness::{DependencyState, Readiness};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::CertificateError;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -76,29 +78,13 @@ impl CertificateReloader {
     }
 
     fn read(cert_path: &Path, key_path: &Path) -> Result<(CertifiedKey, i64), TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-            .map_err(|e| file_error(cert_path, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| file_error(cert_path, e))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| file_error(cert_path, "holds no certificate"))?;
-        let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map_err(|_| file_error(cert_path, "is not a valid X.509 certificate"))?
-            .1
-            .validity()
-            .not_after
-            .timestamp();
-        // The key file's parse errors could quote it: keep them out.
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|_| file_error(key_path, "holds no usable PEM private key"))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|_| file_error(key_path, "holds a key type rustls cannot sign with"))?;
-        let certified = CertifiedKey::new(certs, signing);
-        certified
-            .keys_match()
-            .map_err(|_| file_error(key_path, "does not match the certificate"))?;
-        Ok((certified, not_after))
+        let certs = std::fs::read(cert_path).map_err(|e| file_error(cert_path, e))?;
+        // The key file's read errors name no content; its parse errors are kept out.
+        let key = std::fs::read(key_path).map_err(|e| file_error(key_path, e))?;
+        certified_key(&certs, &key).map_err(|e| match e {
+            PemError::Certificate(why) => file_error(cert_path, why),
+            PemError::Key(why) => file_error(key_path, why),
+        })
     }
 
     /// `notAfter` of the certificate being served (seconds since the epoch).
@@ -154,13 +140,48 @@ impl CertificateReloader {
     }
 }
 
+/// Which half of a certificate and key pair is unusable, and why (never its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemError {
+    Certificate(&'static str),
+    Key(&'static str),
+}
+
+/// A certificate chain and its key, from PEM, checked to belong together; with the
+/// leaf's `notAfter` (seconds since the epoch).
+pub fn certified_key(certs_pem: &[u8], key_pem: &[u8]) -> Result<(CertifiedKey, i64), PemError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certs_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| PemError::Certificate("is not valid PEM"))?;
+    let leaf = certs
+        .first()
+        .ok_or(PemError::Certificate("holds no certificate"))?;
+    let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| PemError::Certificate("is not a valid X.509 certificate"))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
+    // A key's parse errors could quote it: keep them out.
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| PemError::Key("holds no usable PEM private key"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| PemError::Key("holds a key type rustls cannot sign with"))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|_| PemError::Key("does not match the certificate"))?;
+    Ok((certified, not_after))
+}
+
 impl ResolvesServerCert for CertificateReloader {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
 }
 
-/// The rustls configuration: TLS 1.2 and 1.3 (or 1.3 only), HTTP/1.1.
+/// The rustls configuration: TLS 1.2 and 1.3 (or 1.3 only). ALPN offers HTTP/2 and
+/// HTTP/1.1: actix-web puts both in front of the list it is given.
 pub fn server_config(
     certificates: Arc<CertificateReloader>,
     tls13_only: bool,
@@ -170,14 +191,13 @@ pub fn server_config(
     } else {
         &[&rustls::version::TLS12, &rustls::version::TLS13]
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(versions)
     .map_err(|e| TlsError::Config(e.to_string()))?
     .with_no_client_auth()
     .with_cert_resolver(certificates);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -236,4 +256,106 @@ pub fn configure(
         key: "server.tls",
         message: e.to_string(),
     })
+}
+
+/// Why a TLS connection to an upstream failed, as the client and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The chain does not lead to a trusted CA (or its signature is bad).
+    UntrustedCertificate,
+    /// The certificate expired, or is not valid yet.
+    ExpiredCertificate,
+    /// The certificate does not name the upstream's host.
+    WrongHostName,
+    /// The upstream refused Intercom's client certificate (or wanted one).
+    ClientCertificateRefused,
+    /// Anything else in the handshake: no common version or cipher, a bad message.
+    Handshake,
+}
+
+impl TlsFailure {
+    /// A stable name, for the problem's detail and the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::UntrustedCertificate => "untrusted certificate",
+            TlsFailure::ExpiredCertificate => "expired certificate",
+            TlsFailure::WrongHostName => "certificate for another host name",
+            TlsFailure::ClientCertificateRefused => "client certificate refused",
+            TlsFailure::Handshake => "handshake failed",
+        }
+    }
+
+    /// The TLS failure inside an I/O error (rustls errors reach awc wrapped in one), if
+    /// it is one.
+    pub fn find(error: &std::io::Error) -> Option<Self> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+        while let Some(e) = next {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                return Some(Self::of(tls));
+            }
+            // `io::Error::source` skips the error it wraps: look inside by hand.
+            next = match e.downcast_ref::<std::io::Error>() {
+                Some(io) => io.get_ref().map(|e| e as _),
+                None => e.source(),
+            };
+        }
+        None
+    }
+
+    fn of(error: &rustls::Error) -> Self {
+        use rustls::AlertDescription as Alert;
+        match error {
+            rustls::Error::InvalidCertificate(why) => match why {
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => TlsFailure::ExpiredCertificate,
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => TlsFailure::WrongHostName,
+                _ => TlsFailure::UntrustedCertificate,
+            },
+            rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::CertificateRequired
+                | Alert::UnknownCA
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::CertificateUnknown
+                | Alert::AccessDenied,
+            ) => TlsFailure::ClientCertificateRefused,
+            _ => TlsFailure::Handshake,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_classed_from_the_error_chain() {
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        assert_eq!(
+            TlsFailure::find(&wrapped),
+            Some(TlsFailure::UntrustedCertificate)
+        );
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let expired = io(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        assert_eq!(
+            TlsFailure::find(&expired),
+            Some(TlsFailure::ExpiredCertificate)
+        );
+        let refused = std::io::Error::other(io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        )));
+        assert_eq!(
+            TlsFailure::find(&refused),
+            Some(TlsFailure::ClientCertificateRefused)
+        );
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(TlsFailure::find(&plain), None);
+    }
 }

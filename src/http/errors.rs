@@ -33,6 +33,9 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("the upstream answered with something that is not valid HTTP")]
     UpstreamProtocol,
+    /// The TLS connection to the upstream failed; carries the reason's class.
+    #[error("the TLS connection to the upstream failed: {}", .0.as_str())]
+    UpstreamTls(crate::tls::TlsFailure),
     #[error("no healthy upstream instance is available")]
     NoHealthyUpstream,
     #[error("a bearer token is required")]
@@ -128,6 +131,11 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY,
                 "upstream-protocol",
                 "Bad upstream answer",
+            ),
+            UpstreamTls(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-tls",
+                "Upstream TLS failure",
             ),
             NoHealthyUpstream => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -19,10 +19,12 @@ use awc::error::{ConnectError, SendRequestError};
 
 use super::headers::remove_hop_by_hop;
 use super::routes::{Route, RouteTable};
+use super::transport::Transport;
 use crate::http::errors::ApiError;
+use crate::tls::TlsFailure;
 
 /// Per-worker HTTP clients, one per route (`awc::Client` is not `Send`), each with its
-/// own connection pool and connect timeout.
+/// own connection pool, connect timeout and transport (TLS config, h2c).
 pub struct UpstreamClients {
     clients: Vec<awc::Client>,
 }
@@ -36,9 +38,16 @@ impl UpstreamClients {
             .map(|route| {
                 let connector = awc::Connector::new()
                     .timeout(route.timeouts.connect)
+                    .handshake_timeout(route.timeouts.connect)
                     .limit(max_connections)
                     .conn_keep_alive(Duration::from_secs(30))
                     .conn_lifetime(Duration::from_secs(300));
+                // Without a TLS config, awc's `https` pool is h2c (`dangerous-h2c`): only
+                // h2c routes have `https` in their instances' base URLs (`Upstreams::new`).
+                let connector = match &route.transport {
+                    Transport::Tls(config) => connector.rustls_0_23(config.clone()),
+                    Transport::Plain | Transport::H2c => connector,
+                };
                 // awc's timer bounds the wait for the response head; the same timer is
                 // then reset to what is left of `total` for the body (see `send`).
                 let client = awc::Client::builder()
@@ -225,13 +234,11 @@ pub async fn send(
     let mut spare_headers = Some(headers);
     // The instances that refused; empty (unallocated) on the usual first success.
     let mut tried: Vec<usize> = Vec::new();
+    // Why the last instance tried failed: the answer when none is left.
+    let mut last: Option<ApiError> = None;
     loop {
         let Some(index) = route.upstreams.pick(&tried) else {
-            return Err(if tried.is_empty() {
-                ApiError::NoHealthyUpstream
-            } else {
-                ApiError::UpstreamConnect
-            });
+            return Err(last.unwrap_or(ApiError::NoHealthyUpstream));
         };
         let instance = route.upstreams.get(index);
         let url = format!("{}{}", instance.base, outbound.path_and_query);
@@ -247,29 +254,87 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
-        match sending.await {
+        let failure = match sending.await {
             Ok(response) => return Ok(answer(route, response, started.elapsed())),
-            Err(SendRequestError::Connect(ConnectError::Timeout)) => {
-                route.upstreams.mark_down(index);
-                return Err(ApiError::UpstreamTimeout);
-            }
-            Err(SendRequestError::Connect(err)) => {
-                route.upstreams.mark_down(index);
-                tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream refused the connection");
-                if !replayable {
-                    return Err(ApiError::UpstreamConnect);
-                }
-                tried.push(index);
-            }
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
             }
-            // The response head did not come within `timeouts.response`.
-            Err(SendRequestError::Timeout) => return Err(ApiError::UpstreamTimeout),
-            Err(err) => {
-                tracing::warn!(route = %route.name, instance = %instance.authority, error = %err, "upstream exchange failed");
-                return Err(ApiError::UpstreamProtocol);
+            Err(err) => Failure::of(&err),
+        };
+        metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind()).increment(1);
+        tracing::warn!(route = %route.name, instance = %instance.authority, kind = failure.kind(), "upstream exchange failed");
+        let error = failure.answer();
+        match failure {
+            // Nothing reached the upstream: another instance may take the request.
+            Failure::Refused | Failure::Tls(_) => {
+                route.upstreams.mark_down(index);
+                if !replayable {
+                    return Err(error);
+                }
+                tried.push(index);
+                last = Some(error);
             }
+            Failure::ConnectTimeout => {
+                route.upstreams.mark_down(index);
+                return Err(error);
+            }
+            Failure::Timeout | Failure::Protocol => return Err(error),
+        }
+    }
+}
+
+/// How an exchange with an upstream failed (the client's own body aside).
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// The connection was refused or broke before the request was sent.
+    Refused,
+    ConnectTimeout,
+    Tls(TlsFailure),
+    /// No response head within `timeouts.response`.
+    Timeout,
+    /// The upstream answered with something that is not HTTP, or broke off mid-way.
+    Protocol,
+}
+
+impl Failure {
+    fn of(err: &SendRequestError) -> Self {
+        // A TLS 1.3 server refuses a client certificate after the handshake: its alert
+        // arrives while the request is sent or its answer read.
+        let io = match err {
+            SendRequestError::Connect(ConnectError::Io(io)) | SendRequestError::Send(io) => {
+                Some(io)
+            }
+            SendRequestError::Response(actix_http::error::ParseError::Io(io)) => Some(io),
+            SendRequestError::H2(h2) => h2.get_io(),
+            _ => None,
+        };
+        if let Some(tls) = io.and_then(TlsFailure::find) {
+            return Failure::Tls(tls);
+        }
+        match err {
+            SendRequestError::Connect(ConnectError::Timeout) => Failure::ConnectTimeout,
+            SendRequestError::Connect(_) => Failure::Refused,
+            SendRequestError::Timeout => Failure::Timeout,
+            _ => Failure::Protocol,
+        }
+    }
+
+    /// The `kind` label of `intercom_upstream_errors_total`.
+    fn kind(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::ConnectTimeout | Failure::Timeout => "timeout",
+            Failure::Tls(_) => "tls",
+            Failure::Protocol => "protocol",
+        }
+    }
+
+    fn answer(self) -> ApiError {
+        match self {
+            Failure::Refused => ApiError::UpstreamConnect,
+            Failure::ConnectTimeout | Failure::Timeout => ApiError::UpstreamTimeout,
+            Failure::Tls(why) => ApiError::UpstreamTls(why),
+            Failure::Protocol => ApiError::UpstreamProtocol,
         }
     }
 }

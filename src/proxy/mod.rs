@@ -13,6 +13,7 @@ pub mod headers;
 pub mod identity;
 pub mod inject;
 pub mod routes;
+pub mod transport;
 pub mod upstreams;
 
 use std::sync::Arc;

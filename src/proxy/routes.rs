@@ -10,6 +10,7 @@ use url::Url;
 
 use super::headers::CompiledRules;
 use super::inject::Injection;
+use super::transport::Transport;
 use super::upstreams::Upstreams;
 use crate::broker::claims::ClaimPolicy;
 use crate::broker::edge::UpstreamBearer;
@@ -40,6 +41,8 @@ pub struct Route {
     pub host: Option<String>,
     pub methods: Vec<Method>,
     pub upstreams: Arc<Upstreams>,
+    /// Plain HTTP/1.1, TLS (with its verified roots and client certificate), or h2c.
+    pub transport: Transport,
     pub rewrite: Rewrite,
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
@@ -98,22 +101,31 @@ fn first_segment(path: &str) -> &str {
     rest.split('/').next().unwrap_or("")
 }
 
+/// What start-up made for a route beside its settings.
+#[derive(Debug, Default)]
+pub struct Attachments {
+    /// The credential injected upstream.
+    pub inject: Option<Injection>,
+    /// How the upstreams are reached (`Plain` when none was made: unit tests).
+    pub transport: Transport,
+}
+
 impl RouteTable {
-    /// Builds the table from validated settings.
-    /// Builds the table from validated settings and each route's injected credential
-    /// (`injections[i]` for `settings[i]`).
+    /// Builds the table from validated settings and what start-up made for each route
+    /// (`attached[i]` for `settings[i]`).
     pub fn new(
         settings: &[RouteSettings],
         cooldown: Duration,
         max_body_bytes: u64,
-        injections: Vec<Option<Injection>>,
+        attached: Vec<Attachments>,
     ) -> Self {
-        let mut injections = injections.into_iter();
+        let mut attached = attached.into_iter();
         let mut routes: Vec<Route> = settings
             .iter()
             .enumerate()
             .map(|(index, r)| {
                 let urls: Vec<Url> = r.upstreams.iter().map(|u| u.0.clone()).collect();
+                let Attachments { inject, transport } = attached.next().unwrap_or_default();
                 Route {
                     index,
                     name: Arc::from(r.name.as_str()),
@@ -121,7 +133,8 @@ impl RouteTable {
                     ignore_case: r.case_insensitive,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods: r.methods.iter().map(|m| m.0.clone()).collect(),
-                    upstreams: Upstreams::new(&urls, cooldown),
+                    upstreams: Upstreams::new(&urls, &transport, cooldown),
+                    transport,
                     rewrite: match (&r.rewrite, r.strip_prefix) {
                         (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
                         (None, true) => Rewrite::Strip,
@@ -154,7 +167,7 @@ impl RouteTable {
                         .cors
                         .as_ref()
                         .is_some_and(|c| c.origins.contains(&AllowedOrigin::Any)),
-                    inject: injections.next().flatten(),
+                    inject,
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
                     target: r.exchange.as_ref().map(TargetPolicy::new),
@@ -280,6 +293,8 @@ mod tests {
             host: None,
             methods: vec![],
             upstreams: vec![UpstreamUrl::try_from("http://127.0.0.1:1".to_string()).unwrap()],
+            upstream_tls: None,
+            upstream_protocol: Default::default(),
             strip_prefix: false,
             rewrite: None,
             request_headers: Default::default(),

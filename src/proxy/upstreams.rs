@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
+use super::transport::Transport;
+
 /// One upstream instance: its base URL and until when it is skipped.
 #[derive(Debug)]
 pub struct Instance {
@@ -29,7 +31,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(urls: &[Url], cooldown: Duration) -> Arc<Self> {
+    /// The instances of `urls`, their base URLs in the scheme the transport sends by.
+    pub fn new(urls: &[Url], transport: &Transport, cooldown: Duration) -> Arc<Self> {
         let instances = urls
             .iter()
             .map(|u| {
@@ -40,7 +43,7 @@ impl Upstreams {
                 };
                 let base = format!(
                     "{}://{authority}{}",
-                    u.scheme(),
+                    transport.scheme(),
                     u.path().trim_end_matches('/')
                 );
                 Instance {
@@ -104,7 +107,7 @@ mod tests {
             Url::parse("http://a:1").unwrap(),
             Url::parse("http://b:2/base/").unwrap(),
         ];
-        let ups = Upstreams::new(&urls, Duration::from_secs(60));
+        let ups = Upstreams::new(&urls, &Transport::Plain, Duration::from_secs(60));
         let first = ups.pick(&[]).unwrap();
         let second = ups.pick(&[]).unwrap();
         assert_ne!(first, second);
@@ -115,5 +118,7 @@ mod tests {
         assert_eq!(ups.pick(&[1]), None);
         assert_eq!(ups.get(1).base, "http://b:2/base");
         assert_eq!(ups.get(1).authority, "b:2");
+        let h2c = Upstreams::new(&urls, &Transport::H2c, Duration::from_secs(60));
+        assert_eq!(h2c.get(0).base, "https://a:1");
     }
 }

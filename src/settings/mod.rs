@@ -245,6 +245,14 @@ impl Settings {
             if let Some(inject) = &route.inject {
                 add(format!("routes[{i}].inject.secret"), inject.secret());
             }
+            if let Some(tls) = &route.upstream_tls {
+                if let Some(cert) = &tls.client_cert {
+                    add(format!("routes[{i}].upstream_tls.client_cert"), cert);
+                }
+                if let Some(key) = &tls.client_key {
+                    add(format!("routes[{i}].upstream_tls.client_key"), key);
+                }
+            }
         }
         let optional = [
             (

@@ -108,6 +108,43 @@ fn upstream(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
             ));
         }
     }
+    transport(i, route)
+}
+
+/// The scheme, TLS and protocol of its upstreams agree with each other.
+fn transport(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    let tls = route
+        .upstreams
+        .iter()
+        .filter(|u| u.0.scheme() == "https")
+        .count();
+    if tls != 0 && tls != route.upstreams.len() {
+        return Err(SettingsError::new(
+            key("upstreams"),
+            "mixes http:// and https:// instances: one route has one transport",
+        ));
+    }
+    if tls == 0 && route.upstream_tls.is_some() {
+        return Err(SettingsError::new(
+            key("upstream_tls"),
+            "needs https:// upstreams",
+        ));
+    }
+    if tls != 0 && route.upstream_protocol == UpstreamProtocol::H2c {
+        return Err(SettingsError::new(
+            key("upstream_protocol"),
+            "\"h2c\" is HTTP/2 over plain TCP: it needs http:// upstreams (over TLS, \"auto\" negotiates HTTP/2)",
+        ));
+    }
+    if let Some(t) = &route.upstream_tls {
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            return Err(SettingsError::new(
+                key("upstream_tls"),
+                "client_cert and client_key go together",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -106,6 +106,36 @@ impl InjectSettings {
     }
 }
 
+/// TLS to a route's `https://` upstreams. Certificates are always verified (chain and
+/// host name); there is no switch that turns verification off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSettings {
+    /// PEM bundle of the CAs trusted for these upstreams, instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate chain for mTLS, from the secret store (with `client_key`);
+    /// a rotated value is used from the next handshake on.
+    #[serde(default)]
+    pub client_cert: Option<SecretRef>,
+    /// PEM private key of `client_cert`, from the secret store.
+    #[serde(default)]
+    pub client_key: Option<SecretRef>,
+}
+
+/// The HTTP version spoken to a route's upstreams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 when a TLS upstream picks it by ALPN, else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`http://` upstreams only).
+    H2c,
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,8 +204,15 @@ pub struct RouteSettings {
     /// Allowed methods; all when empty.
     #[serde(default)]
     pub methods: Vec<HttpMethod>,
-    /// Upstream base URLs, used round robin.
+    /// Upstream base URLs, used round robin: all `http://` or all `https://`.
     pub upstreams: Vec<UpstreamUrl>,
+    /// How `https://` upstreams are verified, and the client certificate (mTLS).
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsSettings>,
+    /// `auto` (HTTP/2 when a TLS upstream offers it by ALPN, else HTTP/1.1), `http1`, or
+    /// `h2c` (HTTP/2 with prior knowledge to a plain `http://` upstream).
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
     /// Remove the prefix before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -343,7 +380,7 @@ impl TryFrom<String> for HttpMethod {
     }
 }
 
-/// An upstream's base URL: `http://host[:port][/path]`, no query, no fragment.
+/// An upstream's base URL: `http[s]://host[:port][/path]`, no query, no fragment.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct UpstreamUrl(pub Url);
@@ -353,9 +390,9 @@ impl TryFrom<String> for UpstreamUrl {
 
     fn try_from(text: String) -> Result<Self, String> {
         let url = Url::parse(&text).map_err(|_| format!("{text:?} is not a valid URL"))?;
-        if url.scheme() != "http" || url.host_str().is_none() {
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
-                "{text:?} is not a valid URL: need http://host[:port][/path]"
+                "{text:?} is not a valid URL: need http[s]://host[:port][/path]"
             ));
         }
         if url.query().is_some() || url.fragment().is_some() {

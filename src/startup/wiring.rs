@@ -14,9 +14,10 @@ use crate::endpoints::token::TokenClients;
 use crate::keyed_hash::SharedHasher;
 use crate::limits::RateLimiter;
 use crate::proxy::identity::IdentityHeaders;
-use crate::proxy::inject;
+use crate::proxy::routes::Attachments;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::ProxyState;
+use crate::proxy::{inject, transport};
 use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
@@ -65,6 +66,12 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
     let (hasher, rotation) = hashers(settings, &secrets);
     let mut broker = BrokerParts::build(settings, &readiness, &secrets, &hasher).await?;
     let injections = inject::for_routes(settings, &secrets, broker.as_ref())?;
+    let transports = transport::for_routes(settings, &secrets)?;
+    let attachments = injections
+        .into_iter()
+        .zip(transports)
+        .map(|(inject, transport)| Attachments { inject, transport })
+        .collect();
     let limiter = RateLimiter::new(settings, redis.clone(), hasher.clone());
     let downstream = DownstreamTokens::from_settings(
         settings,
@@ -111,7 +118,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             &settings.routes,
             settings.server.upstream_cooldown,
             settings.server.max_body_bytes,
-            injections,
+            attachments,
         ),
         trusted_proxies: settings.server.trusted_proxies.clone(),
         edge: broker.map(|b| b.edge),

@@ -20,4 +20,5 @@ mod revocation;
 mod sessions;
 mod streaming;
 mod tls;
+mod upstream_tls;
 mod vault;

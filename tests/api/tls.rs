@@ -57,6 +57,66 @@ async fn https_get(
 }
 
 #[actix_web::test]
+async fn the_tls_listener_speaks_http2_by_alpn() {
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_certificate(dir.path());
+    let app = spawn_app(&format!(
+        r#"
+            [server.tls]
+            cert_file = "{}"
+            key_file = "{}"
+            [[routes]]
+            name = "svc"
+            prefix = "/svc"
+            upstreams = ["{}"]
+        "#,
+        cert.display(),
+        key.display(),
+        upstream.url()
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&der).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], app.port).into())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", app.port);
+    let res = h2
+        .post(format!("{base}/svc/h2?x=1"))
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/svc/h2");
+    assert_eq!(seen["body_len"], 12);
+    assert_eq!(
+        seen["headers"]["x-forwarded-proto"],
+        serde_json::json!(["https"])
+    );
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        serde_json::json!([format!("localhost:{}", app.port)])
+    );
+    // Intercom's own answers over HTTP/2: a problem for an unknown path.
+    let res = h2.get(format!("{base}/nowhere")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    // Many requests multiplexed on the one connection.
+    let answers =
+        futures_util::future::join_all((0..20).map(|i| h2.get(format!("{base}/svc/{i}")).send()))
+            .await;
+    assert!(answers.iter().all(|a| a
+        .as_ref()
+        .is_ok_and(|r| r.status() == 200 && r.version() == reqwest::Version::HTTP_2)));
+}
+
+#[actix_web::test]
 async fn tls_handshakes_reloads_and_refuses_old_protocols() {
     let upstream = TestUpstream::start("svc");
     let dir = tempfile::tempdir().unwrap();

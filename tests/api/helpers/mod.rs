@@ -20,7 +20,9 @@ mod authserver;
 mod browser;
 mod chromium;
 mod edge;
+mod nginx;
 mod openbao;
+mod pki;
 mod redis;
 mod upstream;
 
@@ -28,7 +30,9 @@ pub use authserver::*;
 pub use browser::*;
 pub use chromium::*;
 pub use edge::*;
+pub use nginx::*;
 pub use openbao::*;
+pub use pki::*;
 pub use redis::*;
 pub use upstream::*;
 

@@ -1,0 +1,351 @@
+//! TLS, mTLS and HTTP/2 to upstreams, against a real nginx with certificates from a test
+//! CA: verified chains and host names (a wrong CA, an expired certificate, another host
+//! name and the system's roots each refused with a named 502), HTTP/2 by ALPN, h2c, a
+//! client certificate from the secret store rotated under load, and HTTP/2 on Intercom's
+//! own TLS listener.
+
+use std::path::Path;
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::helpers::*;
+
+/// An nginx TLS server (`listen_flags` after `ssl`, e.g. `http2`) with `issued` as its
+/// certificate, answering `answer` (an nginx string with variables).
+fn tls_nginx(
+    dir: &Path,
+    issued: &Issued,
+    stem: &str,
+    listen_flags: &str,
+    answer: &str,
+) -> TestNginx {
+    let (cert, key) = issued.write(dir, stem);
+    TestNginx::start(&format!(
+        r#"
+        listen 127.0.0.1:{{port}} ssl {listen_flags};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        location / {{ return 200 "{answer}"; }}
+        "#,
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// A route named `name` at `/name` to `url`, with `extra` lines.
+fn route(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [[routes]]
+        name = "{name}"
+        prefix = "/{name}"
+        strip_prefix = true
+        upstreams = ["{url}"]
+        {extra}
+        "#
+    )
+}
+
+async fn get_text(app: &TestApp, path: &str) -> (u16, String) {
+    let mut res = app.client.get(app.url(path)).send().await.unwrap();
+    let body = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn https_upstreams_are_verified_and_each_refusal_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Intercom Test CA");
+    let other = TestCa::new("Someone Else's CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let other_file = other.write(dir.path(), "other.pem");
+    let answer = "$ssl_protocol $server_protocol";
+    let good = tls_nginx(
+        dir.path(),
+        &ca.server(&["localhost"]),
+        "good",
+        "http2",
+        answer,
+    );
+    let expired = tls_nginx(
+        dir.path(),
+        &ca.expired_server(&["localhost"]),
+        "expired",
+        "",
+        answer,
+    );
+    let ca_line = format!("upstream_tls = {{ ca_file = \"{}\" }}", ca_file.display());
+    let other_line = format!(
+        "upstream_tls = {{ ca_file = \"{}\" }}",
+        other_file.display()
+    );
+    let local = |port: u16| format!("https://localhost:{port}");
+    let mut config = String::new();
+    config += &route("tls", &local(good.port), &ca_line);
+    config += &route(
+        "tls-h1",
+        &local(good.port),
+        &format!("{ca_line}\nupstream_protocol = \"http1\""),
+    );
+    config += &route("tls-wrong-ca", &local(good.port), &other_line);
+    config += &route("tls-system-roots", &local(good.port), "");
+    config += &route("tls-expired", &local(expired.port), &ca_line);
+    // The certificate names `localhost`, not the address.
+    config += &route(
+        "tls-wrong-name",
+        &format!("https://127.0.0.1:{}", good.port),
+        &ca_line,
+    );
+    let app = spawn_app(&config).await;
+
+    let (status, body) = get_text(&app, "/tls/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("TLSv1.3 HTTP/2.0"),
+        "HTTP/2 by ALPN: {body}"
+    );
+    let (status, body) = get_text(&app, "/tls-h1/").await;
+    assert_eq!((status, body.as_str()), (200, "TLSv1.3 HTTP/1.1"));
+
+    let refused = [
+        ("tls-wrong-ca", "untrusted certificate"),
+        ("tls-system-roots", "untrusted certificate"),
+        ("tls-expired", "expired certificate"),
+        ("tls-wrong-name", "certificate for another host name"),
+    ];
+    for (name, class) in refused {
+        let series = format!("intercom_upstream_errors_total{{route=\"{name}\",kind=\"tls\"}}");
+        let before = metric(&app.metrics().await, &series);
+        let mut res = app
+            .client
+            .get(app.url(&format!("/{name}/")))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(&mut res, 502).await;
+        assert_eq!(
+            problem["type"], "urn:intercom:problem:upstream-tls",
+            "{name}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.ends_with(class), "{name}: {detail}");
+        assert_eq!(
+            metric(&app.metrics().await, &series),
+            before + 1.0,
+            "{name}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn h2c_upstreams_get_http2_with_prior_knowledge() {
+    let h2c = TestNginx::start(
+        r#"
+        listen 127.0.0.1:{port} http2;
+        location / { return 200 "$server_protocol $request_method $uri"; }
+        "#,
+    );
+    let url = format!("http://127.0.0.1:{}", h2c.port);
+    let app = spawn_app(&route("h2c", &url, "upstream_protocol = \"h2c\"")).await;
+    for _ in 0..3 {
+        let (status, body) = get_text(&app, "/h2c/a/b").await;
+        assert_eq!((status, body.as_str()), (200, "HTTP/2.0 GET /a/b"));
+    }
+    let res = app
+        .client
+        .post(app.url("/h2c/form"))
+        .send_body("x=1")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[actix_web::test]
+async fn transport_settings_that_cannot_work_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = write_file(dir.path(), "not.pem", "not a certificate");
+    let cases = [
+        (
+            route("r", "https://localhost:1", "upstream_protocol = \"h2c\""),
+            "routes[0].upstream_protocol",
+        ),
+        (
+            route("r", "http://localhost:1", "upstream_tls = {}"),
+            "routes[0].upstream_tls",
+        ),
+        (
+            r#"
+            [[routes]]
+            name = "r"
+            prefix = "/r"
+            upstreams = ["http://localhost:1", "https://localhost:2"]
+            "#
+            .to_string(),
+            "routes[0].upstreams",
+        ),
+        (
+            route(
+                "r",
+                "https://localhost:1",
+                &format!("upstream_tls = {{ ca_file = \"{}\" }}", not_pem.display()),
+            ),
+            "routes[0].upstream_tls.ca_file",
+        ),
+        (
+            route(
+                "r",
+                "https://localhost:1",
+                "upstream_tls = { client_cert = \"file:cert\" }",
+            ),
+            "routes[0].upstream_tls",
+        ),
+    ];
+    for (config, key) in cases {
+        let message = refusal(&config)
+            .await
+            .unwrap_or_else(|| panic!("{key}: accepted"));
+        assert!(message.contains(key), "{key}: {message}");
+    }
+}
+
+/// Why Intercom would not start with `config`, from reading it or from building.
+async fn refusal(config: &str) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "test.toml", config);
+    let env = vec![
+        (
+            "INTERCOM__SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "INTERCOM__SERVER__ADMIN_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ];
+    let settings =
+        match intercom::settings::Settings::load(&repo_root().join("config"), Some(&file), &env) {
+            Ok(settings) => settings,
+            Err(e) => return Some(e.to_string()),
+        };
+    intercom::startup::Application::build(settings)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The secrets file holding the client certificate and key.
+fn write_client_secrets(path: &Path, issued: &Issued) {
+    let text = format!(
+        "client_cert = '''\n{}'''\nclient_key = '''\n{}'''\n",
+        issued.cert, issued.key
+    );
+    // Written aside and renamed, so the store never reads half a file.
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(aside, path).unwrap();
+}
+
+#[actix_web::test]
+async fn mtls_client_certificates_come_from_the_store_and_rotate_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Intercom Test CA");
+    let clients = TestCa::new("Client CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let clients_file = clients.write(dir.path(), "clients.pem");
+    let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "server");
+    // Every request a new connection (`keepalive_requests 1`), so every request shows the
+    // certificate presented in its own handshake.
+    let nginx = TestNginx::start(&format!(
+        r#"
+        listen 127.0.0.1:{{port}} ssl;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_verify_client on;
+        ssl_client_certificate {};
+        keepalive_requests 1;
+        location / {{ return 200 "$ssl_client_verify $ssl_client_s_dn $ssl_session_reused"; }}
+        "#,
+        cert.display(),
+        key.display(),
+        clients_file.display()
+    ));
+    let secrets = dir.path().join("secrets.toml");
+    write_client_secrets(&secrets, &clients.client("intercom-one"));
+    let tls = format!(
+        r#"upstream_tls = {{ ca_file = "{}", client_cert = "file:client_cert", client_key = "file:client_key" }}"#,
+        ca_file.display()
+    );
+    let url = format!("https://localhost:{}", nginx.port);
+    let app = Rc::new(
+        spawn_app(&format!(
+            r#"
+            [secrets]
+            file = "{}"
+            poll_interval = "100ms"
+            {}
+            {}
+            "#,
+            secrets.display(),
+            route("mtls", &url, &tls),
+            route(
+                "no-client-cert",
+                &url,
+                &format!("upstream_tls = {{ ca_file = \"{}\" }}", ca_file.display())
+            ),
+        ))
+        .await,
+    );
+    assert_eq!(
+        get_text(&app, "/mtls/").await,
+        (200, "SUCCESS CN=intercom-one .".to_string())
+    );
+    // The next connection resumes the TLS session ("r"): no full handshake per request.
+    assert_eq!(
+        get_text(&app, "/mtls/").await,
+        (200, "SUCCESS CN=intercom-one r".to_string())
+    );
+    // nginx answers a missing client certificate at the HTTP level: passed on as it is.
+    assert_eq!(get_text(&app, "/no-client-cert/").await.0, 400);
+
+    // Requests keep running while the certificate rotates in the store.
+    let stop = Rc::new(Cell::new(false));
+    let failed = Rc::new(Cell::new(0u64));
+    let sent = Rc::new(Cell::new(0u64));
+    let load = {
+        let (app, stop, failed, sent) = (app.clone(), stop.clone(), failed.clone(), sent.clone());
+        actix_web::rt::spawn(async move {
+            while !stop.get() {
+                let (status, body) = get_text(&app, "/mtls/").await;
+                sent.set(sent.get() + 1);
+                if status != 200 || !body.starts_with("SUCCESS CN=intercom-") {
+                    failed.set(failed.get() + 1);
+                }
+            }
+        })
+    };
+    let reloads =
+        "intercom_upstream_client_certificate_reloads_total{route=\"mtls\",outcome=\"loaded\"}";
+    let before = metric(&app.metrics().await, reloads);
+    write_client_secrets(&secrets, &clients.client("intercom-two"));
+    // A resumed session would keep the old identity: the rotation forgets them.
+    let rotated = eventually(PATIENCE, async || {
+        get_text(&app, "/mtls/")
+            .await
+            .1
+            .starts_with("SUCCESS CN=intercom-two ")
+    })
+    .await;
+    stop.set(true);
+    load.await.unwrap();
+    assert!(rotated, "the rotated certificate was never presented");
+    let (sent, failed) = (sent.get(), failed.get());
+    eprintln!("mTLS rotation under load: {sent} requests, {failed} failed");
+    assert!(sent > 0);
+    assert_eq!(failed, 0);
+    assert_eq!(metric(&app.metrics().await, reloads), before + 1.0);
+}
