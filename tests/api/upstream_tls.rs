@@ -4,8 +4,8 @@
 //! client certificate from the secret store rotated under load, and HTTP/2 on Intercom's
 //! own TLS listener.
 
-use std::path::Path;
 use std::cell::Cell;
+use std::path::Path;
 use std::rc::Rc;
 
 use crate::helpers::*;
