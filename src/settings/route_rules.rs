@@ -23,6 +23,10 @@ pub(super) fn validate(settings: &Settings) -> Result<(), SettingsError> {
         positive(&key("timeouts.connect"), route.timeouts.connect)?;
         positive(&key("timeouts.response"), route.timeouts.response)?;
         positive(&key("timeouts.total"), route.timeouts.total)?;
+        positive(
+            &key("timeouts.websocket_idle"),
+            route.timeouts.websocket_idle,
+        )?;
     }
     Ok(())
 }
@@ -135,6 +139,12 @@ fn transport(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
         return Err(SettingsError::new(
             key("upstream_protocol"),
             "\"h2c\" is HTTP/2 over plain TCP: it needs http:// upstreams (over TLS, \"auto\" negotiates HTTP/2)",
+        ));
+    }
+    if route.websocket && route.upstream_protocol == UpstreamProtocol::H2c {
+        return Err(SettingsError::new(
+            key("websocket"),
+            "a WebSocket upgrade is HTTP/1.1: it cannot go to an h2c upstream",
         ));
     }
     if let Some(t) = &route.upstream_tls {

@@ -213,6 +213,9 @@ pub struct RouteSettings {
     /// `h2c` (HTTP/2 with prior knowledge to a plain `http://` upstream).
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
+    /// Accept WebSocket handshakes (checked like any request) and tunnel the bytes.
+    #[serde(default)]
+    pub websocket: bool,
     /// Remove the prefix before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -348,6 +351,13 @@ pub struct RouteTimeouts {
     /// hold an upstream connection for the whole response timeout (408).
     #[serde(default = "default_body_idle", with = "humantime_serde")]
     pub body_idle: Duration,
+    /// A WebSocket tunnel with no byte in either direction for this long is closed.
+    #[serde(default = "default_websocket_idle", with = "humantime_serde")]
+    pub websocket_idle: Duration,
+}
+
+fn default_websocket_idle() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_body_idle() -> Duration {
@@ -361,6 +371,7 @@ impl Default for RouteTimeouts {
             response: Duration::from_secs(30),
             total: Duration::from_secs(300),
             body_idle: default_body_idle(),
+            websocket_idle: default_websocket_idle(),
         }
     }
 }

@@ -39,7 +39,7 @@ fn check_config_exits_64_naming_the_key() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 
     // `serve` fails the same way, before binding anything.
-    let port = free_port();
+    let port = announced_port();
     let out = intercom_binary(
         &bad,
         &["serve"],

@@ -20,5 +20,6 @@ mod revocation;
 mod sessions;
 mod streaming;
 mod tls;
+mod tunnels;
 mod upstream_tls;
 mod vault;

@@ -53,7 +53,7 @@ async fn start_bff_sharing(
     redis: Option<TestRedis>,
     cluster: Option<TestRedisCluster>,
 ) -> Bff {
-    let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..replicas).map(|_| announced_port()).collect();
     let bases: Vec<String> = ports.iter().map(|p| format!("http://{host}:{p}")).collect();
     let mut env = vec![("BFF_BASE", bases[0].as_str())];
     env.extend_from_slice(as_env);

@@ -121,7 +121,7 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
     let upstream = TestUpstream::start("svc");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(dir.path());
-    let redirect_port = free_port();
+    let redirect_port = announced_port();
     let app = spawn_app(&format!(
         r#"
             [server.tls]
@@ -316,7 +316,7 @@ async fn redis_over_tls_is_verified_against_the_trusted_roots() {
     }
     let path = |name: &str| dir.path().join(name).display().to_string();
     // A Redis that speaks only TLS.
-    let tls_port = free_port();
+    let tls_port = announced_port();
     let mut cmd = std::process::Command::new("redis-server");
     cmd.args([
         "--port",

@@ -50,6 +50,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port outside the kernel's ephemeral range (32768–60999 here), for a listener
+/// whose address must be known before it is bound (a redirect URI registered at the AS,
+/// a port written into a configuration): the ports handed out for `:0` binds, which
+/// every other helper uses, can never take it meanwhile.
+pub fn announced_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((start + n * 7) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Everything the in-process apps log, for assertions on log content.
 #[derive(Clone, Default)]
 pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);

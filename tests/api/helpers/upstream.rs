@@ -12,13 +12,14 @@ use super::*;
 
 /// A small real HTTP server that answers with what it received, as JSON: method, path,
 /// query, headers, body length and SHA-256. Special paths: any ending in `/quiet`
-/// (200 `quiet`, no echo), `/slow?ms=N`,
+/// (200 `quiet`, no echo), `/slow?ms=N`, `/events` (SSE, see `release_events`),
 /// `/download?bytes=N` (a deterministic stream), `/status/N`.
 pub struct TestUpstream {
     pub port: u16,
     pub name: String,
     hits: Arc<AtomicU64>,
     required_key: Arc<Mutex<Option<String>>>,
+    release: Arc<tokio::sync::Notify>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -28,6 +29,8 @@ struct UpstreamState {
     hits: Arc<AtomicU64>,
     /// When set, requests whose `x-api-key` differs are answered 401.
     required_key: Arc<Mutex<Option<String>>>,
+    /// `/events` sends its last event when the test releases it.
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl TestUpstream {
@@ -46,10 +49,12 @@ impl TestUpstream {
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let required_key = Arc::new(Mutex::new(None));
+        let release = Arc::new(tokio::sync::Notify::new());
         let state = UpstreamState {
             name: name.to_string(),
             hits: hits.clone(),
             required_key: required_key.clone(),
+            release: release.clone(),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -60,6 +65,7 @@ impl TestUpstream {
                         .app_data(web::Data::new(state.clone()))
                         .route("/slow", web::to(slow))
                         .route("/trickle", web::to(trickle))
+                        .route("/events", web::to(events))
                         .route("/download", web::to(download))
                         .route("/status/{code}", web::to(status))
                         .default_service(web::to(echo))
@@ -81,8 +87,14 @@ impl TestUpstream {
             name: name.to_string(),
             hits,
             required_key,
+            release,
             handle,
         }
+    }
+
+    /// Lets `/events` send its last event.
+    pub fn release_events(&self) {
+        self.release.notify_one();
     }
 
     pub fn url(&self) -> String {
@@ -202,6 +214,21 @@ async fn trickle(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpRespo
     HttpResponse::Ok().streaming(futures_util::StreamExt::chain(first, rest))
 }
 
+/// Server-sent events: `first` at once, `last` when the test calls `release_events`.
+async fn events(state: web::Data<UpstreamState>) -> HttpResponse {
+    let first = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"data: first\n\n"))
+    });
+    let release = state.release.clone();
+    let last = futures_util::stream::once(async move {
+        release.notified().await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"data: last\n\n"))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(futures_util::StreamExt::chain(first, last))
+}
+
 /// The byte at position `i` of every deterministic test stream.
 pub fn pattern_byte(i: u64) -> u8 {
     (i.wrapping_mul(2654435761) >> 13) as u8
@@ -251,4 +278,46 @@ async fn download(req: HttpRequest, state: web::Data<UpstreamState>) -> HttpResp
 async fn status(path: web::Path<u16>, state: web::Data<UpstreamState>) -> HttpResponse {
     state.hits.fetch_add(1, Ordering::SeqCst);
     HttpResponse::build(actix_web::http::StatusCode::from_u16(*path).unwrap()).finish()
+}
+
+/// A real WebSocket server (`tests/upstreams/ws_echo.py`, the Python `websockets`
+/// package in .venv): it first sends what the handshake carried, as JSON, then echoes.
+pub struct TestWebSocketServer {
+    pub port: u16,
+    pub process: ChildProcess,
+}
+
+impl TestWebSocketServer {
+    pub fn start() -> Self {
+        for attempt in 1..=PORT_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = std::process::Command::new(repo_root().join(".venv/bin/python"));
+            cmd.arg(repo_root().join("tests/upstreams/ws_echo.py"))
+                .arg(port.to_string());
+            let mut process = ChildProcess::spawn("ws_echo", cmd);
+            let deadline = std::time::Instant::now() + PATIENCE;
+            // It prints `ready` once it listens; it exits when the port was taken.
+            while !process.log_text().contains("ready") && !process.exited() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "ws_echo did not start:\n{}",
+                    process.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !process.exited() {
+                return Self { port, process };
+            }
+            assert!(
+                attempt < PORT_ATTEMPTS,
+                "ws_echo did not start:\n{}",
+                process.log_text()
+            );
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }
