@@ -211,8 +211,11 @@ pub struct OutboundRequest {
 
 /// Sends the request to an instance of the route and returns the answer's head.
 ///
-/// A request without a body moves on to the next instance when one refuses the
-/// connection; a request with a body cannot be replayed, so it gets the 502.
+/// A request that failed before any answer goes to another healthy instance, at most
+/// `retry.attempts` times and within the route's retry budget, when that is safe: the
+/// body was held (or there is none), and either nothing reached the upstream (a refused
+/// connection, a failed TLS handshake, a connect timeout) or the method is idempotent.
+/// Never once the upstream began to answer, nor after a response timeout.
 pub async fn send(
     clients: &UpstreamClients,
     route: &Route,
@@ -220,6 +223,7 @@ pub async fn send(
     mut body: Option<RequestBody>,
 ) -> Result<UpstreamAnswer, ApiError> {
     let client = clients.get(route);
+    let upstreams = &route.upstreams;
     let has_body = outbound.framing != BodyFraming::None;
     let mut headers = outbound.headers;
     headers.remove(header::CONTENT_LENGTH);
@@ -233,18 +237,21 @@ pub async fn send(
     let replayable = !has_body || !matches!(body, Some(RequestBody::Streamed(_)));
     // Headers are cloned per attempt only when a retry on another instance is possible.
     let mut spare_headers = Some(headers);
-    // The instances that refused; empty (unallocated) on the usual first success.
+    // The instances that failed; empty (unallocated) on the usual first success.
     let mut tried: Vec<usize> = Vec::new();
     // Why the last instance tried failed: the answer when none is left.
     let mut last: Option<ApiError> = None;
+    upstreams.budget.request();
     loop {
-        let Some(index) = route.upstreams.pick(&tried) else {
+        let Some(index) = upstreams.pick(&tried) else {
             return Err(last.unwrap_or(ApiError::NoHealthyUpstream));
         };
-        let instance = route.upstreams.get(index);
+        let instance = upstreams.get(index);
         let url = format!("{}{}", instance.base, outbound.path_and_query);
         let mut request = client.request(outbound.method.clone(), url);
-        let last_chance = has_body || tried.len() + 1 == route.upstreams.len();
+        let last_chance = !replayable
+            || tried.len() as u32 >= route.retries
+            || tried.len() + 1 == upstreams.len();
         *request.headers_mut() = if last_chance {
             spare_headers.take().unwrap_or_default()
         } else {
@@ -255,31 +262,53 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
-        let failure = match sending.await {
-            Ok(response) => return Ok(answer(route, response, started.elapsed())),
+        let in_flight = upstreams.begin(index);
+        let result = sending.await;
+        drop(in_flight);
+        let failure = match result {
+            Ok(response) => {
+                if response.status().is_server_error() {
+                    upstreams.failed(index, false);
+                } else {
+                    upstreams.succeeded(index);
+                }
+                return Ok(answer(route, response, started.elapsed()));
+            }
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
             }
             Err(err) => Failure::record(route, instance, &err),
         };
+        let unsent = matches!(
+            failure,
+            Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout
+        );
+        upstreams.failed(index, unsent);
         let error = failure.answer();
-        match failure {
-            // Nothing reached the upstream: another instance may take the request.
-            Failure::Refused | Failure::Tls(_) => {
-                route.upstreams.mark_down(index);
-                if !replayable {
-                    return Err(error);
-                }
-                tried.push(index);
-                last = Some(error);
-            }
-            Failure::ConnectTimeout => {
-                route.upstreams.mark_down(index);
-                return Err(error);
-            }
-            Failure::Timeout | Failure::Protocol => return Err(error),
+        let safe = match failure {
+            Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout => replayable,
+            Failure::Protocol => replayable && idempotent(&outbound.method),
+            Failure::Timeout => false,
+        };
+        if last_chance || !safe {
+            return Err(error);
         }
+        if !upstreams.budget.take() {
+            metrics::counter!("intercom_upstream_retries_total", "route" => route.name.to_string(), "outcome" => "over_budget").increment(1);
+            return Err(error);
+        }
+        metrics::counter!("intercom_upstream_retries_total", "route" => route.name.to_string(), "outcome" => "retried").increment(1);
+        tried.push(index);
+        last = Some(error);
     }
+}
+
+/// Methods that mean the same when sent twice (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// How an exchange with an upstream failed (the client's own body aside).
@@ -320,6 +349,8 @@ impl Failure {
         }
         match err {
             SendRequestError::Connect(ConnectError::Timeout) => Failure::ConnectTimeout,
+            // The connection closed under the request: it may have reached the upstream.
+            SendRequestError::Connect(ConnectError::Disconnected) => Failure::Protocol,
             SendRequestError::Connect(_) => Failure::Refused,
             SendRequestError::Timeout => Failure::Timeout,
             _ => Failure::Protocol,

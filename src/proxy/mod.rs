@@ -12,6 +12,7 @@ pub mod gate;
 pub mod headers;
 pub mod identity;
 pub mod inject;
+pub mod probes;
 pub mod routes;
 pub mod transport;
 pub mod tunnel;

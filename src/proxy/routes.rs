@@ -6,19 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::Method;
-use url::Url;
 
 use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::transport::Transport;
-use super::upstreams::Upstreams;
+use super::upstreams::{Ejection, Upstreams};
 use crate::broker::claims::ClaimPolicy;
 use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
 use crate::settings::{
-    AllowedOrigin, OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts, SecurityHeaders,
-    UpstreamToken,
+    AllowedOrigin, HealthCheckSettings, OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts,
+    SecurityHeaders, UpstreamToken,
 };
 use crate::telemetry::RequestMetrics;
 
@@ -45,6 +44,12 @@ pub struct Route {
     pub transport: Transport,
     /// WebSocket handshakes are tunnelled (after the same checks as any request).
     pub websocket: bool,
+    /// Most retries of one request on another instance.
+    pub retries: u32,
+    /// The active probe of the instances, if any.
+    pub health_check: Option<HealthCheckSettings>,
+    /// Readiness fails while this route has no healthy instance.
+    pub required: bool,
     pub rewrite: Rewrite,
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
@@ -126,8 +131,20 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, r)| {
-                let urls: Vec<Url> = r.upstreams.iter().map(|u| u.0.clone()).collect();
                 let Attachments { inject, transport } = attached.next().unwrap_or_default();
+                let ejection = Ejection {
+                    consecutive_failures: r.passive_health.consecutive_failures,
+                    first: r.passive_health.ejection.unwrap_or(cooldown),
+                    max: r.passive_health.max_ejection,
+                };
+                let upstreams = Upstreams::new(
+                    &r.name,
+                    &r.upstreams,
+                    &transport,
+                    r.balance,
+                    ejection,
+                    &r.retry,
+                );
                 Route {
                     index,
                     name: Arc::from(r.name.as_str()),
@@ -135,9 +152,12 @@ impl RouteTable {
                     ignore_case: r.case_insensitive,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods: r.methods.iter().map(|m| m.0.clone()).collect(),
-                    upstreams: Upstreams::new(&urls, &transport, cooldown),
+                    upstreams,
                     transport,
                     websocket: r.websocket,
+                    retries: r.retry.attempts,
+                    health_check: r.health_check.clone(),
+                    required: r.required,
                     rewrite: match (&r.rewrite, r.strip_prefix) {
                         (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
                         (None, true) => Rewrite::Strip,
@@ -286,7 +306,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{HttpMethod, UpstreamUrl};
+    use crate::settings::{HttpMethod, UpstreamSetting};
 
     fn route(name: &str, prefix: &str) -> RouteSettings {
         RouteSettings {
@@ -295,7 +315,15 @@ mod tests {
             case_insensitive: false,
             host: None,
             methods: vec![],
-            upstreams: vec![UpstreamUrl::try_from("http://127.0.0.1:1".to_string()).unwrap()],
+            upstreams: vec![UpstreamSetting {
+                url: url::Url::parse("http://127.0.0.1:1").unwrap(),
+                weight: 1,
+            }],
+            balance: Default::default(),
+            health_check: None,
+            passive_health: Default::default(),
+            retry: Default::default(),
+            required: false,
             upstream_tls: None,
             upstream_protocol: Default::default(),
             websocket: false,

@@ -77,7 +77,7 @@ fn for_route(
 ) -> Result<Transport, SettingsError> {
     let key = |field: &str| format!("routes[{i}].{field}");
     // Validation made a route's instances all http or all https.
-    if route.upstreams.iter().all(|u| u.0.scheme() == "http") {
+    if route.upstreams.iter().all(|u| u.url.scheme() == "http") {
         return Ok(match route.upstream_protocol {
             UpstreamProtocol::H2c => Transport::H2c,
             _ => Transport::Plain,

@@ -70,9 +70,11 @@ pub async fn open(
         }
         Err(WsClientError::SendRequest(err)) => {
             let failure = Failure::record(route, instance, &err);
-            if matches!(failure, Failure::Refused | Failure::Tls(_)) {
-                route.upstreams.mark_down(index);
-            }
+            let unsent = matches!(
+                failure,
+                Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout
+            );
+            route.upstreams.failed(index, unsent);
             return Err(failure.answer());
         }
         Err(err) => {

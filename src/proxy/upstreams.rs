@@ -1,64 +1,91 @@
-//! The instances of one route: round robin, and a cooldown for an instance that refused
-//! a connection, so one dead instance does not fail every n-th request.
+//! The instances of one route and their health: which one takes the next request
+//! (weighted round robin, or the less busy of two drawn at random), which are out (an
+//! active probe's verdict, or an ejection after failed requests that grows while the
+//! instance keeps failing), and the retry budget that keeps retries from multiplying an
+//! outage.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use url::Url;
 
 use super::transport::Transport;
+use crate::settings::{Balance, RetrySettings, UpstreamSetting};
 
-/// One upstream instance: its base URL and until when it is skipped.
+/// One upstream instance: where it is, and its health.
 #[derive(Debug)]
 pub struct Instance {
-    /// `scheme://authority/base-path` without a trailing '/', to which the path is appended.
+    /// `scheme://authority/base-path` without a trailing '/', to which the path is
+    /// appended, in the scheme awc sends by (see [`Transport::scheme`]).
     pub base: String,
-    /// Authority (`host:port`), for logs.
+    /// The same in the URL's own scheme, for probes.
+    pub probe_base: String,
+    /// Authority (`host:port`): for logs and the `instance` metric label.
     pub authority: String,
     /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
     pub host: Option<http::HeaderValue>,
-    down_until_ms: AtomicU64,
+    weight: u32,
+    /// Requests sent and not answered yet (their head), for `least_request`.
+    in_flight: AtomicU32,
+    /// The active probe's verdict (healthy until a probe says otherwise).
+    probe_healthy: AtomicBool,
+    /// Probe results in a row: > 0 healthy ones, < 0 unhealthy ones.
+    probe_streak: AtomicI32,
+    /// Failed requests in a row.
+    failures: AtomicU32,
+    /// Ejections in a row, each twice as long as the one before.
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
 }
 
-/// The instances of a route, shared by all workers.
+/// When an instance is ejected and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Ejection {
+    /// Failed requests in a row that eject (0: only refused connections do).
+    pub consecutive_failures: u32,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// The instances of a route, shared by all workers, and its retry budget.
 #[derive(Debug)]
 pub struct Upstreams {
+    route: Arc<str>,
     instances: Vec<Instance>,
+    /// Weighted round robin: instance positions, each as often as its weight, spread out.
+    schedule: Vec<usize>,
     next: AtomicUsize,
-    cooldown: Duration,
+    balance: Balance,
+    ejection: Ejection,
     epoch: Instant,
+    pub budget: RetryBudget,
 }
 
 impl Upstreams {
-    /// The instances of `urls`, their base URLs in the scheme the transport sends by.
-    pub fn new(urls: &[Url], transport: &Transport, cooldown: Duration) -> Arc<Self> {
-        let instances = urls
+    /// The instances of `upstreams`, their base URLs in the scheme the transport sends by.
+    pub fn new(
+        route: &str,
+        upstreams: &[UpstreamSetting],
+        transport: &Transport,
+        balance: Balance,
+        ejection: Ejection,
+        retry: &RetrySettings,
+    ) -> Arc<Self> {
+        let instances: Vec<Instance> = upstreams
             .iter()
-            .map(|u| {
-                let host = u.host_str().unwrap_or_default();
-                let authority = match u.port() {
-                    Some(p) => format!("{host}:{p}"),
-                    None => host.to_string(),
-                };
-                let base = format!(
-                    "{}://{authority}{}",
-                    transport.scheme(),
-                    u.path().trim_end_matches('/')
-                );
-                Instance {
-                    base,
-                    host: http::HeaderValue::from_str(&authority).ok(),
-                    authority,
-                    down_until_ms: AtomicU64::new(0),
-                }
-            })
+            .map(|u| Instance::new(&u.url, u.weight, transport))
             .collect();
+        let weights: Vec<u32> = instances.iter().map(|i| i.weight).collect();
         Arc::new(Self {
+            route: Arc::from(route),
+            schedule: smooth_schedule(&weights),
             instances,
             next: AtomicUsize::new(0),
-            cooldown,
+            balance,
+            ejection,
             epoch: Instant::now(),
+            budget: RetryBudget::new(retry.budget),
         })
     }
 
@@ -66,26 +93,150 @@ impl Upstreams {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Picks the next instance not in cooldown, skipping those in `tried`.
+    fn available(&self, index: usize, now: u64) -> bool {
+        let instance = &self.instances[index];
+        instance.probe_healthy.load(Ordering::Relaxed)
+            && instance.ejected_until_ms.load(Ordering::Relaxed) <= now
+    }
+
+    /// Picks the instance for the next attempt among the healthy ones not in `tried`.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.instances.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        (0..n).map(|k| (start + k) % n).find(|&i| {
-            !tried.contains(&i) && self.instances[i].down_until_ms.load(Ordering::Relaxed) <= now
-        })
+        let open = |i: usize| !tried.contains(&i) && self.available(i, now);
+        match self.balance {
+            Balance::RoundRobin => {
+                let n = self.schedule.len();
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| self.schedule[(start + k) % n])
+                    .find(|&i| open(i))
+            }
+            Balance::LeastRequest => self.least_request(open),
+        }
+    }
+
+    /// Power of two choices: two instances drawn by weight, the one with fewer requests
+    /// in flight per unit of weight.
+    fn least_request(&self, open: impl Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.instances.len()).filter(|&i| open(i)).collect();
+        let draw = || {
+            let total: u64 = candidates
+                .iter()
+                .map(|&i| u64::from(self.instances[i].weight))
+                .sum();
+            let mut at = rand::random_range(0..total.max(1));
+            for &i in &candidates {
+                let w = u64::from(self.instances[i].weight);
+                if at < w {
+                    return i;
+                }
+                at -= w;
+            }
+            candidates[0]
+        };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            _ => {
+                let (a, b) = (draw(), draw());
+                let load = |i: usize| {
+                    let instance = &self.instances[i];
+                    f64::from(instance.in_flight.load(Ordering::Relaxed))
+                        / f64::from(instance.weight)
+                };
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
     }
 
     pub fn get(&self, index: usize) -> &Instance {
         &self.instances[index]
     }
 
-    /// Marks an instance as refusing connections for the cooldown.
-    pub fn mark_down(&self, index: usize) {
-        let until = self.now_ms() + self.cooldown.as_millis() as u64;
-        self.instances[index]
-            .down_until_ms
-            .store(until, Ordering::Relaxed);
+    /// Counts a request in flight on the instance until the guard is dropped.
+    pub fn begin(&self, index: usize) -> InFlight<'_> {
+        let instance = &self.instances[index];
+        instance.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(instance)
+    }
+
+    /// The instance answered (not with a 5xx): its failures in a row end.
+    pub fn succeeded(&self, index: usize) {
+        let instance = &self.instances[index];
+        if instance.failures.load(Ordering::Relaxed) != 0 {
+            instance.failures.store(0, Ordering::Relaxed);
+        }
+        if instance.ejections.load(Ordering::Relaxed) != 0 {
+            instance.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The instance failed a request; `at_once` (a refused connection, a failed TLS
+    /// handshake) ejects it now, anything else after `consecutive_failures` in a row.
+    pub fn failed(&self, index: usize, at_once: bool) {
+        let instance = &self.instances[index];
+        let threshold = self.ejection.consecutive_failures;
+        let in_a_row = instance.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if at_once || (threshold > 0 && in_a_row >= threshold) {
+            instance.failures.store(0, Ordering::Relaxed);
+            self.eject(index);
+        }
+    }
+
+    fn eject(&self, index: usize) {
+        let instance = &self.instances[index];
+        let before = instance.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = self
+            .ejection
+            .first
+            .saturating_mul(1 << before)
+            .min(self.ejection.max);
+        let until = self.now_ms() + length.as_millis() as u64;
+        instance.ejected_until_ms.store(until, Ordering::Relaxed);
+        metrics::counter!("intercom_upstream_ejections_total", "route" => self.route.to_string(), "instance" => instance.authority.clone()).increment(1);
+        tracing::warn!(route = %self.route, instance = %instance.authority, seconds = length.as_secs_f64(), "upstream instance ejected");
+    }
+
+    /// Records a probe's result; `true` when the instance's verdict changed.
+    pub fn probed(&self, index: usize, healthy: bool, thresholds: (u32, u32)) -> bool {
+        let instance = &self.instances[index];
+        let streak = instance.probe_streak.load(Ordering::Relaxed);
+        let streak = match (healthy, streak) {
+            (true, s) if s > 0 => s.saturating_add(1),
+            (true, _) => 1,
+            (false, s) if s < 0 => s.saturating_sub(1),
+            (false, _) => -1,
+        };
+        instance.probe_streak.store(streak, Ordering::Relaxed);
+        let was = instance.probe_healthy.load(Ordering::Relaxed);
+        let (up, down) = thresholds;
+        let now = match was {
+            true => streak > -(down as i32),
+            false => streak >= up as i32,
+        };
+        if now != was {
+            instance.probe_healthy.store(now, Ordering::Relaxed);
+            if now {
+                // A recovered instance starts afresh.
+                instance.ejected_until_ms.store(0, Ordering::Relaxed);
+                instance.ejections.store(0, Ordering::Relaxed);
+            }
+            tracing::warn!(route = %self.route, instance = %instance.authority, healthy = now, "upstream instance health changed");
+        }
+        now != was
+    }
+
+    /// Instances that may take requests now, and all of them.
+    pub fn healthy(&self) -> (usize, usize) {
+        let now = self.now_ms();
+        let up = (0..self.instances.len())
+            .filter(|&i| self.available(i, now))
+            .count();
+        (up, self.instances.len())
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
     }
 
     pub fn len(&self) -> usize {
@@ -97,28 +248,207 @@ impl Upstreams {
     }
 }
 
+impl Instance {
+    fn new(url: &Url, weight: u32, transport: &Transport) -> Self {
+        let host = url.host_str().unwrap_or_default();
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let path = url.path().trim_end_matches('/');
+        Instance {
+            base: format!("{}://{authority}{path}", transport.scheme()),
+            probe_base: format!("{}://{authority}{path}", url.scheme()),
+            host: http::HeaderValue::from_str(&authority).ok(),
+            authority,
+            weight,
+            in_flight: AtomicU32::new(0),
+            probe_healthy: AtomicBool::new(true),
+            probe_streak: AtomicI32::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A request in flight on an instance.
+pub struct InFlight<'a>(&'a Instance);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Positions `0..weights.len()`, each as often as its weight, interleaved (nginx's
+/// smooth weighted round robin): weights 5, 1, 1 give a a b a c a a, not a a a a a b c.
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..weights.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+/// How long the retry budget counts a route's requests and retries.
+const BUDGET_WINDOW_MS: u64 = 10_000;
+/// Retries always allowed per window, so a quiet route can still retry.
+const BUDGET_FLOOR: u64 = 3;
+
+/// Retries may be at most `ratio` of a route's requests in the current window.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    epoch: Instant,
+    window: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    fn roll(&self) {
+        let window = self.epoch.elapsed().as_millis() as u64 / BUDGET_WINDOW_MS;
+        if self.window.load(Ordering::Relaxed) != window
+            && self.window.swap(window, Ordering::Relaxed) != window
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one request to the route.
+    pub fn request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if it has one left.
+    pub fn take(&self) -> bool {
+        self.roll();
+        let requests = self.requests.load(Ordering::Relaxed);
+        let allowed = BUDGET_FLOOR.max((requests as f64 * self.ratio) as u64);
+        let taken = self.retries.fetch_add(1, Ordering::Relaxed);
+        if taken < allowed {
+            return true;
+        }
+        self.retries.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pool(weights: &[u32], balance: Balance, failures: u32) -> Arc<Upstreams> {
+        let upstreams: Vec<UpstreamSetting> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| UpstreamSetting {
+                url: Url::parse(&format!("http://h{i}:8080/base/")).unwrap(),
+                weight,
+            })
+            .collect();
+        let ejection = Ejection {
+            consecutive_failures: failures,
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+        };
+        Upstreams::new(
+            "r",
+            &upstreams,
+            &Transport::Plain,
+            balance,
+            ejection,
+            &RetrySettings::default(),
+        )
+    }
+
     #[test]
-    fn round_robin_skips_instances_in_cooldown() {
-        let urls = [
-            Url::parse("http://a:1").unwrap(),
-            Url::parse("http://b:2/base/").unwrap(),
-        ];
-        let ups = Upstreams::new(&urls, &Transport::Plain, Duration::from_secs(60));
-        let first = ups.pick(&[]).unwrap();
-        let second = ups.pick(&[]).unwrap();
-        assert_ne!(first, second);
-        ups.mark_down(0);
-        for _ in 0..4 {
-            assert_eq!(ups.pick(&[]), Some(1));
+    fn weighted_round_robin_spreads_by_weight_and_skips_ejected_instances() {
+        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        let ups = pool(&[1, 2], Balance::RoundRobin, 3);
+        let picks: Vec<usize> = (0..6).map(|_| ups.pick(&[]).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
+        ups.failed(1, true);
+        assert!((0..4).all(|_| ups.pick(&[]) == Some(0)));
+        assert_eq!(ups.pick(&[0]), None);
+        assert_eq!(ups.healthy(), (1, 2));
+        assert_eq!(ups.get(1).base, "http://h1:8080/base");
+        let h2c = Instance::new(&Url::parse("http://a:1").unwrap(), 1, &Transport::H2c);
+        assert_eq!(
+            (h2c.base.as_str(), h2c.probe_base.as_str()),
+            ("https://a:1", "http://a:1")
+        );
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_and_each_ejection_lasts_twice_as_long() {
+        let ups = pool(&[1, 1], Balance::RoundRobin, 3);
+        ups.failed(0, false);
+        ups.failed(0, false);
+        ups.succeeded(0);
+        ups.failed(0, false);
+        ups.failed(0, false);
+        assert_eq!(ups.healthy(), (2, 2), "a success ends the run of failures");
+        ups.failed(0, false);
+        assert_eq!(ups.healthy(), (1, 2));
+        let first = ups.get(0).ejected_until_ms.load(Ordering::Relaxed);
+        ups.failed(0, true);
+        let second = ups.get(0).ejected_until_ms.load(Ordering::Relaxed);
+        assert!(second >= first + 60_000, "{first} then {second}");
+    }
+
+    #[test]
+    fn probes_need_their_thresholds_in_a_row() {
+        let ups = pool(&[1], Balance::RoundRobin, 0);
+        assert!(!ups.probed(0, false, (2, 2)));
+        assert!(ups.probed(0, false, (2, 2)));
+        assert_eq!(ups.pick(&[]), None);
+        assert!(!ups.probed(0, true, (2, 2)));
+        assert!(ups.probed(0, true, (2, 2)));
+        assert_eq!(ups.pick(&[]), Some(0));
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_instance() {
+        let ups = pool(&[1, 1], Balance::LeastRequest, 0);
+        let _busy: Vec<InFlight> = (0..5).map(|_| ups.begin(0)).collect();
+        // Two draws land on the same instance a quarter of the time; otherwise the
+        // idle one wins.
+        let idle = (0..200).filter(|_| ups.pick(&[]) == Some(1)).count();
+        assert!(idle > 120, "{idle} of 200");
+    }
+
+    #[test]
+    fn the_retry_budget_allows_a_share_of_requests() {
+        let budget = RetryBudget::new(0.2);
+        assert!((0..3).all(|_| budget.take()), "the floor");
+        assert!(!budget.take());
+        for _ in 0..100 {
+            budget.request();
         }
-        assert_eq!(ups.pick(&[1]), None);
-        assert_eq!(ups.get(1).base, "http://b:2/base");
-        assert_eq!(ups.get(1).authority, "b:2");
-        let h2c = Upstreams::new(&urls, &Transport::H2c, Duration::from_secs(60));
-        assert_eq!(h2c.get(0).base, "https://a:1");
+        let more = (0..30).filter(|_| budget.take()).count();
+        assert_eq!(more, 17, "20 % of 100, less the 3 taken");
     }
 }

@@ -30,6 +30,7 @@ mod session;
 mod telemetry;
 mod token_endpoint;
 mod tokens;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,7 @@ pub use session::*;
 pub use telemetry::*;
 pub use token_endpoint::*;
 pub use tokens::*;
+pub use upstream::*;
 
 /// The whole configuration of one Intercom process.
 #[derive(Debug, Clone, Deserialize)]

@@ -112,7 +112,56 @@ fn upstream(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
             ));
         }
     }
-    transport(i, route)
+    transport(i, route)?;
+    health(i, route)
+}
+
+/// Its health checks, ejections and retries.
+fn health(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    if let Some(check) = &route.health_check {
+        if !check.path.starts_with('/') {
+            return Err(SettingsError::new(
+                key("health_check.path"),
+                format!("{:?} must start with '/'", check.path),
+            ));
+        }
+        positive(&key("health_check.interval"), check.interval)?;
+        positive(&key("health_check.timeout"), check.timeout)?;
+        if check.healthy_threshold == 0 || check.unhealthy_threshold == 0 {
+            return Err(SettingsError::new(
+                key("health_check"),
+                "healthy_threshold and unhealthy_threshold must be at least 1",
+            ));
+        }
+        if let Some(bad) = check
+            .expected_status
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(SettingsError::new(
+                key("health_check.expected_status"),
+                format!("{bad} is not an HTTP status"),
+            ));
+        }
+    }
+    let passive = &route.passive_health;
+    if let Some(first) = passive.ejection {
+        positive(&key("passive_health.ejection"), first)?;
+        if first > passive.max_ejection {
+            return Err(SettingsError::new(
+                key("passive_health.max_ejection"),
+                "must not be shorter than passive_health.ejection",
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&route.retry.budget) {
+        return Err(SettingsError::new(
+            key("retry.budget"),
+            "must be a share between 0 and 1",
+        ));
+    }
+    Ok(())
 }
 
 /// The scheme, TLS and protocol of its upstreams agree with each other.
@@ -121,7 +170,7 @@ fn transport(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
     let tls = route
         .upstreams
         .iter()
-        .filter(|u| u.0.scheme() == "https")
+        .filter(|u| u.url.scheme() == "https")
         .count();
     if tls != 0 && tls != route.upstreams.len() {
         return Err(SettingsError::new(

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use url::Url;
-
 use super::*;
 use crate::secret::SecretRef;
+use serde::Deserialize;
 
 /// A route whose upstream receives a token for its own audience (RFC 8693).
 #[derive(Debug, Clone, Deserialize)]
@@ -106,36 +104,6 @@ impl InjectSettings {
     }
 }
 
-/// TLS to a route's `https://` upstreams. Certificates are always verified (chain and
-/// host name); there is no switch that turns verification off.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTlsSettings {
-    /// PEM bundle of the CAs trusted for these upstreams, instead of the system's roots.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-    /// PEM client certificate chain for mTLS, from the secret store (with `client_key`);
-    /// a rotated value is used from the next handshake on.
-    #[serde(default)]
-    pub client_cert: Option<SecretRef>,
-    /// PEM private key of `client_cert`, from the secret store.
-    #[serde(default)]
-    pub client_key: Option<SecretRef>,
-}
-
-/// The HTTP version spoken to a route's upstreams.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/2 when a TLS upstream picks it by ALPN, else HTTP/1.1.
-    #[default]
-    Auto,
-    /// HTTP/1.1 only.
-    Http1,
-    /// HTTP/2 with prior knowledge over plain TCP (`http://` upstreams only).
-    H2c,
-}
-
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -204,8 +172,23 @@ pub struct RouteSettings {
     /// Allowed methods; all when empty.
     #[serde(default)]
     pub methods: Vec<HttpMethod>,
-    /// Upstream base URLs, used round robin: all `http://` or all `https://`.
-    pub upstreams: Vec<UpstreamUrl>,
+    /// Upstream base URLs (with weights): all `http://` or all `https://`.
+    pub upstreams: Vec<UpstreamSetting>,
+    /// `round_robin` (weighted) or `least_request` (power of two choices).
+    #[serde(default)]
+    pub balance: Balance,
+    /// An active probe of every instance.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSettings>,
+    /// Ejection of instances that fail requests.
+    #[serde(default)]
+    pub passive_health: PassiveHealthSettings,
+    /// Retries on another instance of requests that failed before any answer.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// The instance is unready while this route has no healthy instance.
+    #[serde(default)]
+    pub required: bool,
     /// How `https://` upstreams are verified, and the client certificate (mTLS).
     #[serde(default)]
     pub upstream_tls: Option<UpstreamTlsSettings>,
@@ -388,27 +371,5 @@ impl TryFrom<String> for HttpMethod {
         http::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
             .map(HttpMethod)
             .map_err(|_| format!("{name:?} is not an HTTP method"))
-    }
-}
-
-/// An upstream's base URL: `http[s]://host[:port][/path]`, no query, no fragment.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct UpstreamUrl(pub Url);
-
-impl TryFrom<String> for UpstreamUrl {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let url = Url::parse(&text).map_err(|_| format!("{text:?} is not a valid URL"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "{text:?} is not a valid URL: need http[s]://host[:port][/path]"
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{text:?} must not carry a query or fragment"));
-        }
-        Ok(UpstreamUrl(url))
     }
 }

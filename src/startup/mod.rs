@@ -81,6 +81,7 @@ impl Application {
         // `rediss://`); a second call (another app in this process) changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let wired = wiring::wire(&settings).await?;
+        crate::proxy::probes::spawn(&wired.proxy.routes, &wired.readiness);
         let tls = match &settings.server.tls {
             Some(t) => Some(crate::tls::configure(t, &wired.readiness).map_err(|e| {
                 StartError::Config {

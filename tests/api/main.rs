@@ -21,5 +21,6 @@ mod sessions;
 mod streaming;
 mod tls;
 mod tunnels;
+mod upstream_health;
 mod upstream_tls;
 mod vault;

@@ -1,0 +1,245 @@
+//! Upstream health, retries and balancing against real upstreams: an instance killed
+//! under load (no idempotent request fails, the active probe takes it out and brings it
+//! back), readiness per route (unready only for a `required` route), a retry budget that
+//! stops retries when every instance fails, and weights.
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpListener;
+use std::rc::Rc;
+
+use crate::helpers::*;
+
+/// What readiness says of a route's instances: its status and detail.
+async fn upstream_readiness(app: &TestApp, route: &str) -> (String, String) {
+    let mut res = app
+        .client
+        .get(app.admin_url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    let entry = &body["dependencies"][format!("upstream:{route}")];
+    (
+        entry["status"].as_str().unwrap_or_default().to_string(),
+        entry["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[actix_web::test]
+async fn an_instance_killed_under_load_fails_no_request_and_returns_when_it_recovers() {
+    let a = TestUpstream::start("a");
+    let b = TestUpstream::start("b");
+    let b_port = b.port;
+    let app = Rc::new(
+        spawn_app(&format!(
+            r#"
+            [[routes]]
+            name = "probed"
+            prefix = "/probed"
+            upstreams = ["{}", "{}"]
+            health_check = {{ path = "/healthz", interval = "100ms", timeout = "1s", healthy_threshold = 1, unhealthy_threshold = 1 }}
+            "#,
+            a.url(),
+            b.url()
+        ))
+        .await,
+    );
+    assert!(
+        eventually(PATIENCE, async || upstream_readiness(&app, "probed").await
+            == ("ok".into(), "2 of 2 instances healthy".into()))
+        .await
+    );
+
+    // Load: rounds of concurrent GETs until told to stop.
+    let stop = Rc::new(Cell::new(false));
+    let statuses = Rc::new(RefCell::new(Vec::<u16>::new()));
+    let load = actix_web::rt::spawn({
+        let (stop, statuses, app) = (stop.clone(), statuses.clone(), app.clone());
+        async move {
+            while !stop.get() {
+                let round = (0..16)
+                    .map(|_| (app.url("/probed/x"), String::new()))
+                    .collect();
+                let answered = concurrent_gets(round, 4).await;
+                statuses.borrow_mut().extend(answered);
+            }
+        }
+    });
+    let served = |n: usize| {
+        let statuses = statuses.clone();
+        async move || statuses.borrow().len() >= n
+    };
+    assert!(
+        eventually(PATIENCE, served(32)).await,
+        "the load did not start"
+    );
+    b.stop().await;
+    drop(b);
+    let ejected = eventually(PATIENCE, async || {
+        upstream_readiness(&app, "probed").await
+            == ("degraded".into(), "1 of 2 instances healthy".into())
+    })
+    .await;
+    assert!(ejected, "the dead instance stayed in");
+    let after = statuses.borrow().len() + 64;
+    assert!(
+        eventually(PATIENCE, served(after)).await,
+        "the load stalled"
+    );
+
+    // Back on its port: the probe brings it in again, and it takes requests.
+    let b = TestUpstream::start_on("b", b_port);
+    let back = eventually(PATIENCE, async || {
+        upstream_readiness(&app, "probed").await.0 == "ok"
+    })
+    .await;
+    assert!(back, "the recovered instance was not taken back");
+    let hits = b.hits();
+    let after = statuses.borrow().len() + 64;
+    assert!(
+        eventually(PATIENCE, served(after)).await,
+        "the load stalled"
+    );
+    stop.set(true);
+    load.await.unwrap();
+    assert!(b.hits() > hits, "the recovered instance got no request");
+
+    let statuses = statuses.borrow().clone();
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "{failed} of {} requests failed while an instance died",
+        statuses.len()
+    );
+    assert_eq!(failed, 0);
+    let probes = metric(
+        &app.metrics().await,
+        &format!("intercom_upstream_probes_total{{route=\"probed\",instance=\"127.0.0.1:{b_port}\",result=\"unhealthy\"}}"),
+    );
+    assert!(probes >= 1.0);
+}
+
+/// An upstream that accepts every connection and closes it at once: every exchange
+/// breaks before an answer.
+fn closing_upstream() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    (port, thread)
+}
+
+#[actix_web::test]
+async fn the_retry_budget_stops_retries_when_every_instance_fails() {
+    let (one, _t1) = closing_upstream();
+    let (two, _t2) = closing_upstream();
+    // Never ejected, so every request meets a failing instance and wants a retry.
+    let app = spawn_app(&format!(
+        r#"
+            [[routes]]
+            name = "budget"
+            prefix = "/budget"
+            upstreams = ["http://127.0.0.1:{one}", "http://127.0.0.1:{two}"]
+            passive_health = {{ consecutive_failures = 0 }}
+            retry = {{ attempts = 1, budget = 0.2 }}
+        "#
+    ))
+    .await;
+    for _ in 0..100 {
+        let mut res = app.client.get(app.url("/budget/x")).send().await.unwrap();
+        let problem = assert_problem(&mut res, 502).await;
+        assert_eq!(problem["type"], "urn:intercom:problem:upstream-protocol");
+    }
+    let metrics = app.metrics().await;
+    let retried = metric(
+        &metrics,
+        "intercom_upstream_retries_total{route=\"budget\",outcome=\"retried\"}",
+    );
+    let refused = metric(
+        &metrics,
+        "intercom_upstream_retries_total{route=\"budget\",outcome=\"over_budget\"}",
+    );
+    // One retry decision per request; the budget (3, plus a fifth of the requests in its
+    // ten-second window) let only some through.
+    assert_eq!(retried + refused, 100.0);
+    assert!(refused > 0.0, "no retry was refused: {retried} retried");
+    assert!(retried >= 3.0, "the floor of three retries: {retried}");
+}
+
+#[actix_web::test]
+async fn readiness_fails_only_for_a_required_route_without_instances() {
+    let a = TestUpstream::start("a");
+    let dead = dead_address();
+    let config = |required: bool| {
+        format!(
+            r#"
+            [[routes]]
+            name = "needed-{required}"
+            prefix = "/needed"
+            upstreams = ["http://{dead}"]
+            required = {required}
+            health_check = {{ path = "/", interval = "100ms", healthy_threshold = 1, unhealthy_threshold = 1 }}
+            [[routes]]
+            name = "fine-{required}"
+            prefix = "/fine"
+            upstreams = ["{}"]
+            "#,
+            a.url()
+        )
+    };
+    for required in [false, true] {
+        let app = spawn_app(&config(required)).await;
+        let down = eventually(PATIENCE, async || {
+            upstream_readiness(&app, &format!("needed-{required}")).await
+                == ("down".into(), "0 of 1 instances healthy".into())
+        })
+        .await;
+        assert!(down, "required = {required}");
+        assert_eq!(
+            upstream_readiness(&app, &format!("fine-{required}"))
+                .await
+                .0,
+            "ok"
+        );
+        let res = app
+            .client
+            .get(app.admin_url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            if required { 503 } else { 200 },
+            "required = {required}"
+        );
+        // Every instance out: 503 with Retry-After, the upstream never tried.
+        let mut res = app.client.get(app.url("/needed/x")).send().await.unwrap();
+        let problem = assert_problem(&mut res, 503).await;
+        assert_eq!(problem["type"], "urn:intercom:problem:no-healthy-upstream");
+        assert!(res.headers().contains_key("retry-after"));
+    }
+}
+
+#[actix_web::test]
+async fn weights_share_the_requests() {
+    let a = TestUpstream::start("a");
+    let b = TestUpstream::start("b");
+    let app = spawn_app(&format!(
+        r#"
+            [[routes]]
+            name = "weighted"
+            prefix = "/weighted"
+            upstreams = [{{ url = "{}", weight = 3 }}, "{}"]
+        "#,
+        a.url(),
+        b.url()
+    ))
+    .await;
+    for _ in 0..40 {
+        let (status, _) = upstream_saw(&app, "/weighted/x", &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (30, 10));
+}
