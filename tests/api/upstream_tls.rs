@@ -249,17 +249,12 @@ fn write_client_secrets(path: &Path, issued: &Issued) {
     std::fs::rename(aside, path).unwrap();
 }
 
-#[actix_web::test]
-async fn mtls_client_certificates_come_from_the_store_and_rotate_without_a_failed_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("Intercom Test CA");
-    let clients = TestCa::new("Client CA");
-    let ca_file = ca.write(dir.path(), "ca.pem");
-    let clients_file = clients.write(dir.path(), "clients.pem");
-    let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "server");
-    // Every request a new connection (`keepalive_requests 1`), so every request shows the
-    // certificate presented in its own handshake.
-    let nginx = TestNginx::start(&format!(
+/// An nginx that wants a client certificate signed by the CA in `clients_file` and
+/// answers with the subject it verified. Every request a new connection
+/// (`keepalive_requests 1`), so each shows the certificate of its own handshake.
+fn mtls_nginx(dir: &Path, ca: &TestCa, clients_file: &Path) -> TestNginx {
+    let (cert, key) = ca.server(&["localhost"]).write(dir, "server");
+    TestNginx::start(&format!(
         r#"
         listen 127.0.0.1:{{port}} ssl;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -273,7 +268,71 @@ async fn mtls_client_certificates_come_from_the_store_and_rotate_without_a_faile
         cert.display(),
         key.display(),
         clients_file.display()
-    ));
+    ))
+}
+
+#[actix_web::test]
+async fn mtls_client_certificates_from_vault_rotate_with_their_secret() {
+    let bao = TestOpenBao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path());
+    let ca = TestCa::new("Intercom Test CA");
+    let clients = TestCa::new("Client CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let clients_file = clients.write(dir.path(), "clients.pem");
+    let nginx = mtls_nginx(dir.path(), &ca, &clients_file);
+    let put = async |issued: Issued| {
+        bao.put_kv2(
+            "intercom/billing",
+            serde_json::json!({"tls_cert": issued.cert, "tls_key": issued.key}),
+        )
+        .await
+    };
+    put(clients.client("from-vault-one")).await;
+    let app = spawn_app(&format!(
+        r#"
+            [secrets]
+            poll_interval = "100ms"
+            [secrets.vault]
+            address = "{}"
+            auth = "token"
+            token_file = "{}"
+            {}
+        "#,
+        bao.address(),
+        token.display(),
+        route(
+            "vault-mtls",
+            &format!("https://localhost:{}", nginx.port),
+            &format!(
+                r#"upstream_tls = {{ ca_file = "{}", client_cert = "vault:secret/intercom/billing#tls_cert", client_key = "vault:secret/intercom/billing#tls_key" }}"#,
+                ca_file.display()
+            )
+        )
+    ))
+    .await;
+    let (status, body) = get_text(&app, "/vault-mtls/").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("SUCCESS CN=from-vault-one "), "{body}");
+    // A new version of the KV secret holds both halves: the next connection presents it.
+    put(clients.client("from-vault-two")).await;
+    let rotated = eventually(PATIENCE, async || {
+        let (status, body) = get_text(&app, "/vault-mtls/").await;
+        assert_eq!(status, 200, "{body}");
+        body.starts_with("SUCCESS CN=from-vault-two ")
+    })
+    .await;
+    assert!(rotated, "the rotated certificate was never presented");
+}
+
+#[actix_web::test]
+async fn mtls_client_certificates_come_from_the_store_and_rotate_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Intercom Test CA");
+    let clients = TestCa::new("Client CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let clients_file = clients.write(dir.path(), "clients.pem");
+    let nginx = mtls_nginx(dir.path(), &ca, &clients_file);
     let secrets = dir.path().join("secrets.toml");
     write_client_secrets(&secrets, &clients.client("intercom-one"));
     let tls = format!(
