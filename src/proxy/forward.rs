@@ -242,16 +242,16 @@ pub async fn send(
     // Why the last instance tried failed: the answer when none is left.
     let mut last: Option<ApiError> = None;
     upstreams.budget.request();
+    let pool = upstreams.pool();
     loop {
-        let Some(index) = upstreams.pick(&tried) else {
+        let Some(index) = upstreams.pick(&pool, &tried) else {
             return Err(last.unwrap_or(ApiError::NoHealthyUpstream));
         };
-        let instance = upstreams.get(index);
+        let instance = pool.get(index);
         let url = format!("{}{}", instance.base, outbound.path_and_query);
         let mut request = client.request(outbound.method.clone(), url);
-        let last_chance = !replayable
-            || tried.len() as u32 >= route.retries
-            || tried.len() + 1 == upstreams.len();
+        let last_chance =
+            !replayable || tried.len() as u32 >= route.retries || tried.len() + 1 == pool.len();
         *request.headers_mut() = if last_chance {
             spare_headers.take().unwrap_or_default()
         } else {
@@ -262,15 +262,15 @@ pub async fn send(
         }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
-        let in_flight = upstreams.begin(index);
+        let in_flight = upstreams.begin(instance);
         let result = sending.await;
         drop(in_flight);
         let failure = match result {
             Ok(response) => {
                 if response.status().is_server_error() {
-                    upstreams.failed(index, false);
+                    upstreams.failed(instance, false);
                 } else {
-                    upstreams.succeeded(index);
+                    upstreams.succeeded(instance);
                 }
                 return Ok(answer(route, response, started.elapsed()));
             }
@@ -283,7 +283,7 @@ pub async fn send(
             failure,
             Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout
         );
-        upstreams.failed(index, unsent);
+        upstreams.failed(instance, unsent);
         let error = failure.answer();
         let safe = match failure {
             Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout => replayable,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::routes::RouteTable;
 use super::transport::Transport;
-use super::upstreams::Upstreams;
+use super::upstreams::{Instance, Upstreams};
 use crate::readiness::{DependencyState, Readiness};
 use crate::settings::HealthCheckSettings;
 
@@ -109,25 +109,30 @@ impl Probe {
             let Some(upstreams) = self.upstreams.upgrade() else {
                 return;
             };
-            let results = futures_util::future::join_all(
-                (0..upstreams.len()).map(|i| self.probe(&upstreams, i)),
-            )
-            .await;
+            let pool = upstreams.pool();
+            let results =
+                futures_util::future::join_all((0..pool.len()).map(|i| self.probe(pool.get(i))))
+                    .await;
             for (index, healthy) in results.into_iter().enumerate() {
-                let instance = &upstreams.get(index).authority;
+                let instance = pool.get(index);
                 let result = if healthy { "healthy" } else { "unhealthy" };
-                metrics::counter!("intercom_upstream_probes_total", "route" => upstreams.route().to_string(), "instance" => instance.clone(), "result" => result).increment(1);
-                upstreams.probed(index, healthy, thresholds);
+                metrics::counter!("intercom_upstream_probes_total", "route" => upstreams.route().to_string(), "instance" => instance.authority.clone(), "result" => result).increment(1);
+                upstreams.probed(instance, healthy, thresholds);
             }
-            drop(upstreams);
+            drop((pool, upstreams));
             tokio::time::sleep(self.check.interval).await;
         }
     }
 
     /// One probe: a `GET` of the path, healthy when the status is expected.
-    async fn probe(&self, upstreams: &Upstreams, index: usize) -> bool {
-        let url = format!("{}{}", upstreams.get(index).probe_base, self.check.path);
-        match self.client.get(&url).send().await {
+    async fn probe(&self, instance: &Instance) -> bool {
+        let url = format!("{}{}", instance.probe_base, self.check.path);
+        let mut request = self.client.get(&url);
+        if let Some(host) = &instance.host {
+            // A discovered address is probed for the name it stands for.
+            request = request.header(reqwest::header::HOST, host.as_bytes());
+        }
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match self.check.expected_status.is_empty() {

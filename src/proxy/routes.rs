@@ -50,6 +50,8 @@ pub struct Route {
     pub health_check: Option<HealthCheckSettings>,
     /// Readiness fails while this route has no healthy instance.
     pub required: bool,
+    /// Its host names resolve to its instances (`proxy::discovery`).
+    pub discover: bool,
     pub rewrite: Rewrite,
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
@@ -158,6 +160,7 @@ impl RouteTable {
                     retries: r.retry.attempts,
                     health_check: r.health_check.clone(),
                     required: r.required,
+                    discover: r.discover,
                     rewrite: match (&r.rewrite, r.strip_prefix) {
                         (Some(to), _) => Rewrite::Replace(to.trim_end_matches('/').to_string()),
                         (None, true) => Rewrite::Strip,
@@ -324,6 +327,7 @@ mod tests {
             passive_health: Default::default(),
             retry: Default::default(),
             required: false,
+            discover: false,
             upstream_tls: None,
             upstream_protocol: Default::default(),
             websocket: false,

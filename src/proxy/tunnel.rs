@@ -47,11 +47,12 @@ pub async fn open(
 ) -> Result<HttpResponse, ApiError> {
     actix_http::ws::verify_handshake(req.head())
         .map_err(|why| ApiError::BadRequest(format!("not a WebSocket handshake: {why}")))?;
+    let pool = route.upstreams.pool();
     let index = route
         .upstreams
-        .pick(&[])
+        .pick(&pool, &[])
         .ok_or(ApiError::NoHealthyUpstream)?;
-    let instance = route.upstreams.get(index);
+    let instance = pool.get(index);
     let mut request = clients
         .get(route)
         .ws(format!("{}{}", instance.base, outbound.path_and_query));
@@ -74,7 +75,7 @@ pub async fn open(
                 failure,
                 Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout
             );
-            route.upstreams.failed(index, unsent);
+            route.upstreams.failed(instance, unsent);
             return Err(failure.answer());
         }
         Err(err) => {

@@ -2,12 +2,15 @@
 //! (weighted round robin, or the less busy of two drawn at random), which are out (an
 //! active probe's verdict, or an ejection after failed requests that grows while the
 //! instance keeps failing), and the retry budget that keeps retries from multiplying an
-//! outage.
+//! outage. The instances are a snapshot swapped whole when discovery finds other
+//! addresses; an instance that stays keeps its health.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use url::Url;
 
 use super::transport::Transport;
@@ -25,6 +28,8 @@ pub struct Instance {
     pub authority: String,
     /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
     pub host: Option<http::HeaderValue>,
+    /// The address discovery found this instance at (`None`: reached by its name).
+    address: Option<IpAddr>,
     weight: u32,
     /// Requests sent and not answered yet (their head), for `least_request`.
     in_flight: AtomicU32,
@@ -48,13 +53,44 @@ pub struct Ejection {
     pub max: Duration,
 }
 
+/// The instances of a route at one moment, and their round-robin schedule.
+#[derive(Debug)]
+pub struct Pool {
+    instances: Vec<Arc<Instance>>,
+    /// Weighted round robin: positions, each as often as its weight, spread out.
+    schedule: Vec<usize>,
+}
+
+impl Pool {
+    fn new(instances: Vec<Arc<Instance>>) -> Self {
+        let weights: Vec<u32> = instances.iter().map(|i| i.weight).collect();
+        Self {
+            schedule: smooth_schedule(&weights),
+            instances,
+        }
+    }
+
+    pub fn get(&self, index: usize) -> &Instance {
+        &self.instances[index]
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+}
+
 /// The instances of a route, shared by all workers, and its retry budget.
 #[derive(Debug)]
 pub struct Upstreams {
     route: Arc<str>,
-    instances: Vec<Instance>,
-    /// Weighted round robin: instance positions, each as often as its weight, spread out.
-    schedule: Vec<usize>,
+    /// The configured entries, which discovery resolves to instances.
+    entries: Vec<UpstreamSetting>,
+    scheme: &'static str,
+    pool: ArcSwap<Pool>,
     next: AtomicUsize,
     balance: Balance,
     ejection: Ejection,
@@ -72,15 +108,16 @@ impl Upstreams {
         ejection: Ejection,
         retry: &RetrySettings,
     ) -> Arc<Self> {
-        let instances: Vec<Instance> = upstreams
+        let scheme = transport.scheme();
+        let instances = upstreams
             .iter()
-            .map(|u| Instance::new(&u.url, u.weight, transport))
+            .map(|u| Arc::new(Instance::new(&u.url, None, u.weight, scheme)))
             .collect();
-        let weights: Vec<u32> = instances.iter().map(|i| i.weight).collect();
         Arc::new(Self {
             route: Arc::from(route),
-            schedule: smooth_schedule(&weights),
-            instances,
+            entries: upstreams.to_vec(),
+            scheme,
+            pool: ArcSwap::from_pointee(Pool::new(instances)),
             next: AtomicUsize::new(0),
             balance,
             ejection,
@@ -89,80 +126,113 @@ impl Upstreams {
         })
     }
 
+    /// The instances now; a request keeps one snapshot for all its attempts.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.load_full()
+    }
+
+    /// The configured entries (`upstreams`), in order.
+    pub fn entries(&self) -> &[UpstreamSetting] {
+        &self.entries
+    }
+
+    /// Makes each address found for entry `i` (`found[i]`) an instance; an entry with
+    /// none found stays one instance by its name. Instances that stay keep their state.
+    /// `true` when the set of instances changed.
+    pub fn resolve_to(&self, found: &[Vec<IpAddr>]) -> bool {
+        let current = self.pool.load();
+        let mut instances = Vec::new();
+        for (entry, addresses) in self.entries.iter().zip(found) {
+            let fresh: Vec<Instance> = match addresses.is_empty() {
+                true => vec![Instance::new(&entry.url, None, entry.weight, self.scheme)],
+                false => addresses
+                    .iter()
+                    .map(|ip| Instance::new(&entry.url, Some(*ip), entry.weight, self.scheme))
+                    .collect(),
+            };
+            for instance in fresh {
+                let kept = current.instances.iter().find(|i| i.base == instance.base);
+                instances.push(kept.cloned().unwrap_or_else(|| Arc::new(instance)));
+            }
+        }
+        let same = instances.len() == current.instances.len()
+            && instances
+                .iter()
+                .zip(&current.instances)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            let names: Vec<&str> = instances.iter().map(|i| i.authority.as_str()).collect();
+            tracing::info!(route = %self.route, instances = ?names, "upstream instances changed");
+            self.pool.store(Arc::new(Pool::new(instances)));
+        }
+        !same
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn available(&self, index: usize, now: u64) -> bool {
-        let instance = &self.instances[index];
-        instance.probe_healthy.load(Ordering::Relaxed)
-            && instance.ejected_until_ms.load(Ordering::Relaxed) <= now
-    }
-
-    /// Picks the instance for the next attempt among the healthy ones not in `tried`.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// Picks, in `pool`, the instance for the next attempt among the healthy ones not
+    /// in `tried`.
+    pub fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
         let now = self.now_ms();
-        let open = |i: usize| !tried.contains(&i) && self.available(i, now);
+        let open = |i: usize| !tried.contains(&i) && pool.instances[i].available(now);
         match self.balance {
             Balance::RoundRobin => {
-                let n = self.schedule.len();
+                let n = pool.schedule.len();
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n)
-                    .map(|k| self.schedule[(start + k) % n])
+                    .map(|k| pool.schedule[(start + k) % n])
                     .find(|&i| open(i))
             }
-            Balance::LeastRequest => self.least_request(open),
+            Balance::LeastRequest => least_request(pool, open),
         }
     }
+}
 
-    /// Power of two choices: two instances drawn by weight, the one with fewer requests
-    /// in flight per unit of weight.
-    fn least_request(&self, open: impl Fn(usize) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.instances.len()).filter(|&i| open(i)).collect();
-        let draw = || {
-            let total: u64 = candidates
-                .iter()
-                .map(|&i| u64::from(self.instances[i].weight))
-                .sum();
-            let mut at = rand::random_range(0..total.max(1));
-            for &i in &candidates {
-                let w = u64::from(self.instances[i].weight);
-                if at < w {
-                    return i;
-                }
-                at -= w;
+/// Power of two choices: two instances drawn by weight, the one with fewer requests in
+/// flight per unit of weight.
+fn least_request(pool: &Pool, open: impl Fn(usize) -> bool) -> Option<usize> {
+    let instances = &pool.instances;
+    let candidates: Vec<usize> = (0..instances.len()).filter(|&i| open(i)).collect();
+    let draw = || {
+        let total: u64 = candidates
+            .iter()
+            .map(|&i| u64::from(instances[i].weight))
+            .sum();
+        let mut at = rand::random_range(0..total.max(1));
+        for &i in &candidates {
+            let w = u64::from(instances[i].weight);
+            if at < w {
+                return i;
             }
-            candidates[0]
-        };
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            _ => {
-                let (a, b) = (draw(), draw());
-                let load = |i: usize| {
-                    let instance = &self.instances[i];
-                    f64::from(instance.in_flight.load(Ordering::Relaxed))
-                        / f64::from(instance.weight)
-                };
-                Some(if load(b) < load(a) { b } else { a })
-            }
+            at -= w;
+        }
+        candidates[0]
+    };
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        _ => {
+            let (a, b) = (draw(), draw());
+            let load = |i: usize| {
+                let instance = &instances[i];
+                f64::from(instance.in_flight.load(Ordering::Relaxed)) / f64::from(instance.weight)
+            };
+            Some(if load(b) < load(a) { b } else { a })
         }
     }
+}
 
-    pub fn get(&self, index: usize) -> &Instance {
-        &self.instances[index]
-    }
-
+impl Upstreams {
     /// Counts a request in flight on the instance until the guard is dropped.
-    pub fn begin(&self, index: usize) -> InFlight<'_> {
-        let instance = &self.instances[index];
+    pub fn begin<'a>(&self, instance: &'a Instance) -> InFlight<'a> {
         instance.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(instance)
     }
 
     /// The instance answered (not with a 5xx): its failures in a row end.
-    pub fn succeeded(&self, index: usize) {
-        let instance = &self.instances[index];
+    pub fn succeeded(&self, instance: &Instance) {
         if instance.failures.load(Ordering::Relaxed) != 0 {
             instance.failures.store(0, Ordering::Relaxed);
         }
@@ -173,18 +243,16 @@ impl Upstreams {
 
     /// The instance failed a request; `at_once` (a refused connection, a failed TLS
     /// handshake) ejects it now, anything else after `consecutive_failures` in a row.
-    pub fn failed(&self, index: usize, at_once: bool) {
-        let instance = &self.instances[index];
+    pub fn failed(&self, instance: &Instance, at_once: bool) {
         let threshold = self.ejection.consecutive_failures;
         let in_a_row = instance.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if at_once || (threshold > 0 && in_a_row >= threshold) {
             instance.failures.store(0, Ordering::Relaxed);
-            self.eject(index);
+            self.eject(instance);
         }
     }
 
-    fn eject(&self, index: usize) {
-        let instance = &self.instances[index];
+    fn eject(&self, instance: &Instance) {
         let before = instance.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let length = self
             .ejection
@@ -198,8 +266,7 @@ impl Upstreams {
     }
 
     /// Records a probe's result; `true` when the instance's verdict changed.
-    pub fn probed(&self, index: usize, healthy: bool, thresholds: (u32, u32)) -> bool {
-        let instance = &self.instances[index];
+    pub fn probed(&self, instance: &Instance, healthy: bool, thresholds: (u32, u32)) -> bool {
         let streak = instance.probe_streak.load(Ordering::Relaxed);
         let streak = match (healthy, streak) {
             (true, s) if s > 0 => s.saturating_add(1),
@@ -229,38 +296,35 @@ impl Upstreams {
     /// Instances that may take requests now, and all of them.
     pub fn healthy(&self) -> (usize, usize) {
         let now = self.now_ms();
-        let up = (0..self.instances.len())
-            .filter(|&i| self.available(i, now))
-            .count();
-        (up, self.instances.len())
+        let pool = self.pool.load();
+        let up = pool.instances.iter().filter(|i| i.available(now)).count();
+        (up, pool.instances.len())
     }
 
     pub fn route(&self) -> &str {
         &self.route
     }
-
-    pub fn len(&self) -> usize {
-        self.instances.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
-    }
 }
 
 impl Instance {
-    fn new(url: &Url, weight: u32, transport: &Transport) -> Self {
+    /// The instance of `url`, at `address` when discovery found one (the URL's host
+    /// then goes in `Host` only).
+    fn new(url: &Url, address: Option<IpAddr>, weight: u32, scheme: &str) -> Self {
         let host = url.host_str().unwrap_or_default();
-        let authority = match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let named = format!("{host}{port}");
+        let authority = match address {
+            Some(IpAddr::V4(ip)) => format!("{ip}{port}"),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]{port}"),
+            None => named.clone(),
         };
         let path = url.path().trim_end_matches('/');
         Instance {
-            base: format!("{}://{authority}{path}", transport.scheme()),
+            base: format!("{scheme}://{authority}{path}"),
             probe_base: format!("{}://{authority}{path}", url.scheme()),
-            host: http::HeaderValue::from_str(&authority).ok(),
+            host: http::HeaderValue::from_str(&named).ok(),
             authority,
+            address,
             weight,
             in_flight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(true),
@@ -269,6 +333,18 @@ impl Instance {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
         }
+    }
+}
+
+impl Instance {
+    /// The address discovery found it at, if it did.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address
+    }
+
+    fn available(&self, now: u64) -> bool {
+        self.probe_healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now
     }
 }
 
@@ -388,14 +464,16 @@ mod tests {
     fn weighted_round_robin_spreads_by_weight_and_skips_ejected_instances() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         let ups = pool(&[1, 2], Balance::RoundRobin, 3);
-        let picks: Vec<usize> = (0..6).map(|_| ups.pick(&[]).unwrap()).collect();
+        let p = ups.pool();
+        let picks: Vec<usize> = (0..6).map(|_| ups.pick(&p, &[]).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
-        ups.failed(1, true);
-        assert!((0..4).all(|_| ups.pick(&[]) == Some(0)));
-        assert_eq!(ups.pick(&[0]), None);
+        ups.failed(p.get(1), true);
+        assert!((0..4).all(|_| ups.pick(&p, &[]) == Some(0)));
+        assert_eq!(ups.pick(&p, &[0]), None);
         assert_eq!(ups.healthy(), (1, 2));
-        assert_eq!(ups.get(1).base, "http://h1:8080/base");
-        let h2c = Instance::new(&Url::parse("http://a:1").unwrap(), 1, &Transport::H2c);
+        assert_eq!(p.get(1).base, "http://h1:8080/base");
+        let url = Url::parse("http://a:1").unwrap();
+        let h2c = Instance::new(&url, None, 1, Transport::H2c.scheme());
         assert_eq!(
             (h2c.base.as_str(), h2c.probe_base.as_str()),
             ("https://a:1", "http://a:1")
@@ -405,39 +483,61 @@ mod tests {
     #[test]
     fn failures_in_a_row_eject_and_each_ejection_lasts_twice_as_long() {
         let ups = pool(&[1, 1], Balance::RoundRobin, 3);
-        ups.failed(0, false);
-        ups.failed(0, false);
-        ups.succeeded(0);
-        ups.failed(0, false);
-        ups.failed(0, false);
+        let p = ups.pool();
+        let a = p.get(0);
+        ups.failed(a, false);
+        ups.failed(a, false);
+        ups.succeeded(a);
+        ups.failed(a, false);
+        ups.failed(a, false);
         assert_eq!(ups.healthy(), (2, 2), "a success ends the run of failures");
-        ups.failed(0, false);
+        ups.failed(a, false);
         assert_eq!(ups.healthy(), (1, 2));
-        let first = ups.get(0).ejected_until_ms.load(Ordering::Relaxed);
-        ups.failed(0, true);
-        let second = ups.get(0).ejected_until_ms.load(Ordering::Relaxed);
+        let first = a.ejected_until_ms.load(Ordering::Relaxed);
+        ups.failed(a, true);
+        let second = a.ejected_until_ms.load(Ordering::Relaxed);
         assert!(second >= first + 60_000, "{first} then {second}");
     }
 
     #[test]
     fn probes_need_their_thresholds_in_a_row() {
         let ups = pool(&[1], Balance::RoundRobin, 0);
-        assert!(!ups.probed(0, false, (2, 2)));
-        assert!(ups.probed(0, false, (2, 2)));
-        assert_eq!(ups.pick(&[]), None);
-        assert!(!ups.probed(0, true, (2, 2)));
-        assert!(ups.probed(0, true, (2, 2)));
-        assert_eq!(ups.pick(&[]), Some(0));
+        let p = ups.pool();
+        assert!(!ups.probed(p.get(0), false, (2, 2)));
+        assert!(ups.probed(p.get(0), false, (2, 2)));
+        assert_eq!(ups.pick(&p, &[]), None);
+        assert!(!ups.probed(p.get(0), true, (2, 2)));
+        assert!(ups.probed(p.get(0), true, (2, 2)));
+        assert_eq!(ups.pick(&p, &[]), Some(0));
     }
 
     #[test]
     fn least_request_prefers_the_idle_instance() {
         let ups = pool(&[1, 1], Balance::LeastRequest, 0);
-        let _busy: Vec<InFlight> = (0..5).map(|_| ups.begin(0)).collect();
+        let p = ups.pool();
+        let _busy: Vec<InFlight> = (0..5).map(|_| ups.begin(p.get(0))).collect();
         // Two draws land on the same instance a quarter of the time; otherwise the
         // idle one wins.
-        let idle = (0..200).filter(|_| ups.pick(&[]) == Some(1)).count();
+        let idle = (0..200).filter(|_| ups.pick(&p, &[]) == Some(1)).count();
         assert!(idle > 120, "{idle} of 200");
+    }
+
+    #[test]
+    fn discovered_addresses_become_instances_that_keep_their_state() {
+        let ups = pool(&[1, 2], Balance::RoundRobin, 1);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(ups.resolve_to(&[vec![ip("10.0.0.1"), ip("::1")], vec![]]));
+        let p = ups.pool();
+        let names: Vec<&str> = p.instances.iter().map(|i| i.authority.as_str()).collect();
+        assert_eq!(names, ["10.0.0.1:8080", "[::1]:8080", "h1:8080"]);
+        assert_eq!(p.get(1).base, "http://[::1]:8080/base");
+        assert_eq!(p.get(1).host.as_ref().unwrap(), "h0:8080");
+        assert_eq!(p.schedule.len(), 4, "each address keeps its entry's weight");
+        ups.failed(p.get(0), true);
+        // The same answer again changes nothing; a new one keeps the ejected instance.
+        assert!(!ups.resolve_to(&[vec![ip("10.0.0.1"), ip("::1")], vec![]]));
+        assert!(ups.resolve_to(&[vec![ip("10.0.0.1")], vec![]]));
+        assert_eq!(ups.healthy(), (1, 2));
     }
 
     #[test]

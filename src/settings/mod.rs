@@ -14,6 +14,7 @@ mod auth_server;
 mod checks;
 mod claims;
 mod compression;
+mod discovery;
 mod exchange;
 mod headers;
 mod origin;
@@ -41,6 +42,7 @@ pub use auth_server::*;
 use checks::*;
 pub use claims::*;
 pub use compression::*;
+pub use discovery::*;
 pub use exchange::*;
 pub use headers::*;
 pub use origin::*;
@@ -96,6 +98,9 @@ pub struct Settings {
     /// Browser sessions (Intercom as the SPA's backend-for-frontend).
     #[serde(default)]
     pub session: Option<SessionSettings>,
+    /// The resolver of routes that discover their instances by DNS.
+    #[serde(default)]
+    pub discovery: DiscoverySettings,
 }
 
 /// A configuration that cannot be used, with the key that is wrong.
@@ -218,6 +223,13 @@ impl Settings {
         self.exchange.validate()?;
         self.revocation.validate()?;
         self.token_endpoint.validate()?;
+        positive("discovery.min_interval", self.discovery.min_interval)?;
+        if self.discovery.max_interval < self.discovery.min_interval {
+            return Err(SettingsError::new(
+                "discovery.max_interval",
+                "must not be shorter than discovery.min_interval",
+            ));
+        }
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }

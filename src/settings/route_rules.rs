@@ -190,6 +190,12 @@ fn transport(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
             "\"h2c\" is HTTP/2 over plain TCP: it needs http:// upstreams (over TLS, \"auto\" negotiates HTTP/2)",
         ));
     }
+    if tls != 0 && route.discover {
+        return Err(SettingsError::new(
+            key("discover"),
+            "needs http:// upstreams: a TLS upstream is verified by its name, so it is reached by name",
+        ));
+    }
     if route.websocket && route.upstream_protocol == UpstreamProtocol::H2c {
         return Err(SettingsError::new(
             key("websocket"),

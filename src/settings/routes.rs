@@ -189,6 +189,10 @@ pub struct RouteSettings {
     /// The instance is unready while this route has no healthy instance.
     #[serde(default)]
     pub required: bool,
+    /// Every address the upstreams' host names resolve to is an instance, resolved
+    /// again as `[discovery]` says (`http://` upstreams only).
+    #[serde(default)]
+    pub discover: bool,
     /// How `https://` upstreams are verified, and the client certificate (mTLS).
     #[serde(default)]
     pub upstream_tls: Option<UpstreamTlsSettings>,

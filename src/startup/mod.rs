@@ -81,6 +81,12 @@ impl Application {
         // `rediss://`); a second call (another app in this process) changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let wired = wiring::wire(&settings).await?;
+        crate::proxy::discovery::start(&wired.proxy.routes, &settings.discovery)
+            .await
+            .map_err(|message| StartError::Config {
+                key: "discovery",
+                message,
+            })?;
         crate::proxy::probes::spawn(&wired.proxy.routes, &wired.readiness);
         let tls = match &settings.server.tls {
             Some(t) => Some(crate::tls::configure(t, &wired.readiness).map_err(|e| {

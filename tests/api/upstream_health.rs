@@ -243,3 +243,65 @@ async fn weights_share_the_requests() {
     }
     assert_eq!((a.hits(), b.hits()), (30, 10));
 }
+
+#[actix_web::test]
+async fn discovered_addresses_are_instances_and_follow_the_dns() {
+    let name = "svc.intercom.test";
+    let dns = TestDnsServer::start(serde_json::json!({ name: ["127.0.0.1"] }));
+    let a = TestUpstream::start_at("a", "127.0.0.1:0");
+    // The same port on another loopback address: one name, two instances.
+    let b = TestUpstream::start_at("b", &format!("127.0.0.2:{}", a.port));
+    let app = spawn_app(&format!(
+        r#"
+            [discovery]
+            nameservers = ["127.0.0.1:{}"]
+            min_interval = "50ms"
+            max_interval = "200ms"
+            [[routes]]
+            name = "found"
+            prefix = "/found"
+            upstreams = ["http://{name}:{}"]
+            discover = true
+        "#,
+        dns.port, a.port
+    ))
+    .await;
+    let instances = async |n: usize| {
+        eventually(PATIENCE, async || {
+            upstream_readiness(&app, "found").await.1 == format!("{n} of {n} instances healthy")
+        })
+        .await
+    };
+    let spread = async |requests: u64| {
+        let before = (a.hits(), b.hits());
+        for _ in 0..requests {
+            let (status, seen) = upstream_saw(&app, "/found/x", &[]).await;
+            assert_eq!(status, 200);
+            // The name, not the address, is the Host the upstream sees.
+            assert_eq!(seen["headers"]["host"][0], format!("{name}:{}", a.port));
+        }
+        (a.hits() - before.0, b.hits() - before.1)
+    };
+    assert!(instances(1).await);
+    assert_eq!(spread(10).await, (10, 0));
+
+    dns.set(serde_json::json!({ name: ["127.0.0.1", "127.0.0.2"] }));
+    assert!(instances(2).await, "the new address was not taken in");
+    assert_eq!(spread(20).await, (10, 10));
+
+    dns.set(serde_json::json!({ name: ["127.0.0.2"] }));
+    assert!(
+        eventually(PATIENCE, async || spread(4).await == (0, 4)).await,
+        "the address that left still gets requests"
+    );
+    // A name that stops resolving keeps the instances known.
+    dns.set(serde_json::json!({}));
+    let failed = "intercom_upstream_resolutions_total{route=\"found\",outcome=\"failed\"}";
+    let before = metric(&app.metrics().await, failed);
+    assert!(
+        eventually(PATIENCE, async || metric(&app.metrics().await, failed)
+            > before)
+        .await
+    );
+    assert_eq!(spread(4).await, (0, 4));
+}

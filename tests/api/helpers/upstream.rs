@@ -45,6 +45,11 @@ impl TestUpstream {
         Self::start_with(name, TcpListener::bind(("127.0.0.1", port)).unwrap())
     }
 
+    /// Starts on `address` (another loopback address, `127.0.0.2:PORT`).
+    pub fn start_at(name: &str, address: &str) -> Self {
+        Self::start_with(name, TcpListener::bind(address).unwrap())
+    }
+
     fn start_with(name: &str, listener: TcpListener) -> Self {
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
@@ -280,6 +285,38 @@ async fn status(path: web::Path<u16>, state: web::Data<UpstreamState>) -> HttpRe
     HttpResponse::build(actix_web::http::StatusCode::from_u16(*path).unwrap()).finish()
 }
 
+/// Starts `tests/upstreams/<script>` with .venv's Python on a free port (its first
+/// argument, then `args`) and waits until it prints `ready`; another port when it exits
+/// (the port was taken).
+fn python_server(name: &'static str, script: &str, args: &[&str]) -> (u16, ChildProcess) {
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(repo_root().join(".venv/bin/python"));
+        cmd.arg(repo_root().join("tests/upstreams").join(script))
+            .arg(port.to_string())
+            .args(args);
+        let mut process = ChildProcess::spawn(name, cmd);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !process.log_text().contains("ready") && !process.exited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start:\n{}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !process.exited() {
+            return (port, process);
+        }
+        assert!(
+            attempt < PORT_ATTEMPTS,
+            "{name} did not start:\n{}",
+            process.log_text()
+        );
+    }
+    unreachable!("the last attempt panics")
+}
+
 /// A real WebSocket server (`tests/upstreams/ws_echo.py`, the Python `websockets`
 /// package in .venv): it first sends what the handshake carried, as JSON, then echoes.
 pub struct TestWebSocketServer {
@@ -289,35 +326,43 @@ pub struct TestWebSocketServer {
 
 impl TestWebSocketServer {
     pub fn start() -> Self {
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_port();
-            let mut cmd = std::process::Command::new(repo_root().join(".venv/bin/python"));
-            cmd.arg(repo_root().join("tests/upstreams/ws_echo.py"))
-                .arg(port.to_string());
-            let mut process = ChildProcess::spawn("ws_echo", cmd);
-            let deadline = std::time::Instant::now() + PATIENCE;
-            // It prints `ready` once it listens; it exits when the port was taken.
-            while !process.log_text().contains("ready") && !process.exited() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "ws_echo did not start:\n{}",
-                    process.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !process.exited() {
-                return Self { port, process };
-            }
-            assert!(
-                attempt < PORT_ATTEMPTS,
-                "ws_echo did not start:\n{}",
-                process.log_text()
-            );
-        }
-        unreachable!("the last attempt panics")
+        let (port, process) = python_server("ws_echo", "ws_echo.py", &[]);
+        Self { port, process }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A real DNS server (`tests/upstreams/dns.py`, the Python `dnslib` package in .venv)
+/// on UDP and TCP, answering A and AAAA queries from records the test sets.
+pub struct TestDnsServer {
+    pub port: u16,
+    pub process: ChildProcess,
+    records: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDnsServer {
+    /// Starts answering with `records`, `{"name": ["address", ...]}`.
+    pub fn start(records: serde_json::Value) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.json");
+        std::fs::write(&path, records.to_string()).unwrap();
+        let (port, process) = python_server("dns", "dns.py", &[path.to_str().unwrap()]);
+        Self {
+            port,
+            process,
+            records: path,
+            _dir: dir,
+        }
+    }
+
+    /// Answers with `records` from the next query on.
+    pub fn set(&self, records: serde_json::Value) {
+        let aside = self.records.with_extension("new");
+        std::fs::write(&aside, records.to_string()).unwrap();
+        std::fs::rename(aside, &self.records).unwrap();
     }
 }
