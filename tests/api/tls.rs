@@ -56,16 +56,15 @@ async fn https_get(
     Ok((String::from_utf8_lossy(&answer).into_owned(), version, peer))
 }
 
-#[actix_web::test]
-async fn the_tls_listener_speaks_http2_by_alpn() {
-    let upstream = TestUpstream::start("svc");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = write_certificate(dir.path());
-    let app = spawn_app(&format!(
+/// `[server.tls]` with the certificate and key (and `tls_extra` lines), and a route `/svc`
+/// to `upstream`.
+fn tls_app(cert: &Path, key: &Path, upstream: &TestUpstream, tls_extra: &str) -> String {
+    format!(
         r#"
             [server.tls]
             cert_file = "{}"
             key_file = "{}"
+            {tls_extra}
             [[routes]]
             name = "svc"
             prefix = "/svc"
@@ -74,8 +73,15 @@ async fn the_tls_listener_speaks_http2_by_alpn() {
         cert.display(),
         key.display(),
         upstream.url()
-    ))
-    .await;
+    )
+}
+
+#[actix_web::test]
+async fn the_tls_listener_speaks_http2_by_alpn() {
+    let upstream = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = write_certificate(dir.path());
+    let app = spawn_app(&tls_app(&cert, &key, &upstream, "")).await;
     let h2 = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_der(&der).unwrap())
         .resolve("localhost", ([127, 0, 0, 1], app.port).into())
@@ -255,22 +261,7 @@ async fn tls13_only_refuses_tls12() {
     let upstream = TestUpstream::start("svc");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(dir.path());
-    let app = spawn_app(&format!(
-        r#"
-            [server.tls]
-            cert_file = "{}"
-            key_file = "{}"
-            tls13_only = true
-            [[routes]]
-            name = "svc"
-            prefix = "/svc"
-            upstreams = ["{}"]
-        "#,
-        cert.display(),
-        key.display(),
-        upstream.url()
-    ))
-    .await;
+    let app = spawn_app(&tls_app(&cert, &key, &upstream, "tls13_only = true")).await;
     assert!(
         https_get(app.port, &der, &[&rustls::version::TLS12], "/svc")
             .await

@@ -1,7 +1,8 @@
 //! Upstream health, retries and balancing against real upstreams: an instance killed
 //! under load (no idempotent request fails, the active probe takes it out and brings it
 //! back), readiness per route (unready only for a `required` route), a retry budget that
-//! stops retries when every instance fails, and weights.
+//! stops retries when every instance fails, weights, and instances discovered by DNS
+//! (a real DNS server) that follow its answers.
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
@@ -11,14 +12,7 @@ use crate::helpers::*;
 
 /// What readiness says of a route's instances: its status and detail.
 async fn upstream_readiness(app: &TestApp, route: &str) -> (String, String) {
-    let mut res = app
-        .client
-        .get(app.admin_url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
-    let entry = &body["dependencies"][format!("upstream:{route}")];
+    let entry = dependency_report(app, &format!("upstream:{route}")).await;
     (
         entry["status"].as_str().unwrap_or_default().to_string(),
         entry["detail"].as_str().unwrap_or_default().to_string(),

@@ -542,6 +542,14 @@ pub async fn concurrent_gets(requests: Vec<(String, String)>, concurrency: usize
 /// The state `/health/ready` gives a dependency (`ok`, `degraded`, ...; empty before it
 /// reported).
 pub async fn dependency(app: &TestApp, name: &str) -> String {
+    dependency_report(app, name).await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What `/health/ready` says of one dependency (`Null` when it is not listed).
+pub async fn dependency_report(app: &TestApp, name: &str) -> serde_json::Value {
     let mut res = app
         .client
         .get(app.admin_url("/health/ready"))
@@ -549,8 +557,5 @@ pub async fn dependency(app: &TestApp, name: &str) -> String {
         .await
         .unwrap();
     let body: serde_json::Value = res.json().await.unwrap();
-    body["dependencies"][name]["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    body["dependencies"][name].clone()
 }
