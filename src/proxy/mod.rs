@@ -287,6 +287,16 @@ async fn session_token(
     if !safe {
         gate::check_csrf(req, sessions)?;
     }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if route.websocket && tunnel::is_requested(req) && !sessions.origin_allowed(origin) {
+        // Cross-site WebSocket hijacking: the cookie would open the tunnel for any site.
+        return Err(ApiError::CsrfRefused(
+            "a WebSocket handshake must come from an allowed origin",
+        ));
+    }
     let cookie = req.cookie(&sessions.cookies.session);
     let session = match cookie {
         Some(cookie) => sessions.current(cookie.value()).await?,

@@ -679,7 +679,14 @@ impl Sessions {
                 .map(|u| u.origin().ascii_serialization()),
             (None, None) => None,
         };
-        from.is_some_and(|o| self.rules.origins.contains(&o))
+        self.origin_allowed(from.as_deref())
+    }
+
+    /// Whether `origin` (the request's `Origin`) is one of the SPA's configured origins:
+    /// a browser sends it with every WebSocket handshake, which cannot carry the CSRF
+    /// header, so it is what keeps another site from opening a tunnel with the cookie.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        origin.is_some_and(|o| self.rules.origins.iter().any(|allowed| allowed == o))
     }
 }
 

@@ -984,3 +984,54 @@ async fn logins_follow_the_as_when_it_rotates_its_signing_key() {
     );
     assert!(auth.stats().await["introspection"].as_u64().unwrap() >= 1);
 }
+
+#[actix_web::test]
+async fn a_session_websocket_opens_only_from_an_allowed_origin() {
+    let server = TestWebSocketServer::start();
+    let ws_route = format!(
+        r#"
+            [[routes]]
+            name = "spa-ws"
+            prefix = "/ws"
+            upstreams = ["{}"]
+            auth = "session"
+            websocket = true
+        "#,
+        server.url()
+    );
+    let bff = start_bff(1, &[], &ws_route).await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "wendy", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let cookie = browser.cookie(&base, SESSION_COOKIE).expect("a session");
+    let connect = |origin: &'static str| {
+        awc::Client::new()
+            .ws(format!("{base}/ws/live"))
+            .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+            .origin(if origin == "ours" {
+                base.as_str()
+            } else {
+                origin
+            })
+            .connect()
+    };
+    // Another site's page would open the tunnel with the user's cookie: refused.
+    match connect("https://evil.example").await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => assert_eq!(status, 403),
+        other => panic!("expected 403, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    // The SPA's own origin: the tunnel opens with the session's internal JWT upstream.
+    let (response, mut framed) = connect("ours").await.unwrap();
+    assert_eq!(response.status(), 101);
+    let first = loop {
+        match futures_util::StreamExt::next(&mut framed).await {
+            Some(Ok(awc::ws::Frame::Text(text))) => break text,
+            Some(Ok(_)) => continue,
+            other => panic!("expected the handshake's echo, got {other:?}"),
+        }
+    };
+    let seen: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(seen["headers"]["x-user-id"][0], "wendy");
+    assert!(seen["headers"].get("cookie").is_none(), "{seen}");
+}
