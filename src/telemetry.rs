@@ -86,7 +86,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "intercom_upstream_errors_total",
-        "Failed exchanges with an upstream instance, by route and kind (refused, timeout, tls, protocol)"
+        "Failed exchanges with an upstream instance, by route, kind (refused, timeout, tls, reset, protocol) and instance"
     );
     describe_counter!(
         "intercom_http_response_bytes_total",

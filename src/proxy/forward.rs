@@ -287,7 +287,7 @@ pub async fn send(
         let error = failure.answer();
         let safe = match failure {
             Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout => replayable,
-            Failure::Protocol => replayable && idempotent(&outbound.method),
+            Failure::Reset | Failure::Protocol => replayable && idempotent(&outbound.method),
             Failure::Timeout => false,
         };
         if last_chance || !safe {
@@ -320,7 +320,10 @@ pub(super) enum Failure {
     Tls(TlsFailure),
     /// No response head within `timeouts.response`.
     Timeout,
-    /// The upstream answered with something that is not HTTP, or broke off mid-way.
+    /// The connection closed or was reset under the request: it may have reached the
+    /// upstream.
+    Reset,
+    /// The upstream answered with something that is not HTTP.
     Protocol,
 }
 
@@ -328,7 +331,7 @@ impl Failure {
     /// Sorts the failure, counts it in `intercom_upstream_errors_total` and logs it.
     pub(super) fn record(route: &Route, instance: &Instance, err: &SendRequestError) -> Self {
         let failure = Self::of(err);
-        metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind()).increment(1);
+        metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind(), "instance" => instance.authority.clone()).increment(1);
         tracing::warn!(route = %route.name, instance = %instance.authority, kind = failure.kind(), error = %err, "upstream exchange failed");
         failure
     }
@@ -347,10 +350,20 @@ impl Failure {
         if let Some(tls) = io.and_then(TlsFailure::find) {
             return Failure::Tls(tls);
         }
+        use std::io::ErrorKind;
+        let broken = io.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            )
+        });
         match err {
             SendRequestError::Connect(ConnectError::Timeout) => Failure::ConnectTimeout,
-            // The connection closed under the request: it may have reached the upstream.
-            SendRequestError::Connect(ConnectError::Disconnected) => Failure::Protocol,
+            SendRequestError::Connect(ConnectError::Disconnected) => Failure::Reset,
+            SendRequestError::Send(_) | SendRequestError::Response(_) if broken => Failure::Reset,
             SendRequestError::Connect(_) => Failure::Refused,
             SendRequestError::Timeout => Failure::Timeout,
             _ => Failure::Protocol,
@@ -363,6 +376,7 @@ impl Failure {
             Failure::Refused => "refused",
             Failure::ConnectTimeout | Failure::Timeout => "timeout",
             Failure::Tls(_) => "tls",
+            Failure::Reset => "reset",
             Failure::Protocol => "protocol",
         }
     }
@@ -373,7 +387,7 @@ impl Failure {
             Failure::Refused => ApiError::UpstreamConnect,
             Failure::ConnectTimeout | Failure::Timeout => ApiError::UpstreamTimeout,
             Failure::Tls(why) => ApiError::UpstreamTls(why),
-            Failure::Protocol => ApiError::UpstreamProtocol,
+            Failure::Reset | Failure::Protocol => ApiError::UpstreamProtocol,
         }
     }
 }

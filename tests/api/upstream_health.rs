@@ -155,6 +155,12 @@ async fn the_retry_budget_stops_retries_when_every_instance_fails() {
         &metrics,
         "intercom_upstream_retries_total{route=\"budget\",outcome=\"over_budget\"}",
     );
+    // Every connection closed under the request: counted as resets, per instance.
+    let resets = metric(
+        &metrics,
+        &format!("intercom_upstream_errors_total{{route=\"budget\",kind=\"reset\",instance=\"127.0.0.1:{one}\"}}"),
+    );
+    assert!(resets >= 1.0, "{resets}");
     // One retry decision per request; the budget (3, plus a fifth of the requests in its
     // ten-second window) let only some through.
     assert_eq!(retried + refused, 100.0);

@@ -118,7 +118,7 @@ async fn https_upstreams_are_verified_and_each_refusal_is_named() {
         ("tls-wrong-name", "certificate for another host name"),
     ];
     for (name, class) in refused {
-        let series = format!("intercom_upstream_errors_total{{route=\"{name}\",kind=\"tls\"}}");
+        let series = format!("intercom_upstream_errors_total{{route=\"{name}\",kind=\"tls\"");
         let before = metric(&app.metrics().await, &series);
         let mut res = app
             .client
