@@ -6,16 +6,23 @@ use crate::helpers::*;
 
 /// Routes that each demand one shape of claim (names unique to this module: metrics are
 /// process-wide).
-fn claim_routes(up: &TestUpstream) -> String {
+/// The claim routes, named `<tag>-plan`, `<tag>-groups`, ...: metrics are process-wide,
+/// so each test that counts them has route names of its own.
+fn claim_routes(tag: &'static str) -> impl FnOnce(&TestUpstream) -> String {
+    move |up| claim_routes_named(tag, up)
+}
+
+fn claim_routes_named(tag: &str, up: &TestUpstream) -> String {
+    let name = |route: &str| format!("{tag}-{route}");
     [
         bearer_route(
-            "claims-plan",
+            &name("plan"),
             "/plan",
             up,
             "required_claims = { plan = [\"pro\", \"enterprise\"] }",
         ),
         bearer_route(
-            "claims-groups",
+            &name("groups"),
             "/groups",
             up,
             r#"
@@ -25,7 +32,7 @@ fn claim_routes(up: &TestUpstream) -> String {
         ),
         // TOML's dotted key: nested tables, read as the path realm_access.roles.
         bearer_route(
-            "claims-realm",
+            &name("realm"),
             "/realm",
             up,
             r#"
@@ -35,20 +42,20 @@ fn claim_routes(up: &TestUpstream) -> String {
         ),
         // A client id with a dot, as one quoted name of the path.
         bearer_route(
-            "claims-client",
+            &name("client"),
             "/client",
             up,
             "required_claims = { 'resource_access.\"billing.api\".roles' = [\"invoice-reader\"] }",
         ),
         // A space-separated string claim, and two entries that must both hold.
         bearer_route(
-            "claims-words",
+            &name("words"),
             "/words",
             up,
             "required_claims = { entitlements = [\"export\"], plan = [\"pro\"] }",
         ),
         bearer_route(
-            "claims-staff",
+            &name("staff"),
             "/staff",
             up,
             "required_claims = { groups = [\"staff\"] }",
@@ -71,7 +78,7 @@ async fn routes_admit_callers_by_their_verified_claims() {
         upstream,
         app,
         _secrets,
-    } = start_edge(TestAuthServer::start().await, "", claim_routes).await;
+    } = start_edge(TestAuthServer::start().await, "", claim_routes("claims")).await;
     let alice = token_with(
         &auth,
         "alice",
@@ -187,7 +194,12 @@ async fn a_header_named_like_a_claim_changes_nothing() {
         upstream,
         app,
         _secrets,
-    } = start_edge(TestAuthServer::shared().await, "", claim_routes).await;
+    } = start_edge(
+        TestAuthServer::shared().await,
+        "",
+        claim_routes("claims-spoof"),
+    )
+    .await;
     let bob = token_with(&auth, "bob", serde_json::json!({ "plan": "free" })).await;
     for (name, value) in [
         ("plan", "pro"),
@@ -225,7 +237,7 @@ async fn claims_of_locally_validated_jwts_are_checked_too() {
             [auth_server.jwt]
             audiences = ["https://jwt.claims.test"]
         "#,
-        claim_routes,
+        claim_routes("claims-jwt"),
     )
     .await;
     // The AS's client-credentials JWTs carry each client's plan: app's is pro, reader's
