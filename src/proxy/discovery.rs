@@ -29,11 +29,13 @@ pub async fn start(routes: &RouteTable, settings: &DiscoverySettings) -> Result<
     }
     let resolver = Arc::new(resolver(settings)?);
     for upstreams in discovering {
-        let next = resolve(&resolver, upstreams).await;
+        let mut known = Vec::new();
+        let next = resolve(&resolver, upstreams, &mut known).await;
         let task = Refresh {
             upstreams: Arc::downgrade(upstreams),
             resolver: resolver.clone(),
             bounds: (settings.min_interval, settings.max_interval),
+            known,
         };
         tokio::spawn(task.run(next));
     }
@@ -60,54 +62,39 @@ fn resolver(settings: &DiscoverySettings) -> Result<TokioResolver, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Resolves every entry of one route and swaps in what was found; returns when to
+/// Resolves every entry of one route and swaps in what was found; an entry whose lookup
+/// fails keeps what `known` held for it. `known` becomes what was found. Returns when to
 /// resolve again (the earliest expiry of the records, if any).
-async fn resolve(resolver: &TokioResolver, upstreams: &Upstreams) -> Option<Instant> {
-    let mut found: Vec<Vec<IpAddr>> = Vec::new();
+async fn resolve(
+    resolver: &TokioResolver,
+    upstreams: &Upstreams,
+    known: &mut Vec<Vec<IpAddr>>,
+) -> Option<Instant> {
+    known.resize(upstreams.entries().len(), Vec::new());
     let mut expires: Option<Instant> = None;
-    let current = upstreams.pool();
-    for entry in upstreams.entries() {
-        let host = match entry.url.host() {
-            Some(url::Host::Domain(name)) => name.to_string(),
-            // An address is its own instance.
-            _ => {
-                found.push(Vec::new());
-                continue;
-            }
+    for (entry, addresses) in upstreams.entries().iter().zip(known.iter_mut()) {
+        // An address is its own instance.
+        let Some(url::Host::Domain(host)) = entry.url.host() else {
+            continue;
         };
         match resolver.lookup_ip(format!("{host}.")).await {
             Ok(lookup) => {
-                let mut addresses: Vec<IpAddr> = lookup.iter().collect();
-                addresses.sort();
-                addresses.dedup();
+                let mut found: Vec<IpAddr> = lookup.iter().collect();
+                found.sort();
+                found.dedup();
                 metrics::counter!("intercom_upstream_resolutions_total", "route" => upstreams.route().to_string(), "outcome" => "resolved").increment(1);
                 expires =
                     Some(expires.map_or(lookup.valid_until(), |e| e.min(lookup.valid_until())));
-                found.push(addresses);
+                *addresses = found;
             }
             Err(e) => {
                 metrics::counter!("intercom_upstream_resolutions_total", "route" => upstreams.route().to_string(), "outcome" => "failed").increment(1);
                 tracing::warn!(route = %upstreams.route(), host = %host, error = %e, "upstream name did not resolve; keeping the instances known");
-                found.push(known_addresses(&current, &host));
             }
         }
     }
-    upstreams.resolve_to(&found);
+    upstreams.resolve_to(known);
     expires
-}
-
-/// The addresses the pool holds for `host` now (what a failed lookup keeps).
-fn known_addresses(pool: &super::upstreams::Pool, host: &str) -> Vec<IpAddr> {
-    (0..pool.len())
-        .map(|i| pool.get(i))
-        .filter(|i| {
-            i.host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .is_some_and(|h| h.split(':').next() == Some(host))
-        })
-        .filter_map(|i| i.address())
-        .collect()
 }
 
 /// Keeps one route's instances fresh while the route lives.
@@ -115,10 +102,12 @@ struct Refresh {
     upstreams: Weak<Upstreams>,
     resolver: Arc<TokioResolver>,
     bounds: (Duration, Duration),
+    /// The addresses found last, per entry.
+    known: Vec<Vec<IpAddr>>,
 }
 
 impl Refresh {
-    async fn run(self, mut expires: Option<Instant>) {
+    async fn run(mut self, mut expires: Option<Instant>) {
         let (min, max) = self.bounds;
         loop {
             let wait = expires
@@ -129,7 +118,7 @@ impl Refresh {
             let Some(upstreams) = self.upstreams.upgrade() else {
                 return;
             };
-            expires = resolve(&self.resolver, &upstreams).await;
+            expires = resolve(&self.resolver, &upstreams, &mut self.known).await;
         }
     }
 }

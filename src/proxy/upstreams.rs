@@ -28,8 +28,6 @@ pub struct Instance {
     pub authority: String,
     /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
     pub host: Option<http::HeaderValue>,
-    /// The address discovery found this instance at (`None`: reached by its name).
-    address: Option<IpAddr>,
     weight: u32,
     /// Requests sent and not answered yet (their head), for `least_request`.
     in_flight: AtomicU32,
@@ -324,7 +322,6 @@ impl Instance {
             probe_base: format!("{}://{authority}{path}", url.scheme()),
             host: http::HeaderValue::from_str(&named).ok(),
             authority,
-            address,
             weight,
             in_flight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(true),
@@ -337,11 +334,6 @@ impl Instance {
 }
 
 impl Instance {
-    /// The address discovery found it at, if it did.
-    pub fn address(&self) -> Option<IpAddr> {
-        self.address
-    }
-
     fn available(&self, now: u64) -> bool {
         self.probe_healthy.load(Ordering::Relaxed)
             && self.ejected_until_ms.load(Ordering::Relaxed) <= now

@@ -128,24 +128,14 @@ async fn tls_handshakes_reloads_and_refuses_old_protocols() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(dir.path());
     let redirect_port = announced_port();
-    let app = spawn_app(&format!(
+    let tls_extra = format!(
         r#"
-            [server.tls]
-            cert_file = "{}"
-            key_file = "{}"
             reload_interval = "200ms"
             redirect_listen = "127.0.0.1:{redirect_port}"
             redirect_hosts = ["example.test", "[::1]"]
-            [[routes]]
-            name = "svc"
-            prefix = "/svc"
-            upstreams = ["{}"]
-        "#,
-        cert.display(),
-        key.display(),
-        upstream.url()
-    ))
-    .await;
+        "#
+    );
+    let app = spawn_app(&tls_app(&cert, &key, &upstream, &tls_extra)).await;
 
     let (text, version, peer) = https_get(app.port, &der, &[&rustls::version::TLS13], "/svc")
         .await

@@ -9,19 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use crate::helpers::*;
 
 fn ws_route(name: &str, server: &TestWebSocketServer, extra: &str) -> String {
-    format!(
-        r#"
-            [[routes]]
-            name = "{name}"
-            prefix = "/{name}"
-            upstreams = ["{}"]
-            auth = "bearer"
-            audience = "chat"
-            websocket = true
-            {extra}
-        "#,
-        server.url()
-    )
+    let extra = format!("websocket = true\n{extra}");
+    bearer_route_to(name, &format!("/{name}"), &server.url(), &extra)
 }
 
 /// The next text frame, skipping pings.

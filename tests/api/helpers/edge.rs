@@ -38,17 +38,21 @@ pub async fn start_edge(
 
 /// A bearer route to `upstream` (audience "billing").
 pub fn bearer_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
+    bearer_route_to(name, prefix, &upstream.url(), extra)
+}
+
+/// A bearer route to the upstream at `url` (audience "billing").
+pub fn bearer_route_to(name: &str, prefix: &str, url: &str, extra: &str) -> String {
     format!(
         r#"
             [[routes]]
             name = "{name}"
             prefix = "{prefix}"
-            upstreams = ["{}"]
+            upstreams = ["{url}"]
             auth = "bearer"
             audience = "billing"
             {extra}
-        "#,
-        upstream.url()
+        "#
     )
 }
 
