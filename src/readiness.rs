@@ -48,6 +48,13 @@ impl Readiness {
         let checked_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
+        // The state as a number (0 ok, 1 degraded, 2 down), for alerts.
+        let level = match status {
+            DependencyState::Ok => 0.0,
+            DependencyState::Degraded => 1.0,
+            DependencyState::Down => 2.0,
+        };
+        metrics::gauge!("intercom_dependency_state", "dependency" => name.to_string()).set(level);
         let report = DependencyReport {
             status,
             required,

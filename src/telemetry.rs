@@ -121,6 +121,18 @@ fn describe_metrics() {
         "Redis call latency by operation"
     );
     describe_gauge!(
+        "intercom_dependency_state",
+        "Each dependency's state as /health/ready reports it: 0 ok, 1 degraded, 2 down"
+    );
+    describe_gauge!(
+        "intercom_tls_certificate_expiry_timestamp_seconds",
+        "notAfter of the public listener's certificate, in seconds since the epoch"
+    );
+    describe_gauge!(
+        "intercom_upstream_instances",
+        "Instances of each route's upstream, healthy or not"
+    );
+    describe_gauge!(
         "intercom_ready",
         "1 while the instance is ready to take traffic"
     );

@@ -225,6 +225,8 @@ pub fn configure(
     let report = {
         let readiness = Arc::downgrade(readiness);
         move |not_after: i64| {
+            metrics::gauge!("intercom_tls_certificate_expiry_timestamp_seconds")
+                .set(not_after as f64);
             if let Some(readiness) = readiness.upgrade() {
                 let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
                     .ok()

@@ -65,8 +65,10 @@ fn report(routes: &[(Weak<Upstreams>, bool)], readiness: &Readiness) -> bool {
             n if n < total => DependencyState::Degraded,
             _ => DependencyState::Ok,
         };
-        metrics::gauge!("intercom_upstream_healthy_instances", "route" => upstreams.route().to_string())
+        let route = upstreams.route().to_string();
+        metrics::gauge!("intercom_upstream_healthy_instances", "route" => route.clone())
             .set(healthy as f64);
+        metrics::gauge!("intercom_upstream_instances", "route" => route).set(total as f64);
         readiness.report(
             &format!("upstream:{}", upstreams.route()),
             state,

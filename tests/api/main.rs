@@ -2,10 +2,12 @@
 //! against real processes started by `helpers`.
 
 mod as_jwt;
+mod chart;
 mod claims;
 mod compression;
 mod config;
 mod cors;
+mod dashboard;
 mod exchange;
 mod harness;
 mod helpers;

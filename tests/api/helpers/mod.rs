@@ -441,9 +441,20 @@ pub async fn serve_process_with_env(
     env: &[(&str, &str)],
     config: impl Fn(u16, u16) -> String,
 ) -> (ChildProcess, u16, u16) {
+    serve_process_on(dir, env, free_port, config).await
+}
+
+/// [`serve_process_with_env`] with the public port from `public` (an
+/// [`announced_port`] when the AS must know it first).
+pub async fn serve_process_on(
+    dir: &Path,
+    env: &[(&str, &str)],
+    public: impl Fn() -> u16,
+    config: impl Fn(u16, u16) -> String,
+) -> (ChildProcess, u16, u16) {
     let client = test_client();
     for _ in 0..PORT_ATTEMPTS {
-        let (port, admin_port) = (free_port(), free_port());
+        let (port, admin_port) = (public(), free_port());
         let file = dir.join("intercom.toml");
         std::fs::write(&file, config(port, admin_port)).unwrap();
         let mut process = ChildProcess::spawn("intercom", intercom_binary(&file, &["serve"], env));
