@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use intercom::settings::{ProcessEnv, Settings};
+use intercom::startup::reload::SettingsSource;
 use intercom::startup::Application;
 
 /// mimalloc: fewer cycles per request than glibc's allocator under many small,
@@ -61,14 +62,21 @@ fn main() -> ExitCode {
             println!("configuration is valid ({} routes)", settings.routes.len());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(settings),
+        Command::Serve => serve(
+            settings,
+            SettingsSource {
+                dir: cli.config_dir,
+                file: cli.config,
+            },
+        ),
     }
 }
 
-fn serve(settings: Settings) -> ExitCode {
+fn serve(settings: Settings, source: SettingsSource) -> ExitCode {
     intercom::telemetry::init_tracing(&settings.telemetry, std::io::stdout);
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
+        app.reload_from(source);
         app.run_until_stopped()
             .await
             .map_err(intercom::startup::StartError::from)

@@ -34,6 +34,31 @@ pub struct DependencyReport {
 pub struct Readiness {
     shutting_down: AtomicBool,
     dependencies: RwLock<BTreeMap<String, DependencyReport>>,
+    last_reload: RwLock<Option<ReloadReport>>,
+}
+
+/// What the last configuration reload did (`last_reload` in `/health/ready`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// `applied`, `unchanged` or `rejected`.
+    pub outcome: &'static str,
+    /// The configuration in force afterwards.
+    pub generation: u64,
+    /// RFC 3339 time of the reload.
+    pub at: String,
+    /// Why it was rejected (the key and the reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Keys that changed in the file but take a restart; their running values are kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_required: Vec<String>,
+}
+
+/// Now, in RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 impl Readiness {
@@ -45,9 +70,7 @@ impl Readiness {
         required: bool,
         detail: Option<String>,
     ) {
-        let checked_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let checked_at = now_rfc3339();
         // The state as a number (0 ok, 1 degraded, 2 down), for alerts.
         let level = match status {
             DependencyState::Ok => 0.0,
@@ -65,6 +88,24 @@ impl Readiness {
             .write()
             .expect("readiness lock is never poisoned")
             .insert(name.to_string(), report);
+    }
+
+    /// Drops a dependency that is no longer checked (a route a reload removed).
+    pub fn forget(&self, name: &str) {
+        self.dependencies
+            .write()
+            .expect("readiness lock is never poisoned")
+            .remove(name);
+    }
+
+    /// Records the outcome of a configuration reload, for `last_reload`.
+    pub fn record_reload(&self, report: ReloadReport) {
+        *self.last_reload.write().expect("never poisoned") = Some(report);
+    }
+
+    /// The last configuration reload, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload.read().expect("never poisoned").clone()
     }
 
     /// From now on readiness answers 503, so load balancers drain this instance.

@@ -141,8 +141,8 @@ pub async fn exchange(
     .await
     .map_err(|e| e.at(&req))?;
     let audience = asked_audience(&form).map_err(|e| e.at(&req))?;
-    let (route, target) = state
-        .routes
+    let table = state.routes.load_full();
+    let (route, target) = table
         .routes()
         .iter()
         .find_map(|r| Some((r, r.target.as_ref().filter(|t| &*t.audience == audience)?)))

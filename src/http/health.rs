@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use crate::readiness::{DependencyReport, Readiness};
+use crate::readiness::{DependencyReport, Readiness, ReloadReport};
 
 #[derive(Serialize)]
 struct ReadyBody {
     status: &'static str,
     dependencies: BTreeMap<String, DependencyReport>,
+    /// The last configuration reload, once there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reload: Option<ReloadReport>,
 }
 
 /// `GET /health/live`: the process answers.
@@ -30,6 +33,7 @@ pub async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
             "unready"
         },
         dependencies: readiness.dependencies(),
+        last_reload: readiness.last_reload(),
     };
     metrics::gauge!("intercom_ready").set(if ready { 1.0 } else { 0.0 });
     if ready {

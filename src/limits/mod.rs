@@ -13,7 +13,7 @@ pub mod local;
 pub mod policy;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
@@ -47,10 +47,11 @@ pub struct Decision {
 #[error("the rate limiter cannot decide right now")]
 pub struct LimiterUnavailable;
 
-/// Every route's limits and the shared counters.
+/// The shared counters, the budgets, and (weakly) the routes' limits, which each
+/// route table holds (a reload makes new ones).
 pub struct RateLimiter {
-    /// By route index; `None` for unlimited routes.
-    routes: Vec<Option<RoutePolicy>>,
+    /// The policies of the route tables alive, for the idle-window cleanup.
+    routes: Mutex<Vec<Weak<RoutePolicy>>>,
     redis: Option<Arc<SharedRedis>>,
     on_error: OnRedisError,
     prefix: String,
@@ -82,19 +83,16 @@ impl RateLimiter {
         redis: Option<Arc<SharedRedis>>,
         hasher: SharedHasher,
     ) -> Option<Arc<Self>> {
-        let routes: Vec<Option<RoutePolicy>> = settings
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| RoutePolicy::new(i, r, &settings.rate_limit))
-            .collect();
         let rl = &settings.rate_limit;
-        // Indexes past the routes', so their reserved cells are their own.
-        let n = settings.routes.len();
-        let unknown_tokens =
-            RoutePolicy::budget(n, "unknown-tokens", &rl.unknown_tokens, rl.replicas);
-        let endpoints = RoutePolicy::budget(n + 1, "endpoints", &rl.endpoints, rl.replicas);
-        let any_route = routes.iter().any(Option::is_some);
+        // Indexes no route has, so the budgets' reserved cells are their own.
+        let unknown_tokens = RoutePolicy::budget(
+            usize::MAX - 1,
+            "unknown-tokens",
+            &rl.unknown_tokens,
+            rl.replicas,
+        );
+        let endpoints = RoutePolicy::budget(usize::MAX, "endpoints", &rl.endpoints, rl.replicas);
+        let any_route = settings.routes.iter().any(|r| r.rate_limit.is_some());
         if !any_route && unknown_tokens.is_none() && endpoints.is_none() {
             return None;
         }
@@ -104,7 +102,7 @@ impl RateLimiter {
             );
         }
         let limiter = Arc::new(Self {
-            routes,
+            routes: Mutex::default(),
             redis,
             on_error: settings.rate_limit.on_redis_error,
             prefix: crate::redis::keys::base(settings),
@@ -116,6 +114,24 @@ impl RateLimiter {
         });
         limiter.spawn_local_cleanup();
         Some(limiter)
+    }
+
+    /// Each route's policy (`result[i]` for `settings.routes[i]`, `None` when it is not
+    /// limited), with the tiers of `settings.rate_limit`. Reserved cells are forgotten:
+    /// a new table's policies start afresh.
+    pub fn route_policies(&self, settings: &Settings) -> Vec<Option<Arc<RoutePolicy>>> {
+        let policies: Vec<Option<Arc<RoutePolicy>>> = settings
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RoutePolicy::new(i, r, &settings.rate_limit).map(Arc::new))
+            .collect();
+        let mut known = self.routes.lock().expect("never poisoned");
+        known.retain(|w| w.strong_count() > 0);
+        known.extend(policies.iter().flatten().map(Arc::downgrade));
+        drop(known);
+        self.leases.clear();
+        policies
     }
 
     /// Counts one call against a budget of the client address `ip`; `Ok(None)` when that
@@ -133,11 +149,6 @@ impl RateLimiter {
             Some(policy) => self.check(policy, Caller::Address(ip)).await.map(Some),
             None => Ok(None),
         }
-    }
-
-    /// The policy of the route at `index`, if it is limited.
-    pub fn policy(&self, index: usize) -> Option<&RoutePolicy> {
-        self.routes.get(index).and_then(Option::as_ref)
     }
 
     /// Counts one request of `caller` on the route.
@@ -247,8 +258,15 @@ impl RateLimiter {
                 let Some(limiter) = limiter.upgrade() else {
                     return;
                 };
+                let routes: Vec<Arc<RoutePolicy>> = {
+                    let known = limiter.routes.lock().expect("never poisoned");
+                    known.iter().filter_map(Weak::upgrade).collect()
+                };
                 let budgets = [&limiter.unknown_tokens, &limiter.endpoints];
-                let policies = limiter.routes.iter().chain(budgets).flatten();
+                let policies = routes
+                    .iter()
+                    .map(|p| &**p)
+                    .chain(budgets.into_iter().flatten());
                 for policy in policies {
                     for tier in policy.tiers() {
                         tier.windows.iter().for_each(|w| w.local.forget_idle());

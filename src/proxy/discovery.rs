@@ -115,7 +115,7 @@ impl Refresh {
                 .unwrap_or(max)
                 .clamp(min, max);
             tokio::time::sleep(wait).await;
-            let Some(upstreams) = self.upstreams.upgrade() else {
+            let Some(upstreams) = Upstreams::live(&self.upstreams) else {
                 return;
             };
             expires = resolve(&self.resolver, &upstreams, &mut self.known).await;

@@ -24,15 +24,16 @@ use super::upstreams::Instance;
 use crate::http::errors::ApiError;
 use crate::tls::TlsFailure;
 
-/// Per-worker HTTP clients, one per route (`awc::Client` is not `Send`), each with its
-/// own connection pool, connect timeout and transport (TLS config, h2c).
-pub struct UpstreamClients {
+/// One worker's HTTP clients for one route table, one per route (`awc::Client` is not
+/// `Send`), each with its own connection pool, connect timeout and transport (TLS
+/// config, h2c).
+pub struct RouteClients {
+    generation: u64,
     clients: Vec<awc::Client>,
 }
 
-impl UpstreamClients {
-    /// Builds the clients for one worker.
-    pub fn new(table: &RouteTable, max_connections: usize) -> Self {
+impl RouteClients {
+    fn new(table: &RouteTable, max_connections: usize) -> Self {
         let mut by_index: Vec<(usize, awc::Client)> = table
             .routes()
             .iter()
@@ -62,12 +63,43 @@ impl UpstreamClients {
             .collect();
         by_index.sort_by_key(|(i, _)| *i);
         Self {
+            generation: table.generation,
             clients: by_index.into_iter().map(|(_, c)| c).collect(),
         }
     }
 
     pub(super) fn get(&self, route: &Route) -> &awc::Client {
         &self.clients[route.index]
+    }
+}
+
+/// A worker's clients for the newest route table it has served; a request of an older
+/// table (in flight across a reload) keeps the clients it started with.
+pub struct UpstreamClients {
+    current: std::cell::RefCell<Rc<RouteClients>>,
+    max_connections: usize,
+}
+
+impl UpstreamClients {
+    /// Builds the clients for one worker.
+    pub fn new(table: &RouteTable, max_connections: usize) -> Self {
+        Self {
+            current: std::cell::RefCell::new(Rc::new(RouteClients::new(table, max_connections))),
+            max_connections,
+        }
+    }
+
+    /// The clients of `table`'s routes: those built before, unless the table is newer.
+    pub fn for_table(&self, table: &RouteTable) -> Rc<RouteClients> {
+        let current = self.current.borrow().clone();
+        if current.generation == table.generation {
+            return current;
+        }
+        let built = Rc::new(RouteClients::new(table, self.max_connections));
+        if built.generation > current.generation {
+            *self.current.borrow_mut() = built.clone();
+        }
+        built
     }
 }
 
@@ -217,7 +249,7 @@ pub struct OutboundRequest {
 /// connection, a failed TLS handshake, a connect timeout) or the method is idempotent.
 /// Never once the upstream began to answer, nor after a response timeout.
 pub async fn send(
-    clients: &UpstreamClients,
+    clients: &RouteClients,
     route: &Route,
     outbound: OutboundRequest,
     mut body: Option<RequestBody>,

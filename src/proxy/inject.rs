@@ -10,7 +10,6 @@ use base64::Engine;
 
 use crate::broker::client_credentials::ClientCredentials;
 use crate::broker::failure::Outage;
-use crate::broker::parts::BrokerParts;
 use crate::http::errors::ApiError;
 use crate::secret::Secret;
 use crate::secrets::registry::{SecretCell, SecretRegistry};
@@ -150,11 +149,12 @@ impl Injection {
     }
 }
 
-/// Each route's injected credential, in route order.
+/// Each route's injected credential, in route order; `token_endpoint` is the AS's
+/// client and token endpoint, for `client_credentials` injection.
 pub fn for_routes(
     settings: &Settings,
     secrets: &SecretRegistry,
-    broker: Option<&BrokerParts>,
+    token_endpoint: Option<&(reqwest::Client, String)>,
 ) -> Result<Vec<Option<Injection>>, SettingsError> {
     settings
         .routes
@@ -172,25 +172,18 @@ pub fn for_routes(
             } = inject
             {
                 let key = format!("routes[{i}].inject");
-                let (http, endpoint) = match broker {
-                    Some(BrokerParts {
-                        http,
-                        token_endpoint: Some(endpoint),
-                        ..
-                    }) => (http.clone(), endpoint.clone()),
-                    _ => {
-                        return Err(SettingsError::new(
-                            key,
-                            "the authorization server has no token_endpoint",
-                        ))
-                    }
+                let Some((http, endpoint)) = token_endpoint else {
+                    return Err(SettingsError::new(
+                        key,
+                        "the authorization server has no token_endpoint",
+                    ));
                 };
                 let cell = secrets.stored(Some(secret)).ok_or_else(|| {
                     SettingsError::new(format!("{key}.secret"), "was not resolved at start")
                 })?;
                 let source = ClientCredentials::new(
-                    http,
-                    endpoint,
+                    http.clone(),
+                    endpoint.clone(),
                     client_id.clone(),
                     cell,
                     scope.clone(),
@@ -198,7 +191,12 @@ pub fn for_routes(
                 );
                 return Ok(Some(Injection::fetched(source)));
             }
-            Ok(Injection::stored(inject, secrets))
+            Injection::stored(inject, secrets).map(Some).ok_or_else(|| {
+                SettingsError::new(
+                    format!("routes[{i}].inject.secret"),
+                    "was not resolved at start (a secret reference new since then takes a restart)",
+                )
+            })
         })
         .collect()
 }

@@ -43,7 +43,8 @@ use crate::secrets::registry::SecretRegistry;
 use crate::session::Sessions;
 use crate::settings::{OnMissingSession, RouteAuth};
 use forward::{
-    BodyFraming, LimitedBody, OutboundRequest, RequestBody, UpstreamAnswer, UpstreamClients,
+    BodyFraming, LimitedBody, OutboundRequest, RequestBody, RouteClients, UpstreamAnswer,
+    UpstreamClients,
 };
 use headers::ClientView;
 use identity::IdentityHeaders;
@@ -52,7 +53,9 @@ use routes::{Match, Route, RouteTable};
 
 /// What the proxy shares across workers.
 pub struct ProxyState {
-    pub routes: RouteTable,
+    /// The routes of the configuration in force; a reload swaps in a new table, and a
+    /// request keeps the table it started with.
+    pub routes: arc_swap::ArcSwap<RouteTable>,
     pub trusted_proxies: Vec<IpNet>,
     /// The phantom-token flow; `None` when no authorization server is configured.
     pub edge: Option<Arc<EdgeAuthenticator>>,
@@ -105,11 +108,13 @@ pub async fn handle(
     payload: web::Payload,
     state: web::Data<ProxyState>,
 ) -> HttpResponse {
+    let table = state.routes.load_full();
     let clients = req
         .app_data::<UpstreamClients>()
-        .expect("startup registers the upstream clients on every worker");
+        .expect("startup registers the upstream clients on every worker")
+        .for_table(&table);
     let mut context = RequestContext::default();
-    let result = proxy(&req, payload, &state, clients, &mut context).await;
+    let result = proxy(&req, payload, &state, (&table, &clients), &mut context).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => error.at(&req).error_response(),
@@ -129,7 +134,7 @@ async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
     state: &ProxyState,
-    clients: &UpstreamClients,
+    (table, clients): (&RouteTable, &RouteClients),
     context: &mut RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let canonical = path::canonicalize(req.uri().path())?;
@@ -144,7 +149,7 @@ async fn proxy(
             "more than one Authorization header".into(),
         ));
     }
-    let route = pick_route(req, state, &canonical)?;
+    let route = pick_route(req, table, &canonical)?;
     context.route = Some(RouteTag {
         name: route.name.clone(),
         metrics: route.metrics.clone(),
@@ -205,7 +210,7 @@ async fn inject_credential(
 /// An upstream refused an injected credential: ask the store again and retry once with
 /// the fresh (or the previous) value, so no request fails while ops roll a secret.
 async fn retry_with_other_credential(
-    clients: &UpstreamClients,
+    clients: &RouteClients,
     state: &ProxyState,
     route: &Route,
     inject: &Injection,
@@ -225,13 +230,10 @@ async fn retry_with_other_credential(
 /// Picks the route for the canonical path, or answers 404 / 405.
 fn pick_route<'a>(
     req: &HttpRequest,
-    state: &'a ProxyState,
+    table: &'a RouteTable,
     canonical: &str,
 ) -> Result<&'a Route, ApiError> {
-    match state
-        .routes
-        .find(request_host(req), canonical, req.method())
-    {
+    match table.find(request_host(req), canonical, req.method()) {
         Match::Found(route) => Ok(route),
         Match::WrongMethod(allow) => Err(ApiError::MethodNotAllowed { allow }),
         Match::None => Err(ApiError::NotFound),
@@ -389,7 +391,7 @@ async fn rate_limit(
     let Some(limiter) = &state.limiter else {
         return Ok(());
     };
-    let Some(policy) = limiter.policy(route.index) else {
+    let Some(policy) = route.rate_limit.as_deref() else {
         return Ok(());
     };
     let principal = context.admitted().map(|a| &a.token.principal);

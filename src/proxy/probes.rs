@@ -55,7 +55,7 @@ pub fn spawn(routes: &RouteTable, readiness: &Arc<Readiness>) {
 fn report(routes: &[(Weak<Upstreams>, bool)], readiness: &Readiness) -> bool {
     let mut alive = false;
     for (upstreams, required) in routes {
-        let Some(upstreams) = upstreams.upgrade() else {
+        let Some(upstreams) = Upstreams::live(upstreams) else {
             continue;
         };
         alive = true;
@@ -108,7 +108,7 @@ impl Probe {
     async fn run(self) {
         let thresholds = (self.check.healthy_threshold, self.check.unhealthy_threshold);
         loop {
-            let Some(upstreams) = self.upstreams.upgrade() else {
+            let Some(upstreams) = Upstreams::live(&self.upstreams) else {
                 return;
             };
             let pool = upstreams.pool();

@@ -15,6 +15,7 @@ use crate::broker::claims::ClaimPolicy;
 use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
+use crate::limits::policy::RoutePolicy;
 use crate::settings::{
     AllowedOrigin, HealthCheckSettings, OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts,
     SecurityHeaders, UpstreamToken,
@@ -83,6 +84,8 @@ pub struct Route {
     pub enforce_security_headers: bool,
     /// The downstream audience's policy, on routes that exchange the caller's token.
     pub target: Option<TargetPolicy>,
+    /// The route's rate limit, if it has one.
+    pub rate_limit: Option<Arc<RoutePolicy>>,
 }
 
 /// What matching a request gave.
@@ -96,6 +99,8 @@ pub enum Match<'a> {
 /// All routes, longest prefix first.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// Which configuration this is: 1 at start, one more at each reload applied.
+    pub generation: u64,
     routes: Vec<Route>,
     /// Positions in `routes` of the routes under each first path segment (lowercase),
     /// in table order, so a lookup visits the few routes a path can match, not all.
@@ -117,6 +122,8 @@ pub struct Attachments {
     pub inject: Option<Injection>,
     /// How the upstreams are reached (`Plain` when none was made: unit tests).
     pub transport: Transport,
+    /// The route's rate limit, when it has one.
+    pub rate_limit: Option<Arc<RoutePolicy>>,
 }
 
 impl RouteTable {
@@ -133,7 +140,11 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, r)| {
-                let Attachments { inject, transport } = attached.next().unwrap_or_default();
+                let Attachments {
+                    inject,
+                    transport,
+                    rate_limit,
+                } = attached.next().unwrap_or_default();
                 let ejection = Ejection {
                     consecutive_failures: r.passive_health.consecutive_failures,
                     first: r.passive_health.ejection.unwrap_or(cooldown),
@@ -197,6 +208,7 @@ impl RouteTable {
                     max_body_bytes: r.max_body_bytes.unwrap_or(max_body_bytes),
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
                     target: r.exchange.as_ref().map(TargetPolicy::new),
+                    rate_limit,
                 }
             })
             .collect();
@@ -214,10 +226,17 @@ impl RouteTable {
             }
         }
         Self {
+            generation: 1,
             routes,
             by_segment,
             everywhere,
         }
+    }
+
+    /// The table as generation `generation` of the configuration.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 
     pub fn routes(&self) -> &[Route] {

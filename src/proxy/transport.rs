@@ -101,7 +101,7 @@ fn for_route(
     let mut config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(private)) => {
             let unresolved = |field: &str| {
-                SettingsError::new(key(field), "the secret was not resolved at start")
+                SettingsError::new(key(field), "the secret was not resolved at start (a secret reference new since then takes a restart)")
             };
             let cert = secrets
                 .stored(Some(cert))

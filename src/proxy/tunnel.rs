@@ -23,7 +23,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
-use super::forward::{Failure, OutboundRequest, UpstreamClients};
+use super::forward::{Failure, OutboundRequest, RouteClients};
 use super::routes::Route;
 use crate::http::errors::ApiError;
 
@@ -40,7 +40,7 @@ pub fn is_requested(req: &HttpRequest) -> bool {
 /// passes its status on (a 4xx or 5xx, without its body).
 pub async fn open(
     req: &HttpRequest,
-    clients: &UpstreamClients,
+    clients: &RouteClients,
     route: &Route,
     outbound: OutboundRequest,
     payload: web::Payload,

@@ -94,6 +94,9 @@ pub struct Upstreams {
     ejection: Ejection,
     epoch: Instant,
     pub budget: RetryBudget,
+    /// Its route table was replaced by a reload: the probes and lookups stop (requests
+    /// still in flight keep using it).
+    retired: AtomicBool,
 }
 
 impl Upstreams {
@@ -121,7 +124,19 @@ impl Upstreams {
             ejection,
             epoch: Instant::now(),
             budget: RetryBudget::new(retry.budget),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// Ends the background work on these instances (probes, DNS lookups, reports).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// The instances behind `weak`, unless they are gone or retired.
+    pub fn live(weak: &std::sync::Weak<Upstreams>) -> Option<Arc<Upstreams>> {
+        weak.upgrade()
+            .filter(|u| !u.retired.load(Ordering::Relaxed))
     }
 
     /// The instances now; a request keeps one snapshot for all its attempts.

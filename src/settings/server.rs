@@ -43,6 +43,10 @@ pub struct ServerSettings {
     pub client_request_timeout: Duration,
     /// TLS on the public listener, when set.
     pub tls: Option<TlsSettings>,
+    /// When set, the configuration files are checked this often and a change reloads
+    /// them (as SIGHUP does); off by default.
+    #[serde(with = "humantime_serde")]
+    pub reload_watch: Option<Duration>,
 }
 
 impl Default for ServerSettings {
@@ -59,6 +63,7 @@ impl Default for ServerSettings {
             max_body_bytes: 10 * 1024 * 1024,
             client_request_timeout: Duration::from_secs(5),
             tls: None,
+            reload_watch: None,
         }
     }
 }
@@ -125,6 +130,14 @@ impl ServerSettings {
         }
         positive("server.drain_timeout", self.drain_timeout)?;
         positive("server.client_request_timeout", self.client_request_timeout)?;
+        if let Some(every) = self.reload_watch {
+            if every < Duration::from_millis(100) {
+                return Err(SettingsError::new(
+                    "server.reload_watch",
+                    "must be at least 100ms (the files are polled)",
+                ));
+            }
+        }
         if self.upstream_pool_size == 0 {
             return Err(SettingsError::new(
                 "server.upstream_pool_size",

@@ -5,6 +5,7 @@
 mod admin;
 mod error;
 mod public;
+pub mod reload;
 mod wiring;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct Application {
     readiness: Arc<Readiness>,
     settings: Settings,
     minter: Option<Arc<Minter>>,
+    reloader: Arc<reload::Reloader>,
 }
 
 /// Worker threads of the public listener: `server.workers`, else one per core.
@@ -81,13 +83,13 @@ impl Application {
         // `rediss://`); a second call (another app in this process) changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let wired = wiring::wire(&settings).await?;
-        crate::proxy::discovery::start(&wired.proxy.routes, &settings.discovery)
+        crate::proxy::discovery::start(&wired.proxy.routes.load(), &settings.discovery)
             .await
             .map_err(|message| StartError::Config {
                 key: "discovery",
                 message,
             })?;
-        crate::proxy::probes::spawn(&wired.proxy.routes, &wired.readiness);
+        crate::proxy::probes::spawn(&wired.proxy.routes.load(), &wired.readiness);
         let tls = match &settings.server.tls {
             Some(t) => Some(crate::tls::configure(t, &wired.readiness).map_err(|e| {
                 StartError::Config {
@@ -117,7 +119,9 @@ impl Application {
         };
         let admin = admin::server(&settings, &wired, metrics, admin_listener)?;
         metrics::gauge!("intercom_ready").set(1.0);
+        let reloader = Arc::new(wired.reloader);
         Ok(Self {
+            reloader,
             port,
             admin_port,
             public,
@@ -127,6 +131,17 @@ impl Application {
             settings,
             minter: wired.minter,
         })
+    }
+
+    /// Reloads read the configuration from `source` (the files it was started from): on
+    /// SIGHUP, and when `server.reload_watch` is set, when they change.
+    pub fn reload_from(&self, source: reload::SettingsSource) {
+        self.reloader.read_from(source);
+    }
+
+    /// Applies a new configuration, as a reload does (for tests and embedders).
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
     }
 
     /// Intercom's signing keys, when it mints tokens (for rotation by hand and tests).
@@ -159,6 +174,12 @@ impl Application {
             wait_for_signal().await;
             handle.shutdown().await;
         });
+        if self.reloader.has_source() {
+            tokio::spawn(reload::on_hangup(self.reloader.clone()));
+            if let Some(every) = self.settings.server.reload_watch {
+                tokio::spawn(reload::watch(self.reloader.clone(), every));
+            }
+        }
         tracing::info!(
             port = self.port,
             admin_port = self.admin_port,

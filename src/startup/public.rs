@@ -13,8 +13,8 @@ use crate::http::compression::CompressionPolicy;
 use crate::http::errors::extractor_error;
 use crate::http::security_headers::Hsts;
 use crate::http::{compression, cors, envelope, wellknown};
+use crate::proxy;
 use crate::proxy::forward::UpstreamClients;
-use crate::proxy::{self, ProxyState};
 use crate::settings::{CorsSettings, Settings};
 
 /// A CORS scope: a route's prefix (empty for `/`), its host, its policy.
@@ -22,16 +22,19 @@ type CorsScope = (String, Option<String>, Option<CorsSettings>);
 
 /// With any CORS policy, every route becomes a scope (in the table's order: host routes
 /// first, longest prefix first) so a policy never covers a more specific route.
-fn cors_scopes(settings: &Settings, proxy: &ProxyState) -> Vec<CorsScope> {
+pub(super) fn cors_scopes(settings: &Settings) -> Vec<CorsScope> {
     if !settings.routes.iter().any(|r| r.cors.is_some()) {
         return Vec::new();
     }
-    let routes = proxy.routes.routes().iter();
+    let mut routes: Vec<_> = settings.routes.iter().collect();
+    // As `RouteTable::new` orders them (a stable sort).
+    routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
     routes
+        .into_iter()
         .map(|r| {
             let prefix = if r.prefix == "/" { "" } else { &r.prefix };
-            let policy = settings.routes[r.index].cors.clone();
-            (prefix.to_string(), r.host.clone(), policy)
+            let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+            (prefix.to_string(), host, r.cors.clone())
         })
         .collect()
 }
@@ -101,7 +104,7 @@ pub(super) fn server(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<Server> {
-    let scopes = cors_scopes(settings, &wired.proxy);
+    let scopes = cors_scopes(settings);
     let any_cors = !scopes.is_empty();
     let compress = settings.compression.enabled;
     let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
@@ -116,7 +119,7 @@ pub(super) fn server(
     };
     let max_connections = settings.server.upstream_pool_size;
     let server = HttpServer::new(move || {
-        let clients = UpstreamClients::new(&proxy_state.routes, max_connections);
+        let clients = UpstreamClients::new(&proxy_state.routes.load(), max_connections);
         let mut app = App::new();
         app = app.configure(|config| own_endpoints(config, &endpoints));
         if let Some(policy) = &compression {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use super::reload::{Reloader, RouteFactory};
 use super::StartError;
 use crate::broker::downstream::DownstreamTokens;
 use crate::broker::mint::Minter;
@@ -14,10 +15,7 @@ use crate::endpoints::token::TokenClients;
 use crate::keyed_hash::SharedHasher;
 use crate::limits::RateLimiter;
 use crate::proxy::identity::IdentityHeaders;
-use crate::proxy::routes::Attachments;
-use crate::proxy::routes::RouteTable;
 use crate::proxy::ProxyState;
-use crate::proxy::{inject, transport};
 use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
@@ -29,6 +27,8 @@ use crate::settings::{SessionStoreKind, Settings};
 
 /// What the public and admin apps serve.
 pub(super) struct Wired {
+    /// Swaps in a new route table when the configuration changes.
+    pub reloader: Reloader,
     pub readiness: Arc<Readiness>,
     pub proxy: web::Data<ProxyState>,
     pub minter: Option<Arc<Minter>>,
@@ -65,14 +65,15 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         SharedRedis::from_settings(settings, &readiness, &secrets).map_err(StartError::Redis)?;
     let (hasher, rotation) = hashers(settings, &secrets);
     let mut broker = BrokerParts::build(settings, &readiness, &secrets, &hasher).await?;
-    let injections = inject::for_routes(settings, &secrets, broker.as_ref())?;
-    let transports = transport::for_routes(settings, &secrets)?;
-    let attachments = injections
-        .into_iter()
-        .zip(transports)
-        .map(|(inject, transport)| Attachments { inject, transport })
-        .collect();
     let limiter = RateLimiter::new(settings, redis.clone(), hasher.clone());
+    let factory = RouteFactory {
+        secrets: secrets.clone(),
+        token_endpoint: broker
+            .as_ref()
+            .and_then(|b| Some((b.http.clone(), b.token_endpoint.clone()?))),
+        limiter: limiter.clone(),
+    };
+    let table = factory.table(settings, 1)?;
     let downstream = DownstreamTokens::from_settings(
         settings,
         &secrets,
@@ -114,12 +115,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         .then(|| web::Data::new(TokenClients::from_settings(settings, &secrets)));
     let minter = broker.as_ref().map(|b| b.minter.clone());
     let proxy = web::Data::new(ProxyState {
-        routes: RouteTable::new(
-            &settings.routes,
-            settings.server.upstream_cooldown,
-            settings.server.max_body_bytes,
-            attachments,
-        ),
+        routes: arc_swap::ArcSwap::from_pointee(table),
         trusted_proxies: settings.server.trusted_proxies.clone(),
         edge: broker.map(|b| b.edge),
         identity: IdentityHeaders::from_settings(&settings.tokens),
@@ -129,7 +125,9 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
         revoker,
         sessions: sessions.clone(),
     });
+    let reloader = Reloader::new(factory, settings, proxy.clone(), readiness.clone());
     Ok(Wired {
+        reloader,
         readiness,
         proxy,
         minter,

@@ -185,6 +185,15 @@ fn the_default_values_render_a_hardened_deployment_named_once() {
         d["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone()
     };
     assert_ne!(checksum(moved), checksum(deployment));
+
+    // With hot reload, the directory is mounted (the kubelet updates it) and a changed
+    // configuration rolls nothing.
+    let reloading = documents(&render("intercom", &["--set", "configReload.enabled=true"]));
+    let pod = &of_kind(&reloading, "Deployment")[0]["spec"]["template"];
+    assert!(checksum(of_kind(&reloading, "Deployment")[0]).is_null());
+    let mount = &pod["spec"]["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], "/etc/intercom");
+    assert!(mount.get("subPath").is_none());
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod phantom;
 mod protections;
 mod proxy;
 mod ratelimit;
+mod reload;
 mod revocation;
 mod sessions;
 mod streaming;

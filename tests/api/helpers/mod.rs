@@ -135,6 +135,8 @@ pub struct TestApp {
     pub port: u16,
     pub shutdown: ShutdownHandle,
     pub client: awc::Client,
+    /// Applies a new configuration as a reload does.
+    pub reloader: std::sync::Arc<intercom::startup::reload::Reloader>,
 }
 
 impl TestApp {
@@ -170,6 +172,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let admin_port = app.admin_port();
     let shutdown = app.shutdown_handle();
     let minter = app.minter();
+    let reloader = app.reloader();
     actix_web::rt::spawn(app.run_until_stopped());
     let client = test_client();
     let live = format!("http://127.0.0.1:{admin_port}/health/live");
@@ -188,6 +191,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         port,
         shutdown,
         client: test_client(),
+        reloader,
     }
 }
 
