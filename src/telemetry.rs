@@ -1,8 +1,11 @@
-//! Logs and metrics: the `tracing` subscriber (JSON or human), and the Prometheus
-//! recorder behind `/metrics`.
+//! Logs, traces and metrics: the `tracing` subscriber (JSON or human, and the
+//! OpenTelemetry exporter of [`traces`] when configured), and the Prometheus recorder
+//! behind `/metrics`.
 //!
 //! Nothing here ever sees a header value: the access log is built from the method, the
 //! canonical path without its query, the route name, the status and timings.
+
+pub mod traces;
 
 use std::sync::OnceLock;
 
@@ -14,30 +17,62 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, TelemetrySettings};
 
-/// Installs the global subscriber writing to `writer`. Later calls are ignored, so tests
-/// that start several apps in one process keep the first one.
+/// The log lines' layer, JSON or human, for whatever subscriber it joins.
+fn log_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+    }
+}
+
+/// Installs the global subscriber writing to `writer`, and the trace exporter when
+/// `[telemetry.traces]` is set (a failure to build it is logged, and logs go on). Later
+/// calls are ignored, so tests that start several apps in one process keep the first.
 pub fn init_tracing<W>(settings: &TelemetrySettings, writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match settings.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .try_init(),
+    let traced = settings.traces.as_ref().map(traces::layer);
+    let failed = match traced {
+        // Intercom's own spans go to the exporter, the phases' `debug` ones included,
+        // whatever the log level: each layer has its own filter.
+        Some(Ok(exporter)) => {
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("intercom", tracing::Level::DEBUG);
+            let _ = tracing_subscriber::registry()
+                .with(log_layer(settings.log_format, writer).with_filter(filter))
+                .with(exporter.with_filter(spans))
+                .try_init();
+            None
+        }
+        // Without traces, one global filter: what it disables costs nothing.
+        other => {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(log_layer(settings.log_format, writer))
+                .try_init();
+            other.and_then(Result::err)
+        }
     };
-    let _ = result;
+    if let Some(e) = failed {
+        tracing::error!(error = %e, "traces are off: the exporter cannot be built");
+    }
 }
 
 /// The process-wide Prometheus handle, installed once as the global recorder.

@@ -76,7 +76,8 @@ pub struct TokenExchanger {
 impl TokenExchanger {
     pub async fn exchange(&self, request: &ExchangeRequest<'_>) -> Result<Issued, ExchangeError> {
         let started = Instant::now();
-        let result = self.call(request).await;
+        let span = tracing::debug_span!("exchange", audience = %request.audience);
+        let result = tracing::Instrument::instrument(self.call(request), span).await;
         metrics::histogram!("intercom_exchange_duration_seconds", "audience" => request.audience.to_string())
             .record(started.elapsed().as_secs_f64());
         let outcome = match &result {

@@ -81,8 +81,10 @@ pub struct Introspector {
 
 impl Introspector {
     pub async fn introspect(&self, token: &str) -> Result<Introspection, IntrospectError> {
+        use tracing::Instrument;
         let started = Instant::now();
-        let result = self.call(token).await;
+        let span = tracing::debug_span!("introspection");
+        let result = self.call(token).instrument(span).await;
         metrics::histogram!("intercom_introspection_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let outcome = match &result {

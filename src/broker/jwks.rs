@@ -70,7 +70,8 @@ impl RemoteJwks {
     pub async fn fetch(&self, reason: &'static str) -> Result<(), JwksError> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
-        self.fetch_locked(reason).await
+        let span = tracing::debug_span!("jwks_fetch", reason);
+        tracing::Instrument::instrument(self.fetch_locked(reason), span).await
     }
 
     async fn fetch_locked(&self, reason: &'static str) -> Result<(), JwksError> {
@@ -79,10 +80,14 @@ impl RemoteJwks {
             uri: self.uri.clone(),
             reason,
         };
-        let response = self
+        let mut request = self
             .http
             .get(&self.uri)
-            .header("accept", "application/jwk-set+json, application/json")
+            .header("accept", "application/jwk-set+json, application/json");
+        for (name, value) in crate::telemetry::traces::context_headers(&tracing::Span::current()) {
+            request = request.header(name, value);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| fail(super::authserver::failure(&e)))?;

@@ -25,12 +25,17 @@ pub struct UpstreamLatency(pub std::time::Duration);
 
 /// The request's span: its id, method and path (never the query).
 pub fn span(id: &super::request_id::RequestId, request: &ServiceRequest) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = %id.as_str(),
         method = %request.method(),
         path = %request.path(),
-    )
+    );
+    if crate::telemetry::traces::on() {
+        let peer = request.peer_addr().map(|a| a.ip());
+        crate::telemetry::traces::continue_from(&span, peer, request.headers());
+    }
+    span
 }
 
 /// Counts the answer in its route's metrics and writes the access-log line.
@@ -71,6 +76,7 @@ pub fn record<B: MessageBody>(span: &Span, res: &ServiceResponse<B>, elapsed: Du
         upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0),
         bytes,
         cause = cause.as_deref(),
+        trace_id = crate::telemetry::traces::trace_id(span).as_deref(),
         "access"
     );
 }

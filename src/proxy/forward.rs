@@ -292,10 +292,21 @@ pub async fn send(
         if let Some(host) = &instance.host {
             request.headers_mut().insert(header::HOST, host.clone());
         }
+        let span =
+            tracing::debug_span!("upstream", route = %route.name, instance = %instance.authority);
+        // Intercom's context replaces whatever the client sent (it is continued, if
+        // believed, by the request's span).
+        for (name, value) in crate::telemetry::traces::context_headers(&span) {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                request
+                    .headers_mut()
+                    .insert(header::HeaderName::from_static(name), value);
+            }
+        }
         let started = Instant::now();
         let sending = dispatch(request, &mut body, outbound.framing)?;
         let in_flight = upstreams.begin(instance);
-        let result = sending.await;
+        let result = tracing::Instrument::instrument(sending, span).await;
         drop(in_flight);
         let failure = match result {
             Ok(response) => {

@@ -244,13 +244,14 @@ impl SharedRedis {
             return Err(RedisError::Resting);
         }
         let started = Instant::now();
-        let result = with_deadline(deadline, async {
+        let span = tracing::debug_span!("redis", op = name);
+        let call = with_deadline(deadline, async {
             let mut conn = self.connection().await?;
             op(&mut conn)
                 .await
                 .map_err(|e| RedisError::Failed(e.to_string()))
-        })
-        .await;
+        });
+        let result = tracing::Instrument::instrument(call, span).await;
         if result.is_err() {
             // A failure usually means the server went away: every kept connection is
             // suspect, and the next calls make fresh ones.

@@ -69,6 +69,8 @@ impl ShutdownHandle {
         }
         self.public.stop(true).await;
         self.admin.stop(true).await;
+        // The batch exporter's own thread blocks while it sends.
+        let _ = tokio::task::spawn_blocking(crate::telemetry::traces::flush).await;
         tracing::info!("stopped");
     }
 }
@@ -79,6 +81,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // The recorder first, so what the parts record while they start is kept.
         let metrics = crate::telemetry::metrics_handle();
+        crate::telemetry::traces::trust(&settings.server.trusted_proxies);
         // One TLS provider for every client that does not name its own (Redis over
         // `rediss://`); a second call (another app in this process) changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -23,6 +23,7 @@ mod revocation;
 mod sessions;
 mod streaming;
 mod tls;
+mod traces;
 mod tunnels;
 mod upstream_health;
 mod upstream_tls;

@@ -95,6 +95,7 @@ fn log_buffer() -> &'static LogBuffer {
         let settings = TelemetrySettings {
             log_format: intercom::settings::LogFormat::Json,
             log_level: "debug,h2=info,hyper=info".into(),
+            traces: None,
         };
         intercom::telemetry::init_tracing(&settings, buffer.clone());
         buffer
