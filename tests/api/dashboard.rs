@@ -179,7 +179,7 @@ async fn log_in(base: &str) -> String {
 async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffic() {
     let mut world = World::start().await;
     let announced = world.public;
-    let (_process, public, admin) = serve_process_on(
+    let (process, public, admin) = serve_process_on(
         world.dir.path(),
         &[],
         || announced,
@@ -187,14 +187,6 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
     )
     .await;
     let base = format!("http://127.0.0.1:{public}");
-    let scrape = async || {
-        let mut res = test_client()
-            .get(format!("http://127.0.0.1:{admin}/metrics"))
-            .send()
-            .await
-            .unwrap();
-        String::from_utf8(res.body().limit(16 << 20).await.unwrap().to_vec()).unwrap()
-    };
 
     // Phantom tokens: a miss (introspection), a hit, the rate limit in Redis.
     let user = world.auth.user_token("dana", "profile", 600).await;
@@ -243,7 +235,9 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
     );
     let refreshed = eventually(PATIENCE, async || {
         get(&format!("{base}/spa/me"), &[("cookie", &cookie)]).await;
-        scrape().await.contains("intercom_session_refreshes_total{")
+        admin_metrics(admin)
+            .await
+            .contains("intercom_session_refreshes_total{")
     })
     .await;
     assert!(refreshed, "the session's token was refreshed");
@@ -267,11 +261,14 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
         200
     );
 
+    // A reload of the same file: counted as unchanged.
+    hang_up(process.pid());
+
     // The probes, the secret refresh and readiness report on their own clocks.
     let names = named();
     let mut missing = BTreeSet::new();
     let all_there = eventually(PATIENCE, async || {
-        let have = exported(&scrape().await);
+        let have = exported(&admin_metrics(admin).await);
         missing = names.difference(&have).cloned().collect();
         // The listener's certificate is another process's (below).
         missing.remove("intercom_tls_certificate_expiry_timestamp_seconds");
@@ -302,12 +299,7 @@ async fn the_listeners_certificate_expiry_is_exported() {
         )
     };
     let (_process, _, admin) = serve_process(dir.path(), config).await;
-    let mut res = test_client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let text = admin_metrics(admin).await;
     let not_after = metric(&text, "intercom_tls_certificate_expiry_timestamp_seconds");
     // The certificate's notAfter: ahead of now (rcgen's default validity), not the 0 of
     // a gauge never set.

@@ -11,15 +11,6 @@ use futures_util::StreamExt;
 
 use crate::helpers::*;
 
-/// Sends SIGHUP to `pid`.
-fn hang_up(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 async fn ready(admin: u16) -> serde_json::Value {
     let mut res = test_client()
         .get(format!("http://127.0.0.1:{admin}/health/ready"))
@@ -27,15 +18,6 @@ async fn ready(admin: u16) -> serde_json::Value {
         .await
         .unwrap();
     res.json().await.unwrap()
-}
-
-async fn scrape(admin: u16) -> String {
-    let mut res = test_client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    String::from_utf8(res.body().limit(16 << 20).await.unwrap().to_vec()).unwrap()
 }
 
 /// Waits until the last reload reports `outcome` at `generation`.
@@ -213,7 +195,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_answer_is_the_old_or
         total += seen.len();
     }
     assert!(total > 40, "{total} requests ran");
-    let metrics = scrape(admin).await;
+    let metrics = admin_metrics(admin).await;
     assert_eq!(
         metric(
             &metrics,
@@ -254,11 +236,11 @@ async fn an_invalid_file_changes_nothing_and_is_reported_with_its_key() {
             "routes[0].upstreams",
         ),
     ] {
-        let before = rejected(&scrape(admin).await);
+        let before = rejected(&admin_metrics(admin).await);
         write_config(dir.path(), &bad);
         hang_up(process.pid());
         let counted = eventually(PATIENCE, async || {
-            rejected(&scrape(admin).await) == before + 1.0
+            rejected(&admin_metrics(admin).await) == before + 1.0
         })
         .await;
         assert!(
@@ -287,7 +269,7 @@ async fn an_invalid_file_changes_nothing_and_is_reported_with_its_key() {
         assert_eq!(res.headers().get("x-generation").unwrap(), "1");
     }
     assert_eq!(
-        metric(&scrape(admin).await, "intercom_config_generation"),
+        metric(&admin_metrics(admin).await, "intercom_config_generation"),
         1.0
     );
 }

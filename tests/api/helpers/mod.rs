@@ -485,6 +485,25 @@ pub async fn serve_process_on(
     panic!("Intercom found no free ports in {PORT_ATTEMPTS} attempts");
 }
 
+/// Sends SIGHUP to `pid` (an Intercom process reloads its configuration).
+pub fn hang_up(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The `/metrics` of the Intercom whose admin listener is on `admin` (a process's own).
+pub async fn admin_metrics(admin: u16) -> String {
+    let mut res = test_client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    String::from_utf8(res.body().limit(16 << 20).await.unwrap().to_vec()).unwrap()
+}
+
 /// Peak and current resident memory of a process, in bytes (Linux).
 pub fn memory_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
