@@ -7,6 +7,7 @@
 //! (once more if the upstream refuses an injected credential; a WebSocket handshake opens
 //! a tunnel instead) → filter response; the access log records it.
 
+pub mod cors;
 pub mod discovery;
 pub mod forward;
 pub mod gate;

@@ -17,8 +17,8 @@ use crate::broker::policy::{ScopePolicy, TargetPolicy};
 use crate::http::path::{is_under, strip_port};
 use crate::limits::policy::RoutePolicy;
 use crate::settings::{
-    AllowedOrigin, HealthCheckSettings, OnMissingSession, RouteAuth, RouteSettings, RouteTimeouts,
-    SecurityHeaders, UpstreamToken,
+    AllowedOrigin, CorsSettings, HealthCheckSettings, OnMissingSession, RouteAuth, RouteSettings,
+    RouteTimeouts, SecurityHeaders, UpstreamToken,
 };
 use crate::telemetry::RequestMetrics;
 
@@ -75,6 +75,8 @@ pub struct Route {
     pub accepted_audiences: Vec<String>,
     /// `aud` values of internal JWTs accepted here (none when empty).
     pub internal_audiences: Vec<String>,
+    /// The route's CORS policy, answered by `http::cors` before the proxy runs.
+    pub cors: Option<CorsSettings>,
     /// The route's CORS policy admits any origin: an upstream's
     /// `Access-Control-Allow-Credentials` must not turn that into credentialed access.
     pub any_origin: bool,
@@ -101,6 +103,8 @@ pub enum Match<'a> {
 pub struct RouteTable {
     /// Which configuration this is: 1 at start, one more at each reload applied.
     pub generation: u64,
+    /// Some route has a CORS policy.
+    pub any_cors: bool,
     routes: Vec<Route>,
     /// Positions in `routes` of the routes under each first path segment (lowercase),
     /// in table order, so a lookup visits the few routes a path can match, not all.
@@ -200,6 +204,7 @@ impl RouteTable {
                     allow_method_override: r.allow_method_override,
                     accepted_audiences: r.accepted_audiences.clone(),
                     internal_audiences: r.internal_audiences.clone(),
+                    cors: r.cors.clone(),
                     any_origin: r
                         .cors
                         .as_ref()
@@ -227,6 +232,7 @@ impl RouteTable {
         }
         Self {
             generation: 1,
+            any_cors: routes.iter().any(|r| r.cors.is_some()),
             routes,
             by_segment,
             everywhere,
@@ -243,26 +249,39 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Finds the route for a canonical path, host (port ignored) and method: the first
-    /// in table order among those under the path's first segment or under `/`.
-    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_> {
+    /// The routes a canonical path and host (port ignored) fall under, whatever the
+    /// method, in table order: among those under the path's first segment or under `/`.
+    pub fn matching<'a, 'b>(
+        &'a self,
+        host: Option<&'b str>,
+        path: &'b str,
+    ) -> impl Iterator<Item = &'a Route> + 'b
+    where
+        'a: 'b,
+    {
         let host = host.map(strip_port);
         let segment = first_segment(path);
         let under = match segment.bytes().any(|b| b.is_ascii_uppercase()) {
             true => self.by_segment.get(&segment.to_ascii_lowercase()),
             false => self.by_segment.get(segment),
         };
-        let mut allowed: Vec<String> = Vec::new();
         let candidates = in_order(under.map_or(&[][..], Vec::as_slice), &self.everywhere);
-        for route in candidates.map(|position| &self.routes[position]) {
-            if let Some(want) = &route.host {
-                if !host.is_some_and(|h| h.eq_ignore_ascii_case(want)) {
-                    continue;
-                }
-            }
-            if !is_under(path, &route.prefix, route.ignore_case) {
-                continue;
-            }
+        candidates
+            .map(|position| &self.routes[position])
+            .filter(move |route| {
+                let host_ok = match &route.host {
+                    Some(want) => host.is_some_and(|h| h.eq_ignore_ascii_case(want)),
+                    None => true,
+                };
+                host_ok && is_under(path, &route.prefix, route.ignore_case)
+            })
+    }
+
+    /// Finds the route for a canonical path, host (port ignored) and method: the first
+    /// of [`RouteTable::matching`] that takes the method.
+    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_> {
+        let mut allowed: Vec<String> = Vec::new();
+        for route in self.matching(host, path) {
             if route.methods.is_empty() || route.methods.contains(method) {
                 return Match::Found(route);
             }

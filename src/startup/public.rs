@@ -12,32 +12,10 @@ use crate::endpoints::{revocation, session, token};
 use crate::http::compression::CompressionPolicy;
 use crate::http::errors::extractor_error;
 use crate::http::security_headers::Hsts;
-use crate::http::{compression, cors, envelope, wellknown};
+use crate::http::{compression, envelope, wellknown};
 use crate::proxy;
 use crate::proxy::forward::UpstreamClients;
-use crate::settings::{CorsSettings, Settings};
-
-/// A CORS scope: a route's prefix (empty for `/`), its host, its policy.
-type CorsScope = (String, Option<String>, Option<CorsSettings>);
-
-/// With any CORS policy, every route becomes a scope (in the table's order: host routes
-/// first, longest prefix first) so a policy never covers a more specific route.
-pub(super) fn cors_scopes(settings: &Settings) -> Vec<CorsScope> {
-    if !settings.routes.iter().any(|r| r.cors.is_some()) {
-        return Vec::new();
-    }
-    let mut routes: Vec<_> = settings.routes.iter().collect();
-    // As `RouteTable::new` orders them (a stable sort).
-    routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
-    routes
-        .into_iter()
-        .map(|r| {
-            let prefix = if r.prefix == "/" { "" } else { &r.prefix };
-            let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
-            (prefix.to_string(), host, r.cors.clone())
-        })
-        .collect()
-}
+use crate::settings::Settings;
 
 /// What Intercom answers itself on the public listener, each when configured.
 #[derive(Clone)]
@@ -104,8 +82,6 @@ pub(super) fn server(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<Server> {
-    let scopes = cors_scopes(settings);
-    let any_cors = !scopes.is_empty();
     let compress = settings.compression.enabled;
     let compression = compress.then(|| CompressionPolicy(settings.compression.clone()));
     let proxy_state = wired.proxy.clone();
@@ -125,30 +101,25 @@ pub(super) fn server(
         if let Some(policy) = &compression {
             app = app.app_data(policy.clone());
         }
-        for (prefix, host, policy) in &scopes {
-            let mut scope = web::scope(prefix).default_service(web::to(proxy::handle));
-            if let Some(host) = host {
-                scope = scope.guard(actix_web::guard::Host(host.clone()));
-            }
-            app = match policy {
-                Some(policy) => app.service(scope.wrap(cors::middleware(policy))),
-                None => app.service(scope),
-            };
-        }
+        // Everything Intercom does not answer itself goes to the proxy, through the CORS
+        // policy of the route it falls under (in the route table in force).
+        let proxied = web::scope("")
+            .wrap(proxy::cors::RouteCors {
+                proxy: proxy_state.clone(),
+            })
+            .default_service(web::to(proxy::handle));
+        app = app.service(proxied);
         // Middleware runs bottom-up on the way in: the envelope first (request id, span;
         // on the way out the problem re-dress, security headers and the access log, which
-        // sees the final status), then compression, and (only for CORS scopes) canonical
-        // routing.
+        // sees the final status), then compression.
         app.app_data(proxy_state.clone())
             .app_data(clients)
-            .wrap(Condition::new(any_cors, from_fn(cors::canonical_routing)))
             .app_data(web::JsonConfig::default().error_handler(extractor_error))
             .app_data(web::QueryConfig::default().error_handler(extractor_error))
             .app_data(web::FormConfig::default().error_handler(extractor_error))
             .app_data(web::PathConfig::default().error_handler(extractor_error))
             .wrap(Condition::new(compress, from_fn(compression::compress)))
             .wrap(envelope::Envelope)
-            .default_service(web::to(proxy::handle))
     })
     .workers(super::workers(settings))
     .client_request_timeout(settings.server.client_request_timeout)

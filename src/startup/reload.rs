@@ -2,13 +2,13 @@
 //! validated, and what can change at run time swapped in as one new route table.
 //!
 //! What a new table carries: the routes (prefixes, upstreams, balancing, health checks,
-//! retries, timeouts, headers, scopes, claims, audiences, injection, exchange targets,
-//! rate limits and the tiers they use). A request keeps the table it started with, so
+//! retries, timeouts, headers, scopes, claims, audiences, CORS, injection, exchange
+//! targets, rate limits and the tiers they use). A request keeps the table it started with, so
 //! requests in flight finish on the old configuration. What the running process built
 //! once (listeners, the admin listener, Redis, the secret store, the AS client, the
 //! caches, sessions, telemetry) keeps its running value: each such key that changed is
 //! named in one log line. A change the running parts cannot honour safely (a claim no
-//! token keeps, CORS scopes, a first exchange route) rejects the whole reload, as does
+//! token keeps, a first exchange route) rejects the whole reload, as does
 //! an invalid file; the running configuration then stays as it was.
 
 use std::path::PathBuf;
@@ -172,8 +172,6 @@ pub(super) struct Fixed {
     pub keep_as_jwt: bool,
     /// Whether exchanged tokens have a cache and an exchanger.
     pub exchanges: bool,
-    /// The CORS scopes of the public app (baked into it at start).
-    pub cors: String,
 }
 
 impl Fixed {
@@ -182,7 +180,6 @@ impl Fixed {
             claims: ClaimSelection::new(&settings.rate_limit.tier_claim, &settings.routes),
             keep_as_jwt: keeps_as_jwt(settings),
             exchanges: settings.routes.iter().any(|r| r.exchange.is_some()),
-            cors: format!("{:?}", super::public::cors_scopes(settings)),
         }
     }
 
@@ -205,12 +202,6 @@ impl Fixed {
             return Err(SettingsError::new(
                 "routes[].exchange",
                 "no route exchanged tokens at start (no exchange cache, no /token): it takes a restart",
-            ));
-        }
-        if format!("{:?}", super::public::cors_scopes(new)) != self.cors {
-            return Err(SettingsError::new(
-                "routes[].cors",
-                "the CORS scopes (each route's prefix, host and policy, with any policy) are part of the listener: changing them takes a restart",
             ));
         }
         Ok(())

@@ -349,16 +349,10 @@ async fn changes_the_running_parts_cannot_serve_are_refused() {
         )
     };
     let app = spawn_app(&route("")).await;
-    for (extra, key) in [
-        (
-            "cors = { origins = [\"https://app.example\"] }",
-            "routes[].cors",
-        ),
-        (
-            "inject = { type = \"bearer\", secret = \"file:never_resolved\" }",
-            "routes[0].inject.secret",
-        ),
-    ] {
+    for (extra, key) in [(
+        "inject = { type = \"bearer\", secret = \"file:never_resolved\" }",
+        "routes[0].inject.secret",
+    )] {
         let outcome = app.reloader.apply(with_routes(&route(extra))).await;
         match outcome {
             ReloadOutcome::Rejected(error) => assert!(error.key.contains(key), "{error}"),
@@ -435,4 +429,58 @@ async fn a_reload_changes_a_routes_rate_limit_tiers() {
     for _ in 0..5 {
         assert_eq!(get().await, 200, "the new tier's windows");
     }
+}
+
+#[actix_web::test]
+async fn a_reload_changes_a_routes_cors_policy() {
+    let upstream = TestUpstream::start("up");
+    let route = |cors: &str| {
+        format!(
+            "[[routes]]\nname = \"reload-cors\"\nprefix = \"/app\"\nupstreams = [\"{}\"]\n{cors}\n",
+            upstream.url()
+        )
+    };
+    let app = spawn_app(&route("")).await;
+    let preflight = async |origin: &str| {
+        app.client
+            .request(actix_web::http::Method::OPTIONS, app.url("/app/x"))
+            .insert_header(("origin", origin))
+            .insert_header(("access-control-request-method", "GET"))
+            .send()
+            .await
+            .unwrap()
+    };
+    let hits = upstream.hits();
+    let res = preflight("https://app.example").await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(
+        upstream.hits(),
+        hits + 1,
+        "without a policy the upstream answers"
+    );
+
+    let policy = "cors = { origins = [\"https://app.example\"], methods = [\"GET\"] }";
+    let outcome = app.reloader.apply(settings_with(&route(policy))).await;
+    assert!(
+        matches!(
+            outcome,
+            intercom::startup::reload::ReloadOutcome::Applied { .. }
+        ),
+        "{outcome:?}"
+    );
+    let res = preflight("https://app.example").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").unwrap(),
+        "https://app.example"
+    );
+    assert!(!preflight("https://evil.example")
+        .await
+        .status()
+        .is_success());
+    assert_eq!(
+        upstream.hits(),
+        hits + 1,
+        "preflights are answered by Intercom now"
+    );
 }
