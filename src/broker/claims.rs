@@ -17,7 +17,8 @@ pub type KeptClaims = Map<String, Value>;
 pub struct ClaimSelection {
     /// The claim naming the caller's rate-limit tier (`rate_limit.tier_claim`).
     pub tier: String,
-    /// Top-level claims the routes' `required_claims` and `denied_claims` read.
+    /// Top-level claims the routes' `required_claims`, `denied_claims` and
+    /// `claims_to_headers` read.
     pub kept: Vec<String>,
 }
 
@@ -27,6 +28,12 @@ impl ClaimSelection {
             .iter()
             .flat_map(|r| r.required_claims.0.iter().chain(&r.denied_claims.0))
             .map(|rule| rule.path.claim().to_string())
+            .chain(routes.iter().flat_map(|r| {
+                r.claims_to_headers
+                    .0
+                    .iter()
+                    .map(|(_, path)| path.claim().to_string())
+            }))
             .collect();
         kept.sort();
         kept.dedup();
@@ -122,7 +129,7 @@ impl ClaimPolicy {
 }
 
 /// The value at `path`, through nested objects.
-fn lookup<'a>(claims: &'a KeptClaims, path: &ClaimPath) -> Option<&'a Value> {
+pub fn lookup<'a>(claims: &'a KeptClaims, path: &ClaimPath) -> Option<&'a Value> {
     let (first, rest) = path.names().split_first()?;
     rest.iter().try_fold(claims.get(first)?, |value, name| {
         value.as_object()?.get(name)

@@ -7,6 +7,7 @@
 //! (once more if the upstream refuses an injected credential; a WebSocket handshake opens
 //! a tunnel instead) → filter response; the access log records it.
 
+pub mod claim_headers;
 pub mod cors;
 pub mod discovery;
 pub mod forward;
@@ -167,6 +168,13 @@ async fn proxy(
         false => (limit(route, framing, payload).await?, None),
     };
     let mut outbound = rewrite(req, state, route, &canonical, framing, context.admitted());
+    if let Some(caller) = &context.caller {
+        let claims = &caller.admitted.token.principal.claims;
+        let login = &caller.login_claims;
+        route
+            .claim_headers
+            .apply(&mut outbound.headers, claims, login);
+    }
     if let Some(token) = &context.downstream_token {
         // The target's own token replaces the internal JWT.
         if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {token}")) {

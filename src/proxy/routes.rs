@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::http::Method;
 
+use super::claim_headers::ClaimHeaders;
 use super::headers::CompiledRules;
 use super::inject::Injection;
 use super::transport::Transport;
@@ -64,6 +65,8 @@ pub struct Route {
     pub scopes: ScopePolicy,
     /// `required_claims` and `denied_claims`.
     pub claims: ClaimPolicy,
+    /// `claims_to_headers`: verified claims sent upstream as headers.
+    pub claim_headers: ClaimHeaders,
     /// What the upstream receives as its bearer: the internal JWT for the route's
     /// audience, or the AS's own JWT.
     pub upstream_bearer: UpstreamBearer,
@@ -189,6 +192,7 @@ impl RouteTable {
                     on_missing: r.on_missing,
                     scopes: ScopePolicy::new(&r.required_scopes, r.scope_match),
                     claims: ClaimPolicy::new(&r.name, &r.required_claims, &r.denied_claims),
+                    claim_headers: ClaimHeaders::new(&r.name, &r.claims_to_headers),
                     upstream_bearer: match r.upstream_token {
                         UpstreamToken::Minted => UpstreamBearer::Minted(Arc::from(
                             r.audience.as_deref().unwrap_or(&r.name),
@@ -198,7 +202,9 @@ impl RouteTable {
                     internal_headers: r
                         .internal_headers
                         .iter()
-                        .map(|h| super::headers::normalize_name(h.0.as_str()))
+                        .map(|h| h.0.as_str())
+                        .chain(r.claims_to_headers.0.iter().map(|(h, _)| h.0.as_str()))
+                        .map(super::headers::normalize_name)
                         .collect(),
                     allow_query_token: r.allow_query_token,
                     allow_method_override: r.allow_method_override,
@@ -383,6 +389,7 @@ mod tests {
             audience: None,
             upstream_token: Default::default(),
             internal_headers: vec![],
+            claims_to_headers: Default::default(),
             allow_query_token: false,
             allow_method_override: false,
             accepted_audiences: vec![],

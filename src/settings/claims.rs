@@ -187,6 +187,25 @@ impl<'de> Deserialize<'de> for ClaimRules {
     }
 }
 
+/// A route's `claims_to_headers`: header name → the claim path its value comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimHeaderSettings(pub Vec<(super::HeaderNameSetting, ClaimPath)>);
+
+impl<'de> Deserialize<'de> for ClaimHeaderSettings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let table = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+        table
+            .into_iter()
+            .map(|(name, path)| {
+                let name = super::HeaderNameSetting::try_from(name).map_err(de::Error::custom)?;
+                let path = ClaimPath::parse(&path).map_err(de::Error::custom)?;
+                Ok((name, path))
+            })
+            .collect::<Result<_, _>>()
+            .map(ClaimHeaderSettings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

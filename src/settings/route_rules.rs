@@ -256,7 +256,72 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
     if route.upstream_token == UpstreamToken::AuthorizationServer {
         authorization_server_token(settings, i, route)?;
     }
+    claim_headers(settings, i, route)?;
     credentials(settings, i, route)
+}
+
+/// Headers Intercom sets itself, or that carry framing, routing or credentials: never
+/// a claim's.
+const NOT_FOR_CLAIMS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// `claims_to_headers`: only on routes with a verified caller, never a header of
+/// Intercom's own or one that frames, routes or authenticates the request.
+fn claim_headers(
+    settings: &Settings,
+    i: usize,
+    route: &RouteSettings,
+) -> Result<(), SettingsError> {
+    if route.claims_to_headers.0.is_empty() {
+        return Ok(());
+    }
+    let key = format!("routes[{i}].claims_to_headers");
+    if !route.auth.has_caller() {
+        return Err(SettingsError::new(
+            key,
+            "needs auth = \"bearer\" or \"session\": claims come from the caller's verified token",
+        ));
+    }
+    let t = &settings.tokens;
+    let identity = [&t.user_id_header, &t.client_id_header, &t.scopes_header];
+    for (name, _) in &route.claims_to_headers.0 {
+        let name = name.0.as_str();
+        let normalized = name.replace('_', "-");
+        if NOT_FOR_CLAIMS.contains(&normalized.as_str())
+            || identity
+                .iter()
+                .any(|h| h.as_str().replace('_', "-") == normalized)
+        {
+            return Err(SettingsError::new(
+                format!("{key}.{name}"),
+                "is a header Intercom sets itself or one that frames, routes or authenticates the request",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the upstream is sent in the caller's stead: an injected credential, or a token

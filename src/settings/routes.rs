@@ -244,6 +244,10 @@ pub struct RouteSettings {
     /// Further headers a client may never send to this route's upstream.
     #[serde(default)]
     pub internal_headers: Vec<HeaderNameSetting>,
+    /// Headers the upstream receives from the caller's verified claims (header →
+    /// claim path); the client's copies are removed in every spelling.
+    #[serde(default)]
+    pub claims_to_headers: ClaimHeaderSettings,
     /// Accept `?access_token=` (RFC 6750 §2.3; discouraged) as well as the header.
     #[serde(default)]
     pub allow_query_token: bool,

@@ -263,3 +263,134 @@ async fn claims_of_locally_validated_jwts_are_checked_too() {
         "the JWTs were validated here, not introspected"
     );
 }
+
+/// `claims_to_headers`: verified claims reach the upstream as headers, encoded when they
+/// are not ASCII, left out when a header cannot carry them; the client's copies never.
+#[actix_web::test]
+async fn verified_claims_become_headers_and_client_copies_never_pass() {
+    let Edge {
+        auth,
+        upstream: _upstream,
+        app,
+        _secrets,
+    } = start_edge(TestAuthServer::shared().await, "", |up| {
+        bearer_route(
+            "claim-headers",
+            "/tenant",
+            up,
+            r#"
+                [routes.claims_to_headers]
+                X-Tenant = "tenant_id"
+                X-Org-Name = "org.name"
+                X-Roles = "roles"
+                X-Seats = "seats"
+                X-Evil = "evil"
+            "#,
+        )
+    })
+    .await;
+    let dana = token_with(
+        &auth,
+        "dana",
+        serde_json::json!({
+            "tenant_id": "acme",
+            "org": { "name": "José & Co" },
+            "roles": ["admin", "ops"],
+            "seats": 12,
+            "evil": "a\r\nX-Injected: yes",
+        }),
+    )
+    .await;
+    let refused = "intercom_claim_headers_total{route=\"claim-headers\",outcome=\"refused\"}";
+    let before = metric(&app.metrics().await, refused);
+    let bearer = format!("Bearer {dana}");
+    let spoofed = [
+        ("authorization", bearer.as_str()),
+        ("x-tenant", "spoofed"),
+        ("x_tenant", "spoofed-underscore"),
+        ("X-EVIL", "spoofed"),
+        ("x-injected", "spoofed"),
+    ];
+    let (status, seen) = upstream_saw(&app, "/tenant/x", &spoofed).await;
+    assert_eq!(status, 200, "{seen}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-tenant"], serde_json::json!(["acme"]));
+    assert!(headers.get("x_tenant").is_none(), "{headers}");
+    assert_eq!(headers["x-org-name"][0], "UTF-8''Jos%C3%A9%20&%20Co");
+    assert_eq!(headers["x-roles"][0], "admin,ops");
+    assert_eq!(headers["x-seats"][0], "12");
+    assert!(
+        headers.get("x-evil").is_none(),
+        "a refused value is left out: {headers}"
+    );
+    // The client's own x-injected is an ordinary header; no claim made one.
+    assert_eq!(headers["x-injected"], serde_json::json!(["spoofed"]));
+    assert_eq!(metric(&app.metrics().await, refused), before + 1.0);
+
+    // A caller without the claims: the headers are absent, and the spoofed ones too.
+    let erin = auth.user_token("erin", "invoice_read", 600).await;
+    let bearer = format!("Bearer {erin}");
+    let (status, seen) = upstream_saw(
+        &app,
+        "/tenant/x",
+        &[("authorization", bearer.as_str()), ("x-tenant", "spoofed")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(seen["headers"].get("x-tenant").is_none(), "{seen}");
+}
+
+#[test]
+fn claim_headers_need_a_verified_caller_and_an_ordinary_header() {
+    let route = |auth: &str, headers: &str| {
+        format!(
+            r#"
+                [auth_server]
+                issuer = "http://127.0.0.1:1"
+                client_id = "i"
+                client_secret = "file:x"
+                [[routes]]
+                name = "r"
+                prefix = "/r"
+                upstreams = ["http://127.0.0.1:2"]
+                auth = "{auth}"
+                claims_to_headers = {{ {headers} }}
+            "#
+        )
+    };
+    for (auth, headers, key) in [
+        (
+            "none",
+            "X-Tenant = \"tenant\"",
+            "routes[0].claims_to_headers",
+        ),
+        (
+            "bearer",
+            "Authorization = \"tenant\"",
+            "routes[0].claims_to_headers.authorization",
+        ),
+        (
+            "bearer",
+            "X-User-Id = \"tenant\"",
+            "routes[0].claims_to_headers.x-user-id",
+        ),
+        (
+            "bearer",
+            "X_Forwarded_For = \"tenant\"",
+            "routes[0].claims_to_headers.x_forwarded_for",
+        ),
+        ("bearer", "\"Bad Header\" = \"tenant\"", "Bad Header"),
+        ("bearer", "X-Tenant = \"a..b\"", "claim path"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.toml");
+        std::fs::write(&file, route(auth, headers)).unwrap();
+        let loaded = intercom::settings::Settings::load(
+            dir.path(),
+            Some(&file),
+            &Vec::<(String, String)>::new(),
+        );
+        let error = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(key), "{auth} {headers}: {error:?}");
+    }
+}
