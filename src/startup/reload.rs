@@ -189,7 +189,7 @@ impl Fixed {
         if let Some(claim) = claims.kept.iter().find(|c| !self.claims.kept.contains(c)) {
             return Err(SettingsError::new(
                 "routes[].required_claims",
-                format!("claim {claim:?} is not kept from tokens since start (a denied claim would go unseen): it takes a restart"),
+                format!("claim {claim:?} is not kept from tokens since start (required_claims, denied_claims and claims_to_headers read only those; a denied claim would go unseen): it takes a restart"),
             ));
         }
         if keeps_as_jwt(new) && !self.keep_as_jwt {
