@@ -333,40 +333,37 @@ async fn a_watched_file_reloads_when_it_changes() {
     assert_eq!(res.status(), 200);
 }
 
-/// An in-process app's configuration with `routes` (TOML) instead of its own.
-fn with_routes(routes: &str) -> intercom::settings::Settings {
-    settings_with(routes)
+/// One route `name` under `prefix` to `upstream`, with `extra` lines.
+fn one_route(name: &str, prefix: &str, upstream: &TestUpstream, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"{}\"]\n{extra}\n",
+        upstream.url()
+    )
 }
 
 #[actix_web::test]
 async fn changes_the_running_parts_cannot_serve_are_refused() {
     use intercom::startup::reload::ReloadOutcome;
     let upstream = TestUpstream::start("up");
-    let route = |extra: &str| {
-        format!(
-            "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstreams = [\"{}\"]\n{extra}\n",
-            upstream.url()
-        )
-    };
-    let app = spawn_app(&route("")).await;
-    for (extra, key) in [(
-        "inject = { type = \"bearer\", secret = \"file:never_resolved\" }",
-        "routes[0].inject.secret",
-    )] {
-        let outcome = app.reloader.apply(with_routes(&route(extra))).await;
-        match outcome {
-            ReloadOutcome::Rejected(error) => assert!(error.key.contains(key), "{error}"),
-            other => panic!("{extra}: {other:?}"),
+    let app = spawn_app(&one_route("r", "/r", &upstream, "")).await;
+    // A secret reference the running process never resolved.
+    let inject = "inject = { type = \"bearer\", secret = \"file:never_resolved\" }";
+    let outcome = app
+        .reloader
+        .apply(settings_with(&one_route("r", "/r", &upstream, inject)))
+        .await;
+    match outcome {
+        ReloadOutcome::Rejected(error) => {
+            assert_eq!(error.key, "routes[0].inject.secret", "{error}")
         }
-        assert_eq!(app.reloader.generation(), 1);
+        other => panic!("{other:?}"),
     }
+    assert_eq!(app.reloader.generation(), 1);
     // A valid change applies, and removes the old route's readiness entry.
-    let other = format!(
-        "[[routes]]\nname = \"s\"\nprefix = \"/s\"\nupstreams = [\"{}\"]\nhealth_check = {{ path = \"/\", interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n",
-        upstream.url()
-    );
+    let probed = "health_check = { path = \"/\", interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let other = one_route("s", "/s", &upstream, probed);
     assert!(matches!(
-        app.reloader.apply(with_routes(&other)).await,
+        app.reloader.apply(settings_with(&other)).await,
         ReloadOutcome::Applied { generation: 2 }
     ));
     let status = app
@@ -434,12 +431,7 @@ async fn a_reload_changes_a_routes_rate_limit_tiers() {
 #[actix_web::test]
 async fn a_reload_changes_a_routes_cors_policy() {
     let upstream = TestUpstream::start("up");
-    let route = |cors: &str| {
-        format!(
-            "[[routes]]\nname = \"reload-cors\"\nprefix = \"/app\"\nupstreams = [\"{}\"]\n{cors}\n",
-            upstream.url()
-        )
-    };
+    let route = |cors: &str| one_route("reload-cors", "/app", &upstream, cors);
     let app = spawn_app(&route("")).await;
     let preflight = async |origin: &str| {
         app.client
