@@ -10,27 +10,26 @@ use std::future::{ready, Ready};
 use std::rc::Rc;
 
 use actix_cors::CorsMiddleware;
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::BoxBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{web, Error};
-use futures_util::future::{Either, LocalBoxFuture, MapOk};
-use futures_util::TryFutureExt;
+use futures_util::future::{Either, LocalBoxFuture};
 
 use super::routes::RouteTable;
 use super::ProxyState;
 use crate::http::path;
 
-/// Middleware: wraps the public app's routing, inside the envelope.
+/// Middleware around the proxy (the public app's default service): what Intercom does
+/// not answer itself. A request without a CORS policy passes with its own future.
 pub struct RouteCors {
     pub proxy: web::Data<ProxyState>,
 }
 
-impl<S, B> Transform<S, ServiceRequest> for RouteCors
+impl<S> Transform<S, ServiceRequest> for RouteCors
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error> + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B, EitherBody<B>>>;
+    type Response = ServiceResponse;
     type Error = Error;
     type Transform = RouteCorsService<S>;
     type InitError = ();
@@ -83,10 +82,9 @@ pub struct RouteCorsService<S> {
     built: RefCell<Option<Rc<Built<S>>>>,
 }
 
-impl<S, B> RouteCorsService<S>
+impl<S> RouteCorsService<S>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error> + 'static,
 {
     /// The middleware of `table`'s routes: those built before, unless the table is newer.
     fn for_table(&self, table: &RouteTable) -> Rc<Built<S>> {
@@ -128,28 +126,20 @@ where
     }
 }
 
-type Answer<B> = ServiceResponse<EitherBody<B, EitherBody<B>>>;
-
-impl<S, B> Service<ServiceRequest> for RouteCorsService<S>
+impl<S> Service<ServiceRequest> for RouteCorsService<S>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error> + 'static,
 {
-    type Response = Answer<B>;
+    type Response = ServiceResponse<BoxBody>;
     type Error = Error;
-    #[allow(clippy::type_complexity)]
-    type Future = Either<
-        MapOk<S::Future, fn(ServiceResponse<B>) -> Answer<B>>,
-        LocalBoxFuture<'static, Result<Answer<B>, Error>>,
-    >;
+    type Future = Either<S::Future, LocalBoxFuture<'static, Result<ServiceResponse, Error>>>;
 
     actix_web::dev::forward_ready!(inner);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let pass: fn(ServiceResponse<B>) -> Answer<B> = |res| res.map_into_left_body();
         let table = self.proxy.routes.load();
         if !table.any_cors {
-            return Either::Left(self.inner.call(req).map_ok(pass));
+            return Either::Left(self.inner.call(req));
         }
         // The route the proxy would pick for the canonical path (a path that does not
         // canonicalize is the proxy's 400, without CORS).
@@ -165,17 +155,17 @@ where
                 route.cors.as_ref().map(|_| route.index)
             });
         let Some(index) = index else {
-            return Either::Left(self.inner.call(req).map_ok(pass));
+            return Either::Left(self.inner.call(req));
         };
         let built = self.for_table(&table);
         match &built.by_index[index] {
             Some(cors) => {
                 let answer = cors.call(req);
                 Either::Right(Box::pin(async move {
-                    answer.await.map(|res| res.map_into_right_body())
+                    answer.await.map(|res| res.map_into_boxed_body())
                 }))
             }
-            None => Either::Left(self.inner.call(req).map_ok(pass)),
+            None => Either::Left(self.inner.call(req)),
         }
     }
 }

@@ -101,14 +101,6 @@ pub(super) fn server(
         if let Some(policy) = &compression {
             app = app.app_data(policy.clone());
         }
-        // Everything Intercom does not answer itself goes to the proxy, through the CORS
-        // policy of the route it falls under (in the route table in force).
-        let proxied = web::scope("")
-            .wrap(proxy::cors::RouteCors {
-                proxy: proxy_state.clone(),
-            })
-            .default_service(web::to(proxy::handle));
-        app = app.service(proxied);
         // Middleware runs bottom-up on the way in: the envelope first (request id, span;
         // on the way out the problem re-dress, security headers and the access log, which
         // sees the final status), then compression.
@@ -120,6 +112,14 @@ pub(super) fn server(
             .app_data(web::PathConfig::default().error_handler(extractor_error))
             .wrap(Condition::new(compress, from_fn(compression::compress)))
             .wrap(envelope::Envelope)
+            // Everything Intercom does not answer itself goes to the proxy, through the
+            // CORS policy of the route it falls under (in the route table in force).
+            .default_service(actix_service::apply(
+                proxy::cors::RouteCors {
+                    proxy: proxy_state.clone(),
+                },
+                web::to(proxy::handle),
+            ))
     })
     .workers(super::workers(settings))
     .client_request_timeout(settings.server.client_request_timeout)
