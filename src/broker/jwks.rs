@@ -80,14 +80,11 @@ impl RemoteJwks {
             uri: self.uri.clone(),
             reason,
         };
-        let mut request = self
+        let request = self
             .http
             .get(&self.uri)
             .header("accept", "application/jwk-set+json, application/json");
-        for (name, value) in crate::telemetry::traces::context_headers(&tracing::Span::current()) {
-            request = request.header(name, value);
-        }
-        let response = request
+        let response = crate::telemetry::traces::propagate(request)
             .send()
             .await
             .map_err(|e| fail(super::authserver::failure(&e)))?;

@@ -253,14 +253,11 @@ pub(crate) fn post_as_client(
     form: &[(&str, &str)],
 ) -> reqwest::RequestBuilder {
     let secret = secret.current();
-    let mut request = http
+    let request = http
         .post(endpoint)
         .basic_auth(form_encode(client_id), Some(form_encode(secret.expose())))
         .form(form);
-    for (name, value) in crate::telemetry::traces::context_headers(&tracing::Span::current()) {
-        request = request.header(name, value);
-    }
-    request
+    crate::telemetry::traces::propagate(request)
 }
 
 #[cfg(test)]

@@ -146,11 +146,7 @@ where
         let index = path::canonicalize(req.uri().path())
             .ok()
             .and_then(|canonical| {
-                let host = req
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str())
-                    .or_else(|| req.headers().get("host")?.to_str().ok());
+                let host = super::request_host(req.request());
                 let route = table.matching(host, &canonical).next()?;
                 route.cors.as_ref().map(|_| route.index)
             });

@@ -466,7 +466,7 @@ async fn limit(
 }
 
 /// The host the client asked for: the request target's authority, else `Host`.
-fn request_host(req: &HttpRequest) -> Option<&str> {
+pub(super) fn request_host(req: &HttpRequest) -> Option<&str> {
     req.uri()
         .authority()
         .map(|a| a.as_str())

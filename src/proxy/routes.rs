@@ -78,7 +78,7 @@ pub struct Route {
     pub accepted_audiences: Vec<String>,
     /// `aud` values of internal JWTs accepted here (none when empty).
     pub internal_audiences: Vec<String>,
-    /// The route's CORS policy, answered by `http::cors` before the proxy runs.
+    /// The route's CORS policy, answered by `proxy::cors` before the proxy runs.
     pub cors: Option<CorsSettings>,
     /// The route's CORS policy admits any origin: an upstream's
     /// `Access-Control-Allow-Credentials` must not turn that into credentialed access.

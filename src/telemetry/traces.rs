@@ -136,6 +136,15 @@ pub fn context_headers(span: &Span) -> Vec<(&'static str, String)> {
     pairs.0
 }
 
+/// `request` (to the AS) with the current span's trace context; unchanged while traces
+/// are off.
+pub fn propagate(mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    for (name, value) in context_headers(&Span::current()) {
+        request = request.header(name, value);
+    }
+    request
+}
+
 /// The trace id of `span`, for the access log; `None` while traces are off.
 pub fn trace_id(span: &Span) -> Option<String> {
     if !on() {

@@ -78,6 +78,35 @@ fn generation(
     )
 }
 
+/// An Intercom process serving generation 1 (`extra` in `[server]`) from a file in
+/// `dir`, in front of the two upstreams the generations alternate between.
+struct Reloading {
+    even: TestUpstream,
+    odd: TestUpstream,
+    dir: tempfile::TempDir,
+    process: ChildProcess,
+    port: u16,
+    admin: u16,
+}
+
+impl Reloading {
+    async fn start(extra: &str) -> Self {
+        let even = TestUpstream::start("even");
+        let odd = TestUpstream::start("odd");
+        let dir = tempfile::tempdir().unwrap();
+        let (process, port, admin) =
+            serve_process(dir.path(), |p, a| generation(1, (p, a), &even, &odd, extra)).await;
+        Self {
+            even,
+            odd,
+            dir,
+            process,
+            port,
+            admin,
+        }
+    }
+}
+
 /// What one request under load got: its status, the upstream that answered, the
 /// generation the answer claims.
 type Seen = (u16, String, u64);
@@ -108,11 +137,9 @@ async fn load_loop(url: String, stop: Rc<RefCell<bool>>, seen: Rc<RefCell<Vec<Se
 
 #[actix_web::test]
 async fn twenty_reloads_under_load_fail_no_request_and_each_answer_is_the_old_or_the_new_route() {
-    let even = TestUpstream::start("even");
-    let odd = TestUpstream::start("odd");
-    let dir = tempfile::tempdir().unwrap();
-    let (process, port, admin) =
-        serve_process(dir.path(), |p, a| generation(1, (p, a), &even, &odd, "")).await;
+    let world = Reloading::start("").await;
+    let (even, odd, dir) = (&world.even, &world.odd, &world.dir);
+    let (process, port, admin) = (&world.process, world.port, world.admin);
     let base = format!("http://127.0.0.1:{port}");
     let stop = Rc::new(RefCell::new(false));
     let loops: Vec<_> = (0..4)
@@ -141,7 +168,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_answer_is_the_old_or
             .unwrap();
         assert_eq!(&first.unwrap().unwrap()[..], b"data: first\n\n");
 
-        write_config(dir.path(), &generation(k, (port, admin), &even, &odd, ""));
+        write_config(dir.path(), &generation(k, (port, admin), even, odd, ""));
         hang_up(process.pid());
         reloaded(admin, "applied", k).await;
 
@@ -208,13 +235,11 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_answer_is_the_old_or
 
 #[actix_web::test]
 async fn an_invalid_file_changes_nothing_and_is_reported_with_its_key() {
-    let even = TestUpstream::start("even");
-    let odd = TestUpstream::start("odd");
-    let dir = tempfile::tempdir().unwrap();
-    let (process, port, admin) =
-        serve_process(dir.path(), |p, a| generation(1, (p, a), &even, &odd, "")).await;
+    let world = Reloading::start("").await;
+    let (even, odd, dir) = (&world.even, &world.odd, &world.dir);
+    let (process, port, admin) = (&world.process, world.port, world.admin);
     let base = format!("http://127.0.0.1:{port}");
-    let good = generation(1, (port, admin), &even, &odd, "");
+    let good = generation(1, (port, admin), even, odd, "");
     let rejected = |metrics: &str| {
         metric(
             metrics,
@@ -276,14 +301,12 @@ async fn an_invalid_file_changes_nothing_and_is_reported_with_its_key() {
 
 #[actix_web::test]
 async fn keys_that_take_a_restart_are_named_and_keep_their_running_value() {
-    let even = TestUpstream::start("even");
-    let odd = TestUpstream::start("odd");
-    let dir = tempfile::tempdir().unwrap();
-    let (process, port, admin) =
-        serve_process(dir.path(), |p, a| generation(1, (p, a), &even, &odd, "")).await;
+    let world = Reloading::start("").await;
+    let (even, odd, dir) = (&world.even, &world.odd, &world.dir);
+    let (process, port, admin) = (&world.process, world.port, world.admin);
     // The admin listener moves, the shutdown delay changes, and a route changes.
     let elsewhere = free_port();
-    let moved = generation(2, (port, elsewhere), &even, &odd, "shutdown_delay = \"1s\"");
+    let moved = generation(2, (port, elsewhere), even, odd, "shutdown_delay = \"1s\"");
     write_config(dir.path(), &moved);
     hang_up(process.pid());
     let last = reloaded(admin, "applied", 2).await;
@@ -314,16 +337,11 @@ async fn keys_that_take_a_restart_are_named_and_keep_their_running_value() {
 
 #[actix_web::test]
 async fn a_watched_file_reloads_when_it_changes() {
-    let even = TestUpstream::start("even");
-    let odd = TestUpstream::start("odd");
-    let dir = tempfile::tempdir().unwrap();
     let watch = "reload_watch = \"200ms\"";
-    let (_process, port, admin) =
-        serve_process(dir.path(), |p, a| generation(1, (p, a), &even, &odd, watch)).await;
-    write_config(
-        dir.path(),
-        &generation(2, (port, admin), &even, &odd, watch),
-    );
+    let world = Reloading::start(watch).await;
+    let (even, odd, dir) = (&world.even, &world.odd, &world.dir);
+    let (port, admin) = (world.port, world.admin);
+    write_config(dir.path(), &generation(2, (port, admin), even, odd, watch));
     reloaded(admin, "applied", 2).await;
     let res = test_client()
         .get(format!("http://127.0.0.1:{port}/extra-2/x"))
