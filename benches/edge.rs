@@ -2,7 +2,9 @@
 //! lookup, cached JWT, scope check), the hit with the denylist after 10,000 revocations,
 //! local JWT validation, minting, a rate-limit decision from reserved cells, and
 //! sealing / opening a Redis value, and a route lookup in a table of 10 and of 1,000
-//! routes (the second must cost about what the first does), and a route's claim check.
+//! routes (the second must cost about what the first does), a route's claim check, and
+//! the filter phases of a route without filters (must be within noise of no work) and
+//! with one no-op filter.
 //!
 //! `cargo bench --bench edge`
 
@@ -22,6 +24,9 @@ use intercom::broker::validate::{JwtValidator, SignatureCheck};
 use intercom::broker::Principal;
 use intercom::cache::{LoadOutcome, Lookup, TokenCache};
 use intercom::clock::now_secs;
+use intercom::filter::{
+    Filter, FilterChain, FilterRegistry, FilterRequest, FilterSettings, HeaderMap, Phase,
+};
 use intercom::keyed_hash::SharedHasher;
 use intercom::proxy::routes::{Match, RouteTable};
 use intercom::readiness::Readiness;
@@ -267,9 +272,76 @@ fn claim_check(c: &mut Criterion) {
     });
 }
 
+/// A no-op filter at every phase.
+struct Noop;
+
+#[intercom::filter::async_trait(?Send)]
+impl Filter for Noop {
+    fn phases(&self) -> &[Phase] {
+        &[
+            Phase::Authenticated,
+            Phase::BeforeForwarding,
+            Phase::Response,
+        ]
+    }
+}
+
+/// The three filter phases as the proxy runs them, for a route without filters (the cost
+/// every request pays for the API: must be within noise of no work at all) and with one
+/// no-op filter (what a filter costs).
+fn filter_chain(c: &mut Criterion) {
+    let registry =
+        FilterRegistry::new().register("noop", |_| Ok(Arc::new(Noop) as Arc<dyn Filter>));
+    let empty = FilterChain::default();
+    let entry = FilterSettings {
+        name: "noop".into(),
+        claims: vec![],
+        config: serde_json::Value::Null,
+    };
+    let one = registry.chain("bench", &[entry]).unwrap();
+    let headers = HeaderMap::new();
+    let method = actix_web::http::Method::GET;
+    let principal = principal();
+    let rt = support::runtime();
+    let run = |chain: &FilterChain, outbound: &mut HeaderMap| {
+        let view = || FilterRequest {
+            route: "bench",
+            method: &method,
+            path: "/orders/42",
+            headers: &headers,
+            principal: Some(&principal),
+        };
+        rt.block_on(async {
+            if chain.runs_at(Phase::Authenticated) {
+                chain.authenticated(&view()).await.unwrap();
+            }
+            if chain.runs_at(Phase::BeforeForwarding) {
+                chain.before_forwarding(&view(), outbound).await.unwrap();
+            }
+            if chain.runs_at(Phase::Response) {
+                chain.on_response(&view(), actix_web::http::StatusCode::OK, outbound);
+            }
+        })
+    };
+    let mut outbound = HeaderMap::new();
+    c.bench_function("filter phases, no work at all (baseline)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                std::hint::black_box(&mut outbound);
+            })
+        })
+    });
+    c.bench_function("filter phases, empty chain", |b| {
+        b.iter(|| run(std::hint::black_box(&empty), &mut outbound))
+    });
+    c.bench_function("filter phases, one no-op filter", |b| {
+        b.iter(|| run(std::hint::black_box(&one), &mut outbound))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing, route_lookup, claim_check
+    targets = cache_hit, cache_hit_after_revocations, jwt_validation, minting, rate_limit_reserved_cell, sealing, route_lookup, claim_check, filter_chain
 }
 criterion_main!(benches);

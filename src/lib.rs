@@ -10,6 +10,7 @@
 //! `layering::the_module_graph_has_no_cycles` keeps it so).
 //!
 //! ```text
+//! cli ──► startup, filter, settings, secrets, telemetry
 //! startup ──► endpoints ──► proxy ──► http ──► broker ──► cache ──► redis ──► readiness
 //!    │            │           │         │        │          │          └──► settings ──► secret
 //!    │            │           │         │        │          └──► revocation_ids ──► keyed_hash ──► secret
@@ -17,7 +18,8 @@
 //!    │            │           │         └──► telemetry ──► settings
 //!    │            │           ├──► revoke ──► broker, cache, redis
 //!    │            │           ├──► session ──► broker, cache, redis, revoke, http (paths)
-//!    │            │           └──► limits ──► redis, keyed_hash
+//!    │            │           ├──► limits ──► redis, keyed_hash
+//!    │            │           └──► filter ──► broker, settings
 //!    │            └──► revoke
 //!    └──► tls
 //! ```
@@ -30,8 +32,10 @@
 pub mod bounded;
 pub mod broker;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod endpoints;
+pub mod filter;
 pub mod http;
 pub mod keyed_hash;
 pub mod limits;

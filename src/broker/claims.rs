@@ -17,8 +17,8 @@ pub type KeptClaims = Map<String, Value>;
 pub struct ClaimSelection {
     /// The claim naming the caller's rate-limit tier (`rate_limit.tier_claim`).
     pub tier: String,
-    /// Top-level claims the routes' `required_claims`, `denied_claims` and
-    /// `claims_to_headers` read.
+    /// Top-level claims the routes' `required_claims`, `denied_claims`,
+    /// `claims_to_headers` and filters read.
     pub kept: Vec<String>,
 }
 
@@ -34,6 +34,11 @@ impl ClaimSelection {
                     .iter()
                     .map(|(_, path)| path.claim().to_string())
             }))
+            .chain(
+                routes
+                    .iter()
+                    .flat_map(|r| r.filters.iter().flat_map(|f| f.claims.iter().cloned())),
+            )
             .collect();
         kept.sort();
         kept.dedup();

@@ -83,6 +83,9 @@ pub enum ApiError {
     SessionStoreUnavailable,
     #[error("an internal error occurred")]
     Internal,
+    /// A filter of the binary's own refused the request, with its status.
+    #[error("{0}")]
+    FilterRefused(crate::filter::FilterRefusal),
     /// An answer built by a library layer (e.g. a CORS refusal), re-dressed.
     #[error("the request was refused ({0})")]
     Refused(StatusCode),
@@ -202,6 +205,11 @@ impl ApiError {
                 "internal",
                 "Internal error",
             ),
+            FilterRefused(why) => (
+                why.refusal.status(),
+                "refused-by-filter",
+                why.refusal.status().canonical_reason().unwrap_or("Refused"),
+            ),
             Refused(status) => (
                 *status,
                 if status.is_server_error() {
@@ -246,6 +254,18 @@ impl ApiError {
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
                 quoted(&why.to_string())
             )),
+            ApiError::FilterRefused(why) if why.refusal.status() == StatusCode::UNAUTHORIZED => {
+                Some(format!(
+                    "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                    quoted(why.refusal.detail())
+                ))
+            }
+            ApiError::FilterRefused(why) if why.refusal.status() == StatusCode::FORBIDDEN => {
+                Some(format!(
+                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                    quoted(why.refusal.detail())
+                ))
+            }
             ApiError::ClaimRefused(why) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
                 quoted(&why.to_string())

@@ -2,10 +2,12 @@
 //! credential injection, and the forwarder.
 //!
 //! [`proxy`] is the request path, one phase per step and in this order: canonicalize →
-//! pick route → authenticate (revocations included) → authorize → rate limit →
-//! downstream token (routes with `exchange`) → body limit → rewrite → inject → forward
+//! pick route → authenticate (revocations included) → authorize → the filters'
+//! `authenticated` phase → rate limit → downstream token (routes with `exchange`) → body
+//! limit → rewrite → the filters' `before_forwarding` phase → inject → forward
 //! (once more if the upstream refuses an injected credential; a WebSocket handshake opens
-//! a tunnel instead) → filter response; the access log records it.
+//! a tunnel instead) → the filters' `response` phase → filter response; the access log
+//! records it.
 
 pub mod claim_headers;
 pub mod cors;
@@ -32,6 +34,7 @@ use crate::broker::claims::KeptClaims;
 use crate::broker::downstream::{DownstreamTokens, Subject};
 use crate::broker::edge::{Admitted, EdgeAuthenticator};
 use crate::broker::failure::TokenRejected;
+use crate::filter::{FilterRequest, Phase};
 use crate::http::access_log::{RouteTag, UpstreamLatency};
 use crate::http::credentials;
 use crate::http::errors::ApiError;
@@ -160,6 +163,14 @@ async fn proxy(
     let framing = refuse_oversized(req, route)?;
     context.caller = authenticate(req, state, route).await?;
     authorize(route, context.caller.as_ref())?;
+    if route.filters.runs_at(Phase::Authenticated) {
+        let view = filter_view(req, route, &canonical, context.caller.as_ref());
+        route
+            .filters
+            .authenticated(&view)
+            .await
+            .map_err(ApiError::FilterRefused)?;
+    }
     rate_limit(req, state, route, context).await?;
     context.downstream_token = downstream_token(state, route, context.caller.as_ref()).await?;
     // A WebSocket handshake keeps the connection's bytes for its tunnel.
@@ -181,6 +192,14 @@ async fn proxy(
             outbound.headers.insert(header::AUTHORIZATION, value);
         }
     }
+    if route.filters.runs_at(Phase::BeforeForwarding) {
+        let view = filter_view(req, route, &canonical, context.caller.as_ref());
+        route
+            .filters
+            .before_forwarding(&view, &mut outbound.headers)
+            .await
+            .map_err(ApiError::FilterRefused)?;
+    }
     let injected = inject_credential(route, &mut outbound).await?;
     if let Some(payload) = tunnel {
         return tunnel::open(req, clients, route, outbound, payload).await;
@@ -199,7 +218,29 @@ async fn proxy(
                 .unwrap_or(answer);
         }
     }
+    if route.filters.runs_at(Phase::Response) {
+        let view = filter_view(req, route, &canonical, context.caller.as_ref());
+        route
+            .filters
+            .on_response(&view, answer.status, &mut answer.headers);
+    }
     Ok(filter_response(route, answer, req))
+}
+
+/// What the route's filters see of the request.
+fn filter_view<'a>(
+    req: &'a HttpRequest,
+    route: &'a Route,
+    canonical: &'a str,
+    caller: Option<&'a AdmittedCaller>,
+) -> FilterRequest<'a> {
+    FilterRequest {
+        route: &route.name,
+        method: req.method(),
+        path: canonical,
+        headers: req.headers(),
+        principal: caller.map(|c| &c.admitted.token.principal),
+    }
 }
 
 /// Sets the route's credential (a stored secret or a fetched token), replacing the

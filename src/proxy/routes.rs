@@ -15,6 +15,7 @@ use super::upstreams::{Ejection, Upstreams};
 use crate::broker::claims::ClaimPolicy;
 use crate::broker::edge::UpstreamBearer;
 use crate::broker::policy::{ScopePolicy, TargetPolicy};
+use crate::filter::FilterChain;
 use crate::http::path::{is_under, strip_port};
 use crate::limits::policy::RoutePolicy;
 use crate::settings::{
@@ -91,6 +92,8 @@ pub struct Route {
     pub target: Option<TargetPolicy>,
     /// The route's rate limit, if it has one.
     pub rate_limit: Option<Arc<RoutePolicy>>,
+    /// The binary's own filters, by phase.
+    pub filters: FilterChain,
 }
 
 /// What matching a request gave.
@@ -131,6 +134,8 @@ pub struct Attachments {
     pub transport: Transport,
     /// The route's rate limit, when it has one.
     pub rate_limit: Option<Arc<RoutePolicy>>,
+    /// The route's filters (empty when it names none).
+    pub filters: FilterChain,
 }
 
 impl RouteTable {
@@ -151,6 +156,7 @@ impl RouteTable {
                     inject,
                     transport,
                     rate_limit,
+                    filters,
                 } = attached.next().unwrap_or_default();
                 let ejection = Ejection {
                     consecutive_failures: r.passive_health.consecutive_failures,
@@ -220,6 +226,7 @@ impl RouteTable {
                     enforce_security_headers: r.security_headers == SecurityHeaders::Enforce,
                     target: r.exchange.as_ref().map(TargetPolicy::new),
                     rate_limit,
+                    filters,
                 }
             })
             .collect();
@@ -400,6 +407,7 @@ mod tests {
             cors: None,
             rate_limit: None,
             exchange: None,
+            filters: Vec::new(),
         }
     }
 

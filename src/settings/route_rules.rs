@@ -257,7 +257,34 @@ fn access(settings: &Settings, i: usize, route: &RouteSettings) -> Result<(), Se
         authorization_server_token(settings, i, route)?;
     }
     claim_headers(settings, i, route)?;
+    filters(i, route)?;
     credentials(settings, i, route)
+}
+
+/// `filters`: each names a filter; the claims it reads come from a verified caller.
+fn filters(i: usize, route: &RouteSettings) -> Result<(), SettingsError> {
+    for (n, filter) in route.filters.iter().enumerate() {
+        let key = format!("routes[{i}].filters[{n}]");
+        if filter.name.trim().is_empty() {
+            return Err(SettingsError::new(
+                format!("{key}.name"),
+                "must name a filter this binary registered",
+            ));
+        }
+        if !filter.claims.is_empty() && !route.auth.has_caller() {
+            return Err(SettingsError::new(
+                format!("{key}.claims"),
+                "needs auth = \"bearer\" or \"session\": claims come from the caller's verified token",
+            ));
+        }
+        if let Some(bad) = filter.claims.iter().find(|c| c.is_empty()) {
+            return Err(SettingsError::new(
+                format!("{key}.claims"),
+                format!("{bad:?} is not a claim name"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Headers Intercom sets itself, or that carry framing, routing or credentials: never

@@ -281,6 +281,9 @@ pub struct RouteSettings {
     /// Send the upstream a token for its own audience instead of the internal JWT.
     #[serde(default)]
     pub exchange: Option<ExchangeSettings>,
+    /// Filters of the binary's own, by registered name, run at the phases each declares.
+    #[serde(default)]
+    pub filters: Vec<FilterSettings>,
 }
 
 /// A route's CORS policy.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 
 use crate::broker::mint::Minter;
+use crate::filter::FilterRegistry;
 use crate::http::redirect;
 use crate::readiness::Readiness;
 use crate::settings::Settings;
@@ -79,13 +80,22 @@ impl Application {
     /// Binds both listeners and builds the servers. Nothing is served until
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        Self::build_with(settings, FilterRegistry::default()).await
+    }
+
+    /// [`Application::build`] in a binary of a team's own, with the filters it offers
+    /// to the routes' `filters` (see [`crate::filter`]).
+    pub async fn build_with(
+        settings: Settings,
+        filters: FilterRegistry,
+    ) -> Result<Self, StartError> {
         // The recorder first, so what the parts record while they start is kept.
         let metrics = crate::telemetry::metrics_handle();
         crate::telemetry::traces::trust(&settings.server.trusted_proxies);
         // One TLS provider for every client that does not name its own (Redis over
         // `rediss://`); a second call (another app in this process) changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let wired = wiring::wire(&settings).await?;
+        let wired = wiring::wire(&settings, filters).await?;
         crate::proxy::discovery::start(&wired.proxy.routes.load(), &settings.discovery)
             .await
             .map_err(|message| StartError::Config {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use actix_web::web;
 
 use crate::broker::claims::ClaimSelection;
+use crate::filter::FilterRegistry;
 use crate::limits::RateLimiter;
 use crate::proxy::routes::{Attachments, RouteTable};
 use crate::proxy::{discovery, inject, probes, transport, ProxyState};
@@ -55,6 +56,8 @@ pub(super) struct RouteFactory {
     /// The AS's client and token endpoint, for `client_credentials` injection.
     pub token_endpoint: Option<(reqwest::Client, String)>,
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The filters this binary offers, for the routes' `filters`.
+    pub filters: FilterRegistry,
 }
 
 impl RouteFactory {
@@ -74,14 +77,26 @@ impl RouteFactory {
                 None => settings.routes.iter().map(|_| None).collect(),
             },
         };
+        let chains = settings
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                self.filters.chain(&r.name, &r.filters).map_err(|(n, why)| {
+                    SettingsError::new(format!("routes[{i}].filters[{n}]"), why)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let attachments = injections
             .into_iter()
             .zip(transports)
             .zip(limits)
-            .map(|((inject, transport), rate_limit)| Attachments {
+            .zip(chains)
+            .map(|(((inject, transport), rate_limit), filters)| Attachments {
                 inject,
                 transport,
                 rate_limit,
+                filters,
             })
             .collect();
         let table = RouteTable::new(

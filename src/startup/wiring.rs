@@ -12,6 +12,7 @@ use crate::broker::mint::Minter;
 use crate::broker::parts::BrokerParts;
 use crate::endpoints::revocation::RevocationState;
 use crate::endpoints::token::TokenClients;
+use crate::filter::FilterRegistry;
 use crate::keyed_hash::SharedHasher;
 use crate::limits::RateLimiter;
 use crate::proxy::identity::IdentityHeaders;
@@ -58,7 +59,10 @@ fn hashers(
 
 /// Builds every part, in dependency order: secrets first (everything else reads them),
 /// then Redis, the shared keys, the broker, and what uses them.
-pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
+pub(super) async fn wire(
+    settings: &Settings,
+    filters: FilterRegistry,
+) -> Result<Wired, StartError> {
     let readiness = Arc::new(Readiness::default());
     let secrets = crate::secrets::open(settings, &readiness).await?;
     let redis =
@@ -72,6 +76,7 @@ pub(super) async fn wire(settings: &Settings) -> Result<Wired, StartError> {
             .as_ref()
             .and_then(|b| Some((b.http.clone(), b.token_endpoint.clone()?))),
         limiter: limiter.clone(),
+        filters,
     };
     let table = factory.table(settings, 1)?;
     let downstream = DownstreamTokens::from_settings(

@@ -9,6 +9,7 @@ mod config;
 mod cors;
 mod dashboard;
 mod exchange;
+mod filters;
 mod harness;
 mod helpers;
 mod layering;

@@ -165,8 +165,16 @@ pub async fn spawn_app(extra_toml: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    spawn_app_filtered(settings, intercom::filter::FilterRegistry::new()).await
+}
+
+/// Starts Intercom in-process with the filters of `registry` on offer.
+pub async fn spawn_app_filtered(
+    settings: Settings,
+    registry: intercom::filter::FilterRegistry,
+) -> TestApp {
     log_buffer();
-    let app = Application::build(settings)
+    let app = Application::build_with(settings, registry)
         .await
         .expect("application builds");
     let port = app.port();
@@ -418,7 +426,37 @@ pub fn auth_config(auth: &TestAuthServer, secrets: &Path, extra: &str) -> String
 
 /// Runs the `intercom` binary as a child with the given configuration file.
 pub fn intercom_binary(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_intercom"));
+    program_with_config(Path::new(env!("CARGO_BIN_EXE_intercom")), config, args, env)
+}
+
+/// An example binary of `examples/` (built by `scripts/test`, which builds them first).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    // target/debug/deps/api-… → target/debug/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: scripts/test builds it (cargo build --example {name})",
+        path.display()
+    );
+    path
+}
+
+/// `program` (the `intercom` binary or one built from the library) with the repository's
+/// `config/` and the given configuration file.
+pub fn program_with_config(
+    program: &Path,
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new(program);
     cmd.arg("--config-dir")
         .arg(repo_root().join("config"))
         .arg("--config")
@@ -457,12 +495,25 @@ pub async fn serve_process_on(
     public: impl Fn() -> u16,
     config: impl Fn(u16, u16) -> String,
 ) -> (ChildProcess, u16, u16) {
+    let program = Path::new(env!("CARGO_BIN_EXE_intercom"));
+    serve_program_on(program, dir, env, public, config).await
+}
+
+/// [`serve_process_on`] for another binary built from the library (an example).
+pub async fn serve_program_on(
+    program: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    public: impl Fn() -> u16,
+    config: impl Fn(u16, u16) -> String,
+) -> (ChildProcess, u16, u16) {
     let client = test_client();
     for _ in 0..PORT_ATTEMPTS {
         let (port, admin_port) = (public(), free_port());
         let file = dir.join("intercom.toml");
         std::fs::write(&file, config(port, admin_port)).unwrap();
-        let mut process = ChildProcess::spawn("intercom", intercom_binary(&file, &["serve"], env));
+        let command = program_with_config(program, &file, &["serve"], env);
+        let mut process = ChildProcess::spawn("intercom", command);
         let live = format!("http://127.0.0.1:{admin_port}/health/live");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
