@@ -5,6 +5,7 @@
 //! Nothing here ever sees a header value: the access log is built from the method, the
 //! canonical path without its query, the route name, the status and timings.
 
+pub mod clients;
 pub mod traces;
 
 use std::sync::OnceLock;

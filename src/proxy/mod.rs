@@ -47,6 +47,7 @@ use crate::secret::Secret;
 use crate::secrets::registry::SecretRegistry;
 use crate::session::Sessions;
 use crate::settings::{OnMissingSession, RouteAuth};
+use crate::telemetry::clients::ClientInsight;
 use forward::{
     BodyFraming, LimitedBody, OutboundRequest, RequestBody, RouteClients, UpstreamAnswer,
     UpstreamClients,
@@ -75,6 +76,8 @@ pub struct ProxyState {
     pub revoker: Option<Arc<Revoker>>,
     /// Browser sessions, for `session` routes; `None` without `[session]`.
     pub sessions: Option<Arc<Sessions>>,
+    /// Traffic by verified client and its anomalies; `None` when off.
+    pub clients: Option<Arc<ClientInsight>>,
 }
 
 /// What the phases learn about one request, each filling its part in order; the answer
@@ -124,6 +127,19 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => error.at(&req).error_response(),
     };
+    if let (Some(insight), Some(caller), Some(tag)) =
+        (&state.clients, &context.caller, &context.route)
+    {
+        let principal = &caller.admitted.token.principal;
+        if let Some(client) = &principal.client_id {
+            insight.record(
+                client,
+                &tag.name,
+                response.status().as_u16(),
+                &principal.scopes,
+            );
+        }
+    }
     if let Some(tag) = context.route {
         response.extensions_mut().insert(tag);
     }

@@ -129,6 +129,7 @@ pub(super) async fn wire(
         downstream,
         revoker,
         sessions: sessions.clone(),
+        clients: crate::telemetry::clients::ClientInsight::start(&settings.telemetry.clients),
     });
     let reloader = Reloader::new(factory, settings, proxy.clone(), readiness.clone());
     Ok(Wired {

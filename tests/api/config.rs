@@ -200,6 +200,35 @@ fn validation_errors_name_the_key() {
             [telemetry]
             log_format = "xml"
         "#.into(), &[], "telemetry.log_format"),
+        (r#"
+            [telemetry.clients]
+            volume_factor = 0.5
+        "#.into(), &[], "telemetry.clients.volume_factor: must be more than 1"),
+        (r#"
+            [telemetry.clients]
+            error_ratio_jump = 1.5
+        "#.into(), &[], "telemetry.clients.error_ratio_jump"),
+        (r#"
+            [telemetry.clients]
+            window = "0s"
+        "#.into(), &[], "telemetry.clients.window: must be longer than 0"),
+        (
+            format!(r#"
+                {ROUTE}[[routes.filters]]
+                name = " "
+            "#),
+            &[],
+            "routes[0].filters[0].name: must name a filter",
+        ),
+        (
+            format!(r#"
+                {ROUTE}[[routes.filters]]
+                name = "f"
+                claims = ["x"]
+            "#),
+            &[],
+            "routes[0].filters[0].claims: needs auth = \"bearer\"",
+        ),
         (
             format!(r#"
                 {ROUTE}auth = "bearer"

@@ -1,5 +1,6 @@
 //! The Grafana dashboard and the alert rules name only metrics Intercom exports: an
-//! Intercom process (its own metrics, none from other tests) in front of the real AS,
+//! Intercom process (its own metrics, none from other tests; the example binary, for a
+//! filter) in front of the real AS,
 //! Redis, an echo upstream, a WebSocket server and a dead address takes traffic that
 //! produces every series they read, then its `/metrics` must hold every name.
 
@@ -139,6 +140,15 @@ impl World {
                 upstreams = ["{up}"]
                 auth = "session"
                 audience = "spa-api"
+                [[routes]]
+                name = "dash-invoices"
+                prefix = "/invoices"
+                upstreams = ["{up}"]
+                auth = "bearer"
+                [[routes.filters]]
+                name = "claim_matches_path"
+                claims = ["subscriber_id"]
+                config = {{ pattern = "/invoices/{{subscriber_id}}" }}
             "#,
             public = self.public,
             secrets = self.secrets.display(),
@@ -179,7 +189,10 @@ async fn log_in(base: &str) -> String {
 async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffic() {
     let mut world = World::start().await;
     let announced = world.public;
-    let (process, public, admin) = serve_process_on(
+    // The example binary: the stock commands, and a filter for the filter series.
+    let program = example_binary("claim_matches_path");
+    let (process, public, admin) = serve_program_on(
+        &program,
         world.dir.path(),
         &[],
         || announced,
@@ -197,6 +210,11 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
             200
         );
     }
+    // A filter's refusal: dana's token has no subscriber_id claim.
+    assert_eq!(
+        get(&format!("{base}/invoices/7"), &[("authorization", &bearer)]).await,
+        403
+    );
     // Token exchange for the billing audience.
     let app = world
         .auth

@@ -4,6 +4,7 @@
 mod as_jwt;
 mod chart;
 mod claims;
+mod clients;
 mod compression;
 mod config;
 mod cors;

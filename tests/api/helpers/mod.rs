@@ -96,6 +96,7 @@ fn log_buffer() -> &'static LogBuffer {
             log_format: intercom::settings::LogFormat::Json,
             log_level: "debug,h2=info,hyper=info".into(),
             traces: None,
+            clients: Default::default(),
         };
         intercom::telemetry::init_tracing(&settings, buffer.clone());
         buffer
