@@ -269,6 +269,18 @@ impl FilterChain {
         .is_empty()
     }
 
+    /// The names of the filters that run at `phase`, in order.
+    pub fn names(&self, phase: Phase) -> Vec<&str> {
+        match phase {
+            Phase::Authenticated => &self.authenticated,
+            Phase::BeforeForwarding => &self.before_forwarding,
+            Phase::Response => &self.response,
+        }
+        .iter()
+        .map(|n| n.name.as_ref())
+        .collect()
+    }
+
     /// Runs the [`Phase::Authenticated`] filters; the first refusal ends the chain.
     pub async fn authenticated(&self, request: &FilterRequest<'_>) -> Result<(), FilterRefusal> {
         for named in &self.authenticated {

@@ -130,6 +130,34 @@ impl Expiring for CachedToken {
     }
 }
 
+/// How a token not in the cache is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidationPath {
+    /// One of Intercom's own internal JWTs, by its signing keys.
+    InternalJwt,
+    /// A JWT of the trusted issuer, against the AS's JWKS.
+    LocalJwt,
+    /// RFC 7662 introspection at the AS.
+    Introspection,
+}
+
+impl ValidationPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationPath::InternalJwt => "internal_jwt",
+            ValidationPath::LocalJwt => "local_jwt",
+            ValidationPath::Introspection => "introspection",
+        }
+    }
+}
+
+/// What the cache holds for a token, read without loading anything.
+pub enum CachedVerdict {
+    Admitted,
+    Rejected(TokenRejected),
+    Absent,
+}
+
 /// A token that passed, with its internal JWT for the route (as `Bearer <JWT>`).
 pub struct Admitted {
     pub token: Arc<CachedToken>,
@@ -280,11 +308,42 @@ impl EdgeAuthenticator {
         })
     }
 
+    /// What the cache says of `token` now (nothing is loaded or asked).
+    pub async fn cached(&self, token: &str) -> CachedVerdict {
+        match self.cache.lookup(&self.cache.key(token)).await {
+            Lookup::Hit(_) => CachedVerdict::Admitted,
+            Lookup::NegativeHit(rejected) => CachedVerdict::Rejected(rejected),
+            Lookup::Miss => CachedVerdict::Absent,
+        }
+    }
+
+    /// How `token` is checked when the cache does not know it.
+    pub fn validation_path(&self, token: &str) -> ValidationPath {
+        let jwt = looks_like_jwt(token);
+        if jwt
+            && self
+                .internal
+                .as_ref()
+                .is_some_and(|i| i.claims_our_issuer(token))
+        {
+            ValidationPath::InternalJwt
+        } else if jwt
+            && self
+                .validator
+                .as_ref()
+                .is_some_and(|v| v.claims_our_issuer(token))
+        {
+            ValidationPath::LocalJwt
+        } else {
+            ValidationPath::Introspection
+        }
+    }
+
     /// Who the token speaks for and, when known, the AS's own JWT for it: a JWT access
     /// token validated here is that JWT itself.
     async fn authenticate(&self, token: &str) -> Result<ActiveToken, EdgeError> {
-        if let Some(internal) = &self.internal {
-            if looks_like_jwt(token) && internal.claims_our_issuer(token) {
+        match (self.validation_path(token), &self.internal, &self.validator) {
+            (ValidationPath::InternalJwt, Some(internal), _) => {
                 return internal
                     .validate(token)
                     .map(|principal| ActiveToken {
@@ -293,9 +352,7 @@ impl EdgeAuthenticator {
                     })
                     .map_err(|e| TokenRejected::from(e).into());
             }
-        }
-        if let Some(validator) = &self.validator {
-            if looks_like_jwt(token) && validator.claims_our_issuer(token) {
+            (ValidationPath::LocalJwt, _, Some(validator)) => {
                 return validator
                     .validate(token)
                     .await
@@ -305,6 +362,7 @@ impl EdgeAuthenticator {
                     })
                     .map_err(|e| TokenRejected::from(e).into());
             }
+            _ => {}
         }
         match self.introspector.introspect(token).await {
             Ok(Introspection::Active(active)) => Ok(*active),

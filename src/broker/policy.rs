@@ -49,6 +49,19 @@ impl ScopePolicy {
         }
     }
 
+    /// The scopes required, as configured.
+    pub fn required(&self) -> Vec<&str> {
+        self.required
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect()
+    }
+
+    /// One of the required scopes is enough (`scope_match = "any"`).
+    pub fn any(&self) -> bool {
+        self.any
+    }
+
     /// `Ok` if `granted` satisfies the policy, else the scopes to name in the
     /// `insufficient_scope` challenge.
     pub fn check(&self, granted: &[String]) -> Result<(), Vec<String>> {

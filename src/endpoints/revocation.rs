@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::broker::edge::UpstreamBearer;
-use crate::broker::failure::{Outage, TokenRejected};
+use crate::broker::failure::Outage;
 use crate::http::errors::{ApiError, Problem};
 use crate::proxy::gate;
 use crate::revocation_ids::Kind;
@@ -117,20 +117,7 @@ pub async fn admin_revoke(
     state: web::Data<RevocationState>,
     body: web::Json<RevokeRequest>,
 ) -> Result<HttpResponse, Problem> {
-    let Some(credential) = &state.admin_credential else {
-        return Err(ApiError::NotFound.at(&req));
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(presented) = presented else {
-        return Err(ApiError::MissingToken.at(&req));
-    };
-    if !credential.accepts(presented.as_bytes()) {
-        return Err(ApiError::InvalidToken(TokenRejected::AdminCredential).at(&req));
-    }
+    super::check_admin(&req, state.admin_credential.as_deref()).map_err(|e| e.at(&req))?;
     let target = body.into_inner().target().map_err(|e| e.at(&req))?;
     let revoked = state.revoker.revoke(target, "admin").await;
     // 202 while the revocation waits in the queue for Redis: applied here, shared later.

@@ -227,6 +227,16 @@ impl ApiError {
         }
     }
 
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        self.row().status
+    }
+
+    /// The problem `type` URI the client gets.
+    pub fn problem_type(&self) -> String {
+        format!("{PROBLEM_TYPE_BASE}{}", self.row().slug)
+    }
+
     /// Binds the error to the request it answers, for the `request_id` in the body.
     pub fn at(self, req: &HttpRequest) -> Problem {
         let request_id = req.extensions().get::<RequestId>().cloned();

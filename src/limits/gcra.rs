@@ -59,6 +59,67 @@ return out
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
 
+/// The same windows read, not spent: KEYS and ARGV as [`SCRIPT`] takes them per window
+/// (interval and tolerance, µs). Returns `{remaining_1, allow_in_us_1, ...}`: the
+/// requests each window would allow now, and when it allows the next one (0: now).
+const PEEK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local remaining = math.floor((now + tolerance - tat) / interval)
+  if remaining < 0 then remaining = 0 end
+  local allow_in = tat + interval - tolerance - now
+  if allow_in < 0 then allow_in = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = allow_in
+end
+return out
+"#;
+
+static GCRA_PEEK: LazyLock<Script> = LazyLock::new(|| Script::new(PEEK));
+
+/// What each of the tier's windows would allow `caller` now, spending nothing.
+pub async fn peek(
+    redis: &SharedRedis,
+    prefix: &str,
+    route: &str,
+    tier: &TierPolicy,
+    caller: &str,
+) -> Result<Vec<WindowState>, RedisError> {
+    let mut invocation = GCRA_PEEK.prepare_invoke();
+    for window in &tier.windows {
+        invocation.key(crate::redis::keys::rate_limit_window(
+            prefix,
+            caller,
+            route,
+            &window.key_suffix,
+        ));
+        invocation.arg(window.interval_us).arg(window.tolerance_us);
+    }
+    let reply: Vec<i64> = redis
+        .run("rate_limit", move |conn| {
+            async move { invocation.invoke_async(conn).await }.boxed()
+        })
+        .await?;
+    if reply.len() != 2 * tier.windows.len() {
+        return Err(RedisError::Failed(
+            "the rate-limit script answered oddly".into(),
+        ));
+    }
+    Ok(reply
+        .chunks(2)
+        .map(|pair| WindowState {
+            remaining: pair[0].max(0) as u64,
+            reset: Duration::from_micros(pair[1].max(0) as u64),
+        })
+        .collect())
+}
+
 /// One window's state after a decision.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowState {

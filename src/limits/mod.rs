@@ -21,7 +21,8 @@ use actix_web::http::header::HeaderValue;
 use crate::keyed_hash::SharedHasher;
 use crate::redis::SharedRedis;
 use crate::settings::{OnRedisError, Settings};
-use gcra::{Ask, Verdict, WindowState};
+pub use gcra::WindowState;
+use gcra::{Ask, Verdict};
 use lease::{Leases, Spend};
 use local::LocalAnswer;
 use policy::{RoutePolicy, TierPolicy};
@@ -151,19 +152,50 @@ impl RateLimiter {
         }
     }
 
+    /// The caller's tier on the route and what each window would allow it now (the
+    /// requests left, and when the next is allowed: `reset`), spending nothing: read
+    /// from Redis (`None` per window without Redis: the in-memory buckets cannot be read
+    /// without spending). Cells this replica holds in reserve for the caller count as
+    /// spent.
+    pub async fn peek(
+        &self,
+        policy: &RoutePolicy,
+        caller: Caller<'_>,
+    ) -> Result<(Arc<TierPolicy>, Vec<Option<WindowState>>), LimiterUnavailable> {
+        let (tier, hashed) = self.tier_and_caller(policy, caller);
+        let remaining = match &self.redis {
+            Some(redis) => gcra::peek(redis, &self.prefix, &policy.route, tier, &hashed.hex())
+                .await
+                .map_err(|_| LimiterUnavailable)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => tier.windows.iter().map(|_| None).collect(),
+        };
+        Ok((tier.clone(), remaining))
+    }
+
+    fn tier_and_caller<'p>(
+        &self,
+        policy: &'p RoutePolicy,
+        caller: Caller<'_>,
+    ) -> (&'p Arc<TierPolicy>, HashedCaller) {
+        match caller {
+            Caller::Identity { id, tier } => (policy.tier_for(tier), self.hash_caller("id", id)),
+            Caller::Address(ip) => (
+                policy.anonymous(),
+                self.hash_caller("ip", &anonymous_network(ip)),
+            ),
+        }
+    }
+
     /// Counts one request of `caller` on the route.
     pub async fn check(
         &self,
         policy: &RoutePolicy,
         caller: Caller<'_>,
     ) -> Result<Decision, LimiterUnavailable> {
-        let (tier, hashed) = match caller {
-            Caller::Identity { id, tier } => (policy.tier_for(tier), self.hash_caller("id", id)),
-            Caller::Address(ip) => (
-                policy.anonymous(),
-                self.hash_caller("ip", &anonymous_network(ip)),
-            ),
-        };
+        let (tier, hashed) = self.tier_and_caller(policy, caller);
         let verdict = match &self.redis {
             Some(redis) => self.shared_verdict(redis, policy, tier, &hashed).await?,
             None => Some(decide_locally(tier, hashed.short)),

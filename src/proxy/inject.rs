@@ -82,6 +82,18 @@ impl Injection {
         }
     }
 
+    /// What is injected, never its value: the kind, the header and where it comes from
+    /// (the secret's reference name, or the client credentials grant's client).
+    pub fn describe(&self) -> (&'static str, String, String) {
+        let kind = match (&self.kind, &self.source) {
+            (Kind::Bearer, Source::Fetched(_)) => "client_credentials",
+            (Kind::Bearer, Source::Stored(_)) => "bearer",
+            (Kind::Header(_), _) => "header",
+            (Kind::Basic(_), _) => "basic",
+        };
+        (kind, self.header().to_string(), self.source_name())
+    }
+
     /// The credential to send now.
     pub async fn value(&self) -> Result<Secret, ApiError> {
         match &self.source {

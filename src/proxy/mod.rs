@@ -12,6 +12,7 @@
 pub mod claim_headers;
 pub mod cors;
 pub mod discovery;
+pub mod explain;
 pub mod forward;
 pub mod gate;
 pub mod headers;
@@ -461,20 +462,7 @@ async fn rate_limit(
         return Ok(());
     };
     let principal = context.admitted().map(|a| &a.token.principal);
-    let identity = principal.and_then(|p| p.sub.as_deref().or(p.client_id.as_deref()));
-    let caller = match (policy.key, identity) {
-        (crate::settings::RateLimitKey::Identity, Some(id)) => Caller::Identity {
-            id,
-            tier: principal.and_then(|p| p.tier.as_deref()),
-        },
-        _ => {
-            let peer = req.peer_addr().map(|a| a.ip());
-            match headers::client_address(peer, req.headers(), &state.trusted_proxies) {
-                Some(ip) => Caller::Address(ip),
-                None => return Err(ApiError::BadRequest("no client address".into())),
-            }
-        }
-    };
+    let caller = rate_limit_caller(req, state, policy, principal)?;
     let decision = limiter
         .check(policy, caller)
         .await
@@ -486,6 +474,30 @@ async fn rate_limit(
         Err(ApiError::RateLimited {
             retry_after: crate::limits::ceil_secs(decision.retry_after).max(1),
         })
+    }
+}
+
+/// Whom a request counts against: the verified identity (with its tier) on identity
+/// routes, else the trusted client address.
+fn rate_limit_caller<'a>(
+    req: &HttpRequest,
+    state: &ProxyState,
+    policy: &crate::limits::policy::RoutePolicy,
+    principal: Option<&'a crate::broker::Principal>,
+) -> Result<Caller<'a>, ApiError> {
+    let identity = principal.and_then(|p| p.sub.as_deref().or(p.client_id.as_deref()));
+    match (policy.key, identity) {
+        (crate::settings::RateLimitKey::Identity, Some(id)) => Ok(Caller::Identity {
+            id,
+            tier: principal.and_then(|p| p.tier.as_deref()),
+        }),
+        _ => {
+            let peer = req.peer_addr().map(|a| a.ip());
+            match headers::client_address(peer, req.headers(), &state.trusted_proxies) {
+                Some(ip) => Ok(Caller::Address(ip)),
+                None => Err(ApiError::BadRequest("no client address".into())),
+            }
+        }
     }
 }
 

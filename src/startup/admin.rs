@@ -1,4 +1,5 @@
-//! The admin app: health, metrics and the admin revocation API, on its own listener.
+//! The admin app: health, metrics, the admin revocation API and the explanation of a
+//! request, on its own listener.
 
 use std::net::TcpListener;
 
@@ -8,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::wiring::Wired;
-use crate::endpoints::revocation;
+use crate::endpoints::{explain, revocation};
 use crate::http::errors::{extractor_error, not_found};
 use crate::http::{health, request_id};
 use crate::settings::Settings;
@@ -23,12 +24,15 @@ pub(super) fn server(
 ) -> std::io::Result<Server> {
     let readiness = web::Data::from(wired.readiness.clone());
     let revocation = wired.revocation.clone();
+    let explain = wired.explain.clone();
     Ok(HttpServer::new(move || {
-        let mut app = App::new();
+        let mut app = App::new()
+            .app_data(explain.clone())
+            .app_data(web::JsonConfig::default().error_handler(extractor_error))
+            .route("/admin/explain", web::post().to(explain::explain));
         if let Some(state) = &revocation {
             app = app
                 .app_data(state.clone())
-                .app_data(web::JsonConfig::default().error_handler(extractor_error))
                 .route("/admin/revoke", web::post().to(revocation::admin_revoke));
         }
         app.app_data(readiness.clone())

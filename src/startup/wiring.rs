@@ -10,6 +10,7 @@ use super::StartError;
 use crate::broker::downstream::DownstreamTokens;
 use crate::broker::mint::Minter;
 use crate::broker::parts::BrokerParts;
+use crate::endpoints::explain::ExplainState;
 use crate::endpoints::revocation::RevocationState;
 use crate::endpoints::token::TokenClients;
 use crate::filter::FilterRegistry;
@@ -40,6 +41,8 @@ pub(super) struct Wired {
     pub logout: Option<web::Data<LogoutVerifier>>,
     /// Browser sessions, with `[session]`.
     pub sessions: Option<Arc<Sessions>>,
+    /// `POST /admin/explain`.
+    pub explain: web::Data<ExplainState>,
 }
 
 /// The shared key (or a random one without `[replicas]`) and the rotating one.
@@ -131,8 +134,15 @@ pub(super) async fn wire(
         sessions: sessions.clone(),
         clients: crate::telemetry::clients::ClientInsight::start(&settings.telemetry.clients),
     });
+    let explain = web::Data::new(ExplainState {
+        proxy: proxy.clone(),
+        admin_credential: proxy
+            .secrets
+            .stored(settings.revocation.admin_credential.as_ref()),
+    });
     let reloader = Reloader::new(factory, settings, proxy.clone(), readiness.clone());
     Ok(Wired {
+        explain,
         reloader,
         readiness,
         proxy,
