@@ -125,6 +125,21 @@ impl Leases {
         }
     }
 
+    /// The cells this replica holds for the caller, and how long a standing refusal
+    /// lasts (read only: nothing is spent or created).
+    pub fn held(&self, key: LeaseKey) -> (u64, Option<Duration>) {
+        let Some(lease) = self.leases.get(&key) else {
+            return (0, None);
+        };
+        let lease = lease.lock().expect("lease lock");
+        let now = Instant::now();
+        let refused = lease
+            .denied_until
+            .filter(|until| *until > now)
+            .map(|until| until - now);
+        (lease.reserved, refused)
+    }
+
     /// Records Redis's decision (and what it reserved) for the next requests.
     pub fn settle(&self, key: LeaseKey, verdict: &Verdict) {
         let lease = self.lease(key);

@@ -155,24 +155,36 @@ impl RateLimiter {
     /// The caller's tier on the route and what each window would allow it now (the
     /// requests left, and when the next is allowed: `reset`), spending nothing: read
     /// from Redis (`None` per window without Redis: the in-memory buckets cannot be read
-    /// without spending). Cells this replica holds in reserve for the caller count as
-    /// spent.
+    /// without spending), with the cells this replica holds in reserve for the caller,
+    /// or none while a refusal it remembers stands.
     pub async fn peek(
         &self,
         policy: &RoutePolicy,
         caller: Caller<'_>,
     ) -> Result<(Arc<TierPolicy>, Vec<Option<WindowState>>), LimiterUnavailable> {
         let (tier, hashed) = self.tier_and_caller(policy, caller);
-        let remaining = match &self.redis {
-            Some(redis) => gcra::peek(redis, &self.prefix, &policy.route, tier, &hashed.hex())
-                .await
-                .map_err(|_| LimiterUnavailable)?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => tier.windows.iter().map(|_| None).collect(),
+        let Some(redis) = &self.redis else {
+            return Ok((tier.clone(), tier.windows.iter().map(|_| None).collect()));
         };
-        Ok((tier.clone(), remaining))
+        let key = (policy.index, Arc::as_ptr(tier) as usize, hashed.short);
+        let (held, refused) = self.leases.held(key);
+        let windows = gcra::peek(redis, &self.prefix, &policy.route, tier, &hashed.hex())
+            .await
+            .map_err(|_| LimiterUnavailable)?
+            .into_iter()
+            .map(|w| match refused {
+                Some(wait) => WindowState {
+                    remaining: 0,
+                    reset: wait,
+                },
+                None => WindowState {
+                    remaining: w.remaining + held,
+                    reset: w.reset,
+                },
+            })
+            .map(Some)
+            .collect();
+        Ok((tier.clone(), windows))
     }
 
     fn tier_and_caller<'p>(

@@ -10,6 +10,7 @@ mod config;
 mod cors;
 mod dashboard;
 mod exchange;
+mod explain;
 mod filters;
 mod harness;
 mod helpers;
