@@ -61,6 +61,8 @@ struct Client {
 struct ClientState {
     /// The series of a labelled client, per route.
     series: HashMap<Arc<str>, Arc<Series>>,
+    /// Its scope counters, per scope (at most [`SCOPES_PER_CLIENT`]).
+    scope_series: HashMap<Arc<str>, Counter>,
     window: u64,
     requests: u64,
     errors: u64,
@@ -150,22 +152,33 @@ impl ClientInsight {
         let labelled = client.labelled.load(Ordering::Relaxed);
         let mut state = client.state.lock().expect("client state lock");
         if labelled {
-            state
-                .series
-                .entry(route.clone())
-                .or_insert_with(|| Arc::new(Series::new(&client.id, route)))
-                .count(status);
+            match state.series.get(route) {
+                Some(series) => series.count(status),
+                None => {
+                    let series = Arc::new(Series::new(&client.id, route));
+                    series.count(status);
+                    state.series.insert(route.clone(), series);
+                }
+            }
             for scope in scopes {
-                metrics::counter!(
-                    "intercom_client_scope_requests_total",
-                    "client" => client.id.to_string(),
-                    "scope" => scope.clone(),
-                )
-                .increment(1);
+                if let Some(counter) = state.scope_series.get(scope.as_str()) {
+                    counter.increment(1);
+                } else if state.scope_series.len() < SCOPES_PER_CLIENT {
+                    let counter = metrics::counter!(
+                        "intercom_client_scope_requests_total",
+                        "client" => client.id.to_string(),
+                        "scope" => scope.clone(),
+                    );
+                    counter.increment(1);
+                    state
+                        .scope_series
+                        .insert(Arc::from(scope.as_str()), counter);
+                }
             }
         } else {
             if !state.series.is_empty() {
                 state.series.clear();
+                state.scope_series.clear();
             }
             self.other_series(route).count(status);
         }

@@ -86,8 +86,16 @@ async fn each_anomaly_is_reported_once_by_real_traffic() {
         burst(&erring, 20, "/status/500").await
     };
     let (spiked, errored) = futures_util::join!(spike, errors);
-    assert!(spiked.iter().all(|s| *s == 200));
-    assert!(errored.iter().all(|s| *s == 500));
+    assert!(
+        spiked.iter().all(|s| *s == 200),
+        "{spiked:?}\n{}",
+        process.log_text()
+    );
+    assert!(
+        errored.iter().all(|s| *s == 500),
+        "{errored:?}\n{}",
+        process.log_text()
+    );
 
     let metrics = admin_metrics(admin).await;
     let kind = |k: &str| {
@@ -157,10 +165,12 @@ async fn each_anomaly_is_reported_once_by_real_traffic() {
     assert_eq!(scope("app", "invoice_write"), 3.0);
 }
 
-/// 10,000 distinct clients (Intercom's own internal JWTs, validated like any token):
-/// the `client` label goes to at most `top` of them; the rest count as `other`.
+/// 2,000 distinct clients through the proxy (Intercom's own internal JWTs, validated
+/// like any token): the `client` label goes to `top` of them; the rest count as
+/// `other`. (The unit test of `telemetry::clients` holds the cap with 10,000: through
+/// HTTP that many cost a loaded CI box more than the other tests can spare.)
 #[actix_web::test]
-async fn the_client_label_cap_holds_with_ten_thousand_clients() {
+async fn the_client_label_cap_holds_with_thousands_of_clients() {
     let auth = TestAuthServer::shared().await;
     let upstream = TestUpstream::start("capped");
     let (_dir, secrets) = secrets_file();
@@ -185,7 +195,7 @@ async fn the_client_label_cap_holds_with_ten_thousand_clients() {
     let app = spawn_app(&config).await;
     let minter = app.minter.clone().unwrap();
     let exp = intercom::clock::now_secs() + 600;
-    let tokens: Vec<String> = (0..10_000)
+    let tokens: Vec<String> = (0..2_000)
         .map(|i| {
             let principal = intercom::broker::Principal {
                 sub: Some(format!("user-{i}")),
@@ -197,7 +207,7 @@ async fn the_client_label_cap_holds_with_ten_thousand_clients() {
             minter.mint(&principal, "cap-aud").unwrap().jwt.to_string()
         })
         .collect();
-    for chunk in tokens.chunks(64) {
+    for chunk in tokens.chunks(16) {
         let statuses = join_all(chunk.iter().map(|token| {
             let request = app
                 .client
@@ -229,7 +239,7 @@ async fn the_client_label_cap_holds_with_ten_thousand_clients() {
         .iter()
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum::<f64>();
-    assert_eq!(all, 10_000.0);
+    assert_eq!(all, 2_000.0);
     let scope_series = metrics
         .lines()
         .filter(|l| l.starts_with("intercom_client_scope_requests_total{client=\"capped-"))
