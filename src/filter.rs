@@ -69,7 +69,8 @@ pub struct FilterRequest<'a> {
     pub method: &'a Method,
     /// The canonical path (decoded, dot segments resolved), without the query.
     pub path: &'a str,
-    /// The headers as the client sent them (before Intercom strips or sets any).
+    /// The headers as the client sent them (before Intercom strips or sets any):
+    /// `Authorization` and `Cookie` included, so never log them.
     pub headers: &'a HeaderMap,
     /// The verified caller on `bearer` and `session` routes; `None` on `auth = "none"`.
     pub principal: Option<&'a Principal>,

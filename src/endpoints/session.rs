@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::http::errors::{ApiError, Problem};
@@ -40,9 +40,10 @@ pub async fn login(
             return Err(ApiError::BadRequest("prompt may only be none".into()).at(&req));
         }
     };
-    let (url, cookie) = sessions
-        .begin_login(query.return_to.as_deref(), silent)
-        .map_err(|e| ApiError::from(e).at(&req))?;
+    let (url, cookie) = match sessions.begin_login(query.return_to.as_deref(), silent) {
+        Ok(started) => started,
+        Err(e) => return Ok(login_failed(&req, ApiError::from(e))),
+    };
     Ok(redirect(url.as_str())
         .insert_header((header::SET_COOKIE, cookie))
         .finish())
@@ -55,17 +56,59 @@ pub async fn callback(
     query: web::Query<Callback>,
     sessions: web::Data<Arc<Sessions>>,
 ) -> Result<HttpResponse, Problem> {
-    let landing = sessions
+    let finished = sessions
         .finish_login(&query, |name| {
             req.cookie(name).map(|c| c.value().to_string())
         })
-        .await
-        .map_err(|e| ApiError::from(e).at(&req))?;
+        .await;
+    let landing = match finished {
+        Ok(landing) => landing,
+        Err(e) => return Ok(login_failed(&req, ApiError::from(e))),
+    };
     let mut res = redirect(&landing.location);
     for cookie in landing.set_cookies {
         res.append_header((header::SET_COOKIE, cookie));
     }
     Ok(res.finish())
+}
+
+/// A login that could not start or complete: for a page navigation (`Accept:
+/// text/html`), a page that says so and offers to try again; for a script, problem+json.
+/// Either way the status and the detail are the problem's (never a token or the query).
+fn login_failed(req: &HttpRequest, error: ApiError) -> HttpResponse {
+    let navigation = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let detail = html_escape::encode_text(&error.to_string()).into_owned();
+    let problem = actix_web::ResponseError::error_response(&error.at(req));
+    if !navigation {
+        return problem;
+    }
+    let id = req
+        .extensions()
+        .get::<crate::http::request_id::RequestId>()
+        .map(|id| html_escape::encode_text(id.as_str()).into_owned())
+        .unwrap_or_default();
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Login failed</title></head>\n\
+         <body><h1>Login failed</h1>\n<p>{detail}</p>\n<p><a href=\"/auth/login\">Try again</a></p>\n\
+         <p><small>Request id: {id}</small></p></body></html>\n"
+    );
+    // The problem's answer, headers and all (Retry-After, the access log's cause), with
+    // the page for its body.
+    let mut res = problem.set_body(page).map_into_boxed_body();
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 /// `POST /auth/logout` (CSRF-protected): ends the session everywhere, revokes its

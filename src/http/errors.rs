@@ -427,7 +427,8 @@ impl ResponseError for Problem {
 }
 
 /// An error answer that Intercom produced without this table (a library layer such as
-/// actix-cors answers in plain text) is re-dressed as problem+json (from
+/// actix-cors answers in plain text) is re-dressed as problem+json, except a page
+/// Intercom wrote for a browser (`text/html`) (from
 /// [`super::envelope`]). Upstream answers pass untouched.
 pub fn redress<B>(
     res: actix_web::dev::ServiceResponse<B>,
@@ -445,7 +446,13 @@ pub fn redress<B>(
         .extensions()
         .get::<super::access_log::UpstreamLatency>()
         .is_some();
-    if !is_problem && !proxied {
+    // A page of Intercom's own for a browser (a failed login); library layers answer in
+    // plain text.
+    let page = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !is_problem && !proxied && !page {
         let (req, _) = res.into_parts();
         let answer = ApiError::Refused(status).at(&req).error_response();
         return actix_web::dev::ServiceResponse::new(req, answer).map_into_right_body();

@@ -91,21 +91,8 @@ pub async fn peek(
     tier: &TierPolicy,
     caller: &str,
 ) -> Result<Vec<WindowState>, RedisError> {
-    let mut invocation = GCRA_PEEK.prepare_invoke();
-    for window in &tier.windows {
-        invocation.key(crate::redis::keys::rate_limit_window(
-            prefix,
-            caller,
-            route,
-            &window.key_suffix,
-        ));
-        invocation.arg(window.interval_us).arg(window.tolerance_us);
-    }
-    let reply: Vec<i64> = redis
-        .run("rate_limit", move |conn| {
-            async move { invocation.invoke_async(conn).await }.boxed()
-        })
-        .await?;
+    let invocation = GCRA_PEEK.prepare_invoke();
+    let reply = run_over_windows(redis, invocation, (prefix, route, caller), tier).await?;
     if reply.len() != 2 * tier.windows.len() {
         return Err(RedisError::Failed(
             "the rate-limit script answered oddly".into(),
@@ -164,6 +151,19 @@ pub async fn decide(redis: &SharedRedis, ask: Ask<'_>) -> Result<Verdict, RedisE
     } = ask;
     let mut invocation = GCRA.prepare_invoke();
     invocation.arg(want).arg(divisor.max(1));
+    let reply = run_over_windows(redis, invocation, (prefix, route, caller), tier).await?;
+    parse(&reply, tier.windows.len())
+        .ok_or_else(|| RedisError::Failed("the rate-limit script answered oddly".into()))
+}
+
+/// Runs a script over the tier's windows of one caller: a key per window, and its
+/// interval and tolerance (µs) after the script's own arguments.
+async fn run_over_windows(
+    redis: &SharedRedis,
+    mut invocation: deadpool_redis::redis::ScriptInvocation<'static>,
+    (prefix, route, caller): (&str, &str, &str),
+    tier: &TierPolicy,
+) -> Result<Vec<i64>, RedisError> {
     for window in &tier.windows {
         // The hash tag keeps one caller's windows in one Redis Cluster slot.
         invocation.key(crate::redis::keys::rate_limit_window(
@@ -174,13 +174,11 @@ pub async fn decide(redis: &SharedRedis, ask: Ask<'_>) -> Result<Verdict, RedisE
         ));
         invocation.arg(window.interval_us).arg(window.tolerance_us);
     }
-    let reply: Vec<i64> = redis
+    redis
         .run("rate_limit", move |conn| {
             async move { invocation.invoke_async(conn).await }.boxed()
         })
-        .await?;
-    parse(&reply, tier.windows.len())
-        .ok_or_else(|| RedisError::Failed("the rate-limit script answered oddly".into()))
+        .await
 }
 
 fn parse(reply: &[i64], windows: usize) -> Option<Verdict> {

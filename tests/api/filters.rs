@@ -358,3 +358,59 @@ async fn the_example_binary_matches_a_claim_to_the_path() {
         "no refused request was forwarded"
     );
 }
+
+/// A reload builds the routes' filters anew: a changed `config` applies to the next
+/// request, and a filter the binary lacks is refused without touching the running table.
+#[actix_web::test]
+async fn a_reload_rebuilds_the_filters() {
+    use intercom::startup::reload::ReloadOutcome;
+    let upstream = TestUpstream::start("refiltered");
+    let route = |filter: &str| {
+        format!(
+            r#"
+                [[routes]]
+                name = "filters-reloaded"
+                prefix = "/re"
+                upstreams = ["{}"]
+                [[routes.filters]]
+                {filter}
+            "#,
+            upstream.url()
+        )
+    };
+    let app = spawn_app_filtered(
+        settings_with(&route("name = \"stamp\"\nconfig = { mark = \"before\" }")),
+        registry(),
+    )
+    .await;
+    let stamp = || async {
+        let mut res = app.client.get(app.url("/re/x")).send().await.unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["headers"]["x-stamp"][0].as_str().unwrap().to_string()
+    };
+    assert!(stamp().await.starts_with("before "));
+    let applied = app
+        .reloader
+        .apply(settings_with(&route(
+            "name = \"stamp\"\nconfig = { mark = \"after\" }",
+        )))
+        .await;
+    assert!(
+        matches!(applied, ReloadOutcome::Applied { .. }),
+        "{applied:?}"
+    );
+    assert!(stamp().await.starts_with("after "));
+    match app
+        .reloader
+        .apply(settings_with(&route("name = \"gone\"")))
+        .await
+    {
+        ReloadOutcome::Rejected(error) => assert_eq!(error.key, "routes[0].filters[0]", "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        stamp().await.starts_with("after "),
+        "the running table stayed"
+    );
+    app.shutdown.shutdown().await;
+}

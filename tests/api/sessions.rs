@@ -171,8 +171,16 @@ async fn call(browser: &mut Browser, method: &str, url: &str, headers: &[(&str, 
 }
 
 fn problem_type(page: &Page) -> String {
+    problem_field(page, "type")
+}
+
+fn problem_detail(page: &Page) -> String {
+    problem_field(page, "detail")
+}
+
+fn problem_field(page: &Page, field: &str) -> String {
     let body: serde_json::Value = serde_json::from_str(&page.body).unwrap_or_default();
-    body["type"].as_str().unwrap_or_default().to_string()
+    body[field].as_str().unwrap_or_default().to_string()
 }
 
 #[actix_web::test]
@@ -417,6 +425,26 @@ async fn logins_refuse_open_redirects_and_swapped_or_replayed_states() {
     )
     .await;
     assert_eq!(unknown.status, 400);
+    // A page navigation gets a page that says so (and a way back), with the same status.
+    let page = call(
+        &mut other,
+        "GET",
+        &format!("{base}/auth/callback?code=x&state=never-issued%3Cscript%3E"),
+        &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+    )
+    .await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    let kind = page.headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(kind.starts_with("text/html"), "{kind} {}", page.body);
+    assert!(page.body.contains("<h1>Login failed</h1>"), "{}", page.body);
+    assert!(
+        page.body.contains(problem_detail(&unknown).as_str()),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("href=\"/auth/login\""));
+    assert!(!page.body.contains("<script") && !page.body.contains("never-issued"));
+    assert_eq!(page.headers.get("cache-control").unwrap(), "no-store");
 
     // A completed login's callback, replayed: its login cookie is gone, so is the code.
     let mut replayer = Browser::default();
