@@ -1,4 +1,5 @@
-//! The wall clock in the unit tokens use: seconds since the epoch (`exp`, `iat`, `nbf`).
+//! The wall clock in the unit tokens use: seconds since the epoch (`exp`, `iat`, `nbf`),
+//! and milliseconds for scores that expire.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,5 +8,13 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch (scores that expire, as Redis's `PX` does).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

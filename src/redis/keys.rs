@@ -12,6 +12,7 @@
 //! | browser session | `<p>:s:<hash>` | string (sealed), `PX` | none: one key | `session::store` |
 //! | sessions of a `sub` / `sid` | `<p>:s:i:<kind>:<hash>` | set of session keys, `PX` | none: written and read on its own | `session::store` |
 //! | session refresh lease | `<p>:s:l:<hash>` | string, `NX PX` | none | `session` |
+//! | live sessions | `<p>:s:active` | sorted set (session key → its end, ms) | one key | `session::store` |
 //! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows on a route | `limits::gcra` |
 //!
 //! On a Redis Cluster every command and pipeline keeps to one slot: the rate-limit
@@ -73,6 +74,11 @@ pub fn rate_limit_window(base: &str, caller: &str, route: &str, window: &str) ->
 /// A browser session, by the keyed hash of its id.
 pub fn session(base: &str, id: &Hash) -> String {
     format!("{base}:s:{}", hex::encode(id))
+}
+
+/// The sessions alive, each scored by when it ends: what the active-sessions gauge counts.
+pub fn sessions_active(base: &str) -> String {
+    format!("{base}:s:active")
 }
 
 /// The lease that lets one replica refresh a session's tokens.

@@ -193,6 +193,33 @@ impl Sessions {
     }
 
     /// The `Set-Cookie` that removes the session cookie.
+    /// Keeps `intercom_sessions_active{store}` at the live sessions' count, every
+    /// `every` (a Redis store counts the whole deployment: every replica reports the same
+    /// number; a memory store, its own).
+    pub fn count_active(self: &Arc<Self>, every: Duration) {
+        let sessions = Arc::downgrade(self);
+        let store = match &self.store {
+            SessionStore::Memory { .. } => "memory",
+            SessionStore::Redis { .. } => "redis",
+        };
+        let gauge = metrics::gauge!("intercom_sessions_active", "store" => store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                let Some(sessions) = sessions.upgrade() else {
+                    return;
+                };
+                match sessions.store.active(sessions.idle).await {
+                    Ok(count) => gauge.set(count as f64),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the live sessions cannot be counted now")
+                    }
+                }
+            }
+        });
+    }
+
     pub fn clear_session_cookie(&self) -> String {
         self.cookie(
             &self.cookies.session,

@@ -67,6 +67,8 @@ pub enum SessionStore {
         /// not wait for Redis. A logout elsewhere reaches it through the revocation
         /// fan-out (the denylist check on every call), not through this cache.
         recent: moka::future::Cache<String, Arc<Session>>,
+        /// The sorted set of live sessions (`redis::keys::sessions_active`).
+        active: String,
     },
 }
 
@@ -131,9 +133,9 @@ impl SessionStore {
                 }
                 Ok(records.len())
             }
-            SessionStore::Redis { redis, .. } => {
+            SessionStore::Redis { redis, active, .. } => {
                 let set = index.to_string();
-                let ended = redis
+                let ended: Vec<String> = redis
                     .run("session_end", move |conn| {
                         async move {
                             let records: Vec<String> = deadpool_redis::redis::cmd("SMEMBERS")
@@ -153,21 +155,92 @@ impl SessionStore {
                                 .arg(&set)
                                 .query_async::<()>(conn)
                                 .await?;
-                            Ok(records.len())
+                            Ok(records)
                         }
                         .boxed()
                     })
                     .await?;
-                Ok(ended)
+                let count = ended.len();
+                self.forget_active(redis, active, ended).await?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// Takes ended sessions out of the live set.
+    async fn forget_active(
+        &self,
+        redis: &SharedRedis,
+        active: &str,
+        records: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let set = active.to_string();
+        redis
+            .run("session_active", move |conn| {
+                async move {
+                    deadpool_redis::redis::cmd("ZREM")
+                        .arg(&set)
+                        .arg(&records)
+                        .query_async::<()>(conn)
+                        .await
+                }
+                .boxed()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The sessions alive now: in memory, those not past their idle or absolute end
+    /// (`idle` being the idle timeout); in Redis, the live set less what ended (pruned
+    /// here), for the whole deployment.
+    pub async fn active(&self, idle: Duration) -> Result<u64, StoreError> {
+        match self {
+            SessionStore::Memory { sessions, .. } => {
+                let now = crate::clock::now_secs();
+                let live = sessions
+                    .iter()
+                    .filter(|(_, s)| now < s.ends_at && now < s.last_seen + idle.as_secs())
+                    .count();
+                Ok(live as u64)
+            }
+            SessionStore::Redis { redis, active, .. } => {
+                let set = active.clone();
+                let now = crate::clock::now_millis();
+                let count: u64 = redis
+                    .run("session_active", move |conn| {
+                        async move {
+                            let mut pipe = deadpool_redis::redis::pipe();
+                            pipe.cmd("ZREMRANGEBYSCORE")
+                                .arg(&set)
+                                .arg("-inf")
+                                .arg(now)
+                                .ignore();
+                            pipe.cmd("ZCARD").arg(&set);
+                            let (count,): (u64,) = pipe.query_async(conn).await?;
+                            Ok(count)
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                Ok(count)
             }
         }
     }
 
     /// Sealed in Redis, each replica keeping what it read for `memory_ttl` (none when
     /// zero).
-    pub fn redis(redis: Arc<SharedRedis>, sealer: Sealer, memory_ttl: Duration) -> Self {
+    pub fn redis(
+        redis: Arc<SharedRedis>,
+        sealer: Sealer,
+        memory_ttl: Duration,
+        active: String,
+    ) -> Self {
         SessionStore::Redis {
             redis,
+            active,
             sealer,
             recent: moka::future::Cache::builder()
                 .max_capacity(if memory_ttl.is_zero() { 0 } else { 100_000 })
@@ -197,6 +270,7 @@ impl SessionStore {
                 redis,
                 sealer,
                 recent,
+                ..
             } => {
                 let lookup = key.to_string();
                 let value: Option<String> = redis
@@ -237,6 +311,7 @@ impl SessionStore {
                 redis,
                 sealer,
                 recent,
+                active,
             } => {
                 recent
                     .insert(key.to_string(), Arc::new(session.clone()))
@@ -261,6 +336,22 @@ impl SessionStore {
                         .boxed()
                     })
                     .await?;
+                // The live set on its own (another slot): scored by the session's end.
+                let (set, member) = (active.clone(), key.to_string());
+                let ends = crate::clock::now_millis() + ttl_ms;
+                redis
+                    .run("session_active", move |conn| {
+                        async move {
+                            deadpool_redis::redis::cmd("ZADD")
+                                .arg(&set)
+                                .arg(ends)
+                                .arg(&member)
+                                .query_async::<()>(conn)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
                 Ok(())
             }
         }
@@ -272,7 +363,12 @@ impl SessionStore {
                 sessions.invalidate(key).await;
                 Ok(())
             }
-            SessionStore::Redis { redis, recent, .. } => {
+            SessionStore::Redis {
+                redis,
+                recent,
+                active,
+                ..
+            } => {
                 recent.invalidate(key).await;
                 let target = key.to_string();
                 redis
@@ -286,7 +382,8 @@ impl SessionStore {
                         .boxed()
                     })
                     .await?;
-                Ok(())
+                self.forget_active(redis, active, vec![key.to_string()])
+                    .await
             }
         }
     }
@@ -330,5 +427,55 @@ impl SessionStore {
             }
             SessionStore::Redis { .. } => self.delete(lease).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(last_seen: u64, ends_at: u64) -> Session {
+        Session {
+            sub: "s".into(),
+            sid: None,
+            access_token: "t".into(),
+            access_expires_at: ends_at,
+            refresh_token: None,
+            id_token: None,
+            user: Default::default(),
+            claims: Default::default(),
+            created_at: last_seen,
+            last_seen,
+            ends_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_counts_the_sessions_not_past_an_end() {
+        let store = SessionStore::memory(Duration::from_secs(3600));
+        let now = crate::clock::now_secs();
+        let idle = Duration::from_secs(600);
+        let ttl = Duration::from_secs(600);
+        store
+            .put("live", &session(now, now + 3600), ttl)
+            .await
+            .unwrap();
+        store
+            .put("idle", &session(now - 601, now + 3600), ttl)
+            .await
+            .unwrap();
+        store
+            .put("over", &session(now, now - 1), ttl)
+            .await
+            .unwrap();
+        store
+            .put("ended", &session(now, now + 3600), ttl)
+            .await
+            .unwrap();
+        store.delete("ended").await.unwrap();
+        if let SessionStore::Memory { sessions, .. } = &store {
+            sessions.run_pending_tasks().await;
+        }
+        assert_eq!(store.active(idle).await.unwrap(), 1);
     }
 }

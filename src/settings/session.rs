@@ -73,6 +73,13 @@ pub struct SessionSettings {
     /// the AS's logout page loads it to end the sessions of that login session.
     #[serde(default)]
     pub frontchannel_logout: bool,
+    /// How often `intercom_sessions_active` counts the live sessions.
+    #[serde(default = "default_count_every", with = "humantime_serde")]
+    pub count_every: Duration,
+}
+
+fn default_count_every() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_scopes() -> Vec<String> {

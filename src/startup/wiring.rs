@@ -197,10 +197,11 @@ fn sessions(
             redis,
             crate::cache::sealed::Sealer::new(key.clone()),
             session.memory_ttl,
+            crate::redis::keys::sessions_active(&crate::redis::keys::base(settings)),
         ),
         _ => SessionStore::memory(session.absolute_timeout),
     };
-    Ok(Some(Arc::new(Sessions::new(
+    let sessions = Arc::new(Sessions::new(
         session,
         SessionParts {
             oidc,
@@ -216,5 +217,7 @@ fn sessions(
             )
             .kept,
         },
-    ))))
+    ));
+    sessions.count_active(session.count_every);
+    Ok(Some(sessions))
 }

@@ -100,6 +100,8 @@ impl World {
                 encryption_key = "file:session_key"
                 scopes = ["openid", "profile", "email", "offline_access"]
                 refresh_ahead = "29s"
+                store = "redis"
+                count_every = "200ms"
                 [[routes]]
                 name = "dash-api"
                 prefix = "/api"
@@ -247,6 +249,16 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
         .unwrap();
     // A browser session: login, a call, a refresh (due 1 s after login), a logout.
     let cookie = log_in(&base).await;
+    let active = async |n: f64| {
+        eventually(PATIENCE, async || {
+            metric(
+                &admin_metrics(admin).await,
+                r#"intercom_sessions_active{store="redis"}"#,
+            ) == n
+        })
+        .await
+    };
+    assert!(active(1.0).await, "the login's session is counted");
     assert_eq!(
         get(&format!("{base}/spa/me"), &[("cookie", &cookie)]).await,
         200
@@ -268,6 +280,7 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported_under_traffi
         .await
         .unwrap();
     assert_eq!(out.status(), 303);
+    assert!(active(0.0).await, "the logout's session is not counted");
 
     // Redis goes away: errors, the rate limiter's fallback, redis degraded (a new caller
     // holds no lease, so it asks Redis).
