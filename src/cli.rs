@@ -83,7 +83,7 @@ pub fn run(filters: FilterRegistry) -> ExitCode {
     }
     let loaded = Settings::load(&cli.config_dir, cli.config.as_deref(), &ProcessEnv)
         .and_then(|s| crate::secrets::file::check_references(&s).map(|()| s))
-        .and_then(|s| check_filters(&s, &filters).map(|()| s));
+        .and_then(|s| filters.chains(&s.routes).map(|_| s));
     let settings = match loaded {
         Ok(settings) => settings,
         Err(err) => {
@@ -106,21 +106,6 @@ pub fn run(filters: FilterRegistry) -> ExitCode {
             },
         ),
     }
-}
-
-/// Every route's filters are registered in this binary and take their `config`.
-fn check_filters(
-    settings: &Settings,
-    filters: &FilterRegistry,
-) -> Result<(), crate::settings::SettingsError> {
-    for (i, route) in settings.routes.iter().enumerate() {
-        filters
-            .chain(&route.name, &route.filters)
-            .map_err(|(n, why)| {
-                crate::settings::SettingsError::new(format!("routes[{i}].filters[{n}]"), why)
-            })?;
-    }
-    Ok(())
 }
 
 fn serve(settings: Settings, filters: FilterRegistry, source: SettingsSource) -> ExitCode {

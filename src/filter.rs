@@ -169,6 +169,23 @@ impl FilterRegistry {
         self
     }
 
+    /// Every route's chain, in order; the error names the entry that cannot be built
+    /// (`routes[i].filters[n]`).
+    pub fn chains(
+        &self,
+        routes: &[crate::settings::RouteSettings],
+    ) -> Result<Vec<FilterChain>, crate::settings::SettingsError> {
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                self.chain(&r.name, &r.filters).map_err(|(n, why)| {
+                    crate::settings::SettingsError::new(format!("routes[{i}].filters[{n}]"), why)
+                })
+            })
+            .collect()
+    }
+
     /// The chain of one route's `filters`; `Err((n, why))` for the `n`-th entry.
     pub fn chain(
         &self,

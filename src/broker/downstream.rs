@@ -17,6 +17,18 @@ use crate::clock::now_secs;
 use crate::keyed_hash::{Hash, SharedHasher};
 use crate::settings::ExchangeMode;
 
+impl DownstreamError {
+    /// What a target's policy refusing a grant reads as.
+    pub fn refused_by(target: &TargetPolicy, refused: GrantRefused) -> Self {
+        match refused {
+            GrantRefused::CallerNotAllowed => {
+                DownstreamError::NotAllowed(CallerRefused::ByPolicy(target.audience.clone()))
+            }
+            GrantRefused::NothingLeft(scopes) => DownstreamError::Denied(scopes),
+        }
+    }
+}
+
 /// Why no downstream token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DownstreamError {
@@ -136,12 +148,7 @@ impl DownstreamTokens {
     ) -> Result<Arc<ExchangeEntry>, DownstreamError> {
         let scopes = target
             .grant(&subject.caller, &subject.principal, asked)
-            .map_err(|refused| match refused {
-                GrantRefused::CallerNotAllowed => {
-                    DownstreamError::NotAllowed(CallerRefused::ByPolicy(target.audience.clone()))
-                }
-                GrantRefused::NothingLeft(scopes) => DownstreamError::Denied(scopes),
-            })?;
+            .map_err(|refused| DownstreamError::refused_by(target, refused))?;
         let caller = subject.caller.client_id.as_deref().unwrap_or("");
         let key = self.cache_key(&subject.token, caller, &target.audience, &scopes);
         let m = &*target.metrics;

@@ -24,12 +24,9 @@ use serde_json::{json, Map, Value};
 
 use super::routes::{Route, RouteTable};
 use super::{AdmittedCaller, ProxyState};
-use crate::broker::claims::KeptClaims;
+use crate::broker::downstream::DownstreamError;
 use crate::broker::edge::{CachedVerdict, UpstreamBearer};
-use crate::broker::failure::CallerRefused;
-use crate::broker::policy::GrantRefused;
 use crate::filter::Phase;
-use crate::http::credentials::{self, TokenSource};
 use crate::http::errors::ApiError;
 use crate::http::path::{is_under, strip_port};
 use crate::settings::RouteAuth;
@@ -69,7 +66,6 @@ pub enum HeaderValues {
 /// The explanation: `decision` (`forward` or `refuse`), the refusal's `status`, `type`
 /// and phase, and each phase reached, in the proxy's order.
 pub struct Explanation {
-    pub forwarded: bool,
     pub body: Value,
 }
 
@@ -104,7 +100,6 @@ impl Phases {
 
     fn forward(self) -> Explanation {
         Explanation {
-            forwarded: true,
             body: json!({ "decision": "forward", "phases": self.0 }),
         }
     }
@@ -124,7 +119,6 @@ impl Phases {
             last.insert("detail".into(), error.to_string().into());
         }
         Explanation {
-            forwarded: false,
             body: json!({
                 "decision": "refuse",
                 "status": status,
@@ -303,26 +297,16 @@ async fn authenticate(
     phases: &mut Phases,
 ) -> Result<Option<AdmittedCaller>, Refusal> {
     let refuse = |e: ApiError| ("authentication", e);
-    let (token, login_claims, source) = match route.auth {
-        RouteAuth::None => {
-            phases.push("authentication", "none", json!({}));
-            return Ok(None);
-        }
-        RouteAuth::Bearer => {
-            let (token, source) = credentials::extract_bearer(req, route.allow_query_token)
-                .map_err(|e| refuse(e.into()))?;
-            let source = match source {
-                TokenSource::Header => "authorization_header",
-                TokenSource::Query => "query",
-            };
-            (token, KeptClaims::new(), source)
-        }
-        RouteAuth::Session => {
-            let (token, claims) = super::session_token(req, state, route)
-                .await
-                .map_err(refuse)?;
-            (token, claims, "session")
-        }
+    let Some(super::CallerToken {
+        token,
+        login_claims,
+        source,
+    }) = super::caller_token(req, state, route)
+        .await
+        .map_err(refuse)?
+    else {
+        phases.push("authentication", "none", json!({}));
+        return Ok(None);
     };
     let edge = state
         .edge
@@ -506,12 +490,7 @@ fn exchange(
         }
         Err(refused) => {
             phases.push("exchange", "refused", json!({ "audience": audience }));
-            let error = match refused {
-                GrantRefused::CallerNotAllowed => {
-                    ApiError::CallerNotAllowed(CallerRefused::ByPolicy(target.audience.clone()))
-                }
-                GrantRefused::NothingLeft(scopes) => ApiError::InsufficientScope(scopes),
-            };
+            let error = DownstreamError::refused_by(target, refused).into();
             Err(("exchange", error))
         }
     }
@@ -569,12 +548,12 @@ async fn upstream_request(
         }
     }
     let credential = route.inject.as_ref().map(|inject| {
-        let (kind, name, source) = inject.describe();
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+        let (kind, header, source) = inject.describe();
+        if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {
             described.retain(|(h, _)| h != name);
             described.push((name, format!("<{kind} credential from {source}>")));
         }
-        json!({ "kind": kind, "header": inject.describe().1, "source": source })
+        json!({ "kind": kind, "header": header, "source": source })
     });
     let headers = shown_headers(&outbound.headers, &described);
     phases.push(

@@ -314,13 +314,13 @@ async fn authenticate(
     state: &ProxyState,
     route: &Route,
 ) -> Result<Option<AdmittedCaller>, ApiError> {
-    let (token, login_claims) = match route.auth {
-        RouteAuth::None => return Ok(None),
-        RouteAuth::Bearer => (
-            credentials::extract_bearer(req, route.allow_query_token)?.0,
-            KeptClaims::new(),
-        ),
-        RouteAuth::Session => session_token(req, state, route).await?,
+    let Some(CallerToken {
+        token,
+        login_claims,
+        ..
+    }) = caller_token(req, state, route).await?
+    else {
+        return Ok(None);
     };
     let edge = state.edge.as_ref().ok_or(ApiError::Internal)?;
     let admitted = gate::admit(
@@ -335,6 +335,44 @@ async fn authenticate(
         admitted,
         token,
         login_claims,
+    }))
+}
+
+/// The token a request presents on its route, and where it came from.
+struct CallerToken {
+    token: String,
+    /// On session routes, the ID token's claims that claim rules read.
+    login_claims: KeptClaims,
+    /// `authorization_header`, `query` or `session`.
+    source: &'static str,
+}
+
+/// The bearer token (header or, where allowed, query) or the session's access token;
+/// `None` on routes without auth.
+async fn caller_token(
+    req: &HttpRequest,
+    state: &ProxyState,
+    route: &Route,
+) -> Result<Option<CallerToken>, ApiError> {
+    let (token, login_claims, source) = match route.auth {
+        RouteAuth::None => return Ok(None),
+        RouteAuth::Bearer => {
+            let (token, source) = credentials::extract_bearer(req, route.allow_query_token)?;
+            let source = match source {
+                credentials::TokenSource::Header => "authorization_header",
+                credentials::TokenSource::Query => "query",
+            };
+            (token, KeptClaims::new(), source)
+        }
+        RouteAuth::Session => {
+            let (token, claims) = session_token(req, state, route).await?;
+            (token, claims, "session")
+        }
+    };
+    Ok(Some(CallerToken {
+        token,
+        login_claims,
+        source,
     }))
 }
 

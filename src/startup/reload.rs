@@ -77,16 +77,7 @@ impl RouteFactory {
                 None => settings.routes.iter().map(|_| None).collect(),
             },
         };
-        let chains = settings
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                self.filters.chain(&r.name, &r.filters).map_err(|(n, why)| {
-                    SettingsError::new(format!("routes[{i}].filters[{n}]"), why)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let chains = self.filters.chains(&settings.routes)?;
         let attachments = injections
             .into_iter()
             .zip(transports)

@@ -332,8 +332,9 @@ impl ClientInsight {
         self.labelled.store(labelled, Ordering::Relaxed);
     }
 
-    /// The series' client labels in use (for tests and the cap's check).
-    pub fn labelled_clients(&self) -> usize {
+    /// The client labels in use.
+    #[cfg(test)]
+    fn labelled_clients(&self) -> usize {
         self.labelled.load(Ordering::Relaxed)
     }
 }
