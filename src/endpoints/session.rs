@@ -135,8 +135,10 @@ pub async fn logout(
     } else {
         HttpResponse::SeeOther()
     };
-    res.insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::SET_COOKIE, sessions.clear_session_cookie()));
+    res.insert_header((header::CACHE_CONTROL, "no-store"));
+    for cookie in sessions.clear_session_cookies() {
+        res.append_header((header::SET_COOKIE, cookie));
+    }
     if wants_json {
         return Ok(res.json(serde_json::json!({ "end_session_url": location })));
     }
@@ -171,19 +173,23 @@ pub async fn frontchannel_logout(
         .body(""))
 }
 
+/// The request's live session, and its id (the cookie's value).
 async fn live(
     req: &HttpRequest,
     sessions: &Sessions,
-) -> Result<crate::session::store::Session, Problem> {
+) -> Result<(String, crate::session::store::Session), Problem> {
     let cookie = req.cookie(&sessions.cookies.session);
-    let session = match cookie {
+    let session = match &cookie {
         Some(cookie) => sessions
             .current(cookie.value())
             .await
             .map_err(|e| ApiError::from(e).at(req))?,
         None => None,
     };
-    session.ok_or_else(|| ApiError::SessionRequired.at(req))
+    match (cookie, session) {
+        (Some(cookie), Some(session)) => Ok((cookie.value().to_string(), session)),
+        _ => Err(ApiError::SessionRequired.at(req)),
+    }
 }
 
 /// `GET /auth/user`: the claims the SPA may see and the session's remaining lifetime.
@@ -191,10 +197,10 @@ pub async fn user(
     req: HttpRequest,
     sessions: web::Data<Arc<Sessions>>,
 ) -> Result<HttpResponse, Problem> {
-    let session = live(&req, &sessions).await?;
+    let (id, session) = live(&req, &sessions).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(sessions.user_view(&session)))
+        .json(sessions.user_view(&id, &session)))
 }
 
 /// `GET /auth/session`: 200 while the session lives, 401 after; for polling.
@@ -202,7 +208,7 @@ pub async fn status(
     req: HttpRequest,
     sessions: web::Data<Arc<Sessions>>,
 ) -> Result<HttpResponse, Problem> {
-    let session = live(&req, &sessions).await?;
+    let (_, session) = live(&req, &sessions).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(serde_json::json!({ "active": true, "expires_in": sessions.remaining(&session) })))

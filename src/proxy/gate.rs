@@ -70,26 +70,21 @@ pub async fn spend_budget(
     }
 }
 
-/// The CSRF rule of state-changing requests on session routes and at `/auth/logout`.
+/// The CSRF rule of state-changing requests on session routes and at `/auth/logout`
+/// (see [`crate::session::Sessions::check_csrf`]).
 pub fn check_csrf(req: &HttpRequest, sessions: &crate::session::Sessions) -> Result<(), ApiError> {
-    let text = |name: actix_web::http::header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let text = |name: &actix_web::http::header::HeaderName| {
+        req.headers().get(name).and_then(|v| v.to_str().ok())
     };
-    let has_header = req.headers().contains_key(&sessions.csrf_header);
-    if !has_header {
-        return Err(ApiError::CsrfRefused(
-            "a state-changing request needs the CSRF header",
-        ));
-    }
-    let origin = text(actix_web::http::header::ORIGIN);
-    let referer = text(actix_web::http::header::REFERER);
-    if !sessions.csrf_ok(has_header, origin.as_deref(), referer.as_deref()) {
-        return Err(ApiError::CsrfRefused(
-            "a state-changing request must come from an allowed origin",
-        ));
-    }
-    Ok(())
+    let session = req.cookie(&sessions.cookies.session);
+    sessions
+        .check_csrf(
+            req.headers()
+                .get(&sessions.csrf_header)
+                .map(|v| v.as_bytes()),
+            text(&actix_web::http::header::ORIGIN),
+            text(&actix_web::http::header::REFERER),
+            session.as_ref().map(|c| c.value()),
+        )
+        .map_err(ApiError::CsrfRefused)
 }

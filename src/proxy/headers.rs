@@ -291,16 +291,16 @@ fn scheme_value(scheme: &str) -> &'static str {
     }
 }
 
-/// Removes the cookie `name` and every cookie whose name starts with `prefix` from the
+/// Removes the cookies `names` and every cookie whose name starts with `prefix` from the
 /// `Cookie` headers, keeping the others (and dropping a header left empty).
-pub fn remove_cookies(headers: &mut HeaderMap, name: &str, prefix: &str) {
+pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str], prefix: &str) {
     let cookie = actix_web::http::header::COOKIE;
     if !headers.contains_key(&cookie) {
         return;
     }
     let ours = |pair: &str| {
         let key = pair.split('=').next().unwrap_or("").trim();
-        key == name || key.starts_with(prefix)
+        names.contains(&key) || key.starts_with(prefix)
     };
     let kept: Vec<String> = headers
         .get_all(&cookie)
@@ -445,7 +445,7 @@ mod tests {
         );
         remove_cookies(
             &mut headers,
-            "__Host-intercom-session",
+            &["__Host-intercom-session", "__Host-intercom-csrf"],
             "__Host-intercom-flow-",
         );
         let left: Vec<_> = headers.get_all(actix_web::http::header::COOKIE).collect();
@@ -453,11 +453,11 @@ mod tests {
         let mut only_ours = HeaderMap::new();
         only_ours.insert(
             actix_web::http::header::COOKIE,
-            HeaderValue::from_static("__Host-intercom-session=abc"),
+            HeaderValue::from_static("__Host-intercom-session=abc; __Host-intercom-csrf=d"),
         );
         remove_cookies(
             &mut only_ours,
-            "__Host-intercom-session",
+            &["__Host-intercom-session", "__Host-intercom-csrf"],
             "__Host-intercom-flow-",
         );
         assert!(only_ours.get(actix_web::http::header::COOKIE).is_none());

@@ -608,7 +608,7 @@ fn rewrite(
         // Intercom's own cookies never travel upstream, on any route.
         headers::remove_cookies(
             &mut headers,
-            &sessions.cookies.session,
+            &[&sessions.cookies.session, &sessions.cookies.csrf],
             &sessions.cookies.flow_prefix,
         );
     }

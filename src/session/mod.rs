@@ -71,6 +71,8 @@ const SILENT_ANSWERS: [&str; 4] = [
 #[derive(Debug, Clone)]
 pub struct CookieSpec {
     pub session: String,
+    /// The double-submit CSRF cookie (set only with `session.csrf_token`).
+    pub csrf: String,
     /// The prefix of each login's own cookie.
     pub flow_prefix: String,
     pub secure: bool,
@@ -98,10 +100,15 @@ pub struct Sessions {
     pub rules: ReturnRules,
     pub cookies: CookieSpec,
     pub csrf_header: http::HeaderName,
+    /// `session.csrf_token`: the CSRF header must carry the session's CSRF token.
+    csrf_token: bool,
     idle: Duration,
     absolute: Duration,
     refresh_ahead: Duration,
+    /// The refresh lease's term, renewed while a refresh runs.
     lease_ttl: Duration,
+    /// How long a call waits for another replica's refresh.
+    refresh_wait: Duration,
     post_logout: Option<Url>,
     user_claims: Vec<String>,
     /// The ID token claims routes' claim rules read, kept with each session.
@@ -118,7 +125,8 @@ pub struct SessionParts {
     pub hasher: SharedHasher,
     pub key_base: String,
     pub revoker: Option<Arc<Revoker>>,
-    /// The AS's request timeout: a refresh lease outlives one call.
+    /// The AS's request timeout: a call waits for another replica's refresh as long
+    /// as that refresh can take.
     pub request_timeout: Duration,
     /// The claims routes' `required_claims` and `denied_claims` read.
     pub rule_claims: Vec<String>,
@@ -147,6 +155,11 @@ impl Sessions {
             },
             cookies: CookieSpec {
                 session: settings.cookie_name.clone(),
+                csrf: if secure {
+                    "__Host-intercom-csrf".into()
+                } else {
+                    "intercom-csrf".into()
+                },
                 flow_prefix: if secure {
                     "__Host-intercom-flow-".into()
                 } else {
@@ -156,10 +169,12 @@ impl Sessions {
                 same_site: settings.same_site,
             },
             csrf_header: settings.csrf_header.0.clone(),
+            csrf_token: settings.csrf_token,
             idle: settings.idle_timeout,
             absolute: settings.absolute_timeout,
             refresh_ahead: settings.refresh_ahead,
-            lease_ttl: parts.request_timeout * 2 + Duration::from_secs(1),
+            lease_ttl: settings.refresh_lease,
+            refresh_wait: parts.request_timeout * 2 + Duration::from_secs(1),
             post_logout: settings.post_logout_redirect_uri.clone(),
             user_claims: settings.user_claims.clone(),
             rule_claims: parts.rule_claims,
@@ -178,13 +193,25 @@ impl Sessions {
     /// A `Set-Cookie` value: `HttpOnly`, `Path=/`, no `Domain`, `Secure` unless
     /// development cookies are on.
     fn cookie(&self, name: &str, value: &str, max_age: Duration, same_site: SameSite) -> String {
+        self.cookie_with(name, value, max_age, same_site, true)
+    }
+
+    /// [`Sessions::cookie`], readable by the page's script unless `http_only`.
+    fn cookie_with(
+        &self,
+        name: &str,
+        value: &str,
+        max_age: Duration,
+        same_site: SameSite,
+        http_only: bool,
+    ) -> String {
         let same_site = match same_site {
             SameSite::Lax => cookie::SameSite::Lax,
             SameSite::Strict => cookie::SameSite::Strict,
         };
         cookie::Cookie::build(name.to_string(), value.to_string())
             .path("/")
-            .http_only(true)
+            .http_only(http_only)
             .secure(self.cookies.secure)
             .same_site(same_site)
             .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
@@ -192,7 +219,6 @@ impl Sessions {
             .to_string()
     }
 
-    /// The `Set-Cookie` that removes the session cookie.
     /// Keeps `intercom_sessions_active{store}` at the live sessions' count, every
     /// `every` (a Redis store counts the whole deployment: every replica reports the same
     /// number; a memory store, its own).
@@ -220,13 +246,36 @@ impl Sessions {
         });
     }
 
-    pub fn clear_session_cookie(&self) -> String {
-        self.cookie(
+    /// The `Set-Cookie`s that remove the session cookie (and the CSRF cookie).
+    pub fn clear_session_cookies(&self) -> Vec<String> {
+        let mut cookies = vec![self.cookie(
             &self.cookies.session,
             "",
             Duration::ZERO,
             self.cookies.same_site,
-        )
+        )];
+        if self.csrf_token {
+            cookies.push(self.csrf_cookie(""));
+        }
+        cookies
+    }
+
+    /// The double-submit cookie: the session's CSRF token, for the SPA's script to read
+    /// and echo in the CSRF header (`SameSite=Strict`: no other site's request carries it).
+    fn csrf_cookie(&self, token: &str) -> String {
+        let max_age = if token.is_empty() {
+            Duration::ZERO
+        } else {
+            self.absolute
+        };
+        self.cookie_with(&self.cookies.csrf, token, max_age, SameSite::Strict, false)
+    }
+
+    /// The CSRF token of the session `session_id`: a keyed hash of its id (the
+    /// replicas' shared key), so any replica checks it without a lookup and no other
+    /// site can compute it.
+    fn csrf_token_of(&self, session_id: &str) -> String {
+        hex::encode(self.hasher.hash(&[b"session-csrf", session_id.as_bytes()]))
     }
 
     /// Starts a login: where to send the browser, and the cookie that holds this login.
@@ -315,17 +364,21 @@ impl Sessions {
             })?;
         let id = self.create(self.session_of(tokens)?).await?;
         metrics::counter!("intercom_sessions_created_total").increment(1);
+        let mut set_cookies = vec![
+            self.cookie(
+                &self.cookies.session,
+                &id,
+                self.absolute,
+                self.cookies.same_site,
+            ),
+            clear_flow,
+        ];
+        if self.csrf_token {
+            set_cookies.push(self.csrf_cookie(&self.csrf_token_of(&id)));
+        }
         Ok(Landing {
             location: login.return_to,
-            set_cookies: vec![
-                self.cookie(
-                    &self.cookies.session,
-                    &id,
-                    self.absolute,
-                    self.cookies.same_site,
-                ),
-                clear_flow,
-            ],
+            set_cookies,
         })
     }
 
@@ -513,18 +566,18 @@ impl Sessions {
         // The idle clock moves at most every tenth of the idle timeout (a write then),
         // under the refresh lease and on the stored copy: writing back a copy read
         // earlier could undo another replica's refresh (and its rotated token).
-        if now - session.last_seen >= (self.idle.as_secs() / 10).max(1)
-            && self.store.take_lease(&keys.lease, self.lease_ttl).await?
-        {
-            let stored = self.store.get_fresh(&keys.record).await;
-            if let Ok(Some(mut stored)) = stored {
-                stored.last_seen = now;
-                self.store
-                    .put(&keys.record, &stored, self.ttl(&stored))
-                    .await?;
-                session = stored;
+        if now - session.last_seen >= (self.idle.as_secs() / 10).max(1) {
+            if let Some(lease) = self.store.take_lease(&keys.lease, self.lease_ttl).await? {
+                let stored = self.store.get_fresh(&keys.record).await;
+                if let Ok(Some(mut stored)) = stored {
+                    stored.last_seen = now;
+                    self.store
+                        .put(&keys.record, &stored, self.ttl(&stored))
+                        .await?;
+                    session = stored;
+                }
+                self.store.release_lease(&lease).await?;
             }
-            self.store.release_lease(&keys.lease).await?;
         }
         Ok(Some(session))
     }
@@ -568,25 +621,27 @@ impl Sessions {
             self.store.delete(&keys.record).await?;
             return Ok(None);
         };
-        let deadline = Instant::now() + self.lease_ttl;
+        let deadline = Instant::now() + self.refresh_wait;
         loop {
-            if self.store.take_lease(&keys.lease, self.lease_ttl).await? {
+            if let Some(lease) = self.store.take_lease(&keys.lease, self.lease_ttl).await? {
                 // The lease may have just been released by a replica that refreshed:
                 // read again, or the consumed refresh token would be presented twice
                 // (and a rotating AS ends the whole grant for it).
-                let latest = self.store.get_fresh(&keys.record).await?;
-                let result = match latest {
-                    None => Ok(None),
-                    Some(latest)
-                        if latest.access_token != session.access_token
-                            || latest.refresh_token.as_ref() != Some(&refresh_token) =>
-                    {
-                        refreshes("coalesced");
-                        Ok(Some(latest))
+                let work = async {
+                    match self.store.get_fresh(&keys.record).await? {
+                        None => Ok(None),
+                        Some(latest)
+                            if latest.access_token != session.access_token
+                                || latest.refresh_token.as_ref() != Some(&refresh_token) =>
+                        {
+                            refreshes("coalesced");
+                            Ok(Some(latest))
+                        }
+                        Some(latest) => self.refresh_at_as(keys, latest, &refresh_token).await,
                     }
-                    Some(latest) => self.refresh_at_as(keys, latest, &refresh_token).await,
                 };
-                self.store.release_lease(&keys.lease).await?;
+                let result = self.store.while_held(&lease, self.lease_ttl, work).await;
+                self.store.release_lease(&lease).await?;
                 return result;
             }
             // Another replica refreshes: its tokens land in the store.
@@ -679,12 +734,17 @@ impl Sessions {
     }
 
     /// What `GET /auth/user` shows: the claims the SPA may see and the session's
-    /// remaining lifetime; never a token.
-    pub fn user_view(&self, session: &Session) -> serde_json::Value {
-        serde_json::json!({
+    /// remaining lifetime; never a token (of the AS: with `session.csrf_token`, the
+    /// session's CSRF token, which the page's script may read anyway).
+    pub fn user_view(&self, session_id: &str, session: &Session) -> serde_json::Value {
+        let mut view = serde_json::json!({
             "claims": session.user,
             "expires_in": self.remaining(session),
-        })
+        });
+        if self.csrf_token {
+            view["csrf_token"] = self.csrf_token_of(session_id).into();
+        }
+        view
     }
 
     /// Seconds until the session ends (idle or absolute, whichever first).
@@ -693,12 +753,21 @@ impl Sessions {
         idle_end.min(session.ends_at).saturating_sub(now_secs())
     }
 
-    /// The CSRF rule for a state-changing request on a session route: the custom
-    /// header, and an `Origin` (else `Referer`) from the configured origins.
-    pub fn csrf_ok(&self, has_header: bool, origin: Option<&str>, referer: Option<&str>) -> bool {
-        if !has_header {
-            return false;
-        }
+    /// The CSRF rule for a state-changing request on a session route or at logout: the
+    /// custom header (`csrf`, its value), an `Origin` (else `Referer`) from the
+    /// configured origins, and with `session.csrf_token` the header's value the CSRF
+    /// token of the request's session (`session_id`, the cookie's value). The refusal
+    /// says which part failed.
+    pub fn check_csrf(
+        &self,
+        csrf: Option<&[u8]>,
+        origin: Option<&str>,
+        referer: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<(), &'static str> {
+        let Some(csrf) = csrf else {
+            return Err("a state-changing request needs the CSRF header");
+        };
         let from = match (origin, referer) {
             (Some(origin), _) => Some(origin.to_string()),
             (None, Some(referer)) => Url::parse(referer)
@@ -706,7 +775,17 @@ impl Sessions {
                 .map(|u| u.origin().ascii_serialization()),
             (None, None) => None,
         };
-        self.origin_allowed(from.as_deref())
+        if !self.origin_allowed(from.as_deref()) {
+            return Err("a state-changing request must come from an allowed origin");
+        }
+        if self.csrf_token {
+            let expected = session_id.map(|id| self.csrf_token_of(id));
+            let matches = expected.is_some_and(|e| bool::from(e.as_bytes().ct_eq(csrf)));
+            if !matches {
+                return Err("the CSRF header must carry this session's CSRF token");
+            }
+        }
+        Ok(())
     }
 
     /// Whether `origin` (the request's `Origin`) is one of the SPA's configured origins:

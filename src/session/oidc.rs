@@ -1,7 +1,8 @@
 //! Intercom as an OpenID Connect confidential client, through the `openidconnect`
 //! crate: the authorization URL (code flow, PKCE S256, `state`, `nonce`), the code
 //! exchange with the ID token verified (signature by the AS's keys, `iss`, `aud`,
-//! `nonce`, `exp`), refresh, RFC 7009 revocation and RP-initiated logout.
+//! `nonce`, `exp`), refresh, RFC 7009 revocation and RP-initiated logout; the client
+//! authenticates with its secret or with `private_key_jwt` (RFC 7523 assertions).
 
 use std::sync::Arc;
 
@@ -63,6 +64,59 @@ pub struct Authorization {
     pub pkce_verifier: String,
 }
 
+/// How the login client proves itself at the AS's token and revocation endpoints.
+pub enum ClientAuth {
+    /// `client_secret_basic`: the secret (it rotates).
+    Secret(Arc<SecretCell>),
+    /// `private_key_jwt`: a fresh assertion per request, signed with this private JWK
+    /// (it rotates: read at each request).
+    PrivateKeyJwt(Arc<SecretCell>),
+}
+
+/// RFC 7523 §2.2: the `client_assertion_type` of a JWT assertion.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How long a client assertion is valid: one request's worth.
+const ASSERTION_LIFETIME_SECS: u64 = 60;
+
+impl ClientAuth {
+    /// The stored key of `private_key_jwt`, parsed (what start-up checks, and each
+    /// request signs with).
+    pub fn signing_key(key: &SecretCell) -> Result<crate::broker::mint::SigningKey, String> {
+        crate::broker::mint::SigningKey::from_private_jwk(key.current().expose(), "RS256")
+            .map_err(|e| e.to_string())
+    }
+
+    /// A client assertion for `audience` (the token endpoint): `iss` and `sub` the
+    /// client, a unique `jti`, valid a minute. `None` with a secret.
+    fn assertion(&self, client_id: &str, audience: &str) -> Result<Option<String>, OidcError> {
+        let ClientAuth::PrivateKeyJwt(key) = self else {
+            return Ok(None);
+        };
+        let failed = |why: String| {
+            OidcError::Unavailable(Outage::because(
+                "the client assertion cannot be signed",
+                why,
+            ))
+        };
+        let key = Self::signing_key(key).map_err(failed)?;
+        let now = now_secs();
+        let mut payload = josekit::jwt::JwtPayload::new();
+        payload.set_issuer(client_id);
+        payload.set_subject(client_id);
+        payload.set_audience(vec![audience]);
+        payload.set_jwt_id(uuid::Uuid::new_v4().to_string());
+        for (claim, value) in [("iat", now), ("exp", now + ASSERTION_LIFETIME_SECS)] {
+            payload
+                .set_claim(claim, Some(value.into()))
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        key.sign("JWT", &payload)
+            .map(Some)
+            .map_err(|e| failed(e.to_string()))
+    }
+}
+
 /// The confidential client.
 pub struct OidcClient {
     /// The AS's metadata and keys; the keys are fetched again when an ID token names
@@ -70,7 +124,7 @@ pub struct OidcClient {
     metadata: std::sync::RwLock<Metadata>,
     keys_fetched: std::sync::Mutex<Option<std::time::Instant>>,
     client_id: String,
-    secret: Arc<SecretCell>,
+    auth: ClientAuth,
     redirect_uri: RedirectUrl,
     scopes: Vec<String>,
     http: reqwest::Client,
@@ -83,7 +137,7 @@ impl OidcClient {
         metadata: Metadata,
         http: reqwest::Client,
         client_id: &str,
-        secret: Arc<SecretCell>,
+        auth: ClientAuth,
         redirect_uri: &Url,
         scopes: &[String],
     ) -> Self {
@@ -92,22 +146,41 @@ impl OidcClient {
             metadata: std::sync::RwLock::new(metadata),
             keys_fetched: std::sync::Mutex::new(None),
             client_id: client_id.to_string(),
-            secret,
+            auth,
             redirect_uri: RedirectUrl::from_url(redirect_uri.clone()),
             scopes: scopes.iter().filter(|s| *s != "openid").cloned().collect(),
             http,
         }
     }
 
-    /// A client with the secret's current value (it rotates).
+    /// A client with the secret's current value (it rotates); with `private_key_jwt`,
+    /// one without a secret (it sends `client_id` in the body, beside the assertion).
     fn client(&self) -> Client {
-        let secret = self.secret.current();
+        let secret = match &self.auth {
+            ClientAuth::Secret(secret) => {
+                Some(ClientSecret::new(secret.current().expose().to_string()))
+            }
+            ClientAuth::PrivateKeyJwt(_) => None,
+        };
         CoreClient::from_provider_metadata(
             self.metadata.read().expect("metadata lock").clone(),
             ClientId::new(self.client_id.clone()),
-            Some(ClientSecret::new(secret.expose().to_string())),
+            secret,
         )
         .set_redirect_uri(self.redirect_uri.clone())
+    }
+
+    /// The assertion for a request to the token endpoint (or to revocation, whose
+    /// assertions name the token endpoint too, as RFC 7523 and OIDC Core say).
+    fn assertion(&self) -> Result<Option<String>, OidcError> {
+        let audience = self
+            .metadata
+            .read()
+            .expect("metadata lock")
+            .token_endpoint()
+            .map(|u| u.to_string())
+            .ok_or_else(|| OidcError::Unavailable(Outage::new(NO_TOKEN_ENDPOINT)))?;
+        self.auth.assertion(&self.client_id, &audience)
     }
 
     /// True when the AS says it puts `iss` in authorization responses (RFC 9207).
@@ -208,10 +281,17 @@ impl OidcClient {
         nonce: &str,
     ) -> Result<Tokens, OidcError> {
         let client = self.client();
-        let response = client
+        let assertion = self.assertion()?;
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OidcError::Unavailable(Outage::because(NO_TOKEN_ENDPOINT, e)))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()));
+        if let Some(assertion) = assertion {
+            request = request
+                .add_extra_param("client_assertion_type", JWT_BEARER)
+                .add_extra_param("client_assertion", assertion);
+        }
+        let response = request
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
@@ -228,9 +308,16 @@ impl OidcClient {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, OidcError> {
         let client = self.client();
         let refresh = RefreshToken::new(refresh_token.to_string());
-        let response = client
+        let assertion = self.assertion()?;
+        let mut request = client
             .exchange_refresh_token(&refresh)
-            .map_err(|e| OidcError::Unavailable(Outage::because(NO_TOKEN_ENDPOINT, e)))?
+            .map_err(|e| OidcError::Unavailable(Outage::because(NO_TOKEN_ENDPOINT, e)))?;
+        if let Some(assertion) = assertion {
+            request = request
+                .add_extra_param("client_assertion_type", JWT_BEARER)
+                .add_extra_param("client_assertion", assertion);
+        }
+        let response = request
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
@@ -252,15 +339,33 @@ impl OidcClient {
             return;
         };
         let form = [("token", token), ("token_type_hint", "refresh_token")];
-        let sent = crate::broker::post_as_client(
-            &self.http,
-            &endpoint,
-            &self.client_id,
-            &self.secret,
-            &form,
-        )
-        .send()
-        .await;
+        let request = match &self.auth {
+            ClientAuth::Secret(secret) => crate::broker::post_as_client(
+                &self.http,
+                &endpoint,
+                &self.client_id,
+                secret,
+                &form,
+            ),
+            ClientAuth::PrivateKeyJwt(_) => {
+                let assertion = match self.assertion() {
+                    Ok(Some(assertion)) => assertion,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refresh token revocation failed");
+                        return;
+                    }
+                };
+                let mut form = form.to_vec();
+                form.extend([
+                    ("client_id", self.client_id.as_str()),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", assertion.as_str()),
+                ]);
+                crate::telemetry::traces::propagate(self.http.post(&endpoint).form(&form))
+            }
+        };
+        let sent = request.send().await;
         if let Err(e) = sent {
             tracing::warn!(error = %crate::broker::authserver::failure(&e), "refresh token revocation failed");
         }

@@ -3,10 +3,13 @@
 //! every replica serves every session and Redis holds no token in clear.
 //!
 //! Keys are keyed hashes of the session id (the cookie's value is never a key). The
-//! refresh lease is a `SET NX PX` key beside the session.
+//! refresh lease is a `SET NX PX` key beside the session, holding its holder's random
+//! token: renewed and released only by that holder (compare-and-act scripts).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+
+use deadpool_redis::redis::Script;
 
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -56,7 +59,8 @@ pub enum StoreError {
 pub enum SessionStore {
     Memory {
         sessions: moka::future::Cache<String, Arc<Session>>,
-        leases: moka::sync::Cache<String, ()>,
+        /// Lease keys and their holders' tokens.
+        leases: moka::sync::Cache<String, String>,
         /// The session keys of each `sub` and `sid` index.
         indexes: moka::sync::Cache<String, Arc<std::sync::Mutex<Vec<String>>>>,
     },
@@ -388,22 +392,28 @@ impl SessionStore {
         }
     }
 
-    /// Takes the refresh lease `lease` for `ttl`, unless another holder has it.
-    pub async fn take_lease(&self, lease: &str, ttl: Duration) -> Result<bool, StoreError> {
+    /// Takes the refresh lease `key` for `ttl`, unless another holder has it.
+    pub async fn take_lease(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let lease = Lease {
+            key: key.to_string(),
+            token: lease_token(),
+        };
         match self {
             SessionStore::Memory { leases, .. } => {
-                let entry = leases.entry(lease.to_string()).or_insert(());
-                Ok(entry.is_fresh())
+                let entry = leases
+                    .entry(lease.key.clone())
+                    .or_insert(lease.token.clone());
+                Ok(entry.is_fresh().then_some(lease))
             }
             SessionStore::Redis { redis, .. } => {
-                let target = lease.to_string();
+                let (target, token) = (lease.key.clone(), lease.token.clone());
                 let ttl_ms = ttl.as_millis().max(1) as u64;
                 let taken: Option<String> = redis
                     .run("session_lease", move |conn| {
                         async move {
                             deadpool_redis::redis::cmd("SET")
                                 .arg(&target)
-                                .arg(1)
+                                .arg(&token)
                                 .arg("NX")
                                 .arg("PX")
                                 .arg(ttl_ms)
@@ -413,21 +423,122 @@ impl SessionStore {
                         .boxed()
                     })
                     .await?;
-                Ok(taken.is_some())
+                Ok(taken.map(|_| lease))
             }
         }
     }
 
-    /// Gives the lease back (after the rotated refresh token is stored).
-    pub async fn release_lease(&self, lease: &str) -> Result<(), StoreError> {
+    /// Extends `lease` to `ttl` from now; false when it is no longer this holder's
+    /// (it lapsed and another took it).
+    pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         match self {
+            // One process: the lease only spans its own calls, which single-flight
+            // already orders; the entry lives its cache's 30 s.
             SessionStore::Memory { leases, .. } => {
-                leases.invalidate(lease);
-                Ok(())
+                Ok(leases.get(&lease.key).as_deref() == Some(lease.token.as_str()))
             }
-            SessionStore::Redis { .. } => self.delete(lease).await,
+            SessionStore::Redis { redis, .. } => {
+                let ttl_ms = ttl.as_millis().max(1) as u64;
+                let mut invocation = RENEW.prepare_invoke();
+                invocation.key(&lease.key).arg(&lease.token).arg(ttl_ms);
+                let renewed: i64 = redis
+                    .run("session_lease", move |conn| {
+                        async move { invocation.invoke_async(conn).await }.boxed()
+                    })
+                    .await?;
+                Ok(renewed == 1)
+            }
         }
     }
+
+    /// Runs `work` while holding `lease`, renewing it every third of `ttl`, so a
+    /// refresh that outlasts the lease's first term keeps it (and a holder that dies
+    /// loses it within `ttl`). A renewal that finds the lease gone stops renewing.
+    pub async fn while_held<T>(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let renew = async {
+            let every = (ttl / 3).max(Duration::from_millis(10));
+            loop {
+                tokio::time::sleep(every).await;
+                match self.renew_lease(lease, ttl).await {
+                    Ok(true) => lease_renewals("renewed"),
+                    Ok(false) => {
+                        lease_renewals("lost");
+                        tracing::warn!("a session refresh outlived its lease, which another holder now has");
+                        return std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        lease_renewals("failed");
+                        tracing::debug!(error = %e, "the refresh lease could not be renewed now");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            out = work => out,
+            () = renew => unreachable!("renewal never ends"),
+        }
+    }
+
+    /// Gives `lease` back (after the rotated refresh token is stored), unless it is no
+    /// longer this holder's.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        match self {
+            SessionStore::Memory { leases, .. } => {
+                if leases.get(&lease.key).as_deref() == Some(lease.token.as_str()) {
+                    leases.invalidate(&lease.key);
+                }
+                Ok(())
+            }
+            SessionStore::Redis { redis, .. } => {
+                let mut invocation = RELEASE.prepare_invoke();
+                invocation.key(&lease.key).arg(&lease.token);
+                redis
+                    .run("session_lease", move |conn| {
+                        async move { invocation.invoke_async::<i64>(conn).await }.boxed()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A refresh lease held: its key, and the random token that says whose it is, so a
+/// holder renews and releases only its own lease, never one that another replica took
+/// after this one's lapsed.
+pub struct Lease {
+    key: String,
+    token: String,
+}
+
+/// 128 random bits, hex.
+fn lease_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Extends the lease KEYS[1] by ARGV[2] ms when it holds ARGV[1]; 1 when it did.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+    )
+});
+
+/// Deletes the lease KEYS[1] when it holds ARGV[1].
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
+fn lease_renewals(outcome: &'static str) {
+    metrics::counter!("intercom_session_lease_renewals_total", "outcome" => outcome).increment(1);
 }
 
 #[cfg(test)]

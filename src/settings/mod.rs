@@ -304,6 +304,9 @@ impl Settings {
             if let Some(secret) = &session.client_secret {
                 add("session.client_secret".into(), secret);
             }
+            if let Some(key) = &session.client_key {
+                add("session.client_key".into(), key);
+            }
         }
         for (i, client) in self.token_endpoint.clients.iter().enumerate() {
             add(

@@ -21,6 +21,16 @@ pub struct SessionSettings {
     /// Its secret, a reference (default: `auth_server.client_secret`).
     #[serde(default)]
     pub client_secret: Option<SecretRef>,
+    /// How the login client proves itself at the token endpoint:
+    /// `client_secret_basic` (the secret above) or `private_key_jwt` (RFC 7523: a
+    /// fresh assertion per request, signed with `client_key`; no shared secret).
+    #[serde(default)]
+    pub client_auth: ClientAuthMethod,
+    /// With `private_key_jwt`: a secret reference to the client's private key, a JWK
+    /// with a `kid` (its `alg` RS256, ES256 or EdDSA; RS256 when it names none). The AS
+    /// holds the public half (the client's `jwks` or `jwks_uri`).
+    #[serde(default)]
+    pub client_key: Option<SecretRef>,
     /// Secret reference: the key that seals sessions and the login flow's cookie (any
     /// high-entropy text; rotating it ends the sessions sealed under the old one).
     pub encryption_key: SecretRef,
@@ -45,6 +55,11 @@ pub struct SessionSettings {
     /// The access token is refreshed this long before it expires.
     #[serde(default = "default_refresh_ahead", with = "humantime_serde")]
     pub refresh_ahead: Duration,
+    /// The term of the lease that lets one replica at a time refresh a session's
+    /// tokens; renewed every third of it while the refresh runs, so a slow AS keeps
+    /// it and a replica that dies mid-refresh frees it within this time.
+    #[serde(default = "default_refresh_lease", with = "humantime_serde")]
+    pub refresh_lease: Duration,
     /// Where sessions live: `memory` (this replica only) or `redis` (every replica).
     #[serde(default)]
     pub store: SessionStoreKind,
@@ -59,10 +74,15 @@ pub struct SessionSettings {
     /// Path prefixes `return_to` may name (default: every path).
     #[serde(default = "default_return_paths")]
     pub return_to_paths: Vec<String>,
-    /// The header state-changing calls must carry (its value does not matter): a
-    /// custom header forces a CORS preflight on cross-origin calls.
+    /// The header state-changing calls must carry (its value does not matter unless
+    /// `csrf_token`): a custom header forces a CORS preflight on cross-origin calls.
     #[serde(default = "default_csrf_header")]
     pub csrf_header: HeaderNameSetting,
+    /// Double-submit CSRF token: at login Intercom also sets `__Host-intercom-csrf`
+    /// (readable by the SPA's script, `SameSite=Strict`), and the CSRF header's value
+    /// must then be that token (also in `GET /auth/user` as `csrf_token`).
+    #[serde(default)]
+    pub csrf_token: bool,
     /// Where the AS sends the browser after RP-initiated logout.
     #[serde(default)]
     pub post_logout_redirect_uri: Option<Url>,
@@ -100,6 +120,9 @@ fn default_memory_ttl() -> Duration {
 fn default_refresh_ahead() -> Duration {
     Duration::from_secs(60)
 }
+fn default_refresh_lease() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_return_paths() -> Vec<String> {
     vec!["/".into()]
 }
@@ -119,6 +142,15 @@ pub enum SameSite {
     #[default]
     Lax,
     Strict,
+}
+
+/// How the login client authenticates to the AS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    PrivateKeyJwt,
 }
 
 /// Where sessions live.
@@ -153,6 +185,27 @@ impl SessionSettings {
                 "session.redirect_uri",
                 "must be an http(s) URL",
             ));
+        }
+        match (self.client_auth, &self.client_key, &self.client_secret) {
+            (ClientAuthMethod::PrivateKeyJwt, None, _) => {
+                return Err(SettingsError::new(
+                    "session.client_key",
+                    "client_auth = \"private_key_jwt\" needs the client's private key",
+                ))
+            }
+            (ClientAuthMethod::PrivateKeyJwt, _, Some(_)) => {
+                return Err(SettingsError::new(
+                    "session.client_secret",
+                    "is not used with client_auth = \"private_key_jwt\": remove it",
+                ))
+            }
+            (ClientAuthMethod::ClientSecretBasic, Some(_), _) => {
+                return Err(SettingsError::new(
+                    "session.client_key",
+                    "is used only with client_auth = \"private_key_jwt\"",
+                ))
+            }
+            _ => {}
         }
         if self.store == SessionStoreKind::Redis && settings.redis.is_none() {
             return Err(SettingsError::new(
@@ -189,6 +242,12 @@ impl SessionSettings {
             ));
         }
         positive("session.absolute_timeout", self.absolute_timeout)?;
+        if self.refresh_lease < Duration::from_millis(300) {
+            return Err(SettingsError::new(
+                "session.refresh_lease",
+                "must be at least 300ms (it is renewed every third of it)",
+            ));
+        }
         if !self.scopes.iter().any(|s| s == "openid") {
             return Err(SettingsError::new(
                 "session.scopes",

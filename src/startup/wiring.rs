@@ -22,10 +22,10 @@ use crate::readiness::Readiness;
 use crate::redis::SharedRedis;
 use crate::revoke::logout::LogoutVerifier;
 use crate::revoke::{Evicts, Revoker};
-use crate::session::oidc::OidcClient;
+use crate::session::oidc::{ClientAuth, OidcClient};
 use crate::session::store::SessionStore;
 use crate::session::{SessionParts, Sessions};
-use crate::settings::{SessionStoreKind, Settings};
+use crate::settings::{ClientAuthMethod, SessionStoreKind, Settings};
 
 /// What the public and admin apps serve.
 pub(super) struct Wired {
@@ -170,16 +170,30 @@ fn sessions(
     else {
         return Ok(None);
     };
-    let secret_ref = session
-        .client_secret
-        .as_ref()
-        .unwrap_or(&auth.client_secret);
     let unresolved = |key: &'static str| {
         StartError::Session(format!("{key}: the secret was not resolved at start"))
     };
-    let client_secret = secrets
-        .stored(Some(secret_ref))
-        .ok_or_else(|| unresolved("session.client_secret"))?;
+    let client_auth = match (session.client_auth, &session.client_key) {
+        (ClientAuthMethod::PrivateKeyJwt, Some(key_ref)) => {
+            let key = secrets
+                .stored(Some(key_ref))
+                .ok_or_else(|| unresolved("session.client_key"))?;
+            ClientAuth::signing_key(&key)
+                .map_err(|e| StartError::Session(format!("session.client_key: {e}")))?;
+            ClientAuth::PrivateKeyJwt(key)
+        }
+        _ => {
+            let secret_ref = session
+                .client_secret
+                .as_ref()
+                .unwrap_or(&auth.client_secret);
+            ClientAuth::Secret(
+                secrets
+                    .stored(Some(secret_ref))
+                    .ok_or_else(|| unresolved("session.client_secret"))?,
+            )
+        }
+    };
     let key = secrets
         .stored(Some(&session.encryption_key))
         .ok_or_else(|| unresolved("session.encryption_key"))?;
@@ -188,7 +202,7 @@ fn sessions(
         parts.discovered.clone(),
         parts.http.clone(),
         client_id,
-        client_secret,
+        client_auth,
         &session.redirect_uri,
         &session.scopes,
     );

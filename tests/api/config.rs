@@ -420,6 +420,48 @@ fn validation_errors_name_the_key() {
         ),
         (
             format!(r#"
+                {AS}[session]
+                redirect_uri = "http://127.0.0.1:1/auth/callback"
+                encryption_key = "file:k"
+                client_auth = "private_key_jwt"
+            "#),
+            &[],
+            "session.client_key: client_auth = \"private_key_jwt\" needs the client's private key",
+        ),
+        (
+            format!(r#"
+                {AS}[session]
+                redirect_uri = "http://127.0.0.1:1/auth/callback"
+                encryption_key = "file:k"
+                client_key = "file:k"
+            "#),
+            &[],
+            "session.client_key: is used only with client_auth = \"private_key_jwt\"",
+        ),
+        (
+            format!(r#"
+                {AS}[session]
+                redirect_uri = "http://127.0.0.1:1/auth/callback"
+                encryption_key = "file:k"
+                client_auth = "private_key_jwt"
+                client_key = "file:k"
+                client_secret = "file:k"
+            "#),
+            &[],
+            "session.client_secret: is not used with client_auth = \"private_key_jwt\"",
+        ),
+        (
+            format!(r#"
+                {AS}[session]
+                redirect_uri = "http://127.0.0.1:1/auth/callback"
+                encryption_key = "file:k"
+                refresh_lease = "100ms"
+            "#),
+            &[],
+            "session.refresh_lease: must be at least 300ms",
+        ),
+        (
+            format!(r#"
                 {AS}{ROUTE}auth = "session"
             "#),
             &[],

@@ -36,13 +36,13 @@ async fn start_bff(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff
 /// `Secure` cookies from `http://localhost`).
 async fn start_bff_at(host: &str, replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
     let redis = (replicas > 1).then(TestRedis::start);
-    start_bff_sharing(host, replicas, as_env, extra, redis, None).await
+    start_bff_sharing(host, replicas, as_env, extra, redis, None, &[]).await
 }
 
 /// [`start_bff`] with the replicas' sessions in a Redis Cluster.
 async fn start_bff_on_cluster(replicas: usize, as_env: &[(&str, &str)], extra: &str) -> Bff {
     let cluster = Some(TestRedisCluster::start());
-    start_bff_sharing("127.0.0.1", replicas, as_env, extra, None, cluster).await
+    start_bff_sharing("127.0.0.1", replicas, as_env, extra, None, cluster, &[]).await
 }
 
 async fn start_bff_sharing(
@@ -52,6 +52,7 @@ async fn start_bff_sharing(
     extra: &str,
     redis: Option<TestRedis>,
     cluster: Option<TestRedisCluster>,
+    secrets_extra: &[(&str, &str)],
 ) -> Bff {
     let ports: Vec<u16> = (0..replicas).map(|_| announced_port()).collect();
     let bases: Vec<String> = ports.iter().map(|p| format!("http://{host}:{p}")).collect();
@@ -60,6 +61,11 @@ async fn start_bff_sharing(
     let auth = TestAuthServer::start_with_env(&env).await;
     let upstream = TestUpstream::start("spa-api");
     let (dir, secrets) = secrets_file();
+    for (name, value) in secrets_extra {
+        let line = format!("{name} = {}\n", toml::Value::String(value.to_string()));
+        let mut file = std::fs::OpenOptions::new().append(true).open(&secrets).unwrap();
+        std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+    }
     let store: Option<&dyn RedisUnderTest> = match (&redis, &cluster) {
         (Some(redis), _) => Some(redis),
         (None, Some(cluster)) => Some(cluster),
@@ -562,6 +568,234 @@ async fn refresh_once(bff: Bff) {
         count(&last, "refresh_refused"),
         count(&before, "refresh_refused")
     );
+}
+
+/// A refresh lease of 1 s, renewed every third of it.
+const SHORT_LEASE: &str = r#"
+    refresh_ahead = "27s"
+    refresh_lease = "1s"
+"#;
+
+#[actix_web::test]
+async fn a_refresh_slower_than_its_lease_keeps_the_lease_and_refreshes_once() {
+    let bff = start_bff(2, &[("TOKEN_TTL", "30")], SHORT_LEASE).await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "erin", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let logged_in = std::time::Instant::now();
+    let cookie = format!(
+        "{SESSION_COOKIE}={}",
+        browser.cookie(&base, SESSION_COOKIE).unwrap()
+    );
+    // The AS now takes 3 s per token request, three terms of the 1 s lease.
+    bff.auth.hooks(&[("token_delay_ms", "3000")]).await;
+    let renewed = || {
+        metric(
+            &process_metrics(),
+            "intercom_session_lease_renewals_total{outcome=\"renewed\"",
+        )
+    };
+    let (before, renewals) = (bff.auth.stats().await, renewed());
+    let count = |stats: &serde_json::Value, name: &str| stats[name].as_u64().unwrap();
+    actix_web::rt::time::sleep(Duration::from_secs(4).saturating_sub(logged_in.elapsed())).await;
+
+    let get = |url: String| {
+        let cookie = cookie.clone();
+        async move {
+            let mut res = test_client()
+                .get(url)
+                .insert_header(("cookie", cookie))
+                .send()
+                .await
+                .unwrap();
+            let body = res.body().await.unwrap_or_default();
+            (res.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // The first call takes the lease and asks the AS.
+    let first = actix_web::rt::spawn(get(format!("{}/api/slow/first", bff.bases[0])));
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            count(&bff.auth.stats().await, "token") > count(&before, "token")
+        })
+        .await,
+        "the refresh reached the AS"
+    );
+    // Wall-clock time must pass the lease's first term while the AS holds the refresh:
+    // without renewal the other replica would now take the lapsed lease and present
+    // the same refresh token again (the rotating AS refuses it and ends the grant).
+    actix_web::rt::time::sleep(Duration::from_millis(1600)).await;
+    let calls = (0..20).map(|i| get(format!("{}/api/slow/{i}", bff.bases[i % 2])));
+    let answers = futures_util::future::join_all(calls).await;
+    let first = first.await.unwrap();
+    assert_eq!(first.0, 200, "{}", first.1);
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let after = bff.auth.stats().await;
+    assert_eq!(count(&after, "refresh") - count(&before, "refresh"), 1);
+    assert_eq!(
+        count(&after, "refresh_refused"),
+        count(&before, "refresh_refused"),
+        "no refresh token presented twice"
+    );
+    assert!(
+        renewed() >= renewals + 2.0,
+        "the lease was renewed while the AS answered"
+    );
+    // The session goes on with the rotated token.
+    bff.auth.hooks(&[("token_delay_ms", "")]).await;
+    let page = call(
+        &mut Browser::default(),
+        "GET",
+        &format!("{}/api/after", bff.bases[1]),
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+}
+
+/// A fresh ES256 key pair under `kid`: the private JWK (Intercom's stored key) and the
+/// public JWK set (what the AS holds for the client).
+fn client_key_pair(kid: &str) -> (String, String) {
+    let pair = josekit::jws::ES256.generate_key_pair().unwrap();
+    let mut private = pair.to_jwk_key_pair();
+    private.set_key_id(kid);
+    private.set_algorithm("ES256");
+    let mut public = pair.to_jwk_public_key();
+    public.set_key_id(kid);
+    public.set_algorithm("ES256");
+    let jwks = serde_json::json!({ "keys": [serde_json::to_value(public.as_ref()).unwrap()] });
+    (private.to_string(), jwks.to_string())
+}
+
+const PRIVATE_KEY_JWT: &str = r#"
+    client_id = "intercom-pkjwt"
+    client_auth = "private_key_jwt"
+    client_key = "file:bff_client_key"
+    refresh_ahead = "27s"
+"#;
+
+#[actix_web::test]
+async fn a_client_with_private_key_jwt_logs_in_refreshes_and_revokes_without_a_secret() {
+    let (private, jwks) = client_key_pair("bff-1");
+    let as_env = [("BFF_CLIENT_JWKS", jwks.as_str()), ("TOKEN_TTL", "30")];
+    let secrets = [("bff_client_key", private.as_str())];
+    let bff = start_bff_sharing("127.0.0.1", 1, &as_env, PRIVATE_KEY_JWT, None, None, &secrets).await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "pia", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let logged_in = std::time::Instant::now();
+    let api = format!("{base}/api/me");
+    let page = call(&mut browser, "GET", &api, &[]).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // The access token comes due (it lives 30 s, refreshed in its last 27): the
+    // refresh authenticates with a new assertion.
+    let before = bff.auth.stats().await;
+    let count = |stats: &serde_json::Value, name: &str| stats[name].as_u64().unwrap();
+    actix_web::rt::time::sleep(Duration::from_secs(4).saturating_sub(logged_in.elapsed())).await;
+    let page = call(&mut browser, "GET", &api, &[]).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let after = bff.auth.stats().await;
+    assert_eq!(count(&after, "refresh") - count(&before, "refresh"), 1);
+
+    // Logout revokes the refresh token, as the same client, with an assertion the AS
+    // accepts (it answers 401 to a client that fails to authenticate).
+    let out = call(
+        &mut browser,
+        "POST",
+        &format!("{base}/auth/logout"),
+        &[("x-csrf", "1"), ("origin", &base)],
+    )
+    .await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            count(&bff.auth.stats().await, "revocation_ok") == count(&after, "revocation_ok") + 1
+        })
+        .await,
+        "the refresh token was revoked: {}",
+        bff.auth.stats().await
+    );
+}
+
+#[actix_web::test]
+async fn a_private_key_the_as_does_not_hold_fails_the_login_and_a_malformed_one_the_start() {
+    // The AS holds another key under the same kid.
+    let (private, _) = client_key_pair("bff-1");
+    let (_, jwks) = client_key_pair("bff-1");
+    let as_env = [("BFF_CLIENT_JWKS", jwks.as_str())];
+    let secrets = [("bff_client_key", private.as_str())];
+    let bff = start_bff_sharing("127.0.0.1", 1, &as_env, PRIVATE_KEY_JWT, None, None, &secrets).await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "pia", "/app/").await;
+    assert_eq!(
+        (landed.status, problem_type(&landed).as_str()),
+        (400, "urn:intercom:problem:login-failed"),
+        "{}",
+        landed.body
+    );
+    assert!(
+        problem_detail(&landed).contains("invalid_client"),
+        "{}",
+        landed.body
+    );
+    assert!(browser.cookie(&base, SESSION_COOKIE).is_none());
+
+    // A stored key that is no private JWK stops the start, naming the key.
+    let (dir, secrets) = secrets_file();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&secrets).unwrap();
+    std::io::Write::write_all(&mut file, b"bff_client_key = \"not a key\"\n").unwrap();
+    let config = format!(
+        r#"
+            {}[session]
+            redirect_uri = "{base}/auth/callback"
+            encryption_key = "file:session_key"
+            {PRIVATE_KEY_JWT}
+        "#,
+        auth_config(&bff.auth, &secrets, ""),
+    );
+    let error = match intercom::startup::Application::build(settings_with(&config)).await {
+        Ok(_) => panic!("started with a malformed client key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("session.client_key"), "{error}");
+    drop(dir);
+}
+
+#[actix_web::test]
+async fn callbacks_refuse_id_tokens_for_another_client_or_with_a_wrong_nonce() {
+    let bff = start_bff(1, &[("SIGNING_KID", "as-key")], "").await;
+    let base = bff.base().to_string();
+    for fault in ["aud", "nonce", "iss", "expired"] {
+        bff.auth.hooks(&[("id_token_fault", fault)]).await;
+        let mut browser = Browser::default();
+        let landed = log_in(&mut browser, &base, "quinn", "/app/").await;
+        assert_eq!(
+            (landed.status, problem_type(&landed).as_str()),
+            (400, "urn:intercom:problem:login-failed"),
+            "{fault}: {}",
+            landed.body
+        );
+        assert!(
+            problem_detail(&landed).contains("the ID token failed verification"),
+            "{fault}: {}",
+            landed.body
+        );
+        assert!(
+            browser.cookie(&base, SESSION_COOKIE).is_none(),
+            "{fault}: no session"
+        );
+    }
+    // The same login with the AS's own ID token completes: the fault was the cause.
+    bff.auth.hooks(&[("id_token_fault", "")]).await;
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "quinn", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    assert!(browser.cookie(&base, SESSION_COOKIE).is_some());
 }
 
 #[actix_web::test]

@@ -62,11 +62,28 @@ Object.assign(defaultClients[0], {
   backchannel_logout_session_required: true,
   scope: `${defaultClients[0].scope} openid offline_access email`,
 });
+// BFF_CLIENT_JWKS (a JSON JWK set of public keys): a second login client,
+// `intercom-pkjwt`, that authenticates with private_key_jwt (RFC 7523) under those keys.
+if (process.env.BFF_CLIENT_JWKS) {
+  defaultClients.push({
+    client_id: 'intercom-pkjwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: JSON.parse(process.env.BFF_CLIENT_JWKS),
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: bffBases.map((b) => `${b}/auth/callback`),
+    post_logout_redirect_uris: [`${bffBase}/`],
+    scope: 'openid offline_access profile email',
+  });
+}
 const clients = process.env.CLIENTS_FILE
   ? JSON.parse(readFileSync(process.env.CLIENTS_FILE, 'utf8'))
   : defaultClients;
 
-const counts = { introspection: 0, exchange: 0, actor: 0, token: 0, revocation: 0, jwks: 0, refresh: 0, refresh_refused: 0, backchannel_logout: 0 };
+// Faults the tests switch on at run time (/__test/hooks).
+const hooks = { tokenDelayMs: 0, idTokenFault: undefined };
+
+const counts = { introspection: 0, exchange: 0, actor: 0, token: 0, revocation: 0, revocation_ok: 0, jwks: 0, refresh: 0, refresh_refused: 0, backchannel_logout: 0 };
 
 // SIGNING_KID: sign with a fresh RSA key under this kid instead of the development key
 // (for tests that need an AS whose keys differ).
@@ -285,6 +302,16 @@ provider.use(async (ctx, next) => {
     ctx.body = { pid: process.pid };
     return;
   }
+  if (ctx.path === '/__test/hooks' && ctx.method === 'POST') {
+    // ?token_delay_ms=2500: every token request waits that long (a slow AS);
+    // ?id_token_fault=aud|nonce|iss|expired (needs SIGNING_KID): token answers carry an
+    // ID token validly signed yet wrong in that claim. An empty value clears a hook.
+    const q = ctx.query;
+    if (q.token_delay_ms !== undefined) hooks.tokenDelayMs = Number(q.token_delay_ms) || 0;
+    if (q.id_token_fault !== undefined) hooks.idTokenFault = q.id_token_fault || undefined;
+    ctx.body = hooks;
+    return;
+  }
   if (ctx.path === '/__test/reset' && ctx.method === 'POST') {
     for (const k of Object.keys(counts)) counts[k] = 0;
     ctx.body = counts;
@@ -356,13 +383,34 @@ provider.use(async (ctx, next) => {
     return;
   } else if (ctx.path === '/token/revocation') {
     counts.revocation += 1;
+    await next();
+    // 200 for any token (RFC 7009), but only to a client that authenticated.
+    if (ctx.status === 200) counts.revocation_ok += 1;
+    return;
   } else if (ctx.path === '/jwks') {
     counts.jwks += 1;
   } else if (ctx.path === '/token') {
     counts.token += 1;
+    if (hooks.tokenDelayMs) await new Promise((r) => setTimeout(r, hooks.tokenDelayMs));
+    await next();
+    if (hooks.idTokenFault && jwks && ctx.body && typeof ctx.body.id_token === 'string') {
+      ctx.body = { ...ctx.body, id_token: spoilIdToken(ctx.body.id_token, hooks.idTokenFault) };
+    }
+    return;
   }
   await next();
 });
+
+// An ID token re-signed by this AS's own key (only with SIGNING_KID) with one claim
+// wrong: `aud` (issued to another client), `nonce`, `iss`, `expired`.
+function spoilIdToken(idToken, fault) {
+  const claims = JSON.parse(Buffer.from(idToken.split('.')[1], 'base64url').toString());
+  if (fault === 'aud') { claims.aud = 'app'; claims.azp = 'app'; }
+  if (fault === 'nonce') claims.nonce = 'not-the-nonce-intercom-sent';
+  if (fault === 'iss') claims.iss = 'https://elsewhere.example';
+  if (fault === 'expired') { claims.iat -= 7200; claims.exp = Math.floor(Date.now() / 1000) - 3600; }
+  return signJwt({}, claims);
+}
 
 // Signs any header and claims with this AS's own key (only with SIGNING_KID).
 function signJwt(header, claims) {

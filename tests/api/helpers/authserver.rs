@@ -103,6 +103,20 @@ impl TestAuthServer {
             .unwrap()
     }
 
+    /// Switches the AS's run-time faults (`/__test/hooks`): `token_delay_ms` (a slow
+    /// token endpoint), `id_token_fault` (`aud`, `nonce`, `iss`, `expired`; needs
+    /// `SIGNING_KID`); an empty value clears one.
+    pub async fn hooks(&self, hooks: &[(&str, &str)]) {
+        let res = test_client()
+            .post(format!("{}/__test/hooks", self.issuer))
+            .query(&hooks)
+            .unwrap()
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+
     /// A client-credentials access token (opaque).
     pub async fn client_token(&self, client_id: &str, secret: &str, scope: &str) -> String {
         self.token(client_id, secret, &[("scope", scope)]).await
