@@ -767,6 +767,72 @@ async fn a_private_key_the_as_does_not_hold_fails_the_login_and_a_malformed_one_
 }
 
 #[actix_web::test]
+async fn with_a_double_submit_token_state_changing_calls_must_echo_the_sessions_token() {
+    let bff = start_bff(1, &[], "csrf_token = true").await;
+    let base = bff.base().to_string();
+    let mut browser = Browser::default();
+    let landed = log_in(&mut browser, &base, "tess", "/app/").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let token = browser
+        .cookie(&base, "__Host-intercom-csrf")
+        .expect("the CSRF cookie");
+    assert_eq!(token.len(), 64, "{token}");
+    let set = browser
+        .set_cookie_log
+        .iter()
+        .map(|(_, c)| c)
+        .find(|c| c.starts_with("__Host-intercom-csrf="))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"),
+        "{set}"
+    );
+    // The SPA may also read it from /auth/user.
+    let user = call(&mut browser, "GET", &format!("{base}/auth/user"), &[]).await;
+    let seen: serde_json::Value = serde_json::from_str(&user.body).unwrap();
+    assert_eq!(seen["csrf_token"], token.as_str());
+
+    let api = format!("{base}/api/orders");
+    for (csrf, why) in [
+        ("1".to_string(), "any value"),
+        ("0".repeat(64), "a made-up token"),
+        (String::new(), "an empty one"),
+    ] {
+        let headers = [("x-csrf", csrf.as_str()), ("origin", base.as_str())];
+        let page = call(&mut browser, "POST", &api, &headers).await;
+        assert_eq!(page.status, 403, "{why}: {}", page.body);
+        assert_eq!(problem_type(&page), "urn:intercom:problem:csrf-refused", "{why}");
+        assert!(problem_detail(&page).contains("CSRF token"), "{why}: {}", page.body);
+    }
+    // Another session's token opens nothing here.
+    let mut other = Browser::default();
+    log_in(&mut other, &base, "uma", "/app/").await;
+    let theirs = other.cookie(&base, "__Host-intercom-csrf").unwrap();
+    assert_ne!(theirs, token);
+    let page = call(&mut browser, "POST", &api, &[("x-csrf", &theirs), ("origin", &base)]).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+
+    // The session's own token passes; the upstream sees neither Intercom cookie.
+    let page = call(&mut browser, "POST", &api, &[("x-csrf", &token), ("origin", &base)]).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let seen: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert!(seen["headers"].get("cookie").is_none(), "{}", seen["headers"]);
+    // GET needs none of it.
+    let page = call(&mut browser, "GET", &api, &[]).await;
+    assert_eq!(page.status, 200);
+
+    // Logout is state-changing too; it clears both cookies.
+    let logout = format!("{base}/auth/logout");
+    let refused = call(&mut browser, "POST", &logout, &[("x-csrf", "1"), ("origin", &base)]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let out = call(&mut browser, "POST", &logout, &[("x-csrf", &token), ("origin", &base)]).await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(browser.cookie(&base, SESSION_COOKIE).is_none());
+    assert!(browser.cookie(&base, "__Host-intercom-csrf").is_none());
+}
+
+#[actix_web::test]
 async fn callbacks_refuse_id_tokens_for_another_client_or_with_a_wrong_nonce() {
     let bff = start_bff(1, &[("SIGNING_KID", "as-key")], "").await;
     let base = bff.base().to_string();
