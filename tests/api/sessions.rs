@@ -1176,6 +1176,138 @@ async fn in_chromium_the_login_leaves_no_token_the_page_can_read() {
     chromium.close().await;
 }
 
+/// Fills in and sends the AS's dev login form on the current page of `browser`.
+async fn chromium_submit_login(browser: &fantoccini::Client, user: &str) {
+    use fantoccini::Locator;
+    let login = browser
+        .wait()
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap();
+    login.send_keys(user).await.unwrap();
+    let password = browser
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap();
+    password.send_keys("pw").await.unwrap();
+    browser
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// True once `browser`'s current URL is `url` (polled, with a deadline).
+async fn chromium_lands_on(browser: &fantoccini::Client, url: &str) -> bool {
+    eventually(Duration::from_secs(30), async || {
+        browser
+            .current_url()
+            .await
+            .is_ok_and(|u| u.as_str() == url)
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn in_chromium_two_tabs_log_in_at_once_and_the_as_logout_page_ends_both() {
+    use fantoccini::Locator;
+    let bff = start_bff_at("localhost", 1, &[], "").await;
+    let base = bff.base().to_string();
+    let chromium = TestChromium::start().await;
+    let browser = &chromium.client;
+
+    // Tab one starts a login and stops at the AS's login page.
+    let first = browser.window().await.unwrap();
+    browser
+        .goto(&format!("{base}/auth/login?return_to=/app/one"))
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap();
+    // Tab two starts its own, and completes it.
+    let second = browser.new_window(true).await.unwrap().handle;
+    browser.switch_to_window(second.clone()).await.unwrap();
+    browser
+        .goto(&format!("{base}/auth/login?return_to=/app/two"))
+        .await
+        .unwrap();
+    chromium_submit_login(browser, "wendy").await;
+    assert!(
+        chromium_lands_on(browser, &format!("{base}/app/two")).await,
+        "tab two: {:?}",
+        browser.current_url().await
+    );
+    // Tab one's login, begun first, completes after: its state was its own.
+    browser.switch_to_window(first.clone()).await.unwrap();
+    chromium_submit_login(browser, "wendy").await;
+    assert!(
+        chromium_lands_on(browser, &format!("{base}/app/one")).await,
+        "tab one: {:?} {}",
+        browser.current_url().await,
+        browser.source().await.unwrap_or_default()
+    );
+    assert!(browser.source().await.unwrap().contains("/app/one"));
+    let cookies = browser.get_all_cookies().await.unwrap();
+    assert!(
+        cookies
+            .iter()
+            .all(|c| !c.name().starts_with("__Host-intercom-flow-")),
+        "a login's cookie outlived its login: {cookies:?}"
+    );
+
+    // Logout as an SPA does it: POST /auth/logout, then to the AS's logout page, whose
+    // "Yes, sign me out" ends the AS's session and comes back to post_logout_redirect_uri.
+    let fetched = browser
+        .execute_async(
+            "const done = arguments[0]; fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF': '1', Accept: 'application/json' } })\
+             .then(async (r) => done((await r.json()).end_session_url))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let end_session = fetched.as_str().unwrap().to_string();
+    assert!(end_session.starts_with(&bff.auth.issuer), "{end_session}");
+    browser.goto(&end_session).await.unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("button[name=logout][value=yes]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        chromium_lands_on(browser, &format!("{base}/")).await,
+        "after the AS's logout: {:?}",
+        browser.current_url().await
+    );
+    // The AS told Intercom (back-channel), which ends the other login's session too
+    // (its cookie was overwritten by the later login, but it lived on server side).
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            bff.auth.stats().await["backchannel_logout"].as_u64() >= Some(1)
+        })
+        .await,
+        "no back-channel logout: {}",
+        bff.auth.stats().await
+    );
+    // Both tabs are logged out, here and at the AS: tab two's next page asks for a login
+    // again (the AS has no session to log it in silently).
+    browser.switch_to_window(second).await.unwrap();
+    browser.goto(&format!("{base}/app/two")).await.unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .expect("the AS's login page again");
+    chromium.close().await;
+}
+
 #[actix_web::test]
 async fn a_logout_on_one_replica_ends_the_session_another_holds_in_memory() {
     let bff = start_bff(
