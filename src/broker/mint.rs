@@ -83,6 +83,14 @@ impl SigningKey {
         })
     }
 
+    /// `payload` signed as a compact JWS, its header naming this key (and `typ`).
+    pub fn sign(&self, typ: &str, payload: &JwtPayload) -> Result<String, MintError> {
+        let mut header = JwsHeader::new();
+        header.set_token_type(typ);
+        header.set_key_id(&self.kid);
+        jwt::encode_with_signer(payload, &header, &*self.signer).map_err(|_| MintError::Signing)
+    }
+
     /// Generates a key for `alg` (ES256, RS256 or EdDSA).
     pub fn generate(alg: &str) -> Result<Self, MintError> {
         let gen_err = |e: josekit::JoseError| MintError::KeyGeneration(e.to_string());
@@ -118,16 +126,6 @@ impl SigningKey {
             signer,
             public,
         })
-    }
-}
-
-impl SigningKey {
-    /// `payload` signed as a compact JWS, its header naming this key (and `typ`).
-    pub fn sign(&self, typ: &str, payload: &JwtPayload) -> Result<String, MintError> {
-        let mut header = JwsHeader::new();
-        header.set_token_type(typ);
-        header.set_key_id(&self.kid);
-        jwt::encode_with_signer(payload, &header, &*self.signer).map_err(|_| MintError::Signing)
     }
 }
 

@@ -11,7 +11,7 @@
 //! | logout `jti` | `<p>:x:logout:<hash>` | string, `EX` | none: each hash (one per key of a rotation) on its own | `revoke::logout` |
 //! | browser session | `<p>:s:<hash>` | string (sealed), `PX` | none: one key | `session::store` |
 //! | sessions of a `sub` / `sid` | `<p>:s:i:<kind>:<hash>` | set of session keys, `PX` | none: written and read on its own | `session::store` |
-//! | session refresh lease | `<p>:s:l:<hash>` | string, `NX PX` | none | `session` |
+//! | session refresh lease | `<p>:s:l:<hash>` | string (the holder's token), `NX PX`, renewed and released by compare-and-act scripts | none (one key per script) | `session` |
 //! | live sessions | `<p>:s:active` | sorted set (session key → its end, ms) | one key | `session::store` |
 //! | rate-limit window | `<p>:rl:{<caller>}:<route>:<window>` | string (GCRA TAT) | `{<caller>}`: one script touches all of a caller's windows on a route | `limits::gcra` |
 //!

@@ -340,13 +340,9 @@ impl OidcClient {
         };
         let form = [("token", token), ("token_type_hint", "refresh_token")];
         let request = match &self.auth {
-            ClientAuth::Secret(secret) => crate::broker::post_as_client(
-                &self.http,
-                &endpoint,
-                &self.client_id,
-                secret,
-                &form,
-            ),
+            ClientAuth::Secret(secret) => {
+                crate::broker::post_as_client(&self.http, &endpoint, &self.client_id, secret, &form)
+            }
             ClientAuth::PrivateKeyJwt(_) => {
                 let assertion = match self.assertion() {
                     Ok(Some(assertion)) => assertion,

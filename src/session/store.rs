@@ -468,7 +468,9 @@ impl SessionStore {
                     Ok(true) => lease_renewals("renewed"),
                     Ok(false) => {
                         lease_renewals("lost");
-                        tracing::warn!("a session refresh outlived its lease, which another holder now has");
+                        tracing::warn!(
+                            "a session refresh outlived its lease, which another holder now has"
+                        );
                         return std::future::pending::<()>().await;
                     }
                     Err(e) => {

@@ -63,7 +63,10 @@ async fn start_bff_sharing(
     let (dir, secrets) = secrets_file();
     for (name, value) in secrets_extra {
         let line = format!("{name} = {}\n", toml::Value::String(value.to_string()));
-        let mut file = std::fs::OpenOptions::new().append(true).open(&secrets).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&secrets)
+            .unwrap();
         std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
     }
     let store: Option<&dyn RedisUnderTest> = match (&redis, &cluster) {
@@ -610,7 +613,10 @@ async fn a_refresh_slower_than_its_lease_keeps_the_lease_and_refreshes_once() {
                 .await
                 .unwrap();
             let body = res.body().await.unwrap_or_default();
-            (res.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+            (
+                res.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
         }
     };
     // The first call takes the lease and asks the AS.
@@ -681,7 +687,16 @@ async fn a_client_with_private_key_jwt_logs_in_refreshes_and_revokes_without_a_s
     let (private, jwks) = client_key_pair("bff-1");
     let as_env = [("BFF_CLIENT_JWKS", jwks.as_str()), ("TOKEN_TTL", "30")];
     let secrets = [("bff_client_key", private.as_str())];
-    let bff = start_bff_sharing("127.0.0.1", 1, &as_env, PRIVATE_KEY_JWT, None, None, &secrets).await;
+    let bff = start_bff_sharing(
+        "127.0.0.1",
+        1,
+        &as_env,
+        PRIVATE_KEY_JWT,
+        None,
+        None,
+        &secrets,
+    )
+    .await;
     let base = bff.base().to_string();
     let mut browser = Browser::default();
     let landed = log_in(&mut browser, &base, "pia", "/app/").await;
@@ -728,7 +743,16 @@ async fn a_private_key_the_as_does_not_hold_fails_the_login_and_a_malformed_one_
     let (_, jwks) = client_key_pair("bff-1");
     let as_env = [("BFF_CLIENT_JWKS", jwks.as_str())];
     let secrets = [("bff_client_key", private.as_str())];
-    let bff = start_bff_sharing("127.0.0.1", 1, &as_env, PRIVATE_KEY_JWT, None, None, &secrets).await;
+    let bff = start_bff_sharing(
+        "127.0.0.1",
+        1,
+        &as_env,
+        PRIVATE_KEY_JWT,
+        None,
+        None,
+        &secrets,
+    )
+    .await;
     let base = bff.base().to_string();
     let mut browser = Browser::default();
     let landed = log_in(&mut browser, &base, "pia", "/app/").await;
@@ -747,7 +771,10 @@ async fn a_private_key_the_as_does_not_hold_fails_the_login_and_a_malformed_one_
 
     // A stored key that is no private JWK stops the start, naming the key.
     let (dir, secrets) = secrets_file();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&secrets).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&secrets)
+        .unwrap();
     std::io::Write::write_all(&mut file, b"bff_client_key = \"not a key\"\n").unwrap();
     let config = format!(
         r#"
@@ -802,31 +829,67 @@ async fn with_a_double_submit_token_state_changing_calls_must_echo_the_sessions_
         let headers = [("x-csrf", csrf.as_str()), ("origin", base.as_str())];
         let page = call(&mut browser, "POST", &api, &headers).await;
         assert_eq!(page.status, 403, "{why}: {}", page.body);
-        assert_eq!(problem_type(&page), "urn:intercom:problem:csrf-refused", "{why}");
-        assert!(problem_detail(&page).contains("CSRF token"), "{why}: {}", page.body);
+        assert_eq!(
+            problem_type(&page),
+            "urn:intercom:problem:csrf-refused",
+            "{why}"
+        );
+        assert!(
+            problem_detail(&page).contains("CSRF token"),
+            "{why}: {}",
+            page.body
+        );
     }
     // Another session's token opens nothing here.
     let mut other = Browser::default();
     log_in(&mut other, &base, "uma", "/app/").await;
     let theirs = other.cookie(&base, "__Host-intercom-csrf").unwrap();
     assert_ne!(theirs, token);
-    let page = call(&mut browser, "POST", &api, &[("x-csrf", &theirs), ("origin", &base)]).await;
+    let page = call(
+        &mut browser,
+        "POST",
+        &api,
+        &[("x-csrf", &theirs), ("origin", &base)],
+    )
+    .await;
     assert_eq!(page.status, 403, "{}", page.body);
 
     // The session's own token passes; the upstream sees neither Intercom cookie.
-    let page = call(&mut browser, "POST", &api, &[("x-csrf", &token), ("origin", &base)]).await;
+    let page = call(
+        &mut browser,
+        "POST",
+        &api,
+        &[("x-csrf", &token), ("origin", &base)],
+    )
+    .await;
     assert_eq!(page.status, 200, "{}", page.body);
     let seen: serde_json::Value = serde_json::from_str(&page.body).unwrap();
-    assert!(seen["headers"].get("cookie").is_none(), "{}", seen["headers"]);
+    assert!(
+        seen["headers"].get("cookie").is_none(),
+        "{}",
+        seen["headers"]
+    );
     // GET needs none of it.
     let page = call(&mut browser, "GET", &api, &[]).await;
     assert_eq!(page.status, 200);
 
     // Logout is state-changing too; it clears both cookies.
     let logout = format!("{base}/auth/logout");
-    let refused = call(&mut browser, "POST", &logout, &[("x-csrf", "1"), ("origin", &base)]).await;
+    let refused = call(
+        &mut browser,
+        "POST",
+        &logout,
+        &[("x-csrf", "1"), ("origin", &base)],
+    )
+    .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
-    let out = call(&mut browser, "POST", &logout, &[("x-csrf", &token), ("origin", &base)]).await;
+    let out = call(
+        &mut browser,
+        "POST",
+        &logout,
+        &[("x-csrf", &token), ("origin", &base)],
+    )
+    .await;
     assert_eq!(out.status, 303, "{}", out.body);
     assert!(browser.cookie(&base, SESSION_COOKIE).is_none());
     assert!(browser.cookie(&base, "__Host-intercom-csrf").is_none());
@@ -1202,10 +1265,7 @@ async fn chromium_submit_login(browser: &fantoccini::Client, user: &str) {
 /// True once `browser`'s current URL is `url` (polled, with a deadline).
 async fn chromium_lands_on(browser: &fantoccini::Client, url: &str) -> bool {
     eventually(Duration::from_secs(30), async || {
-        browser
-            .current_url()
-            .await
-            .is_ok_and(|u| u.as_str() == url)
+        browser.current_url().await.is_ok_and(|u| u.as_str() == url)
     })
     .await
 }
