@@ -17,10 +17,13 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 
+use actix_tls::connect::Resolver;
+
+use super::connections::MeteredConnector;
 use super::headers::remove_hop_by_hop;
 use super::routes::{Route, RouteTable};
 use super::transport::Transport;
-use super::upstreams::Instance;
+use super::upstreams::{InFlight, Instance};
 use crate::http::errors::ApiError;
 use crate::tls::TlsFailure;
 
@@ -38,7 +41,10 @@ impl RouteClients {
             .routes()
             .iter()
             .map(|route| {
+                // Resolved and dialled as awc does by default, measured per instance.
+                let tcp = actix_tls::connect::Connector::new(Resolver::default()).service();
                 let connector = awc::Connector::new()
+                    .connector(MeteredConnector::new(tcp, &route.name))
                     .timeout(route.timeouts.connect)
                     .handshake_timeout(route.timeouts.connect)
                     .limit(max_connections)
@@ -196,11 +202,30 @@ impl LimitedBody {
     }
 }
 
+/// The upstream's answer body as it is streamed on: the request stays in flight on its
+/// instance (what `least_request` balances by) until the body ends or is dropped.
+pub struct UpstreamBody {
+    response: awc::ClientResponse,
+    in_flight: Option<InFlight>,
+}
+
+impl Stream for UpstreamBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.response).poll_next(cx);
+        if matches!(next, Poll::Ready(None | Some(Err(_)))) {
+            self.in_flight = None;
+        }
+        next
+    }
+}
+
 /// What the upstream answered, ready for the response filter.
 pub struct UpstreamAnswer {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: awc::ClientResponse,
+    pub body: UpstreamBody,
     /// From sending the request to receiving the response head.
     pub latency: Duration,
 }
@@ -307,7 +332,6 @@ pub async fn send(
         let sending = dispatch(request, &mut body, outbound.framing)?;
         let in_flight = upstreams.begin(instance);
         let result = tracing::Instrument::instrument(sending, span).await;
-        drop(in_flight);
         let failure = match result {
             Ok(response) => {
                 if response.status().is_server_error() {
@@ -315,7 +339,7 @@ pub async fn send(
                 } else {
                     upstreams.succeeded(instance);
                 }
-                return Ok(answer(route, response, started.elapsed()));
+                return Ok(answer(route, response, started.elapsed(), in_flight));
             }
             Err(SendRequestError::Body(_)) => {
                 return Err(body_error(exceeded.as_deref(), idled.as_deref()))
@@ -438,7 +462,12 @@ impl Failure {
 /// The upstream's answer as the proxy streams it on: its body bounded by what is left of
 /// the route's `total` (awc reset the head's timer), its head's headers moved out (not
 /// copied) without the hop-by-hop ones.
-fn answer(route: &Route, response: awc::ClientResponse, latency: Duration) -> UpstreamAnswer {
+fn answer(
+    route: &Route,
+    response: awc::ClientResponse,
+    latency: Duration,
+    in_flight: InFlight,
+) -> UpstreamAnswer {
     let response = response.timeout(route.timeouts.total.saturating_sub(latency));
     let mut headers = HeaderMap::new();
     let response = response.map_body(|head, payload| {
@@ -449,7 +478,10 @@ fn answer(route: &Route, response: awc::ClientResponse, latency: Duration) -> Up
     UpstreamAnswer {
         status: response.status(),
         headers,
-        body: response,
+        body: UpstreamBody {
+            response,
+            in_flight: Some(in_flight),
+        },
         latency,
     }
 }

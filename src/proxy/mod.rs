@@ -10,6 +10,7 @@
 //! records it.
 
 pub mod claim_headers;
+pub mod connections;
 pub mod cors;
 pub mod discovery;
 pub mod explain;

@@ -29,8 +29,10 @@ pub struct Instance {
     /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
     pub host: Option<http::HeaderValue>,
     weight: u32,
-    /// Requests sent and not answered yet (their head), for `least_request`.
+    /// Requests sent whose answer has not ended (its body included), for
+    /// `least_request`; mirrored in `intercom_upstream_requests_in_flight`.
     in_flight: AtomicU32,
+    in_flight_gauge: metrics::Gauge,
     /// The active probe's verdict (healthy until a probe says otherwise).
     probe_healthy: AtomicBool,
     /// Probe results in a row: > 0 healthy ones, < 0 unhealthy ones.
@@ -68,7 +70,7 @@ impl Pool {
         }
     }
 
-    pub fn get(&self, index: usize) -> &Instance {
+    pub fn get(&self, index: usize) -> &Arc<Instance> {
         &self.instances[index]
     }
 
@@ -112,7 +114,7 @@ impl Upstreams {
         let scheme = transport.scheme();
         let instances = upstreams
             .iter()
-            .map(|u| Arc::new(Instance::new(&u.url, None, u.weight, scheme)))
+            .map(|u| Arc::new(Instance::new(route, &u.url, None, u.weight, scheme)))
             .collect();
         Arc::new(Self {
             route: Arc::from(route),
@@ -157,10 +159,24 @@ impl Upstreams {
         let mut instances = Vec::new();
         for (entry, addresses) in self.entries.iter().zip(found) {
             let fresh: Vec<Instance> = match addresses.is_empty() {
-                true => vec![Instance::new(&entry.url, None, entry.weight, self.scheme)],
+                true => vec![Instance::new(
+                    &self.route,
+                    &entry.url,
+                    None,
+                    entry.weight,
+                    self.scheme,
+                )],
                 false => addresses
                     .iter()
-                    .map(|ip| Instance::new(&entry.url, Some(*ip), entry.weight, self.scheme))
+                    .map(|ip| {
+                        Instance::new(
+                            &self.route,
+                            &entry.url,
+                            Some(*ip),
+                            entry.weight,
+                            self.scheme,
+                        )
+                    })
                     .collect(),
             };
             for instance in fresh {
@@ -238,10 +254,12 @@ fn least_request(pool: &Pool, open: impl Fn(usize) -> bool) -> Option<usize> {
 }
 
 impl Upstreams {
-    /// Counts a request in flight on the instance until the guard is dropped.
-    pub fn begin<'a>(&self, instance: &'a Instance) -> InFlight<'a> {
+    /// Counts a request in flight on the instance until the guard is dropped (with the
+    /// answer's body, when it is streamed on).
+    pub fn begin(&self, instance: &Arc<Instance>) -> InFlight {
         instance.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(instance)
+        instance.in_flight_gauge.increment(1.0);
+        InFlight(instance.clone())
     }
 
     /// The instance answered (not with a 5xx): its failures in a row end.
@@ -322,7 +340,7 @@ impl Upstreams {
 impl Instance {
     /// The instance of `url`, at `address` when discovery found one (the URL's host
     /// then goes in `Host` only).
-    fn new(url: &Url, address: Option<IpAddr>, weight: u32, scheme: &str) -> Self {
+    fn new(route: &str, url: &Url, address: Option<IpAddr>, weight: u32, scheme: &str) -> Self {
         let host = url.host_str().unwrap_or_default();
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let named = format!("{host}{port}");
@@ -336,6 +354,11 @@ impl Instance {
             base: format!("{scheme}://{authority}{path}"),
             probe_base: format!("{}://{authority}{path}", url.scheme()),
             host: http::HeaderValue::from_str(&named).ok(),
+            in_flight_gauge: metrics::gauge!(
+                "intercom_upstream_requests_in_flight",
+                "route" => route.to_string(),
+                "instance" => authority.clone()
+            ),
             authority,
             weight,
             in_flight: AtomicU32::new(0),
@@ -356,11 +379,12 @@ impl Instance {
 }
 
 /// A request in flight on an instance.
-pub struct InFlight<'a>(&'a Instance);
+pub struct InFlight(Arc<Instance>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight_gauge.decrement(1.0);
     }
 }
 
@@ -480,7 +504,7 @@ mod tests {
         assert_eq!(ups.healthy(), (1, 2));
         assert_eq!(p.get(1).base, "http://h1:8080/base");
         let url = Url::parse("http://a:1").unwrap();
-        let h2c = Instance::new(&url, None, 1, Transport::H2c.scheme());
+        let h2c = Instance::new("r", &url, None, 1, Transport::H2c.scheme());
         assert_eq!(
             (h2c.base.as_str(), h2c.probe_base.as_str()),
             ("https://a:1", "http://a:1")

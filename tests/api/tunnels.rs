@@ -3,6 +3,8 @@
 //! internal JWT sent upstream with it, frames both ways, closes relayed, idle tunnels
 //! closed, open tunnels counted), and server-sent events that flow event by event.
 
+use std::time::{Duration, Instant};
+
 use awc::ws;
 use futures_util::{SinkExt, StreamExt};
 
@@ -169,7 +171,92 @@ async fn server_sent_events_flow_event_by_event() {
     let first = tokio::time::timeout(PATIENCE, res.next()).await;
     let first = first.expect("the first event did not arrive while the stream was open");
     assert_eq!(&first.unwrap().unwrap()[..], b"data: first\n\n");
+    // The request stays in flight on its instance while its body streams (what
+    // least_request balances by), not only until the head arrived.
+    let in_flight = "intercom_upstream_requests_in_flight{route=\"sse\"";
+    assert_eq!(metric(&app.metrics().await, in_flight), 1.0);
     upstream.release_events();
     let rest = res.body().await.unwrap();
     assert_eq!(&rest[..], b"data: last\n\n");
+    assert!(
+        eventually(PATIENCE, async || metric(&app.metrics().await, in_flight)
+            == 0.0)
+        .await,
+        "the ended stream is still in flight"
+    );
+}
+
+#[actix_web::test]
+async fn at_shutdown_open_tunnels_carry_frames_through_the_drain_and_close_at_its_end() {
+    let server = TestWebSocketServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let drain = Duration::from_secs(4);
+    let (mut intercom, port, _admin) = serve_process(dir.path(), |port, admin_port| {
+        format!(
+            r#"
+                [server]
+                listen = "127.0.0.1:{port}"
+                admin_listen = "127.0.0.1:{admin_port}"
+                shutdown_delay = "0s"
+                drain_timeout = "{}s"
+                [[routes]]
+                name = "chat"
+                prefix = "/chat"
+                upstreams = ["{}"]
+                websocket = true
+            "#,
+            drain.as_secs(),
+            server.url()
+        )
+    })
+    .await;
+    let (response, mut framed) = awc::Client::new()
+        .ws(format!("http://127.0.0.1:{port}/chat/room"))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    next_text(&mut framed).await;
+
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &intercom.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The listener closes; the open tunnel keeps carrying frames while the drain runs.
+    assert!(
+        eventually(PATIENCE, async || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        })
+        .await,
+        "the listener stayed open"
+    );
+    framed
+        .send(ws::Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut framed).await, "still here");
+    // At the drain's end the tunnel is closed and Intercom exits cleanly.
+    let ended = tokio::time::timeout(drain + PATIENCE, async {
+        loop {
+            match framed.next().await {
+                None | Some(Err(_)) | Some(Ok(ws::Frame::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel outlived the drain");
+    assert!(
+        signalled.elapsed() >= drain,
+        "the tunnel was closed before the drain timeout ({:?})",
+        signalled.elapsed()
+    );
+    let exit = intercom.child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "exit status {exit:?}\n{}",
+        intercom.log_text()
+    );
 }

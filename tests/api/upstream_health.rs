@@ -245,6 +245,53 @@ async fn weights_share_the_requests() {
 }
 
 #[actix_web::test]
+async fn upstream_connections_are_timed_and_counted_while_open() {
+    let upstream = TestUpstream::start("pooled");
+    let app = spawn_app(&format!(
+        r#"
+            [[routes]]
+            name = "conn-metered"
+            prefix = "/conn-metered"
+            upstreams = ["{}"]
+        "#,
+        upstream.url()
+    ))
+    .await;
+    let instance = format!(
+        "route=\"conn-metered\",instance=\"127.0.0.1:{}\"",
+        upstream.port
+    );
+    let connects = format!("intercom_upstream_connect_duration_seconds_count{{{instance}}}");
+    let open = format!("intercom_upstream_connections_open{{{instance}}}");
+    // Ten requests in a row on one client connection (one worker): one upstream
+    // connection, dialled once and kept open in the pool.
+    for _ in 0..10 {
+        let (status, _) = upstream_saw(&app, "/conn-metered/x", &[]).await;
+        assert_eq!(status, 200);
+    }
+    let text = app.metrics().await;
+    assert_eq!(metric(&text, &connects), 1.0, "{text}");
+    assert_eq!(metric(&text, &open), 1.0);
+    assert!(
+        metric(
+            &text,
+            &format!("intercom_upstream_connect_duration_seconds_sum{{{instance}}}")
+        ) > 0.0
+    );
+    // The upstream goes away: the pool finds its connection closed at the next request
+    // (then nothing answers: 502), and it is no longer counted.
+    upstream.stop().await;
+    let (status, _) = upstream_saw(&app, "/conn-metered/x", &[]).await;
+    assert_eq!(status, 502);
+    assert!(
+        eventually(PATIENCE, async || metric(&app.metrics().await, &open)
+            == 0.0)
+        .await,
+        "the closed connection is still counted"
+    );
+}
+
+#[actix_web::test]
 async fn discovered_addresses_are_instances_and_follow_the_dns() {
     let name = "svc.intercom.test";
     let dns = TestDnsServer::start(serde_json::json!({ name: ["127.0.0.1"] }));
