@@ -80,6 +80,18 @@ impl ConnectionLike for RedisConn {
 enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// Each new connection goes to the master the sentinels name at the time.
+    Sentinel(deadpool_redis::sentinel::Pool),
+}
+
+/// Where pub/sub connections go.
+enum Subscribers {
+    /// The one Redis, or each node of the cluster in turn (a cluster delivers every
+    /// message to every node).
+    Fixed(Vec<deadpool_redis::redis::Client>),
+    /// The master the sentinels name at the time (its replicas deliver what it
+    /// publishes too, so a connection that outlives a failover keeps hearing).
+    Sentinel(Box<tokio::sync::Mutex<deadpool_redis::redis::sentinel::SentinelClient>>),
 }
 
 /// A pooled connection to the shared Redis, with deadlines and a failure back-off.
@@ -89,9 +101,8 @@ pub struct SharedRedis {
     id: usize,
     /// Bumped on every failure: connections of an older generation are not reused.
     generation: AtomicU64,
-    /// For pub/sub, which needs a connection of its own: to the one Redis, or to each
-    /// node of the cluster in turn (a cluster delivers every message to every node).
-    subscribers: Vec<deadpool_redis::redis::Client>,
+    /// For pub/sub, which needs a connection of its own.
+    subscribers: Subscribers,
     next_subscriber: AtomicUsize,
     timeout: Duration,
     retry_interval: Duration,
@@ -116,7 +127,15 @@ impl SharedRedis {
         let password = secrets
             .stored(redis.password.as_ref())
             .map(|cell| cell.current());
-        let shared = Arc::new(Self::new(redis, password, readiness.clone())?);
+        let sentinel_password = secrets
+            .stored(redis.sentinel_password.as_ref())
+            .map(|cell| cell.current());
+        let shared = Arc::new(Self::new(
+            redis,
+            password,
+            sentinel_password,
+            readiness.clone(),
+        )?);
         shared.spawn_probe();
         Ok(Some(shared))
     }
@@ -145,26 +164,34 @@ impl SharedRedis {
         });
     }
 
+    /// The pool for `settings`; `password` is the data nodes', `sentinel_password` the
+    /// sentinels' own (sentinel mode).
     pub fn new(
         settings: &RedisSettings,
         password: Option<Secret>,
+        sentinel_password: Option<Secret>,
         readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
-        let with_password = |url: &url::Url| -> Result<String, String> {
+        let with_password = |url: &url::Url, password: Option<&Secret>| -> Result<String, String> {
             let mut url = url.clone();
-            if let Some(password) = &password {
+            if let Some(password) = password {
                 url.set_password(Some(password.expose()))
                     .map_err(|_| "redis: the URL cannot carry a password".to_string())?;
             }
             Ok(url.to_string())
         };
-        let urls = match settings.mode {
-            RedisMode::Standalone => settings.url.iter().map(|u| &u.0).collect::<Vec<_>>(),
-            RedisMode::Cluster => settings.nodes.iter().map(|u| &u.0).collect(),
-        }
-        .into_iter()
-        .map(with_password)
-        .collect::<Result<Vec<_>, _>>()?;
+        let (urls, url_password) = match settings.mode {
+            RedisMode::Standalone => (settings.url.iter().collect::<Vec<_>>(), password.as_ref()),
+            RedisMode::Cluster => (settings.nodes.iter().collect(), password.as_ref()),
+            RedisMode::Sentinel => (
+                settings.sentinels.iter().collect(),
+                sentinel_password.as_ref(),
+            ),
+        };
+        let urls = urls
+            .into_iter()
+            .map(|u| with_password(&u.0, url_password))
+            .collect::<Result<Vec<_>, _>>()?;
         let pool_config = PoolConfig {
             max_size: settings.pool_size,
             timeouts: Timeouts {
@@ -193,12 +220,38 @@ impl SharedRedis {
                         .map_err(|e| format!("redis cluster pool: {e}"))?,
                 )
             }
+            RedisMode::Sentinel => {
+                let mut config = deadpool_redis::sentinel::Config::from_urls(
+                    urls.clone(),
+                    settings.master_name.clone().unwrap_or_default(),
+                    deadpool_redis::sentinel::SentinelServerType::Master,
+                )
+                .with_node_connection_info(Some(sentinel_nodes(settings, password.as_ref())));
+                config.pool = Some(pool_config);
+                Pool::Sentinel(
+                    config
+                        .create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| format!("redis sentinel pool: {e}"))?,
+                )
+            }
         };
-        let subscribers = urls
-            .iter()
-            .map(|url| deadpool_redis::redis::Client::open(url.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("redis client: {e}"))?;
+        let subscribers = match settings.mode {
+            RedisMode::Sentinel => Subscribers::Sentinel(Box::new(tokio::sync::Mutex::new(
+                deadpool_redis::redis::sentinel::SentinelClient::build(
+                    urls.iter().map(String::as_str).collect(),
+                    settings.master_name.clone().unwrap_or_default(),
+                    Some(sentinel_nodes(settings, password.as_ref()).into()),
+                    deadpool_redis::redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| format!("redis sentinel client: {e}"))?,
+            ))),
+            _ => Subscribers::Fixed(
+                urls.iter()
+                    .map(|url| deadpool_redis::redis::Client::open(url.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("redis client: {e}"))?,
+            ),
+        };
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         readiness.report("redis", DependencyState::Ok, false, None);
         Ok(Self {
@@ -306,6 +359,9 @@ impl SharedRedis {
             Pool::Cluster(pool) => RedisConn::Cluster(deadpool_redis::cluster::Connection::take(
                 pool.get().await.map_err(|e| failed(&e))?,
             )),
+            Pool::Sentinel(pool) => RedisConn::Single(deadpool_redis::sentinel::Connection::take(
+                pool.get().await.map_err(|e| failed(&e))?,
+            )),
         };
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
@@ -319,12 +375,27 @@ impl SharedRedis {
         Ok(conn)
     }
 
-    /// A client for a dedicated (pub/sub) connection: the one Redis, or the next node of
+    /// A client for a dedicated (pub/sub) connection: the one Redis, the next node of
     /// the cluster (after a failure, the subscriber tries another: any node delivers all
-    /// of the cluster's messages).
-    pub fn subscriber(&self) -> &deadpool_redis::redis::Client {
-        let n = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        &self.subscribers[n % self.subscribers.len()]
+    /// of the cluster's messages), or the master the sentinels name now.
+    pub async fn subscriber(&self) -> Result<deadpool_redis::redis::Client, RedisError> {
+        match &self.subscribers {
+            Subscribers::Fixed(clients) => {
+                let n = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+                Ok(clients[n % clients.len()].clone())
+            }
+            Subscribers::Sentinel(sentinels) => {
+                let asked = async {
+                    sentinels
+                        .lock()
+                        .await
+                        .async_get_client()
+                        .await
+                        .map_err(|e| RedisError::Failed(e.to_string()))
+                };
+                with_deadline(self.timeout, asked).await
+            }
+        }
     }
 
     /// Drops every kept connection, so the next calls make fresh ones: for when Redis is
@@ -346,6 +417,25 @@ impl SharedRedis {
     /// True unless the last call failed.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// How a sentinel mode's data nodes are reached: TLS when the sentinels are `rediss://`,
+/// with `password`.
+fn sentinel_nodes(
+    settings: &RedisSettings,
+    password: Option<&Secret>,
+) -> deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+    let tls = settings
+        .sentinels
+        .first()
+        .is_some_and(|u| u.0.scheme() == "rediss");
+    deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+        tls_mode: tls.then_some(deadpool_redis::sentinel::TlsMode::Secure),
+        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+            password: password.map(|p| p.expose().to_string()),
+            ..Default::default()
+        }),
     }
 }
 

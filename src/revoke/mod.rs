@@ -397,10 +397,13 @@ impl Revoker {
             let mut first = true;
             loop {
                 let Some(this) = me.upgrade() else { return };
-                let client = redis.subscriber().clone();
                 let channel = this.channel.clone();
                 drop(this);
-                match client.get_async_pubsub().await {
+                let pubsub = match redis.subscriber().await {
+                    Ok(client) => client.get_async_pubsub().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match pubsub {
                     Ok(mut pubsub) => {
                         if pubsub.subscribe(&channel).await.is_ok() {
                             if !std::mem::take(&mut first) {

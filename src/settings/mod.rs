@@ -275,6 +275,12 @@ impl Settings {
                 "redis.password",
                 self.redis.as_ref().and_then(|r| r.password.as_ref()),
             ),
+            (
+                "redis.sentinel_password",
+                self.redis
+                    .as_ref()
+                    .and_then(|r| r.sentinel_password.as_ref()),
+            ),
             ("replicas.shared_key", self.replicas.shared_key.as_ref()),
             (
                 "replicas.rotation_shared_key",

@@ -12,7 +12,8 @@ use crate::secret::SecretRef;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// One Redis (`url`), or a Redis Cluster (`nodes`).
+    /// One Redis (`url`), a Redis Cluster (`nodes`), or a master and its replicas
+    /// watched by Redis Sentinel (`sentinels`, `master_name`).
     #[serde(default)]
     pub mode: RedisMode,
     /// `redis://host:port/db` (no password here: see `password`), in `standalone` mode.
@@ -22,9 +23,21 @@ pub struct RedisSettings {
     /// the topology is learnt and followed (MOVED, ASK, failovers).
     #[serde(default)]
     pub nodes: Vec<RedisUrl>,
-    /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password.
+    /// In `sentinel` mode: the sentinels (`redis://host:26379`), which name the master
+    /// to connect to, now and after a failover.
+    #[serde(default)]
+    pub sentinels: Vec<RedisUrl>,
+    /// In `sentinel` mode: the name the sentinels monitor the master by.
+    #[serde(default)]
+    pub master_name: Option<String>,
+    /// A secret reference (`file:NAME`, `vault:MOUNT/PATH#KEY`) for the password (of
+    /// the data nodes, in `sentinel` mode).
     #[serde(default)]
     pub password: Option<SecretRef>,
+    /// In `sentinel` mode: a secret reference for the sentinels' own password, when
+    /// they have one (`requirepass` in sentinel.conf).
+    #[serde(default)]
+    pub sentinel_password: Option<SecretRef>,
     #[serde(default = "default_redis_pool_size")]
     pub pool_size: usize,
     /// Longest wait for a connection or a command; past it Redis counts as failed.
@@ -46,6 +59,7 @@ pub enum RedisMode {
     #[default]
     Standalone,
     Cluster,
+    Sentinel,
 }
 
 fn default_redis_key_prefix() -> String {
@@ -71,6 +85,20 @@ impl RedisSettings {
         }
         positive("redis.timeout", redis.timeout)?;
         positive("redis.retry_interval", redis.retry_interval)?;
+        if redis.mode != RedisMode::Sentinel {
+            for (key, set) in [
+                ("redis.sentinels", !redis.sentinels.is_empty()),
+                ("redis.master_name", redis.master_name.is_some()),
+                ("redis.sentinel_password", redis.sentinel_password.is_some()),
+            ] {
+                if set {
+                    return Err(SettingsError::new(key, "is for mode = \"sentinel\""));
+                }
+            }
+        }
+        if redis.mode == RedisMode::Sentinel {
+            return redis.validate_sentinel();
+        }
         match (redis.mode, &redis.url, redis.nodes.is_empty()) {
             (RedisMode::Standalone, None, _) => Err(SettingsError::new(
                 "redis.url",
@@ -104,7 +132,42 @@ impl RedisSettings {
                 Ok(())
             }
             (RedisMode::Standalone, Some(_), true) => Ok(()),
+            (RedisMode::Sentinel, _, _) => Ok(()),
         }
+    }
+
+    fn validate_sentinel(&self) -> Result<(), SettingsError> {
+        if self.url.is_some() || !self.nodes.is_empty() {
+            return Err(SettingsError::new(
+                if self.url.is_some() {
+                    "redis.url"
+                } else {
+                    "redis.nodes"
+                },
+                "is not used with mode = \"sentinel\": the sentinels name the master",
+            ));
+        }
+        if self.sentinels.is_empty() {
+            return Err(SettingsError::new(
+                "redis.sentinels",
+                "name at least one sentinel",
+            ));
+        }
+        if self.master_name.as_deref().is_none_or(str::is_empty) {
+            return Err(SettingsError::new(
+                "redis.master_name",
+                "is required in sentinel mode (the name in `sentinel monitor`)",
+            ));
+        }
+        for (i, sentinel) in self.sentinels.iter().enumerate() {
+            if sentinel.0.scheme() != self.sentinels[0].0.scheme() {
+                return Err(SettingsError::new(
+                    format!("redis.sentinels[{i}]"),
+                    "every sentinel needs the same scheme (redis:// or rediss://)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

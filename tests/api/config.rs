@@ -606,6 +606,52 @@ fn validation_errors_name_the_key() {
                 url = "redis://127.0.0.1:7000"
             "#.into(),
             &[],
+            "redis.url: is not used with mode = \"sentinel\"",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "sentinel"
+                master_name = "mymaster"
+            "#.into(),
+            &[],
+            "redis.sentinels: name at least one sentinel",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "sentinel"
+                sentinels = ["redis://127.0.0.1:26379"]
+            "#.into(),
+            &[],
+            "redis.master_name: is required in sentinel mode",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "sentinel"
+                sentinels = ["redis://127.0.0.1:26379", "rediss://127.0.0.1:26380"]
+                master_name = "mymaster"
+            "#.into(),
+            &[],
+            "redis.sentinels[1]: every sentinel needs the same scheme",
+        ),
+        (
+            r#"
+                [redis]
+                url = "redis://127.0.0.1:7000"
+                master_name = "mymaster"
+            "#.into(),
+            &[],
+            "redis.master_name: is for mode = \"sentinel\"",
+        ),
+        (
+            r#"
+                [redis]
+                mode = "turbo"
+                url = "redis://127.0.0.1:7000"
+            "#.into(),
+            &[],
             "redis.mode",
         ),
         // The Redis key prefix moved to [redis]: the old key is refused, named.

@@ -17,6 +17,8 @@ struct Shared {
     redis: Option<TestRedis>,
     /// Instead of `redis`: a Redis Cluster.
     cluster: Option<TestRedisCluster>,
+    /// Instead of `redis`: a master and replica watched by a sentinel.
+    sentinel: Option<TestRedisSentinel>,
     _dir: tempfile::TempDir,
     secrets: std::path::PathBuf,
 }
@@ -30,11 +32,20 @@ impl Shared {
         shared
     }
 
+    /// As [`Shared::start`], with Redis behind a sentinel.
+    async fn start_on_sentinel() -> Self {
+        let mut shared = Self::start().await;
+        shared.redis = None;
+        shared.sentinel = Some(TestRedisSentinel::start());
+        shared
+    }
+
     /// The shared Redis, whichever it is.
     fn shared(&self) -> &dyn RedisUnderTest {
-        match &self.cluster {
-            Some(cluster) => cluster,
-            None => self.redis(),
+        match (&self.cluster, &self.sentinel) {
+            (Some(cluster), _) => cluster,
+            (None, Some(sentinel)) => sentinel,
+            (None, None) => self.redis(),
         }
     }
 
@@ -45,6 +56,7 @@ impl Shared {
             upstream: TestUpstream::start("api"),
             redis: Some(TestRedis::start()),
             cluster: None,
+            sentinel: None,
             _dir: dir,
             secrets,
         }
@@ -112,6 +124,11 @@ async fn two_instances_sharing_redis_allow_the_limit_once_in_total() {
 #[actix_web::test]
 async fn two_instances_sharing_a_redis_cluster_allow_the_limit_once_in_total() {
     limit_shared(Shared::start_on_cluster().await).await;
+}
+
+#[actix_web::test]
+async fn two_instances_on_a_redis_behind_a_sentinel_allow_the_limit_once_in_total() {
+    limit_shared(Shared::start_on_sentinel().await).await;
 }
 
 async fn limit_shared(shared: Shared) {
@@ -510,6 +527,57 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
 /// serves while Redis cannot answer), and afterwards the limits are shared again.
 async fn failover_under_load(kill: bool) {
     let mut shared = Shared::start_on_cluster().await;
+    let (a, b, token) = failover_setup(&shared).await;
+    let key = shared
+        .shared()
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("}:api:"))
+        .expect("the rate-limit window is in the cluster");
+    let cluster = shared.cluster.as_mut().expect("a cluster");
+    let switch = async {
+        let master = cluster.master_of(&key).port;
+        let replica = cluster.replica_of(cluster.master_of(&key)).port;
+        let node = |port: u16| TestClusterNode {
+            port,
+            process: None,
+        };
+        if kill {
+            cluster.kill(master);
+        } else {
+            assert!(node(replica).cli(&["CLUSTER", "FAILOVER"]).contains("OK"));
+        }
+        let promoted = eventually(PATIENCE * 2, async || {
+            node(replica).role() == "master"
+                && node(replica)
+                    .cli(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+        })
+        .await;
+        assert!(promoted, "the replica was not promoted");
+    };
+    let what = if kill { "died" } else { "failed over" };
+    under_load(&a, &b, &token, what, switch).await;
+    shared_again(&shared, &a, &b).await;
+}
+
+#[actix_web::test]
+async fn a_sentinel_failover_under_load_fails_no_request() {
+    let shared = Shared::start_on_sentinel().await;
+    let (a, b, token) = failover_setup(&shared).await;
+    let sentinel = shared.sentinel.as_ref().expect("a sentinel");
+    let old = sentinel.master_port();
+    under_load(&a, &b, &token, "failed over (sentinel)", async {
+        sentinel.failover()
+    })
+    .await;
+    assert_ne!(sentinel.master_port(), old);
+    shared_again(&shared, &a, &b).await;
+}
+
+/// Two instances with a tier of 100,000 a day for the load and one of 10 an hour for
+/// the check afterwards, and a token of the first, each instance warmed with it.
+async fn failover_setup(shared: &Shared) -> (TestApp, TestApp, String) {
     let global = r#"
         [rate_limit]
         tier_claim = "plan"
@@ -528,19 +596,23 @@ async fn failover_under_load(kill: bool) {
         [status(&a, &token).await, status(&b, &token).await],
         [200, 200]
     );
-    let key = shared
-        .shared()
-        .keys()
-        .into_iter()
-        .find(|k| k.contains("}:api:"))
-        .expect("the rate-limit window is in the cluster");
+    (a, b, token)
+}
 
-    // The load: rounds of requests alternating between A and B, until told to stop.
+/// Rounds of requests alternating between `a` and `b` while `switch` runs, and a while
+/// after it: none may fail.
+async fn under_load(
+    a: &TestApp,
+    b: &TestApp,
+    token: &str,
+    what: &str,
+    switch: impl std::future::Future<Output = ()>,
+) {
     let stop = std::rc::Rc::new(std::cell::Cell::new(false));
     let statuses = std::rc::Rc::new(std::cell::RefCell::new(Vec::<u16>::new()));
     let urls = [a.url("/api/x"), b.url("/api/x")];
     let load = actix_web::rt::spawn({
-        let (stop, statuses, token) = (stop.clone(), statuses.clone(), token.clone());
+        let (stop, statuses, token) = (stop.clone(), statuses.clone(), token.to_string());
         async move {
             while !stop.get() {
                 let round = (0..32)
@@ -559,28 +631,8 @@ async fn failover_under_load(kill: bool) {
         eventually(PATIENCE, served(64)).await,
         "the load did not start"
     );
-
     let errors_before = metric(&process_metrics(), "intercom_redis_errors_total");
-    let cluster = shared.cluster.as_mut().expect("a cluster");
-    let master = cluster.master_of(&key).port;
-    let replica = cluster.replica_of(cluster.master_of(&key)).port;
-    let node = |port: u16| TestClusterNode {
-        port,
-        process: None,
-    };
-    if kill {
-        cluster.kill(master);
-    } else {
-        assert!(node(replica).cli(&["CLUSTER", "FAILOVER"]).contains("OK"));
-    }
-    let promoted = eventually(PATIENCE * 2, async || {
-        node(replica).role() == "master"
-            && node(replica)
-                .cli(&["CLUSTER", "INFO"])
-                .contains("cluster_state:ok")
-    })
-    .await;
-    assert!(promoted, "the replica was not promoted");
+    switch.await;
     let after = statuses.borrow().len() + 128;
     assert!(
         eventually(PATIENCE, served(after)).await,
@@ -592,10 +644,8 @@ async fn failover_under_load(kill: bool) {
     let statuses = statuses.borrow().clone();
     let failed = statuses.iter().filter(|s| **s != 200).count();
     eprintln!(
-        "{} of {} requests failed while the master {}",
-        failed,
-        statuses.len(),
-        if kill { "died" } else { "failed over" }
+        "{failed} of {} requests failed while the master {what}",
+        statuses.len()
     );
     assert_eq!(failed, 0, "{statuses:?}");
     // Whether a call failed at all depends on timing: redis-rs retries a call on a dead
@@ -605,9 +655,12 @@ async fn failover_under_load(kill: bool) {
         "Redis errors during the switch: {}",
         metric(&process_metrics(), "intercom_redis_errors_total") - errors_before
     );
+}
 
-    // Afterwards both follow the new topology and share the limits again.
-    for app in [&a, &b] {
+/// After a switch both instances follow the new topology (readiness `ok` for Redis)
+/// and share the limits again: 40 requests against a limit of 10 allow 10 or 11.
+async fn shared_again(shared: &Shared, a: &TestApp, b: &TestApp) {
+    for app in [a, b] {
         let back = eventually(PATIENCE, async || dependency(app, "redis").await == "ok").await;
         let logs = captured_logs();
         let said: Vec<&str> = logs.lines().filter(|l| l.contains("redis")).collect();
@@ -623,7 +676,7 @@ async fn failover_under_load(kill: bool) {
         .await;
     let requests = (0..40)
         .map(|i| {
-            let app = if i % 2 == 0 { &a } else { &b };
+            let app = if i % 2 == 0 { a } else { b };
             (app.url("/api/x"), pro.clone())
         })
         .collect();

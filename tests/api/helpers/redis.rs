@@ -345,6 +345,179 @@ impl TestClusterNode {
     }
 }
 
+/// A real Redis Sentinel setup of Debian's `redis-server`: a master, a replica of it, and
+/// one sentinel (quorum 1) that watches them as `intercom-master`, on loopback ports.
+/// Dropping it stops all three.
+pub struct TestRedisSentinel {
+    /// The two data nodes; which one is master changes with a failover.
+    pub nodes: Vec<TestClusterNode>,
+    pub sentinel: TestClusterNode,
+    _dir: tempfile::TempDir,
+}
+
+/// The name the sentinel knows the master by.
+pub const SENTINEL_MASTER: &str = "intercom-master";
+
+impl TestRedisSentinel {
+    /// Starts the three processes, retrying with other ports if one was taken.
+    pub fn start() -> Self {
+        for attempt in 1..=PORT_ATTEMPTS {
+            if let Some(sentinel) = Self::try_start() {
+                return sentinel;
+            }
+            eprintln!("redis sentinel: a port was taken, attempt {attempt}");
+        }
+        panic!("redis sentinel found no free ports in {PORT_ATTEMPTS} attempts");
+    }
+
+    fn try_start() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let data_node = |port: u16, replica_of: Option<u16>| {
+            let mut cmd = Command::new("redis-server");
+            cmd.current_dir(dir.path()).args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            if let Some(master) = replica_of {
+                cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+            }
+            answering(ChildProcess::spawn("redis-sentinel-node", cmd), port)
+        };
+        let (master, replica, watcher) = (free_port(), free_port(), free_port());
+        let nodes = vec![
+            TestClusterNode {
+                port: master,
+                process: Some(data_node(master, None)?),
+            },
+            TestClusterNode {
+                port: replica,
+                process: Some(data_node(replica, Some(master))?),
+            },
+        ];
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {watcher}\nbind 127.0.0.1\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(dir.path())
+            .arg(config.to_str().unwrap())
+            .arg("--sentinel");
+        let sentinel = TestClusterNode {
+            port: watcher,
+            process: Some(answering(
+                ChildProcess::spawn("redis-sentinel", cmd),
+                watcher,
+            )?),
+        };
+        let setup = Self {
+            nodes,
+            sentinel,
+            _dir: dir,
+        };
+        setup.wait_until_watched();
+        Some(setup)
+    }
+
+    /// Waits until the replica is in sync and the sentinel knows it (a failover needs
+    /// a replica to promote).
+    fn wait_until_watched(&self) {
+        let deadline = Instant::now() + PATIENCE * 2;
+        loop {
+            let synced = self.nodes[1]
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = self
+                .sentinel
+                .cli(&["SENTINEL", "REPLICAS", SENTINEL_MASTER])
+                .contains(&self.nodes[1].port.to_string());
+            if synced && known {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not see the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> u16 {
+        self.sentinel
+            .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER])
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The node that is master now.
+    pub fn master(&self) -> &TestClusterNode {
+        let port = self.master_port();
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("the sentinel names a node")
+    }
+
+    /// Hands the master over to its replica (`SENTINEL FAILOVER`) and waits until the
+    /// sentinel names the new master and it answers as one.
+    pub fn failover(&self) {
+        let before = self.master_port();
+        let answer = self
+            .sentinel
+            .cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+        assert!(answer.contains("OK"), "SENTINEL FAILOVER: {answer}");
+        let deadline = Instant::now() + PATIENCE * 2;
+        loop {
+            let now = self.master_port();
+            if now != before && now != 0 && self.master().role() == "master" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the sentinel did not fail over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl RedisUnderTest for TestRedisSentinel {
+    fn section(&self) -> String {
+        format!(
+            r#"
+                [redis]
+                mode = "sentinel"
+                sentinels = ["redis://127.0.0.1:{}"]
+                master_name = "{SENTINEL_MASTER}"
+                timeout = "5s"
+            "#,
+            self.sentinel.port
+        )
+    }
+    fn keys(&self) -> Vec<String> {
+        self.master()
+            .cli(&["--scan"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+    fn get(&self, key: &str) -> String {
+        self.master().cli(&["GET", key])
+    }
+}
+
 /// What a test asks of the shared Redis, whichever it runs: one server or a cluster.
 pub trait RedisUnderTest {
     /// `[redis]` for it, with a per-call deadline of seconds (see [`redis_section`]).
