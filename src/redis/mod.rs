@@ -359,8 +359,10 @@ impl SharedRedis {
             Pool::Cluster(pool) => RedisConn::Cluster(deadpool_redis::cluster::Connection::take(
                 pool.get().await.map_err(|e| failed(&e))?,
             )),
+            // Boxed: a sentinel lookup is a deep future, and this one is part of every
+            // Redis call's (a debug build's worker stack overflowed with it inline).
             Pool::Sentinel(pool) => RedisConn::Single(deadpool_redis::sentinel::Connection::take(
-                pool.get().await.map_err(|e| failed(&e))?,
+                Box::pin(pool.get()).await.map_err(|e| failed(&e))?,
             )),
         };
         KEPT.with(|kept| {

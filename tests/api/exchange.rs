@@ -16,6 +16,8 @@ struct World {
     redis: Option<TestRedis>,
     /// Instead of `redis`: a Redis Cluster.
     cluster: Option<TestRedisCluster>,
+    /// Instead of `redis`: a master and replica watched by a sentinel.
+    sentinel: Option<TestRedisSentinel>,
     _dir: tempfile::TempDir,
     secrets: std::path::PathBuf,
 }
@@ -26,6 +28,14 @@ impl World {
         let mut world = Self::start(&[]).await;
         world.redis = None;
         world.cluster = Some(TestRedisCluster::start());
+        world
+    }
+
+    /// As [`World::start`], with Redis behind a sentinel as the shared tier.
+    async fn start_on_sentinel() -> Self {
+        let mut world = Self::start(&[]).await;
+        world.redis = None;
+        world.sentinel = Some(TestRedisSentinel::start());
         world
     }
 
@@ -45,6 +55,7 @@ impl World {
             upstream: TestUpstream::start("billing"),
             redis: Some(TestRedis::start()),
             cluster: None,
+            sentinel: None,
             _dir: dir,
             secrets,
         }
@@ -56,9 +67,10 @@ impl World {
 
     /// The shared tier, whichever it is.
     fn shared(&self) -> &dyn RedisUnderTest {
-        match &self.cluster {
-            Some(cluster) => cluster,
-            None => self.redis(),
+        match (&self.cluster, &self.sentinel) {
+            (Some(cluster), _) => cluster,
+            (None, Some(sentinel)) => sentinel,
+            (None, None) => self.redis(),
         }
     }
 
@@ -665,6 +677,44 @@ async fn a_revocation_on_one_instance_is_refused_on_the_other() {
 #[actix_web::test]
 async fn on_a_redis_cluster_a_revocation_on_one_instance_is_refused_on_the_other() {
     revocation_shared(World::start_on_cluster().await).await;
+}
+
+#[actix_web::test]
+async fn behind_a_sentinel_a_revocation_after_a_failover_is_refused_on_the_other() {
+    let world = World::start_on_sentinel().await;
+    let a = world.intercom("", "").await;
+    let b = world.intercom("", "").await;
+    let alice = world
+        .auth
+        .user_token_with("alice", CALLER_SCOPES, 600, &[("client_id", "app")])
+        .await;
+    for app in [&a, &b] {
+        assert_eq!(call(app, &alice).await.0, 200);
+    }
+    // The master hands over to its replica; both instances keep their subscriptions
+    // (the old master, now a replica, delivers what the new one publishes) or make new
+    // ones to the master the sentinel names.
+    let sentinel = world.sentinel.as_ref().unwrap();
+    sentinel.failover();
+    let (status, body) = admin_revoke(&a, ADMIN, serde_json::json!({"sub": "alice"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(PATIENCE, async || call(&b, &alice).await.0 == 401).await,
+        "B refuses alice after the failover"
+    );
+    // The revocation landed on the new master (a replica that started now would load it).
+    assert!(
+        eventually(PATIENCE, async || {
+            world
+                .shared()
+                .keys()
+                .iter()
+                .any(|k| k.ends_with(":x:denylist"))
+        })
+        .await,
+        "the denylist is on the new master: {:?}",
+        world.shared().keys()
+    );
 }
 
 async fn revocation_shared(world: World) {
