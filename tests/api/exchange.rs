@@ -702,7 +702,7 @@ async fn behind_a_sentinel_a_revocation_after_a_failover_is_refused_on_the_other
         eventually(PATIENCE, async || call(&b, &alice).await.0 == 401).await,
         "B refuses alice after the failover"
     );
-    // The revocation landed on the new master (a replica that started now would load it).
+    // The revocation is stored on the new master: a replica started now would load it.
     assert!(
         eventually(PATIENCE, async || {
             world
@@ -712,7 +712,7 @@ async fn behind_a_sentinel_a_revocation_after_a_failover_is_refused_on_the_other
                 .any(|k| k.ends_with(":x:denylist"))
         })
         .await,
-        "the denylist is on the new master: {:?}",
+        "the denylist is not on the new master (revoke: {body}): {:?}",
         world.shared().keys()
     );
 }

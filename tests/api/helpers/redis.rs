@@ -474,17 +474,30 @@ impl TestRedisSentinel {
     }
 
     /// Hands the master over to its replica (`SENTINEL FAILOVER`) and waits until the
-    /// sentinel names the new master and it answers as one.
+    /// sentinel names the new master, it answers as one, and the old master is its
+    /// synced replica (until then a write can still reach the old master, and is lost
+    /// when it resyncs: Redis replicates asynchronously).
     pub fn failover(&self) {
         let before = self.master_port();
         let answer = self
             .sentinel
             .cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
         assert!(answer.contains("OK"), "SENTINEL FAILOVER: {answer}");
+        let old = self
+            .nodes
+            .iter()
+            .find(|n| n.port == before)
+            .expect("a node");
         let deadline = Instant::now() + PATIENCE * 2;
         loop {
             let now = self.master_port();
-            if now != before && now != 0 && self.master().role() == "master" {
+            let demoted = old.cli(&["INFO", "replication"]);
+            if now != before
+                && now != 0
+                && self.master().role() == "master"
+                && demoted.contains("role:slave")
+                && demoted.contains("master_link_status:up")
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "the sentinel did not fail over");
