@@ -695,7 +695,7 @@ async fn behind_a_sentinel_a_revocation_after_a_failover_is_refused_on_the_other
     // (the old master, now a replica, delivers what the new one publishes) or make new
     // ones to the master the sentinel names.
     let sentinel = world.sentinel.as_ref().unwrap();
-    sentinel.failover();
+    sentinel.failover().await;
     let (status, body) = admin_revoke(&a, ADMIN, serde_json::json!({"sub": "alice"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(

@@ -567,9 +567,13 @@ async fn a_sentinel_failover_under_load_fails_no_request() {
     let (a, b, token) = failover_setup(&shared).await;
     let sentinel = shared.sentinel.as_ref().expect("a sentinel");
     let old = sentinel.master_port();
-    under_load(&a, &b, &token, "failed over (sentinel)", async {
-        sentinel.failover()
-    })
+    under_load(
+        &a,
+        &b,
+        &token,
+        "failed over (sentinel)",
+        sentinel.failover(),
+    )
     .await;
     assert_ne!(sentinel.master_port(), old);
     shared_again(&shared, &a, &b).await;
