@@ -261,20 +261,9 @@ impl TieredCache {
     pub async fn get_shared(&self, key: &Hash, m: &ExchangeMetrics) -> Option<ExchangeEntry> {
         let tier = self.l2.as_ref()?;
         let redis_key = Self::entry_key(&tier.prefix, key);
-        let lookup = redis_key.clone();
-        let value: Option<String> = match tier
-            .redis
-            .run("exchange_get", move |conn| {
-                async move {
-                    deadpool_redis::redis::cmd("GET")
-                        .arg(&lookup)
-                        .query_async(conn)
-                        .await
-                }
-                .boxed()
-            })
-            .await
-        {
+        let mut get = deadpool_redis::redis::cmd("GET");
+        get.arg(&redis_key);
+        let value: Option<String> = match tier.redis.query("exchange_get", get).await {
             Ok(value) => value,
             Err(_) => {
                 m.l2.error.increment(1);

@@ -140,8 +140,9 @@ impl SharedRedis {
         Ok(Some(shared))
     }
 
-    /// While Redis is failing, asks it (`PING`) every `retry_interval`, so readiness turns
-    /// `ok` again when it is back (or a cluster has failed over) even with no traffic.
+    /// While Redis is failing, asks it every `retry_interval` whether it serves again,
+    /// so readiness turns `ok` when it is back (or a cluster has failed over) even with
+    /// no traffic.
     fn spawn_probe(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         let every = self.retry_interval;
@@ -150,18 +151,40 @@ impl SharedRedis {
                 tokio::time::sleep(every).await;
                 let Some(redis) = me.upgrade() else { return };
                 if !redis.is_healthy() {
-                    let _ = redis
-                        .run("ping", |conn| {
-                            Box::pin(async move {
-                                deadpool_redis::redis::cmd("PING")
-                                    .query_async::<()>(conn)
-                                    .await
-                            })
-                        })
-                        .await;
+                    let _ = redis.probe().await;
                 }
             }
         });
+    }
+
+    /// `PING`; on a cluster, `CLUSTER INFO` and its `cluster_state:ok`. A cluster
+    /// client's `PING` goes only to the masters it holds a connection to, so it answers
+    /// `PONG` with a master dead and its slots unserved; the cluster's own state says
+    /// `fail` until a replica has taken over (once the other nodes have noticed, after
+    /// `cluster-node-timeout`; until then the failing calls themselves say `degraded`).
+    async fn probe(&self) -> Result<(), RedisError> {
+        if !matches!(self.pool, Pool::Cluster(_)) {
+            return self
+                .query::<()>("ping", deadpool_redis::redis::cmd("PING"))
+                .await;
+        }
+        self.run("ping", |conn| {
+            Box::pin(async move {
+                let info: String = deadpool_redis::redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(conn)
+                    .await?;
+                match info.lines().find(|l| l.starts_with("cluster_state:")) {
+                    Some(state) if state.trim_end() == "cluster_state:ok" => Ok(()),
+                    state => Err(deadpool_redis::redis::RedisError::from((
+                        deadpool_redis::redis::ErrorKind::Client,
+                        "the cluster does not serve every slot",
+                        state.unwrap_or("no cluster_state").trim_end().to_string(),
+                    ))),
+                }
+            })
+        })
+        .await
     }
 
     /// The pool for `settings`; `password` is the data nodes', `sentinel_password` the
@@ -277,6 +300,22 @@ impl SharedRedis {
         ) -> BoxFuture<'c, deadpool_redis::redis::RedisResult<T>>,
     {
         self.run_within(name, self.timeout, op).await
+    }
+
+    /// One command, as [`SharedRedis::run`] runs it: for the many calls that are a
+    /// single `GET`, `SET`, `DEL` or `ZADD`.
+    pub async fn query<T>(
+        &self,
+        name: &'static str,
+        cmd: deadpool_redis::redis::Cmd,
+    ) -> Result<T, RedisError>
+    where
+        T: deadpool_redis::redis::FromRedisValue + Send + 'static,
+    {
+        self.run(name, move |conn| {
+            Box::pin(async move { cmd.query_async(conn).await })
+        })
+        .await
     }
 
     /// As [`SharedRedis::run`], with a deadline of its own: for the few calls that move

@@ -161,21 +161,11 @@ impl LogoutVerifier {
             self.seen.invalidate(id);
         }
         if let Some(redis) = &self.redis {
-            let keys: Vec<String> = jti_ids
-                .iter()
-                .map(|id| crate::redis::keys::logout_jti(&self.key_base, id))
-                .collect();
-            let _ = redis
-                .run("logout_jti", move |conn| {
-                    async move {
-                        deadpool_redis::redis::cmd("DEL")
-                            .arg(&keys)
-                            .query_async::<()>(conn)
-                            .await
-                    }
-                    .boxed()
-                })
-                .await;
+            let mut del = deadpool_redis::redis::cmd("DEL");
+            for id in jti_ids {
+                del.arg(crate::redis::keys::logout_jti(&self.key_base, id));
+            }
+            let _ = redis.query::<()>("logout_jti", del).await;
         }
     }
 

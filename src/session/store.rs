@@ -181,19 +181,9 @@ impl SessionStore {
         if records.is_empty() {
             return Ok(());
         }
-        let set = active.to_string();
-        redis
-            .run("session_active", move |conn| {
-                async move {
-                    deadpool_redis::redis::cmd("ZREM")
-                        .arg(&set)
-                        .arg(&records)
-                        .query_async::<()>(conn)
-                        .await
-                }
-                .boxed()
-            })
-            .await?;
+        let mut zrem = deadpool_redis::redis::cmd("ZREM");
+        zrem.arg(active).arg(&records);
+        redis.query::<()>("session_active", zrem).await?;
         Ok(())
     }
 
@@ -276,18 +266,9 @@ impl SessionStore {
                 recent,
                 ..
             } => {
-                let lookup = key.to_string();
-                let value: Option<String> = redis
-                    .run("session_get", move |conn| {
-                        async move {
-                            deadpool_redis::redis::cmd("GET")
-                                .arg(&lookup)
-                                .query_async(conn)
-                                .await
-                        }
-                        .boxed()
-                    })
-                    .await?;
+                let mut get = deadpool_redis::redis::cmd("GET");
+                get.arg(key);
+                let value: Option<String> = redis.query("session_get", get).await?;
                 // A value that does not open (another key, tampered) is no session.
                 let session: Option<Session> = value
                     .and_then(|v| sealer.open(&v, key.as_bytes()))
@@ -324,38 +305,16 @@ impl SessionStore {
                 let Some(sealed) = sealer.seal(&plain, key.as_bytes()) else {
                     return Ok(());
                 };
-                let target = key.to_string();
                 let ttl_ms = ttl.as_millis().max(1) as u64;
-                redis
-                    .run("session_put", move |conn| {
-                        async move {
-                            deadpool_redis::redis::cmd("SET")
-                                .arg(&target)
-                                .arg(&sealed)
-                                .arg("PX")
-                                .arg(ttl_ms)
-                                .query_async::<()>(conn)
-                                .await
-                        }
-                        .boxed()
-                    })
-                    .await?;
+                let mut set = deadpool_redis::redis::cmd("SET");
+                set.arg(key).arg(&sealed).arg("PX").arg(ttl_ms);
+                redis.query::<()>("session_put", set).await?;
                 // The live set on its own (another slot): scored by the session's end.
-                let (set, member) = (active.clone(), key.to_string());
-                let ends = crate::clock::now_millis() + ttl_ms;
-                redis
-                    .run("session_active", move |conn| {
-                        async move {
-                            deadpool_redis::redis::cmd("ZADD")
-                                .arg(&set)
-                                .arg(ends)
-                                .arg(&member)
-                                .query_async::<()>(conn)
-                                .await
-                        }
-                        .boxed()
-                    })
-                    .await?;
+                let mut zadd = deadpool_redis::redis::cmd("ZADD");
+                zadd.arg(active)
+                    .arg(crate::clock::now_millis() + ttl_ms)
+                    .arg(key);
+                redis.query::<()>("session_active", zadd).await?;
                 Ok(())
             }
         }
@@ -374,18 +333,9 @@ impl SessionStore {
                 ..
             } => {
                 recent.invalidate(key).await;
-                let target = key.to_string();
-                redis
-                    .run("session_delete", move |conn| {
-                        async move {
-                            deadpool_redis::redis::cmd("DEL")
-                                .arg(&target)
-                                .query_async::<()>(conn)
-                                .await
-                        }
-                        .boxed()
-                    })
-                    .await?;
+                let mut del = deadpool_redis::redis::cmd("DEL");
+                del.arg(key);
+                redis.query::<()>("session_delete", del).await?;
                 self.forget_active(redis, active, vec![key.to_string()])
                     .await
             }
@@ -406,23 +356,13 @@ impl SessionStore {
                 Ok(entry.is_fresh().then_some(lease))
             }
             SessionStore::Redis { redis, .. } => {
-                let (target, token) = (lease.key.clone(), lease.token.clone());
-                let ttl_ms = ttl.as_millis().max(1) as u64;
-                let taken: Option<String> = redis
-                    .run("session_lease", move |conn| {
-                        async move {
-                            deadpool_redis::redis::cmd("SET")
-                                .arg(&target)
-                                .arg(&token)
-                                .arg("NX")
-                                .arg("PX")
-                                .arg(ttl_ms)
-                                .query_async(conn)
-                                .await
-                        }
-                        .boxed()
-                    })
-                    .await?;
+                let mut set = deadpool_redis::redis::cmd("SET");
+                set.arg(&lease.key)
+                    .arg(&lease.token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64);
+                let taken: Option<String> = redis.query("session_lease", set).await?;
                 Ok(taken.map(|_| lease))
             }
         }

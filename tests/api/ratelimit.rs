@@ -522,6 +522,73 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     failover_under_load(true).await;
 }
 
+/// While a master is down and its replica has not yet taken over, readiness says
+/// `degraded` for Redis and stays so (the probe's `PING` goes to every master), and
+/// requests are served meanwhile by the local fallback; once the replica took over,
+/// readiness is `ok` again with no restart. The replica is told not to fail over on its
+/// own, so the switch lasts until the test has seen it.
+#[actix_web::test]
+async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_took_over() {
+    let mut shared = Shared::start_on_cluster().await;
+    let (a, _b, token) = failover_setup(&shared).await;
+    let key = shared
+        .shared()
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("}:api:"))
+        .expect("the rate-limit window is in the cluster");
+    let cluster = shared.cluster.as_mut().expect("a cluster");
+    let master = cluster.master_of(&key).port;
+    let replica = TestClusterNode {
+        port: cluster.replica_of(cluster.master_of(&key)).port,
+        process: None,
+    };
+    let held = replica.cli(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]);
+    assert!(held.contains("OK"), "{held}");
+    assert_eq!(dependency(&a, "redis").await, "ok");
+
+    cluster.kill(master);
+    assert_eq!(status(&a, &token).await, 200, "the local fallback serves");
+    // Once the other nodes have noticed (`cluster-node-timeout`), the cluster's state is
+    // `fail` until a replica takes over.
+    let live = TestClusterNode {
+        port: cluster.running().next().expect("a node runs").port,
+        process: None,
+    };
+    let noticed = eventually(PATIENCE, async || {
+        live.cli(&["CLUSTER", "INFO"])
+            .contains("cluster_state:fail")
+    })
+    .await;
+    assert!(noticed, "the cluster did not notice its dead master");
+    assert_eq!(status(&a, &token).await, 200, "the local fallback serves");
+    assert!(
+        eventually(PATIENCE, async || dependency(&a, "redis").await
+            == "degraded")
+        .await,
+        "readiness did not say degraded with a master down"
+    );
+    // Two probe intervals later (the default `retry_interval` is 1 s) it still does: a
+    // `PING` through the cluster client, which skips the masters it cannot reach,
+    // would have said `ok`.
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(dependency(&a, "redis").await, "degraded");
+    assert_eq!(status(&a, &token).await, 200, "the local fallback serves");
+
+    let took = replica.cli(&["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    assert!(took.contains("OK"), "{took}");
+    assert!(
+        eventually(PATIENCE, async || dependency(&a, "redis").await == "ok").await,
+        "readiness did not come back after the takeover"
+    );
+    assert_eq!(status(&a, &token).await, 200);
+    assert_eq!(
+        dependency(&a, "redis").await,
+        "ok",
+        "the new master answers"
+    );
+}
+
 /// Requests run through two instances while the master of their rate-limit key hands over
 /// to its replica (`CLUSTER FAILOVER`) or dies (`kill`): none fails (the local fallback
 /// serves while Redis cannot answer), and afterwards the limits are shared again.

@@ -505,16 +505,38 @@ const REFRESH_SOON: &str = r#"
     refresh_ahead = "27s"
 "#;
 
-async fn refresh_once(bff: Bff) {
+/// Logs `user` in at the first replica: the session cookie (`name=value`) and when the
+/// login ended.
+async fn session_of(bff: &Bff, user: &str) -> (String, std::time::Instant) {
     let base = bff.base().to_string();
     let mut browser = Browser::default();
-    let landed = log_in(&mut browser, &base, "dana", "/app/").await;
+    let landed = log_in(&mut browser, &base, user, "/app/").await;
     assert_eq!(landed.status, 200, "{}", landed.body);
     let logged_in = std::time::Instant::now();
     let cookie = format!(
         "{SESSION_COOKIE}={}",
         browser.cookie(&base, SESSION_COOKIE).unwrap()
     );
+    (cookie, logged_in)
+}
+
+/// `GET url` with the session cookie: the status and the body.
+async fn get_with_cookie(url: String, cookie: String) -> (u16, String) {
+    let mut res = test_client()
+        .get(url)
+        .insert_header(("cookie", cookie))
+        .send()
+        .await
+        .unwrap();
+    let body = res.body().await.unwrap_or_default();
+    (
+        res.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn refresh_once(bff: Bff) {
+    let (cookie, logged_in) = session_of(&bff, "dana").await;
     let before = bff.auth.stats().await;
     // Wall-clock time must pass for the token to come due; nothing here depends on
     // how fast the machine is.
@@ -522,25 +544,14 @@ async fn refresh_once(bff: Bff) {
 
     // 50 calls at once, split over both replicas (they share the session in Redis).
     let calls = (0..50).map(|i| {
-        let url = format!("{}/api/burst/{i}", bff.bases[i % 2]);
-        let cookie = cookie.clone();
-        async move {
-            let mut res = test_client()
-                .get(url)
-                .insert_header(("cookie", cookie))
-                .send()
-                .await
-                .unwrap();
-            let body = res.body().await.unwrap_or_default();
-            let status = res.status().as_u16();
-            if status != 200 {
-                eprintln!("call {i}: {status} {}", String::from_utf8_lossy(&body));
-            }
-            status
-        }
+        get_with_cookie(
+            format!("{}/api/burst/{i}", bff.bases[i % 2]),
+            cookie.clone(),
+        )
     });
-    let statuses = futures_util::future::join_all(calls).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let answers = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}");
     let after = bff.auth.stats().await;
     let count = |stats: &serde_json::Value, name: &str| stats[name].as_u64().unwrap();
     assert_eq!(
@@ -557,14 +568,8 @@ async fn refresh_once(bff: Bff) {
     // The next burst after the rotated token is due again: one more refresh, with the
     // rotated refresh token (the AS refuses the old one).
     actix_web::rt::time::sleep(Duration::from_secs(4)).await;
-    let mut res = test_client()
-        .get(format!("{}/api/again", bff.bases[1]))
-        .insert_header(("cookie", cookie.clone()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let _ = res.body().await;
+    let again = get_with_cookie(format!("{}/api/again", bff.bases[1]), cookie.clone()).await;
+    assert_eq!(again.0, 200, "{}", again.1);
     let last = bff.auth.stats().await;
     assert_eq!(count(&last, "refresh") - count(&before, "refresh"), 2);
     assert_eq!(
@@ -582,15 +587,7 @@ const SHORT_LEASE: &str = r#"
 #[actix_web::test]
 async fn a_refresh_slower_than_its_lease_keeps_the_lease_and_refreshes_once() {
     let bff = start_bff(2, &[("TOKEN_TTL", "30")], SHORT_LEASE).await;
-    let base = bff.base().to_string();
-    let mut browser = Browser::default();
-    let landed = log_in(&mut browser, &base, "erin", "/app/").await;
-    assert_eq!(landed.status, 200, "{}", landed.body);
-    let logged_in = std::time::Instant::now();
-    let cookie = format!(
-        "{SESSION_COOKIE}={}",
-        browser.cookie(&base, SESSION_COOKIE).unwrap()
-    );
+    let (cookie, logged_in) = session_of(&bff, "erin").await;
     // The AS now takes 3 s per token request, three terms of the 1 s lease.
     bff.auth.hooks(&[("token_delay_ms", "3000")]).await;
     let renewed = || {
@@ -603,22 +600,7 @@ async fn a_refresh_slower_than_its_lease_keeps_the_lease_and_refreshes_once() {
     let count = |stats: &serde_json::Value, name: &str| stats[name].as_u64().unwrap();
     actix_web::rt::time::sleep(Duration::from_secs(4).saturating_sub(logged_in.elapsed())).await;
 
-    let get = |url: String| {
-        let cookie = cookie.clone();
-        async move {
-            let mut res = test_client()
-                .get(url)
-                .insert_header(("cookie", cookie))
-                .send()
-                .await
-                .unwrap();
-            let body = res.body().await.unwrap_or_default();
-            (
-                res.status().as_u16(),
-                String::from_utf8_lossy(&body).into_owned(),
-            )
-        }
-    };
+    let get = |url: String| get_with_cookie(url, cookie.clone());
     // The first call takes the lease and asks the AS.
     let first = actix_web::rt::spawn(get(format!("{}/api/slow/first", bff.bases[0])));
     assert!(

@@ -246,7 +246,7 @@ impl TestRedisCluster {
         }
     }
 
-    fn running(&self) -> impl Iterator<Item = &TestClusterNode> {
+    pub fn running(&self) -> impl Iterator<Item = &TestClusterNode> {
         self.nodes.iter().filter(|n| n.process.is_some())
     }
 
