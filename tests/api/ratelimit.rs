@@ -523,7 +523,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
 }
 
 /// While a master is down and its replica has not yet taken over, readiness says
-/// `degraded` for Redis and stays so (the probe's `PING` goes to every master), and
+/// `degraded` for Redis and stays so (the probe asks the cluster's own state), and
 /// requests are served meanwhile by the local fallback; once the replica took over,
 /// readiness is `ok` again with no restart. The replica is told not to fail over on its
 /// own, so the switch lasts until the test has seen it.
@@ -531,12 +531,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
 async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_took_over() {
     let mut shared = Shared::start_on_cluster().await;
     let (a, b, token) = failover_setup(&shared).await;
-    let key = shared
-        .shared()
-        .keys()
-        .into_iter()
-        .find(|k| k.contains("}:api:"))
-        .expect("the rate-limit window is in the cluster");
+    let key = window_key(&shared);
     let cluster = shared.cluster.as_mut().expect("a cluster");
     let master = cluster.master_of(&key).port;
     let replica = TestClusterNode {
@@ -587,12 +582,7 @@ async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_to
 async fn failover_under_load(kill: bool) {
     let mut shared = Shared::start_on_cluster().await;
     let (a, b, token) = failover_setup(&shared).await;
-    let key = shared
-        .shared()
-        .keys()
-        .into_iter()
-        .find(|k| k.contains("}:api:"))
-        .expect("the rate-limit window is in the cluster");
+    let key = window_key(&shared);
     let cluster = shared.cluster.as_mut().expect("a cluster");
     let switch = async {
         let master = cluster.master_of(&key).port;
@@ -636,6 +626,16 @@ async fn a_sentinel_failover_under_load_fails_no_request() {
     .await;
     assert_ne!(sentinel.master_port(), old);
     shared_again(&shared, &a, &b).await;
+}
+
+/// The Redis key of the rate-limit window that `failover_setup`'s requests filled.
+fn window_key(shared: &Shared) -> String {
+    shared
+        .shared()
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("}:api:"))
+        .expect("the rate-limit window is in the cluster")
 }
 
 /// Two instances with a tier of 100,000 a day for the load and one of 10 an hour for
