@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
@@ -59,6 +61,10 @@ fn resolver(settings: &DiscoverySettings) -> Result<TokioResolver, String> {
         }
         TokioResolver::builder_with_config(config, provider)
     };
+    let mut builder = builder;
+    // Both families, asked together: every address is an instance. (The crate's default
+    // has been "IPv4, and IPv6 only when there is none" in other versions.)
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     builder.build().map_err(|e| e.to_string())
 }
 

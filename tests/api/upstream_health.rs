@@ -291,6 +291,55 @@ async fn upstream_connections_are_timed_and_counted_while_open() {
     );
 }
 
+/// `localhost` resolves to `127.0.0.1` and to `::1` (RFC 6761: the resolver answers it
+/// itself, whatever `/etc/hosts` lists): with a server on each, the one upstream name is
+/// two instances, and requests reach both, each instance labelled by its address.
+#[actix_web::test]
+async fn localhost_with_a_server_on_each_address_family_is_two_instances() {
+    let v4 = TestUpstream::start_at("v4", "127.0.0.1:0");
+    let v6 = TestUpstream::start_at("v6", &format!("[::1]:{}", v4.port));
+    // A name server that knows no name: `localhost` never reaches it.
+    let dns = TestDnsServer::start(serde_json::json!({}));
+    let app = spawn_app(&format!(
+        r#"
+            [discovery]
+            nameservers = ["127.0.0.1:{}"]
+            [[routes]]
+            name = "dual-stack"
+            prefix = "/dual"
+            upstreams = ["http://localhost:{}"]
+            discover = true
+        "#,
+        dns.port, v4.port
+    ))
+    .await;
+    assert!(
+        eventually(PATIENCE, async || {
+            upstream_readiness(&app, "dual-stack").await.1 == "2 of 2 instances healthy"
+        })
+        .await,
+        "{:?}",
+        upstream_readiness(&app, "dual-stack").await
+    );
+    let before = (v4.hits(), v6.hits());
+    for _ in 0..10 {
+        let (status, seen) = upstream_saw(&app, "/dual/x", &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen["headers"]["host"][0], format!("localhost:{}", v4.port));
+    }
+    assert_eq!((v4.hits() - before.0, v6.hits() - before.1), (5, 5));
+    let metrics = app.metrics().await;
+    for instance in [
+        format!("127.0.0.1:{}", v4.port),
+        format!("[::1]:{}", v4.port),
+    ] {
+        let series = format!(
+            "intercom_upstream_connections_open{{route=\"dual-stack\",instance=\"{instance}\"}}"
+        );
+        assert!(metric(&metrics, &series) >= 1.0, "{series} in {metrics}");
+    }
+}
+
 #[actix_web::test]
 async fn discovered_addresses_are_instances_and_follow_the_dns() {
     let name = "svc.intercom.test";
