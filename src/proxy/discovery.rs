@@ -47,7 +47,7 @@ pub async fn start(routes: &RouteTable, settings: &DiscoverySettings) -> Result<
 /// The configured resolver: the given name servers, or the system's.
 fn resolver(settings: &DiscoverySettings) -> Result<TokioResolver, String> {
     let provider = TokioRuntimeProvider::default();
-    let builder = if settings.nameservers.is_empty() {
+    let mut builder = if settings.nameservers.is_empty() {
         TokioResolver::builder(provider)
             .map_err(|e| format!("the system's DNS configuration: {e}"))?
     } else {
@@ -61,7 +61,6 @@ fn resolver(settings: &DiscoverySettings) -> Result<TokioResolver, String> {
         }
         TokioResolver::builder_with_config(config, provider)
     };
-    let mut builder = builder;
     // Both families, asked together: every address is an instance. (The crate's default
     // has been "IPv4, and IPv6 only when there is none" in other versions.)
     builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
