@@ -22,7 +22,9 @@ async fn upstream_readiness(app: &TestApp, route: &str) -> (String, String) {
 #[actix_web::test]
 async fn an_instance_killed_under_load_fails_no_request_and_returns_when_it_recovers() {
     let a = TestUpstream::start("a");
-    let b = TestUpstream::start("b");
+    // Off the kernel's ephemeral range: while `b` is down, no other test's listener can
+    // be handed its port (and take the probes and requests meant for it).
+    let b = TestUpstream::start_on("b", announced_port());
     let b_port = b.port;
     let app = Rc::new(
         spawn_app(&format!(
@@ -246,7 +248,8 @@ async fn weights_share_the_requests() {
 
 #[actix_web::test]
 async fn upstream_connections_are_timed_and_counted_while_open() {
-    let upstream = TestUpstream::start("pooled");
+    // Off the ephemeral range: once it stops, no other test's listener takes its port.
+    let upstream = TestUpstream::start_on("pooled", announced_port());
     let app = spawn_app(&format!(
         r#"
             [[routes]]

@@ -41,13 +41,14 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on loopback (bound, read, released).
+/// A free TCP port on loopback for a child process (Redis, nginx, the AS, ...) or an
+/// address meant to stay dead: off the kernel's ephemeral range (see
+/// [`announced_port`]), so that a `:0` listener of another test can never be handed it,
+/// neither before the process binds it nor while it is down between a kill and a
+/// restart (the killed Redis, the stopped upstream, the dead address would then reach
+/// that listener: a test once counted a stranger's probe as a request).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    announced_port()
 }
 
 /// A free port outside the kernel's ephemeral range (32768–60999 here), for a listener
