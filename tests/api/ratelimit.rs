@@ -534,10 +534,7 @@ async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_to
     let key = window_key(&shared);
     let cluster = shared.cluster.as_mut().expect("a cluster");
     let master = cluster.master_of(&key).port;
-    let replica = TestClusterNode {
-        port: cluster.replica_of(cluster.master_of(&key)).port,
-        process: None,
-    };
+    let replica = TestClusterNode::at(cluster.replica_of(cluster.master_of(&key)).port);
     let held = replica.cli(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]);
     assert!(held.contains("OK"), "{held}");
     assert_eq!(dependency(&a, "redis").await, "ok");
@@ -546,10 +543,7 @@ async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_to
     assert_eq!(status(&a, &token).await, 200, "the local fallback serves");
     // Once the other nodes have noticed (`cluster-node-timeout`), the cluster's state is
     // `fail` until a replica takes over.
-    let live = TestClusterNode {
-        port: cluster.running().next().expect("a node runs").port,
-        process: None,
-    };
+    let live = TestClusterNode::at(cluster.running().next().expect("a node runs").port);
     let noticed = eventually(PATIENCE, async || {
         live.cli(&["CLUSTER", "INFO"])
             .contains("cluster_state:fail")
@@ -563,10 +557,16 @@ async fn readiness_is_degraded_while_a_master_is_down_and_ok_once_its_replica_to
         .await,
         "readiness did not say degraded with a master down"
     );
-    // Two probe intervals later (the default `retry_interval` is 1 s) it still does: a
+    // The probe (every `retry_interval`) asks the cluster and keeps it `degraded`: a
     // `PING` through the cluster client, which skips the masters it cannot reach,
     // would have said `ok`.
-    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    let probed = eventually(PATIENCE, async || {
+        dependency_report(&a, "redis").await["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not serve every slot"))
+    })
+    .await;
+    assert!(probed, "{}", dependency_report(&a, "redis").await);
     assert_eq!(dependency(&a, "redis").await, "degraded");
     assert_eq!(status(&a, &token).await, 200, "the local fallback serves");
 
@@ -587,10 +587,7 @@ async fn failover_under_load(kill: bool) {
     let switch = async {
         let master = cluster.master_of(&key).port;
         let replica = cluster.replica_of(cluster.master_of(&key)).port;
-        let node = |port: u16| TestClusterNode {
-            port,
-            process: None,
-        };
+        let node = TestClusterNode::at;
         if kill {
             cluster.kill(master);
         } else {

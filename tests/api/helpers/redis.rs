@@ -306,6 +306,14 @@ impl TestRedisCluster {
 }
 
 impl TestClusterNode {
+    /// A handle on the node at `port` that does not own its process (for `redis-cli`).
+    pub fn at(port: u16) -> Self {
+        Self {
+            port,
+            process: None,
+        }
+    }
+
     /// `master` or `slave`, from `INFO replication`.
     pub fn role(&self) -> String {
         self.cli(&["INFO", "replication"])
