@@ -366,7 +366,10 @@ async fn caller_token(
             (token, KeptClaims::new(), source)
         }
         RouteAuth::Session => {
-            let (token, claims) = session_token(req, state, route).await?;
+            // Boxed: a session read may refresh at the AS under a lease in Redis, a deep
+            // future (about 50 KiB); inline it made every proxied request's future as
+            // large, copied into actix's boxed service call on each request.
+            let (token, claims) = Box::pin(session_token(req, state, route)).await?;
             (token, claims, "session")
         }
     };

@@ -387,9 +387,17 @@ impl SharedRedis {
                 .find(|k| k.owner == self.id && k.generation == generation)
                 .map(|k| k.conn.clone())
         });
-        if let Some(conn) = kept {
-            return Ok(conn);
+        match kept {
+            Some(conn) => Ok(conn),
+            // Boxed: the pools' `get` is a deep future (about 7 KiB); inline it was part of
+            // every Redis call's future, kept or not, and of every request future that
+            // awaits one (scripts/bench/instructions counts the copies).
+            None => Box::pin(self.connect(generation)).await,
         }
+    }
+
+    /// A new connection from the pool, kept for this thread's next calls.
+    async fn connect(&self, generation: u64) -> Result<RedisConn, RedisError> {
         let failed = |e: &dyn std::fmt::Display| RedisError::Failed(e.to_string());
         let conn = match &self.pool {
             Pool::Single(pool) => RedisConn::Single(deadpool_redis::Connection::take(

@@ -561,7 +561,8 @@ impl Sessions {
             return Ok(None);
         }
         if session.access_expires_at <= now + self.refresh_ahead.as_secs() {
-            return self.refresh(&keys, session).await;
+            // Boxed: the refresh (the AS, the lease) is rare and deep; the usual read stays small.
+            return Box::pin(self.refresh(&keys, session)).await;
         }
         // The idle clock moves at most every tenth of the idle timeout (a write then),
         // under the refresh lease and on the stored copy: writing back a copy read
