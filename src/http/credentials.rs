@@ -34,18 +34,29 @@ pub fn extract_bearer(
         if values.next().is_some() {
             return Err(BearerError::Malformed("more than one Authorization header"));
         }
-        let text = value
-            .to_str()
-            .map_err(|_| BearerError::Malformed("the Authorization header is not ASCII"))?;
-        let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(BearerError::Missing);
-        }
-        return check_token(token.trim_start()).map(|t| (t, TokenSource::Header));
+        // One pass over the bytes: a token that passes `check_token` is visible ASCII, so
+        // the header's own ASCII check runs only to name why a token failed.
+        let not_ascii = || value.to_str().is_err();
+        let bytes = value.as_bytes();
+        let (scheme, token) = match bytes.iter().position(|&b| b == b' ') {
+            Some(space) => (&bytes[..space], &bytes[space + 1..]),
+            None => (bytes, &b""[..]),
+        };
+        let checked = match scheme.eq_ignore_ascii_case(b"bearer") {
+            true => check_token(token.trim_ascii_start()),
+            false => Err(BearerError::Missing),
+        };
+        return match checked {
+            Ok(token) => Ok((token, TokenSource::Header)),
+            Err(_) if not_ascii() => Err(BearerError::Malformed(
+                "the Authorization header is not ASCII",
+            )),
+            Err(e) => Err(e),
+        };
     }
     if allow_query {
         if let Some(token) = query_token(req.query_string()) {
-            return check_token(&token).map(|t| (t, TokenSource::Query));
+            return check_token(token.as_bytes()).map(|t| (t, TokenSource::Query));
         }
     }
     Err(BearerError::Missing)
@@ -59,25 +70,38 @@ fn query_token(query: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// The bytes of RFC 6750's `b64token`, `[A-Za-z0-9-._~+/]` (and `=` at its end), as a
+/// table: a token is checked at a lookup per byte (JWT access tokens run to kilobytes).
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// RFC 6750 `b64token`: `[A-Za-z0-9-._~+/]+=*`, and not absurdly long.
-fn check_token(token: &str) -> Result<String, BearerError> {
+fn check_token(token: &[u8]) -> Result<String, BearerError> {
     if token.is_empty() {
         return Err(BearerError::Malformed("the bearer token is empty"));
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(BearerError::Malformed("the bearer token is too long"));
     }
-    let body = token.trim_end_matches('=');
-    if body.is_empty()
-        || !body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
-    {
+    let padding = token.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = &token[..token.len() - padding];
+    if body.is_empty() || !body.iter().all(|&b| B64TOKEN[b as usize]) {
         return Err(BearerError::Malformed(
             "the bearer token has invalid characters",
         ));
     }
-    Ok(token.to_string())
+    // Every byte is ASCII: the conversion cannot fail.
+    String::from_utf8(token.to_vec())
+        .map_err(|_| BearerError::Malformed("the bearer token has invalid characters"))
 }
 
 /// The query without `access_token`, for forwarding.
@@ -181,6 +205,39 @@ mod tests {
             extract_bearer(&long, false),
             Err(BearerError::Malformed(_))
         ));
+        let bearer = |value: &[u8]| {
+            let value = header::HeaderValue::from_bytes(value).unwrap();
+            extract_bearer(
+                &TestRequest::default()
+                    .insert_header((header::AUTHORIZATION, value))
+                    .to_http_request(),
+                false,
+            )
+        };
+        let malformed = |why| Err(BearerError::Malformed(why));
+        assert_eq!(
+            bearer(b"Bearer \tabc"),
+            Ok(("abc".into(), TokenSource::Header))
+        );
+        assert_eq!(
+            bearer(b"Bearer =="),
+            malformed("the bearer token has invalid characters")
+        );
+        assert_eq!(
+            bearer(b"Bearer a=b"),
+            malformed("the bearer token has invalid characters")
+        );
+        assert_eq!(bearer(b"Bearer "), malformed("the bearer token is empty"));
+        assert_eq!(bearer(b"Bearer"), malformed("the bearer token is empty"));
+        // Not ASCII: named so, whatever the scheme says.
+        assert_eq!(
+            bearer(b"Bearer ab\xc3\xa9"),
+            malformed("the Authorization header is not ASCII")
+        );
+        assert_eq!(
+            bearer(b"B\xc3\xa9arer abc"),
+            malformed("the Authorization header is not ASCII")
+        );
         let query = TestRequest::with_uri("/x?a=1&access_token=tok&b=2").to_http_request();
         assert_eq!(extract_bearer(&query, false), Err(BearerError::Missing));
         assert_eq!(

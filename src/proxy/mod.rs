@@ -665,3 +665,31 @@ fn filter_response(route: &Route, mut answer: UpstreamAnswer, req: &HttpRequest)
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` returns (for an async fn, its future), without calling it.
+    fn returned_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// [`returned_size`] of a function of two arguments.
+    fn returned_size_2<A, B, R>(_: impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// actix moves each request's handler future into a box of its own: every byte of it
+    /// is copied per request. A rare path awaited inline (a session refresh, a Redis
+    /// pool's connect) once made this future 51 KiB, and the copy was most of a proxied
+    /// request's instructions (scripts/bench/instructions); such paths are boxed.
+    #[test]
+    fn the_request_future_stays_small() {
+        let proxy = returned_size(super::handle);
+        assert!(proxy <= 8 * 1024, "the proxy's future is {proxy} bytes");
+        let session = returned_size_2(crate::endpoints::session::status);
+        assert!(
+            session <= 8 * 1024,
+            "/auth/session's future is {session} bytes"
+        );
+    }
+}
