@@ -32,16 +32,11 @@ pub struct CacheKeyHasher(u64);
 
 impl std::hash::Hasher for CacheKeyHasher {
     fn write(&mut self, bytes: &[u8]) {
-        // A `[u8; 32]` writes its length, then its bytes: both fold in.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-            if bytes.len() > 8 {
-                // The first eight bytes of a key are enough.
-                break;
-            }
-        }
+        // A `[u8; 32]` writes its length, then its bytes: the first eight of each fold in.
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
     }
 
     fn finish(&self) -> u64 {
