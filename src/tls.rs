@@ -147,6 +147,26 @@ pub enum PemError {
     Key(&'static str),
 }
 
+/// The CAs of a PEM bundle file (`ca_file`), and its bytes: every certificate in it must
+/// be usable as a trust anchor, so a wrong file is refused at start.
+pub fn ca_bundle_file(path: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| "is not valid PEM".to_string())?;
+    if certs.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(certs);
+    if unusable > 0 {
+        return Err(format!(
+            "{unusable} certificate(s) could not be used as a CA"
+        ));
+    }
+    Ok((roots, pem))
+}
+
 /// A certificate chain and its key, from PEM, checked to belong together; with the
 /// leaf's `notAfter` (seconds since the epoch).
 pub fn certified_key(certs_pem: &[u8], key_pem: &[u8]) -> Result<(CertifiedKey, i64), PemError> {

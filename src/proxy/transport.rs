@@ -12,8 +12,6 @@ use rustls::client::{
 use rustls::sign::CertifiedKey;
 use rustls::NamedGroup;
 use rustls::{ClientConfig, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::ServerName;
 
 use crate::secret::Secret;
@@ -85,7 +83,7 @@ fn for_route(
     }
     let tls = route.upstream_tls.clone().unwrap_or_default();
     let roots = match &tls.ca_file {
-        Some(path) => ca_bundle(path).map_err(|why| {
+        Some(path) => crate::tls::ca_bundle_file(path).map(|(roots, _)| roots).map_err(|why| {
             SettingsError::new(
                 key("upstream_tls.ca_file"),
                 format!("{}: {why}", path.display()),
@@ -133,24 +131,6 @@ fn for_route(
 }
 
 /// The CAs of a PEM bundle.
-fn ca_bundle(path: &std::path::Path) -> Result<RootCertStore, String> {
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|_| "is not valid PEM".to_string())?;
-    if certs.is_empty() {
-        return Err("holds no certificate".into());
-    }
-    let mut roots = RootCertStore::empty();
-    let (_, unusable) = roots.add_parsable_certificates(certs);
-    if unusable > 0 {
-        return Err(format!(
-            "{unusable} certificate(s) could not be used as a CA"
-        ));
-    }
-    Ok(roots)
-}
-
 /// The system's CA certificates (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured), read
 /// once per process.
 fn system_roots() -> Result<RootCertStore, String> {

@@ -10,6 +10,7 @@
 //! `retry_interval`, so a dead Redis costs a request nothing but its fallback; readiness
 //! reports it `degraded` (Intercom keeps serving without it).
 
+mod connect;
 pub mod keys;
 
 use std::cell::RefCell;
@@ -76,33 +77,14 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// The pool of `[redis]`'s mode.
-enum Pool {
-    Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
-    /// Each new connection goes to the master the sentinels name at the time.
-    Sentinel(deadpool_redis::sentinel::Pool),
-}
-
-/// Where pub/sub connections go.
-enum Subscribers {
-    /// The one Redis, or each node of the cluster in turn (a cluster delivers every
-    /// message to every node).
-    Fixed(Vec<deadpool_redis::redis::Client>),
-    /// The master the sentinels name at the time (its replicas deliver what it
-    /// publishes too, so a connection that outlives a failover keeps hearing).
-    Sentinel(Box<tokio::sync::Mutex<deadpool_redis::redis::sentinel::SentinelClient>>),
-}
-
 /// A pooled connection to the shared Redis, with deadlines and a failure back-off.
 pub struct SharedRedis {
-    pool: Pool,
+    pool: connect::Pool,
+    connector: Arc<connect::Connector>,
     /// Tells this instance's connections apart in the threads' `KEPT` lists.
     id: usize,
     /// Bumped on every failure: connections of an older generation are not reused.
     generation: AtomicU64,
-    /// For pub/sub, which needs a connection of its own.
-    subscribers: Subscribers,
     next_subscriber: AtomicUsize,
     timeout: Duration,
     retry_interval: Duration,
@@ -130,10 +112,45 @@ impl SharedRedis {
         let sentinel_password = secrets
             .stored(redis.sentinel_password.as_ref())
             .map(|cell| cell.current());
+        let client_tls = match (&redis.client_cert, &redis.client_key) {
+            (Some(cert), Some(key)) => {
+                let unresolved = |key: &str| format!("{key}: the secret was not resolved at start");
+                let cert = secrets
+                    .stored(Some(cert))
+                    .ok_or_else(|| unresolved("redis.client_cert"))?;
+                let key = secrets
+                    .stored(Some(key))
+                    .ok_or_else(|| unresolved("redis.client_key"))?;
+                crate::tls::certified_key(
+                    cert.current().expose().as_bytes(),
+                    key.current().expose().as_bytes(),
+                )
+                .map_err(|e| match e {
+                    crate::tls::PemError::Certificate(why) => format!("redis.client_cert: {why}"),
+                    crate::tls::PemError::Key(why) => format!("redis.client_key: {why}"),
+                })?;
+                Some((cert, key))
+            }
+            _ => None,
+        };
+        let tls = TlsFiles {
+            root_cert: match &redis.ca_file {
+                Some(path) => Some(
+                    crate::tls::ca_bundle_file(path)
+                        .map_err(|why| format!("redis.ca_file: {}: {why}", path.display()))?
+                        .1,
+                ),
+                None => None,
+            },
+            client_tls,
+        };
         let shared = Arc::new(Self::new(
             redis,
-            password,
-            sentinel_password,
+            Passwords {
+                node: password,
+                sentinel: sentinel_password,
+            },
+            tls,
             readiness.clone(),
         )?);
         shared.spawn_probe();
@@ -163,7 +180,7 @@ impl SharedRedis {
     /// `fail` until a replica has taken over (once the other nodes have noticed, after
     /// `cluster-node-timeout`; until then the failing calls themselves say `degraded`).
     async fn probe(&self) -> Result<(), RedisError> {
-        if !matches!(self.pool, Pool::Cluster(_)) {
+        if self.connector.mode != RedisMode::Cluster {
             return self
                 .query::<()>("ping", deadpool_redis::redis::cmd("PING"))
                 .await;
@@ -187,12 +204,11 @@ impl SharedRedis {
         .await
     }
 
-    /// The pool for `settings`; `password` is the data nodes', `sentinel_password` the
-    /// sentinels' own (sentinel mode).
-    pub fn new(
+    /// The pool for `settings`, with its passwords and TLS certificates.
+    fn new(
         settings: &RedisSettings,
-        password: Option<Secret>,
-        sentinel_password: Option<Secret>,
+        passwords: Passwords,
+        tls: TlsFiles,
         readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
         let with_password = |url: &url::Url, password: Option<&Secret>| -> Result<String, String> {
@@ -204,84 +220,56 @@ impl SharedRedis {
             Ok(url.to_string())
         };
         let (urls, url_password) = match settings.mode {
-            RedisMode::Standalone => (settings.url.iter().collect::<Vec<_>>(), password.as_ref()),
-            RedisMode::Cluster => (settings.nodes.iter().collect(), password.as_ref()),
-            RedisMode::Sentinel => (
-                settings.sentinels.iter().collect(),
-                sentinel_password.as_ref(),
+            RedisMode::Standalone => (
+                settings.url.iter().collect::<Vec<_>>(),
+                passwords.node.as_ref(),
             ),
+            RedisMode::Cluster => (settings.nodes.iter().collect(), passwords.node.as_ref()),
+            // The sentinels' client takes its passwords on their own.
+            RedisMode::Sentinel => (settings.sentinels.iter().collect(), None),
         };
         let urls = urls
             .into_iter()
             .map(|u| with_password(&u.0, url_password))
             .collect::<Result<Vec<_>, _>>()?;
-        let pool_config = PoolConfig {
-            max_size: settings.pool_size,
-            timeouts: Timeouts {
-                wait: Some(settings.timeout),
-                create: Some(settings.timeout),
-                recycle: Some(settings.timeout),
-            },
-            ..Default::default()
+        let connector = Arc::new(connect::Connector {
+            mode: settings.mode,
+            urls,
+            master_name: settings.master_name.clone().unwrap_or_default(),
+            node_password: passwords.node,
+            sentinel_password: passwords.sentinel,
+            root_cert: tls.root_cert,
+            client_tls: tls.client_tls,
+        });
+        // The URLs are checked now, so a mistake stops the start, not the first call.
+        let checked = match settings.mode {
+            RedisMode::Sentinel => connector.sentinel().map(drop),
+            _ => connector
+                .urls
+                .iter()
+                .try_for_each(|url| connector.client(url).map(drop)),
         };
-        let pool = match settings.mode {
-            RedisMode::Standalone => {
-                let mut config = deadpool_redis::Config::from_url(urls[0].as_str());
-                config.pool = Some(pool_config);
-                Pool::Single(
-                    config
-                        .create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| format!("redis pool: {e}"))?,
-                )
-            }
-            RedisMode::Cluster => {
-                let mut config = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                config.pool = Some(pool_config);
-                Pool::Cluster(
-                    config
-                        .create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| format!("redis cluster pool: {e}"))?,
-                )
-            }
-            RedisMode::Sentinel => {
-                let mut config = deadpool_redis::sentinel::Config::from_urls(
-                    urls.clone(),
-                    settings.master_name.clone().unwrap_or_default(),
-                    deadpool_redis::sentinel::SentinelServerType::Master,
-                )
-                .with_node_connection_info(Some(sentinel_nodes(settings, password.as_ref())));
-                config.pool = Some(pool_config);
-                Pool::Sentinel(
-                    config
-                        .create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| format!("redis sentinel pool: {e}"))?,
-                )
-            }
-        };
-        let subscribers = match settings.mode {
-            RedisMode::Sentinel => Subscribers::Sentinel(Box::new(tokio::sync::Mutex::new(
-                deadpool_redis::redis::sentinel::SentinelClient::build(
-                    urls.iter().map(String::as_str).collect(),
-                    settings.master_name.clone().unwrap_or_default(),
-                    Some(sentinel_nodes(settings, password.as_ref()).into()),
-                    deadpool_redis::redis::sentinel::SentinelServerType::Master,
-                )
-                .map_err(|e| format!("redis sentinel client: {e}"))?,
-            ))),
-            _ => Subscribers::Fixed(
-                urls.iter()
-                    .map(|url| deadpool_redis::redis::Client::open(url.as_str()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("redis client: {e}"))?,
-            ),
-        };
+        checked.map_err(|e| format!("redis client: {e}"))?;
+        let pool = connect::Pool::builder(connect::Manager::new(connector.clone()))
+            .config(PoolConfig {
+                max_size: settings.pool_size,
+                timeouts: Timeouts {
+                    wait: Some(settings.timeout),
+                    create: Some(settings.timeout),
+                    recycle: Some(settings.timeout),
+                },
+                ..Default::default()
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("redis pool: {e}"))?;
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         readiness.report("redis", DependencyState::Ok, false, None);
         Ok(Self {
             pool,
+            connector,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
-            subscribers,
             next_subscriber: AtomicUsize::new(0),
             timeout: settings.timeout,
             retry_interval: settings.retry_interval,
@@ -398,20 +386,12 @@ impl SharedRedis {
 
     /// A new connection from the pool, kept for this thread's next calls.
     async fn connect(&self, generation: u64) -> Result<RedisConn, RedisError> {
-        let failed = |e: &dyn std::fmt::Display| RedisError::Failed(e.to_string());
-        let conn = match &self.pool {
-            Pool::Single(pool) => RedisConn::Single(deadpool_redis::Connection::take(
-                pool.get().await.map_err(|e| failed(&e))?,
-            )),
-            Pool::Cluster(pool) => RedisConn::Cluster(deadpool_redis::cluster::Connection::take(
-                pool.get().await.map_err(|e| failed(&e))?,
-            )),
-            // Boxed: a sentinel lookup is a deep future, and this one is part of every
-            // Redis call's (a debug build's worker stack overflowed with it inline).
-            Pool::Sentinel(pool) => RedisConn::Single(deadpool_redis::sentinel::Connection::take(
-                Box::pin(pool.get()).await.map_err(|e| failed(&e))?,
-            )),
-        };
+        let conn = deadpool::managed::Object::take(
+            self.pool
+                .get()
+                .await
+                .map_err(|e| RedisError::Failed(e.to_string()))?,
+        );
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
             kept.retain(|k| k.owner != self.id);
@@ -428,19 +408,18 @@ impl SharedRedis {
     /// the cluster (after a failure, the subscriber tries another: any node delivers all
     /// of the cluster's messages), or the master the sentinels name now.
     pub async fn subscriber(&self) -> Result<deadpool_redis::redis::Client, RedisError> {
-        match &self.subscribers {
-            Subscribers::Fixed(clients) => {
+        let failed = |e: deadpool_redis::redis::RedisError| RedisError::Failed(e.to_string());
+        match self.connector.mode {
+            RedisMode::Standalone | RedisMode::Cluster => {
+                let urls = &self.connector.urls;
                 let n = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-                Ok(clients[n % clients.len()].clone())
+                self.connector.client(&urls[n % urls.len()]).map_err(failed)
             }
-            Subscribers::Sentinel(sentinels) => {
+            RedisMode::Sentinel => {
                 let asked = async {
-                    sentinels
-                        .lock()
-                        .await
-                        .async_get_client()
-                        .await
-                        .map_err(|e| RedisError::Failed(e.to_string()))
+                    // Boxed: a sentinel lookup is a deep future.
+                    let mut sentinels = self.connector.sentinel().map_err(failed)?;
+                    Box::pin(sentinels.async_get_client()).await.map_err(failed)
                 };
                 with_deadline(self.timeout, asked).await
             }
@@ -469,23 +448,19 @@ impl SharedRedis {
     }
 }
 
-/// How a sentinel mode's data nodes are reached: TLS when the sentinels are `rediss://`,
-/// with `password`.
-fn sentinel_nodes(
-    settings: &RedisSettings,
-    password: Option<&Secret>,
-) -> deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-    let tls = settings
-        .sentinels
-        .first()
-        .is_some_and(|u| u.0.scheme() == "rediss");
-    deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-        tls_mode: tls.then_some(deadpool_redis::sentinel::TlsMode::Secure),
-        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-            password: password.map(|p| p.expose().to_string()),
-            ..Default::default()
-        }),
-    }
+/// `[redis]`'s passwords: the data nodes', and (sentinel mode) the sentinels' own.
+struct Passwords {
+    node: Option<Secret>,
+    sentinel: Option<Secret>,
+}
+
+/// `[redis]`'s TLS material: `ca_file`'s bytes, and the client certificate's secrets.
+struct TlsFiles {
+    root_cert: Option<Vec<u8>>,
+    client_tls: Option<(
+        Arc<crate::secrets::registry::SecretCell>,
+        Arc<crate::secrets::registry::SecretCell>,
+    )>,
 }
 
 /// Sends each of `batches` at once, each on its own (on a cluster, to its keys' node):

@@ -281,6 +281,14 @@ impl Settings {
                     .as_ref()
                     .and_then(|r| r.sentinel_password.as_ref()),
             ),
+            (
+                "redis.client_cert",
+                self.redis.as_ref().and_then(|r| r.client_cert.as_ref()),
+            ),
+            (
+                "redis.client_key",
+                self.redis.as_ref().and_then(|r| r.client_key.as_ref()),
+            ),
             ("replicas.shared_key", self.replicas.shared_key.as_ref()),
             (
                 "replicas.rotation_shared_key",

@@ -38,6 +38,17 @@ pub struct RedisSettings {
     /// they have one (`requirepass` in sentinel.conf).
     #[serde(default)]
     pub sentinel_password: Option<SecretRef>,
+    /// `rediss://` only: a PEM bundle of the CAs trusted for Redis's certificates,
+    /// instead of the system's (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `rediss://` only, mTLS (Redis's `tls-auth-clients yes`): a secret reference holding
+    /// the PEM client certificate chain, presented to every node (and sentinel).
+    #[serde(default)]
+    pub client_cert: Option<SecretRef>,
+    /// The secret reference of `client_cert`'s PEM private key.
+    #[serde(default)]
+    pub client_key: Option<SecretRef>,
     #[serde(default = "default_redis_pool_size")]
     pub pool_size: usize,
     /// Longest wait for a connection or a command; past it Redis counts as failed.
@@ -96,6 +107,7 @@ impl RedisSettings {
                 }
             }
         }
+        redis.validate_tls()?;
         if redis.mode == RedisMode::Sentinel {
             return redis.validate_sentinel();
         }
@@ -134,6 +146,38 @@ impl RedisSettings {
             (RedisMode::Standalone, Some(_), true) => Ok(()),
             (RedisMode::Sentinel, _, _) => Ok(()),
         }
+    }
+
+    /// The TLS keys need TLS, and a client certificate needs its key.
+    fn validate_tls(&self) -> Result<(), SettingsError> {
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(SettingsError::new(
+                if self.client_cert.is_some() {
+                    "redis.client_key"
+                } else {
+                    "redis.client_cert"
+                },
+                "client_cert and client_key go together",
+            ));
+        }
+        let tls = self
+            .url
+            .iter()
+            .chain(&self.nodes)
+            .chain(&self.sentinels)
+            .any(|u| u.0.scheme() == "rediss");
+        for (key, set) in [
+            ("redis.ca_file", self.ca_file.is_some()),
+            ("redis.client_cert", self.client_cert.is_some()),
+        ] {
+            if set && !tls {
+                return Err(SettingsError::new(
+                    key,
+                    "is for TLS: the Redis URLs must be rediss://",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_sentinel(&self) -> Result<(), SettingsError> {

@@ -648,6 +648,24 @@ fn validation_errors_name_the_key() {
         (
             r#"
                 [redis]
+                url = "redis://127.0.0.1:7000"
+                ca_file = "/etc/ssl/certs/ca-certificates.crt"
+            "#.into(),
+            &[],
+            "redis.ca_file: is for TLS: the Redis URLs must be rediss://",
+        ),
+        (
+            r#"
+                [redis]
+                url = "rediss://127.0.0.1:7000"
+                client_cert = "file:redis_cert"
+            "#.into(),
+            &[],
+            "redis.client_key: client_cert and client_key go together",
+        ),
+        (
+            r#"
+                [redis]
                 mode = "turbo"
                 url = "redis://127.0.0.1:7000"
             "#.into(),

@@ -21,6 +21,7 @@ mod phantom;
 mod protections;
 mod proxy;
 mod ratelimit;
+mod redis_tls;
 mod reload;
 mod revocation;
 mod sessions;
