@@ -83,12 +83,14 @@ fn for_route(
     }
     let tls = route.upstream_tls.clone().unwrap_or_default();
     let roots = match &tls.ca_file {
-        Some(path) => crate::tls::ca_bundle_file(path).map(|(roots, _)| roots).map_err(|why| {
-            SettingsError::new(
-                key("upstream_tls.ca_file"),
-                format!("{}: {why}", path.display()),
-            )
-        })?,
+        Some(path) => crate::tls::ca_bundle_file(path)
+            .map(|(roots, _)| roots)
+            .map_err(|why| {
+                SettingsError::new(
+                    key("upstream_tls.ca_file"),
+                    format!("{}: {why}", path.display()),
+                )
+            })?,
         None => system_roots().map_err(|why| SettingsError::new(key("upstreams"), why))?,
     };
     let builder =

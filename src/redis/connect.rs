@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use deadpool_redis::redis::cluster::ClusterClientBuilder;
-use deadpool_redis::redis::sentinel::{
-    SentinelClient, SentinelClientBuilder, SentinelServerType,
-};
+use deadpool_redis::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use deadpool_redis::redis::{
     Client, ClientTlsConfig, ErrorKind, IntoConnectionInfo, RedisError, RedisResult,
     TlsCertificates, TlsMode,

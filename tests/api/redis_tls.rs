@@ -187,7 +187,10 @@ async fn redis_over_tls_is_verified_against_the_system_roots() {
         serve_process_with_env(&trusting, &[("SSL_CERT_FILE", &ca)], config).await;
     hit(public).await;
     assert!(
-        eventually(PATIENCE, async || pki.cli(port, &["--scan"]).contains("intercom:rl:")).await,
+        eventually(PATIENCE, async || pki
+            .cli(port, &["--scan"])
+            .contains("intercom:rl:"))
+        .await,
         "no rate-limit window reached the TLS Redis"
     );
     assert_eq!(ready(admin).await, "ok");
@@ -230,7 +233,10 @@ async fn mtls_redis_is_reached_with_the_ca_file_and_the_client_certificate() {
     let trusted = spawn_app(&app_config(&secrets, &redis(&pki.ca, true))).await;
     let _ = trusted.client.get(trusted.url("/open/x")).send().await;
     assert!(
-        eventually(PATIENCE, async || pki.cli(port, &["--scan"]).contains("intercom:rl:")).await,
+        eventually(PATIENCE, async || pki
+            .cli(port, &["--scan"])
+            .contains("intercom:rl:"))
+        .await,
         "no rate-limit window reached the mTLS Redis"
     );
     assert_eq!(dependency(&trusted, "redis").await, "ok");
@@ -283,7 +289,10 @@ async fn a_cluster_over_mtls_is_followed_with_the_ca_file_and_the_client_certifi
     }
     for (process, port) in &nodes {
         assert!(
-            eventually(PATIENCE, async || pki.cli(*port, &["PING"]).contains("PONG")).await,
+            eventually(PATIENCE, async || pki
+                .cli(*port, &["PING"])
+                .contains("PONG"))
+            .await,
             "a TLS cluster node did not start:\n{}",
             process.log_text()
         );
@@ -338,9 +347,9 @@ async fn a_cluster_over_mtls_is_followed_with_the_ca_file_and_the_client_certifi
     let app = spawn_app(&app_config(&secrets, &redis(true))).await;
     let _ = app.client.get(app.url("/open/x")).send().await;
     assert!(
-        eventually(PATIENCE, async || nodes
-            .iter()
-            .any(|(_, port)| pki.cli(*port, &["--scan"]).contains("intercom:rl:")))
+        eventually(PATIENCE, async || nodes.iter().any(|(_, port)| pki
+            .cli(*port, &["--scan"])
+            .contains("intercom:rl:")))
         .await,
         "no rate-limit window reached the TLS cluster"
     );
