@@ -44,7 +44,11 @@ impl RouteClients {
                 // Resolved and dialled as awc does by default, measured per instance.
                 let tcp = actix_tls::connect::Connector::new(Resolver::default()).service();
                 let connector = awc::Connector::new()
-                    .connector(MeteredConnector::new(tcp, &route.name))
+                    .connector(MeteredConnector::new(
+                        tcp,
+                        &route.name,
+                        matches!(route.transport, Transport::Tls(_)),
+                    ))
                     .timeout(route.timeouts.connect)
                     .handshake_timeout(route.timeouts.connect)
                     .limit(max_connections)

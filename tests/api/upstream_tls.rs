@@ -101,6 +101,12 @@ async fn https_upstreams_are_verified_and_each_refusal_is_named() {
         &ca_line,
     );
     let app = spawn_app(&config).await;
+    // The handshakes timed per route (the recorder is the process's: a change).
+    let handshakes = |route: &str| {
+        format!("intercom_upstream_tls_handshake_duration_seconds_count{{route=\"{route}\"")
+    };
+    let handshake_time = "intercom_upstream_tls_handshake_duration_seconds_sum{route=\"tls\"";
+    let before = app.metrics().await;
 
     let (status, body) = get_text(&app, "/tls/").await;
     assert_eq!(status, 200, "{body}");
@@ -110,6 +116,15 @@ async fn https_upstreams_are_verified_and_each_refusal_is_named() {
     );
     let (status, body) = get_text(&app, "/tls-h1/").await;
     assert_eq!((status, body.as_str()), (200, "TLSv1.3 HTTP/1.1"));
+    let after = app.metrics().await;
+    for route in ["tls", "tls-h1"] {
+        assert_eq!(
+            metric(&after, &handshakes(route)),
+            metric(&before, &handshakes(route)) + 1.0,
+            "one new connection, one handshake timed: {route}"
+        );
+    }
+    assert!(metric(&after, handshake_time) > metric(&before, handshake_time));
 
     let refused = [
         ("tls-wrong-ca", "untrusted certificate"),
@@ -133,11 +148,10 @@ async fn https_upstreams_are_verified_and_each_refusal_is_named() {
         );
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.ends_with(class), "{name}: {detail}");
-        assert_eq!(
-            metric(&app.metrics().await, &series),
-            before + 1.0,
-            "{name}"
-        );
+        let after = app.metrics().await;
+        assert_eq!(metric(&after, &series), before + 1.0, "{name}");
+        // A handshake that failed is not timed as one.
+        assert_eq!(metric(&after, &handshakes(name)), 0.0, "{name}");
     }
 }
 
