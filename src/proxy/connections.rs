@@ -56,25 +56,16 @@ where
             .request()
             .authority()
             .map_or_else(String::new, |a| a.as_str().to_string());
-        let route = self.route.to_string();
+        let route = self.route.clone();
         let tls = self.tls;
         let started = Instant::now();
         let connecting = self.inner.call(req);
         Box::pin(async move {
             let connection = connecting.await?;
-            metrics::histogram!("intercom_upstream_connect_duration_seconds", "route" => route.clone(), "instance" => instance.clone())
-                .record(started.elapsed().as_secs_f64());
-            let handshake = tls.then(|| HandshakeClock::start(metrics::histogram!("intercom_upstream_tls_handshake_duration_seconds", "route" => route.clone(), "instance" => instance.clone())));
-            let open = metrics::gauge!("intercom_upstream_connections_open", "route" => route, "instance" => instance);
-            open.increment(1.0);
             let (io, uri) = connection.into_parts();
             Ok(Connection::new(
                 uri,
-                MeteredStream {
-                    io,
-                    open,
-                    handshake,
-                },
+                MeteredStream::connected(io, &route, instance, started, tls),
             ))
         })
     }
@@ -90,6 +81,27 @@ pub struct MeteredStream {
 }
 
 impl MeteredStream {
+    /// A connection to `instance` of `route` that TCP made, dialled at `started`:
+    /// records its connect time and counts it open; times its TLS handshake when `tls`.
+    pub fn connected(
+        io: TcpStream,
+        route: &str,
+        instance: String,
+        started: Instant,
+        tls: bool,
+    ) -> Self {
+        metrics::histogram!("intercom_upstream_connect_duration_seconds", "route" => route.to_string(), "instance" => instance.clone())
+            .record(started.elapsed().as_secs_f64());
+        let handshake = tls.then(|| HandshakeClock::start(metrics::histogram!("intercom_upstream_tls_handshake_duration_seconds", "route" => route.to_string(), "instance" => instance.clone())));
+        let open = metrics::gauge!("intercom_upstream_connections_open", "route" => route.to_string(), "instance" => instance);
+        open.increment(1.0);
+        Self {
+            io,
+            open,
+            handshake,
+        }
+    }
+
     /// Shows the clock what was written; stops it once the handshake is over.
     fn wrote<'a>(&mut self, written: impl IntoIterator<Item = &'a [u8]>) {
         if let Some(clock) = &mut self.handshake {

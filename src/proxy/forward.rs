@@ -21,23 +21,26 @@ use actix_tls::connect::Resolver;
 
 use super::connections::MeteredConnector;
 use super::headers::remove_hop_by_hop;
+use super::multiplexed::{self, MultiplexedClient};
 use super::routes::{Route, RouteTable};
 use super::transport::Transport;
-use super::upstreams::{InFlight, Instance};
+use super::upstreams::{InFlight, Instance, Upstreams};
 use crate::http::errors::ApiError;
 use crate::tls::TlsFailure;
 
-/// One worker's HTTP clients for one route table, one per route (`awc::Client` is not
+/// One worker's HTTP clients for one route table, per route (`awc::Client` is not
 /// `Send`), each with its own connection pool, connect timeout and transport (TLS
-/// config, h2c).
+/// config, h2c): awc's, and hyper's where HTTP/2 may be spoken (requests multiplexed,
+/// see [`super::multiplexed`]; awc then serves only WebSocket upgrades, which HTTP/2
+/// routes do not take).
 pub struct RouteClients {
     generation: u64,
-    clients: Vec<awc::Client>,
+    clients: Vec<(awc::Client, Option<MultiplexedClient>)>,
 }
 
 impl RouteClients {
     fn new(table: &RouteTable, max_connections: usize) -> Self {
-        let mut by_index: Vec<(usize, awc::Client)> = table
+        let mut by_index: Vec<(usize, (awc::Client, Option<MultiplexedClient>))> = table
             .routes()
             .iter()
             .map(|route| {
@@ -68,7 +71,8 @@ impl RouteClients {
                     .no_default_headers()
                     .timeout(route.timeouts.response)
                     .finish();
-                (route.index, client)
+                let multiplexed = MultiplexedClient::for_route(route, max_connections);
+                (route.index, (client, multiplexed))
             })
             .collect();
         by_index.sort_by_key(|(i, _)| *i);
@@ -78,8 +82,15 @@ impl RouteClients {
         }
     }
 
+    /// The route's awc client (for a WebSocket upgrade, or every request of an
+    /// HTTP/1.1 route).
     pub(super) fn get(&self, route: &Route) -> &awc::Client {
-        &self.clients[route.index]
+        &self.clients[route.index].0
+    }
+
+    /// The route's hyper client, when it multiplexes HTTP/2.
+    fn multiplexed(&self, route: &Route) -> Option<&MultiplexedClient> {
+        self.clients[route.index].1.as_ref()
     }
 }
 
@@ -209,15 +220,24 @@ impl LimitedBody {
 /// The upstream's answer body as it is streamed on: the request stays in flight on its
 /// instance (what `least_request` balances by) until the body ends or is dropped.
 pub struct UpstreamBody {
-    response: awc::ClientResponse,
+    response: ResponseBody,
     in_flight: Option<InFlight>,
+}
+
+/// The client that brings the answer's body.
+enum ResponseBody {
+    Awc(awc::ClientResponse),
+    Multiplexed(multiplexed::ResponseBody),
 }
 
 impl Stream for UpstreamBody {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = Pin::new(&mut self.response).poll_next(cx);
+        let next = match &mut self.response {
+            ResponseBody::Awc(response) => Pin::new(response).poll_next(cx),
+            ResponseBody::Multiplexed(body) => Pin::new(body).poll_next(cx),
+        };
         if matches!(next, Poll::Ready(None | Some(Err(_)))) {
             self.in_flight = None;
         }
@@ -309,46 +329,74 @@ pub async fn send(
             return Err(last.unwrap_or(ApiError::NoHealthyUpstream));
         };
         let instance = pool.get(index);
-        let url = format!("{}{}", instance.base, outbound.path_and_query);
-        let mut request = client.request(outbound.method.clone(), url);
         let last_chance =
             !replayable || tried.len() as u32 >= route.retries || tried.len() + 1 == pool.len();
-        *request.headers_mut() = if last_chance {
+        let mut headers = if last_chance {
             spare_headers.take().unwrap_or_default()
         } else {
             spare_headers.clone().unwrap_or_default()
         };
-        if let Some(host) = &instance.host {
-            request.headers_mut().insert(header::HOST, host.clone());
-        }
         let span =
             tracing::debug_span!("upstream", route = %route.name, instance = %instance.authority);
         // Intercom's context replaces whatever the client sent (it is continued, if
         // believed, by the request's span).
         for (name, value) in crate::telemetry::traces::context_headers(&span) {
             if let Ok(value) = header::HeaderValue::from_str(&value) {
-                request
-                    .headers_mut()
-                    .insert(header::HeaderName::from_static(name), value);
+                headers.insert(header::HeaderName::from_static(name), value);
             }
         }
         let started = Instant::now();
-        let sending = dispatch(request, &mut body, outbound.framing)?;
-        let in_flight = upstreams.begin(instance);
-        let result = tracing::Instrument::instrument(sending, span).await;
-        let failure = match result {
-            Ok(response) => {
-                if response.status().is_server_error() {
-                    upstreams.failed(instance, false);
-                } else {
-                    upstreams.succeeded(instance);
+        let failure = match clients.multiplexed(route) {
+            None => {
+                let url = format!("{}{}", instance.base, outbound.path_and_query);
+                if let Some(host) = &instance.host {
+                    headers.insert(header::HOST, host.clone());
                 }
-                return Ok(answer(route, response, started.elapsed(), in_flight));
+                let mut request = client.request(outbound.method.clone(), url);
+                *request.headers_mut() = headers;
+                let sending = dispatch(request, &mut body, outbound.framing)?;
+                let in_flight = upstreams.begin(instance);
+                match tracing::Instrument::instrument(sending, span).await {
+                    Ok(response) => {
+                        let answer = answer(route, response, started.elapsed(), in_flight);
+                        return Ok(settled(upstreams, instance, answer));
+                    }
+                    Err(SendRequestError::Body(_)) => {
+                        return Err(body_error(exceeded.as_deref(), idled.as_deref()))
+                    }
+                    Err(err) => Failure::record(route, instance, Failure::of(&err), &err),
+                }
             }
-            Err(SendRequestError::Body(_)) => {
-                return Err(body_error(exceeded.as_deref(), idled.as_deref()))
+            Some(client) => {
+                // The URL names the host (`:authority`, or `Host` on HTTP/1.1).
+                if let BodyFraming::Sized(len) = outbound.framing {
+                    headers.insert(header::CONTENT_LENGTH, len.into());
+                }
+                let sending = client.send(
+                    instance,
+                    &outbound.method,
+                    &outbound.path_and_query,
+                    &headers,
+                    multiplexed_body(&mut body, outbound.framing)?,
+                    route.timeouts.response,
+                );
+                let in_flight = upstreams.begin(instance);
+                match tracing::Instrument::instrument(sending, span).await {
+                    Ok(response) => {
+                        let answer =
+                            multiplexed_answer(route, response, started.elapsed(), in_flight);
+                        return Ok(settled(upstreams, instance, answer));
+                    }
+                    Err(err)
+                        if err.body_failed()
+                            || exceeded.as_deref().is_some_and(Cell::get)
+                            || idled.as_deref().is_some_and(Cell::get) =>
+                    {
+                        return Err(body_error(exceeded.as_deref(), idled.as_deref()))
+                    }
+                    Err(err) => Failure::record(route, instance, Failure::of_sent(&err), &err),
+                }
             }
-            Err(err) => Failure::record(route, instance, &err),
         };
         let unsent = matches!(
             failure,
@@ -372,6 +420,28 @@ pub async fn send(
         tried.push(index);
         last = Some(error);
     }
+}
+
+/// An answer came: a 5xx counts against the instance's health, anything else for it.
+fn settled(upstreams: &Upstreams, instance: &Instance, answer: UpstreamAnswer) -> UpstreamAnswer {
+    if answer.status.is_server_error() {
+        upstreams.failed(instance, false);
+    } else {
+        upstreams.succeeded(instance);
+    }
+    answer
+}
+
+/// The connection broke under the exchange.
+fn broken(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof
+    )
 }
 
 /// Methods that mean the same when sent twice (RFC 9110 §9.2.2).
@@ -400,14 +470,19 @@ pub(super) enum Failure {
 
 impl Failure {
     /// Sorts the failure, counts it in `intercom_upstream_errors_total` and logs it.
-    pub(super) fn record(route: &Route, instance: &Instance, err: &SendRequestError) -> Self {
-        let failure = Self::of(err);
+    pub(super) fn record(
+        route: &Route,
+        instance: &Instance,
+        failure: Self,
+        err: &dyn std::fmt::Display,
+    ) -> Self {
         metrics::counter!("intercom_upstream_errors_total", "route" => route.name.to_string(), "kind" => failure.kind(), "instance" => instance.authority.clone()).increment(1);
         tracing::warn!(route = %route.name, instance = %instance.authority, kind = failure.kind(), error = %err, "upstream exchange failed");
         failure
     }
 
-    fn of(err: &SendRequestError) -> Self {
+    /// Sorts one of awc's failures.
+    pub(super) fn of(err: &SendRequestError) -> Self {
         // A TLS 1.3 server refuses a client certificate after the handshake: its alert
         // arrives while the request is sent or its answer read.
         let io = match err {
@@ -421,22 +496,41 @@ impl Failure {
         if let Some(tls) = io.and_then(TlsFailure::find) {
             return Failure::Tls(tls);
         }
-        use std::io::ErrorKind;
-        let broken = io.is_some_and(|e| {
-            matches!(
-                e.kind(),
-                ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::BrokenPipe
-                    | ErrorKind::UnexpectedEof
-            )
-        });
+        let broken = io.is_some_and(broken);
         match err {
             SendRequestError::Connect(ConnectError::Timeout) => Failure::ConnectTimeout,
             SendRequestError::Connect(ConnectError::Disconnected) => Failure::Reset,
             SendRequestError::Send(_) | SendRequestError::Response(_) if broken => Failure::Reset,
             SendRequestError::Connect(_) => Failure::Refused,
             SendRequestError::Timeout => Failure::Timeout,
+            _ => Failure::Protocol,
+        }
+    }
+
+    /// Sorts one of hyper's failures as awc's are sorted.
+    fn of_sent(sent: &multiplexed::Sent) -> Self {
+        use multiplexed::Sent;
+        match sent {
+            Sent::Invalid => return Failure::Protocol,
+            Sent::TimedOut => return Failure::Timeout,
+            Sent::Failed(_) => {}
+        }
+        let io = sent.io_error();
+        if let Some(tls) = io.and_then(TlsFailure::find) {
+            return Failure::Tls(tls);
+        }
+        if sent.before_connecting() {
+            return if io.is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+                Failure::ConnectTimeout
+            } else {
+                Failure::Refused
+            };
+        }
+        match sent.hyper_error() {
+            _ if io.is_some_and(broken) => Failure::Reset,
+            Some(h) if h.is_incomplete_message() || h.is_closed() || h.is_canceled() => {
+                Failure::Reset
+            }
             _ => Failure::Protocol,
         }
     }
@@ -483,7 +577,31 @@ fn answer(
         status: response.status(),
         headers,
         body: UpstreamBody {
-            response,
+            response: ResponseBody::Awc(response),
+            in_flight: Some(in_flight),
+        },
+        latency,
+    }
+}
+
+/// [`answer`] for hyper's answers: the body bounded by what is left of `total`.
+fn multiplexed_answer(
+    route: &Route,
+    response: hyper::Response<hyper::body::Incoming>,
+    latency: Duration,
+    in_flight: InFlight,
+) -> UpstreamAnswer {
+    let (status, mut headers) = multiplexed::head(&response);
+    remove_hop_by_hop(&mut headers);
+    let within = route.timeouts.total.saturating_sub(latency);
+    UpstreamAnswer {
+        status,
+        headers,
+        body: UpstreamBody {
+            response: ResponseBody::Multiplexed(multiplexed::ResponseBody::new(
+                response.into_body(),
+                within,
+            )),
             in_flight: Some(in_flight),
         },
         latency,
@@ -509,6 +627,25 @@ fn dispatch(
             BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
             _ => request.send_stream(stream),
         },
+        Some(RequestBody::Empty) | None => return Err(ApiError::Internal),
+    })
+}
+
+/// [`dispatch`] for hyper: the body, if the client framed one; a buffered body is kept
+/// for another attempt, a streamed one is consumed.
+fn multiplexed_body(
+    body: &mut Option<RequestBody>,
+    framing: BodyFraming,
+) -> Result<multiplexed::OutBody, ApiError> {
+    if framing == BodyFraming::None {
+        return Ok(multiplexed::empty());
+    }
+    Ok(match body.take() {
+        Some(RequestBody::Buffered(bytes)) => {
+            *body = Some(RequestBody::Buffered(bytes.clone()));
+            multiplexed::full(bytes)
+        }
+        Some(RequestBody::Streamed(stream)) => multiplexed::pump(stream),
         Some(RequestBody::Empty) | None => return Err(ApiError::Internal),
     })
 }

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod headers;
 pub mod identity;
 pub mod inject;
+mod multiplexed;
 pub mod probes;
 pub mod routes;
 pub mod transport;

@@ -70,7 +70,7 @@ pub async fn open(
             return Ok(HttpResponse::build(status).finish());
         }
         Err(WsClientError::SendRequest(err)) => {
-            let failure = Failure::record(route, instance, &err);
+            let failure = Failure::record(route, instance, Failure::of(&err), &err);
             let unsent = matches!(
                 failure,
                 Failure::Refused | Failure::Tls(_) | Failure::ConnectTimeout

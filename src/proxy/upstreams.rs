@@ -24,6 +24,9 @@ pub struct Instance {
     pub base: String,
     /// The same in the URL's own scheme, for probes.
     pub probe_base: String,
+    /// The URL as configured, its host name kept where discovery found an address:
+    /// what hyper's client is given (it dials `authority`, see `multiplexed`).
+    pub named_base: String,
     /// Authority (`host:port`): for logs and the `instance` metric label.
     pub authority: String,
     /// The authority as the `Host` value sent, made once (a URL's host is a valid value).
@@ -353,6 +356,7 @@ impl Instance {
         Instance {
             base: format!("{scheme}://{authority}{path}"),
             probe_base: format!("{}://{authority}{path}", url.scheme()),
+            named_base: format!("{}://{named}{path}", url.scheme()),
             host: http::HeaderValue::from_str(&named).ok(),
             in_flight_gauge: metrics::gauge!(
                 "intercom_upstream_requests_in_flight",

@@ -178,6 +178,115 @@ async fn h2c_upstreams_get_http2_with_prior_knowledge() {
     assert_eq!(res.status(), 200);
 }
 
+/// An nginx in front of `upstream` speaking HTTP/2 (h2c, or over TLS with `issued`),
+/// naming in `x-connection` the connection each request came on.
+fn h2_front(dir: &Path, issued: Option<&Issued>, upstream: &TestUpstream) -> TestNginx {
+    let tls = match issued {
+        Some(issued) => {
+            let (cert, key) = issued.write(dir, "front");
+            format!(
+                "ssl http2;\n ssl_certificate {};\n ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )
+        }
+        None => "http2;".to_string(),
+    };
+    TestNginx::start(&format!(
+        r#"
+        listen 127.0.0.1:{{port}} {tls}
+        client_max_body_size 10m;
+        location / {{
+            proxy_pass {};
+            add_header x-connection $connection always;
+            add_header x-protocol $server_protocol always;
+        }}
+        "#,
+        upstream.url()
+    ))
+}
+
+#[actix_web::test]
+async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Intercom Test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let upstream = TestUpstream::start("slow");
+    let h2c = h2_front(dir.path(), None, &upstream);
+    let tls = h2_front(dir.path(), Some(&ca.server(&["localhost"])), &upstream);
+    let mut config = route(
+        "mux-h2c",
+        &format!("http://127.0.0.1:{}", h2c.port),
+        "upstream_protocol = \"h2c\"",
+    );
+    config += &route(
+        "mux-tls",
+        &format!("https://localhost:{}", tls.port),
+        &format!("upstream_tls = {{ ca_file = \"{}\" }}", ca_file.display()),
+    );
+    let app = spawn_app(&config).await;
+    // 24 requests at once, each held 300 ms by the upstream: they overlap. The first
+    // burst opens the connections (over TLS, whether one is HTTP/2 is known only once
+    // ALPN has said it, so a cold burst may open several); the second must find them.
+    // (route, whether this burst's connections are counted)
+    let bursts = [
+        ("mux-h2c", true),
+        ("mux-h2c", true),
+        ("mux-tls", false),
+        ("mux-tls", true),
+    ];
+    for (name, counted) in bursts {
+        let requests = (0..24).map(|_| {
+            let request = app.client.get(app.url(&format!("/{name}/slow?ms=300")));
+            async move {
+                let res = request.send().await.unwrap();
+                let header = |h: &str| {
+                    res.headers()
+                        .get(h)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                (
+                    res.status().as_u16(),
+                    header("x-connection"),
+                    header("x-protocol"),
+                )
+            }
+        });
+        let answers = futures_util::future::join_all(requests).await;
+        assert!(
+            answers
+                .iter()
+                .all(|(status, _, protocol)| *status == 200 && protocol == "HTTP/2.0"),
+            "{name}: {answers:?}"
+        );
+        let connections: std::collections::BTreeSet<&String> = answers
+            .iter()
+            .map(|(_, connection, _)| connection)
+            .collect();
+        // One connection per worker (2) once warm: awc's pool opened one per request
+        // in flight, every time.
+        assert!(
+            !counted || connections.len() <= 2,
+            "{name}: 24 concurrent requests came on {} connections",
+            connections.len()
+        );
+    }
+
+    // A streamed request body crosses to hyper whole.
+    const SIZE: u64 = 3 * 1024 * 1024 + 7;
+    let mut res = app
+        .client
+        .post(app.url("/mux-h2c/echo"))
+        .send_stream(pattern_stream(SIZE))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(echoed["body_len"], SIZE);
+    assert_eq!(echoed["body_sha256"], pattern_sha256(SIZE));
+}
+
 #[actix_web::test]
 async fn transport_settings_that_cannot_work_are_refused_by_key() {
     let dir = tempfile::tempdir().unwrap();
