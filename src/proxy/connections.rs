@@ -1,11 +1,13 @@
 //! Upstream connections, measured: the TCP connector awc dials through, wrapped so that
 //! each new connection's connect time (name resolution and TCP) is recorded, and each
-//! open connection (busy, or idle in the pool) is counted, per route and instance. Idle
+//! open connection (busy, or idle in the pool) is counted, per route and instance
+//! ([`MeteredStream`], which hyper's dialler uses too, see `multiplexed`). Idle
 //! connections are the open ones less the requests in flight
 //! (`intercom_upstream_requests_in_flight`) on HTTP/1.1.
 //!
 //! awc runs the TLS handshake itself, over this stream, and offers no hook: its time is
-//! read from the TLS records the stream carries out ([`HandshakeClock`]).
+//! read from the TLS records the stream carries out ([`HandshakeClock`]), for both
+//! clients alike.
 
 use std::io;
 use std::pin::Pin;
