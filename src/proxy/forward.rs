@@ -374,6 +374,7 @@ pub async fn send(
                 }
                 let sending = client.send(
                     instance,
+                    pool.len(),
                     &outbound.method,
                     &outbound.path_and_query,
                     &headers,

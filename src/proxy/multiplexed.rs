@@ -54,8 +54,9 @@ pub struct MultiplexedClient {
     by_instance: RefCell<HashMap<String, Client<Dialer, OutBody>>>,
 }
 
-/// Clients kept for instances before the set is cleared (discovery replaces instances:
-/// the set must not grow with every address a name ever had).
+/// Clients kept for instances before the set is cleared, at least (discovery replaces
+/// instances: the set must not grow with every address a name ever had; it may hold
+/// twice the route's instances of the moment).
 const KEPT_INSTANCES: usize = 64;
 
 impl MultiplexedClient {
@@ -90,8 +91,12 @@ impl MultiplexedClient {
         })
     }
 
-    /// The client of `instance`, made on its first request.
-    fn client(&self, instance: &Instance) -> Result<Client<Dialer, OutBody>, Sent> {
+    /// The client of `instance` (one of `instances`), made on its first request.
+    fn client(
+        &self,
+        instance: &Instance,
+        instances: usize,
+    ) -> Result<Client<Dialer, OutBody>, Sent> {
         if let Some(client) = self.by_instance.borrow().get(&instance.authority) {
             return Ok(client.clone());
         }
@@ -107,26 +112,27 @@ impl MultiplexedClient {
             .http2_only(self.h2c)
             .build(dialer);
         let mut kept = self.by_instance.borrow_mut();
-        if kept.len() >= KEPT_INSTANCES {
+        if kept.len() >= KEPT_INSTANCES.max(2 * instances) {
             kept.clear();
         }
         kept.insert(instance.authority.clone(), client.clone());
         Ok(client)
     }
 
-    /// Sends one request to `instance` and waits for the answer's head, at most
-    /// `timeout`. The URL's authority is the configured host (`:authority`, or `Host`
-    /// on HTTP/1.1): `headers` carry no `Host`.
+    /// Sends one request to `instance` (of the route's `instances`) and waits for the
+    /// answer's head, at most `timeout`. The URL's authority is the configured host
+    /// (`:authority`, or `Host` on HTTP/1.1): `headers` carry no `Host`.
     pub async fn send(
         &self,
         instance: &Instance,
+        instances: usize,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: OutBody,
         timeout: Duration,
     ) -> Result<hyper::Response<Incoming>, Sent> {
-        let client = self.client(instance)?;
+        let client = self.client(instance, instances)?;
         let mut request = hyper::Request::new(body);
         *request.method_mut() =
             http1::Method::from_bytes(method.as_str().as_bytes()).map_err(|_| Sent::Invalid)?;
