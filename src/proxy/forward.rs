@@ -379,7 +379,6 @@ pub async fn send(
                     &outbound.path_and_query,
                     &headers,
                     multiplexed_body(&mut body, outbound.framing)?,
-                    route.timeouts.response,
                 );
                 let in_flight = upstreams.begin(instance);
                 match tracing::Instrument::instrument(sending, span).await {

@@ -48,6 +48,8 @@ pub struct MultiplexedClient {
     dialer: Dialer,
     h2c: bool,
     max_connections: usize,
+    /// The route's `timeouts.response`: the longest wait for an answer's head.
+    response_timeout: Duration,
     /// By the instance's address. One client per instance, not one for the route:
     /// hyper pools by the URL's authority, which is the host name (it goes in
     /// `:authority`, or `Host`) and may be shared by the instances discovery found.
@@ -87,6 +89,7 @@ impl MultiplexedClient {
             },
             h2c,
             max_connections,
+            response_timeout: route.timeouts.response,
             by_instance: RefCell::new(HashMap::new()),
         })
     }
@@ -120,7 +123,7 @@ impl MultiplexedClient {
     }
 
     /// Sends one request to `instance` (of the route's `instances`) and waits for the
-    /// answer's head, at most `timeout`. The URL's authority is the configured host
+    /// answer's head, at most the route's `timeouts.response`. The URL's authority is the configured host
     /// (`:authority`, or `Host` on HTTP/1.1): `headers` carry no `Host`.
     pub async fn send(
         &self,
@@ -130,7 +133,6 @@ impl MultiplexedClient {
         path_and_query: &str,
         headers: &HeaderMap,
         body: OutBody,
-        timeout: Duration,
     ) -> Result<hyper::Response<Incoming>, Sent> {
         let client = self.client(instance, instances)?;
         let mut request = hyper::Request::new(body);
@@ -149,7 +151,7 @@ impl MultiplexedClient {
                 out.append(name, value);
             }
         }
-        match tokio::time::timeout(timeout, client.request(request)).await {
+        match tokio::time::timeout(self.response_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(Sent::Failed(error)),
             Err(_) => Err(Sent::TimedOut),
