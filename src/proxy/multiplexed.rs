@@ -53,13 +53,20 @@ pub struct MultiplexedClient {
     /// By the instance's address. One client per instance, not one for the route:
     /// hyper pools by the URL's authority, which is the host name (it goes in
     /// `:authority`, or `Host`) and may be shared by the instances discovery found.
-    by_instance: RefCell<HashMap<String, Client<Dialer, OutBody>>>,
+    /// With the moment each client was made.
+    by_instance: RefCell<HashMap<String, (Client<Dialer, OutBody>, Instant)>>,
 }
 
 /// Clients kept for instances before the set is cleared, at least (discovery replaces
 /// instances: the set must not grow with every address a name ever had; it may hold
 /// twice the route's instances of the moment).
 const KEPT_INSTANCES: usize = 64;
+
+/// How long an instance's client sends new requests: then a new one (new connections)
+/// takes over, and the old one's connections close when their requests are done. As
+/// awc's connection lifetime: an HTTP/2 connection that is never idle would otherwise
+/// keep a rotated client certificate, or a moved instance, in use for ever.
+const CLIENT_LIFETIME: Duration = Duration::from_secs(300);
 
 impl MultiplexedClient {
     /// The client for `route` when hyper is what it needs: HTTP/2 may be spoken to its
@@ -100,8 +107,10 @@ impl MultiplexedClient {
         instance: &Instance,
         instances: usize,
     ) -> Result<Client<Dialer, OutBody>, Sent> {
-        if let Some(client) = self.by_instance.borrow().get(&instance.authority) {
-            return Ok(client.clone());
+        if let Some((client, made)) = self.by_instance.borrow().get(&instance.authority) {
+            if made.elapsed() < CLIENT_LIFETIME {
+                return Ok(client.clone());
+            }
         }
         let mut dialer = self.dialer.clone();
         dialer.address = format!("http://{}", instance.authority)
@@ -118,7 +127,7 @@ impl MultiplexedClient {
         if kept.len() >= KEPT_INSTANCES.max(2 * instances) {
             kept.clear();
         }
-        kept.insert(instance.authority.clone(), client.clone());
+        kept.insert(instance.authority.clone(), (client.clone(), Instant::now()));
         Ok(client)
     }
 
