@@ -41,6 +41,9 @@ use super::upstreams::Instance;
 /// The request body hyper sends.
 pub type OutBody = UnsyncBoxBody<Bytes, io::Error>;
 
+/// hyper's pooled client for one instance.
+type InstanceClient = Client<Dialer, OutBody>;
+
 /// One worker's hyper clients for one route: per instance, a connection shared by the
 /// requests in flight.
 pub struct MultiplexedClient {
@@ -54,7 +57,7 @@ pub struct MultiplexedClient {
     /// hyper pools by the URL's authority, which is the host name (it goes in
     /// `:authority`, or `Host`) and may be shared by the instances discovery found.
     /// With the moment each client was made.
-    by_instance: RefCell<HashMap<String, (Client<Dialer, OutBody>, Instant)>>,
+    by_instance: RefCell<HashMap<String, (InstanceClient, Instant)>>,
 }
 
 /// Clients kept for instances before the set is cleared, at least (discovery replaces
@@ -102,11 +105,7 @@ impl MultiplexedClient {
     }
 
     /// The client of `instance` (one of `instances`), made on its first request.
-    fn client(
-        &self,
-        instance: &Instance,
-        instances: usize,
-    ) -> Result<Client<Dialer, OutBody>, Sent> {
+    fn client(&self, instance: &Instance, instances: usize) -> Result<InstanceClient, Sent> {
         if let Some((client, made)) = self.by_instance.borrow().get(&instance.authority) {
             if made.elapsed() < CLIENT_LIFETIME {
                 return Ok(client.clone());
