@@ -60,16 +60,25 @@ impl Pki {
         .to_vec()
     }
 
-    /// `redis-cli` over TLS, with the client certificate, against `port`.
-    fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("--tls")
+    /// `redis-cli` over TLS with the client certificate, bounded in time (`--cluster
+    /// create` waits for the nodes to meet as long as it takes: a bus that cannot
+    /// connect fails the test instead of hanging it).
+    fn redis_cli(&self) -> Command {
+        let mut cli = Command::new("timeout");
+        cli.args(["120", "redis-cli", "--tls"])
             .arg("--cacert")
             .arg(&self.ca)
             .arg("--cert")
             .arg(&self.client_files.0)
             .arg("--key")
-            .arg(&self.client_files.1)
+            .arg(&self.client_files.1);
+        cli
+    }
+
+    /// `redis-cli` against `port`.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = self
+            .redis_cli()
             .args(["-p", &port.to_string(), "--raw"])
             .args(args)
             .output()
@@ -301,16 +310,8 @@ async fn a_cluster_over_mtls_is_followed_with_the_ca_file_and_the_client_certifi
         .iter()
         .map(|(_, port)| format!("127.0.0.1:{port}"))
         .collect();
-    // `redis-cli --cluster create` waits for the nodes to meet as long as it takes:
-    // bounded, so a bus that cannot connect fails the test instead of hanging it.
-    let created = Command::new("timeout")
-        .args(["300", "redis-cli", "--tls"])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.client_files.0)
-        .arg("--key")
-        .arg(&pki.client_files.1)
+    let created = pki
+        .redis_cli()
         .args(["--cluster", "create"])
         .args(&addresses)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
