@@ -112,7 +112,13 @@ impl MultiplexedClient {
             }
         }
         let mut dialer = self.dialer.clone();
-        dialer.address = format!("http://{}", instance.authority)
+        // The scheme gives the port when the URL names none.
+        let scheme = if dialer.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        dialer.address = format!("{scheme}://{}", instance.authority)
             .parse()
             .map_err(|_| Sent::Invalid)?;
         let client = Client::builder(TokioExecutor::new())
@@ -131,8 +137,9 @@ impl MultiplexedClient {
     }
 
     /// Sends one request to `instance` (of the route's `instances`) and waits for the
-    /// answer's head, at most the route's `timeouts.response`. The URL's authority is the configured host
-    /// (`:authority`, or `Host` on HTTP/1.1): `headers` carry no `Host`.
+    /// answer's head, at most the route's `timeouts.response`. The URL's authority is
+    /// the configured host (`:authority`, or `Host` on HTTP/1.1): `headers` carry no
+    /// `Host`.
     pub async fn send(
         &self,
         instance: &Instance,
@@ -328,7 +335,7 @@ impl futures_util::Stream for ResponseBody {
 #[derive(Clone)]
 struct Dialer {
     http: HttpConnector,
-    /// `http://<the instance's address>`: what is dialled, whatever the URL's host.
+    /// `http[s]://<the instance's address>`: what is dialled, whatever the URL's host.
     address: http1::Uri,
     route: Arc<str>,
     tls: Option<tokio_rustls::TlsConnector>,
