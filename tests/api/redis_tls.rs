@@ -89,17 +89,25 @@ impl Pki {
     /// A secrets file with the replicas' key and the client certificate and key.
     fn secrets(&self, dir: &Path) -> PathBuf {
         let path = dir.join("secrets.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n\
-                 redis_cert = '''\n{}'''\nredis_key = '''\n{}'''\n",
-                self.client.cert, self.client.key
-            ),
-        )
-        .unwrap();
+        write_secrets(&path, &self.client);
         path
     }
+}
+
+/// Writes the secrets file with `client` as Redis's client certificate: aside, then
+/// renamed, so the store never reads half a file.
+fn write_secrets(path: &Path, client: &Issued) {
+    let aside = path.with_extension("new");
+    std::fs::write(
+        &aside,
+        format!(
+            "replicas_shared_key = \"key-shared-by-replicas-0123456789abcdef\"\n\
+             redis_cert = '''\n{}'''\nredis_key = '''\n{}'''\n",
+            client.cert, client.key
+        ),
+    )
+    .unwrap();
+    std::fs::rename(aside, path).unwrap();
 }
 
 /// A `redis-server` that speaks only TLS, on an announced port.
@@ -265,6 +273,41 @@ async fn mtls_redis_is_reached_with_the_ca_file_and_the_client_certificate() {
     );
     // The trusted instance was never disturbed.
     assert_eq!(dependency(&trusted, "redis").await, "ok");
+}
+
+#[actix_web::test]
+async fn a_rotated_client_certificate_is_presented_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (_redis, port) = start_tls_redis(&pki, true);
+    // First a certificate Redis does not trust (another CA's): refused.
+    let secrets = dir.path().join("secrets.toml");
+    write_secrets(&secrets, &TestCa::new("Stranger CA").client("intercom"));
+    let redis = format!(
+        "[redis]\nurl = \"rediss://127.0.0.1:{port}\"\nca_file = \"{}\"\n\
+         client_cert = \"file:redis_cert\"\nclient_key = \"file:redis_key\"",
+        pki.ca.display()
+    );
+    let config =
+        app_config(&secrets, &redis).replace("[secrets]", "[secrets]\npoll_interval = \"200ms\"");
+    let app = spawn_app(&config).await;
+    assert!(
+        ready_after_requests(&app, "degraded").await,
+        "a client certificate of an untrusted CA was accepted"
+    );
+    // The store's next read brings the trusted one; the next connection presents it.
+    write_secrets(&secrets, &pki.client);
+    assert!(
+        ready_after_requests(&app, "ok").await,
+        "the rotated client certificate was not presented"
+    );
+    assert!(
+        eventually(PATIENCE, async || pki
+            .cli(port, &["--scan"])
+            .contains("intercom:rl:"))
+        .await,
+        "no rate-limit window reached Redis after the rotation"
+    );
 }
 
 #[actix_web::test]
