@@ -149,3 +149,22 @@ fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) 
         let _ = tcp.set_nodelay(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[actix_web::test]
+    async fn a_client_connection_gets_no_delay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = actix_web::rt::net::TcpStream::connect(address)
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let accepted = actix_web::rt::net::TcpStream::from_std(accepted).unwrap();
+        assert!(!accepted.nodelay().unwrap());
+        super::no_delay(&accepted, &mut actix_web::dev::Extensions::new());
+        assert!(accepted.nodelay().unwrap());
+        drop(client);
+    }
+}
