@@ -288,6 +288,58 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
 }
 
 #[actix_web::test]
+async fn http2_failures_are_sorted_retried_and_timed_out_as_http1_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = TestUpstream::start("slow");
+    let h2c = h2_front(dir.path(), None, &upstream);
+    let dead = dead_address();
+    let mut config = String::from(
+        r#"
+        [[routes]]
+        name = "mux-retry"
+        prefix = "/mux-retry"
+        strip_prefix = true
+        upstream_protocol = "h2c"
+        "#,
+    );
+    config += &format!(
+        "upstreams = [\"http://{dead}\", \"http://127.0.0.1:{}\"]\n",
+        h2c.port
+    );
+    config += &route(
+        "mux-slow",
+        &format!("http://127.0.0.1:{}", h2c.port),
+        "upstream_protocol = \"h2c\"\n\
+         timeouts = { connect = \"2s\", response = \"300ms\", total = \"10s\" }",
+    );
+    let app = spawn_app(&config).await;
+    let refused = "intercom_upstream_errors_total{route=\"mux-retry\",kind=\"refused\"";
+    let retried = "intercom_upstream_retries_total{route=\"mux-retry\",outcome=\"retried\"}";
+    let before = app.metrics().await;
+
+    // The dead instance refuses: sorted as refused, and the request goes to the other.
+    for _ in 0..4 {
+        let (status, body) = get_text(&app, "/mux-retry/slow?ms=1").await;
+        assert_eq!((status, body.as_str()), (200, "slept 1ms"));
+    }
+    let after = app.metrics().await;
+    assert!(metric(&after, refused) > metric(&before, refused));
+    assert!(metric(&after, retried) > metric(&before, retried));
+
+    // No answer's head within `response`: 504, counted as a timeout.
+    let timeouts = "intercom_upstream_errors_total{route=\"mux-slow\",kind=\"timeout\"";
+    let before = metric(&app.metrics().await, timeouts);
+    let mut res = app
+        .client
+        .get(app.url("/mux-slow/slow?ms=3000"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(&mut res, 504).await;
+    assert_eq!(metric(&app.metrics().await, timeouts), before + 1.0);
+}
+
+#[actix_web::test]
 async fn transport_settings_that_cannot_work_are_refused_by_key() {
     let dir = tempfile::tempdir().unwrap();
     let not_pem = write_file(dir.path(), "not.pem", "not a certificate");
