@@ -86,6 +86,11 @@ impl Pki {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Whether a rate-limit window is in the Redis on `port`.
+    fn has_window(&self, port: u16) -> bool {
+        self.cli(port, &["--scan"]).contains("intercom:rl:")
+    }
+
     /// A secrets file with the replicas' key and the client certificate and key.
     fn secrets(&self, dir: &Path) -> PathBuf {
         let path = dir.join("secrets.toml");
@@ -204,10 +209,7 @@ async fn redis_over_tls_is_verified_against_the_system_roots() {
         serve_process_with_env(&trusting, &[("SSL_CERT_FILE", &ca)], config).await;
     hit(public).await;
     assert!(
-        eventually(PATIENCE, async || pki
-            .cli(port, &["--scan"])
-            .contains("intercom:rl:"))
-        .await,
+        eventually(PATIENCE, async || pki.has_window(port)).await,
         "no rate-limit window reached the TLS Redis"
     );
     assert_eq!(ready(admin).await, "ok");
@@ -250,10 +252,7 @@ async fn mtls_redis_is_reached_with_the_ca_file_and_the_client_certificate() {
     let trusted = spawn_app(&app_config(&secrets, &redis(&pki.ca, true))).await;
     let _ = trusted.client.get(trusted.url("/open/x")).send().await;
     assert!(
-        eventually(PATIENCE, async || pki
-            .cli(port, &["--scan"])
-            .contains("intercom:rl:"))
-        .await,
+        eventually(PATIENCE, async || pki.has_window(port)).await,
         "no rate-limit window reached the mTLS Redis"
     );
     assert_eq!(dependency(&trusted, "redis").await, "ok");
@@ -302,10 +301,7 @@ async fn a_rotated_client_certificate_is_presented_without_a_restart() {
         "the rotated client certificate was not presented"
     );
     assert!(
-        eventually(PATIENCE, async || pki
-            .cli(port, &["--scan"])
-            .contains("intercom:rl:"))
-        .await,
+        eventually(PATIENCE, async || pki.has_window(port)).await,
         "no rate-limit window reached Redis after the rotation"
     );
 }
@@ -391,9 +387,9 @@ async fn a_cluster_over_mtls_is_followed_with_the_ca_file_and_the_client_certifi
     let app = spawn_app(&app_config(&secrets, &redis(true))).await;
     let _ = app.client.get(app.url("/open/x")).send().await;
     assert!(
-        eventually(PATIENCE, async || nodes.iter().any(|(_, port)| pki
-            .cli(*port, &["--scan"])
-            .contains("intercom:rl:")))
+        eventually(PATIENCE, async || nodes
+            .iter()
+            .any(|(_, port)| pki.has_window(*port)))
         .await,
         "no rate-limit window reached the TLS cluster"
     );
