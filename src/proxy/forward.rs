@@ -587,7 +587,10 @@ fn answer(
 /// [`answer`] for hyper's answers: the body bounded by what is left of `total`.
 fn multiplexed_answer(
     route: &Route,
-    response: hyper::Response<hyper::body::Incoming>,
+    (response, permit): (
+        hyper::Response<hyper::body::Incoming>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
     latency: Duration,
     in_flight: InFlight,
 ) -> UpstreamAnswer {
@@ -601,6 +604,7 @@ fn multiplexed_answer(
             response: ResponseBody::Multiplexed(multiplexed::ResponseBody::new(
                 response.into_body(),
                 within,
+                permit,
             )),
             in_flight: Some(in_flight),
         },

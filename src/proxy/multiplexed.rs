@@ -32,6 +32,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connections::MeteredStream;
 use super::routes::Route;
@@ -56,8 +57,16 @@ pub struct MultiplexedClient {
     /// By the instance's address. One client per instance, not one for the route:
     /// hyper pools by the URL's authority, which is the host name (it goes in
     /// `:authority`, or `Host`) and may be shared by the instances discovery found.
-    /// With the moment each client was made.
-    by_instance: RefCell<HashMap<String, (InstanceClient, Instant)>>,
+    by_instance: RefCell<HashMap<String, Kept>>,
+}
+
+/// An instance's client, when it was made, and the permits that bound its requests in
+/// flight to `server.upstream_pool_size` (hyper's pool has no such bound: on HTTP/1.1
+/// each request in flight is a connection, as awc's `limit` bounds them).
+struct Kept {
+    client: InstanceClient,
+    made: Instant,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Clients kept for instances before the set is cleared, at least (discovery replaces
@@ -104,12 +113,20 @@ impl MultiplexedClient {
         })
     }
 
-    /// The client of `instance` (one of `instances`), made on its first request.
-    fn client(&self, instance: &Instance, instances: usize) -> Result<InstanceClient, Sent> {
-        if let Some((client, made)) = self.by_instance.borrow().get(&instance.authority) {
-            if made.elapsed() < CLIENT_LIFETIME {
-                return Ok(client.clone());
+    /// The client of `instance` (one of `instances`), made on its first request, and its
+    /// permits.
+    fn client(
+        &self,
+        instance: &Instance,
+        instances: usize,
+    ) -> Result<(InstanceClient, Arc<tokio::sync::Semaphore>), Sent> {
+        let mut permits = None;
+        if let Some(kept) = self.by_instance.borrow().get(&instance.authority) {
+            if kept.made.elapsed() < CLIENT_LIFETIME {
+                return Ok((kept.client.clone(), kept.permits.clone()));
             }
+            // The requests of the old client still hold their permits.
+            permits = Some(kept.permits.clone());
         }
         let mut dialer = self.dialer.clone();
         // The scheme gives the port when the URL names none.
@@ -128,12 +145,21 @@ impl MultiplexedClient {
             .pool_max_idle_per_host(self.max_connections)
             .http2_only(self.h2c)
             .build(dialer);
+        let permits =
+            permits.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(self.max_connections)));
         let mut kept = self.by_instance.borrow_mut();
         if kept.len() >= KEPT_INSTANCES.max(2 * instances) {
             kept.clear();
         }
-        kept.insert(instance.authority.clone(), (client.clone(), Instant::now()));
-        Ok(client)
+        kept.insert(
+            instance.authority.clone(),
+            Kept {
+                client: client.clone(),
+                made: Instant::now(),
+                permits: permits.clone(),
+            },
+        );
+        Ok((client, permits))
     }
 
     /// Sends one request to `instance` (of the route's `instances`) and waits for the
@@ -148,8 +174,8 @@ impl MultiplexedClient {
         path_and_query: &str,
         headers: &HeaderMap,
         body: OutBody,
-    ) -> Result<hyper::Response<Incoming>, Sent> {
-        let client = self.client(instance, instances)?;
+    ) -> Result<(hyper::Response<Incoming>, OwnedSemaphorePermit), Sent> {
+        let (client, permits) = self.client(instance, instances)?;
         let mut request = hyper::Request::new(body);
         *request.method_mut() =
             http1::Method::from_bytes(method.as_str().as_bytes()).map_err(|_| Sent::Invalid)?;
@@ -166,11 +192,17 @@ impl MultiplexedClient {
                 out.append(name, value);
             }
         }
-        match tokio::time::timeout(self.response_timeout, client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(Sent::Failed(error)),
-            Err(_) => Err(Sent::TimedOut),
-        }
+        // A request waiting for a permit waits within its response timeout.
+        let sending = async {
+            let permit = permits.acquire_owned().await.map_err(|_| Sent::Invalid)?;
+            match client.request(request).await {
+                Ok(response) => Ok((response, permit)),
+                Err(error) => Err(Sent::Failed(error)),
+            }
+        };
+        tokio::time::timeout(self.response_timeout, sending)
+            .await
+            .unwrap_or(Err(Sent::TimedOut))
     }
 }
 
@@ -291,13 +323,16 @@ pub fn head(response: &hyper::Response<Incoming>) -> (StatusCode, HeaderMap) {
 pub struct ResponseBody {
     body: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The request's place among the instance's requests in flight, until the body ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl ResponseBody {
-    pub fn new(body: Incoming, within: Duration) -> Self {
+    pub fn new(body: Incoming, within: Duration, permit: OwnedSemaphorePermit) -> Self {
         Self {
             body,
             deadline: Box::pin(tokio::time::sleep(within)),
+            _permit: permit,
         }
     }
 }

@@ -178,23 +178,25 @@ async fn h2c_upstreams_get_http2_with_prior_knowledge() {
     assert_eq!(res.status(), 200);
 }
 
-/// An nginx in front of `upstream` speaking HTTP/2 (h2c, or over TLS with `issued`),
-/// naming in `x-connection` the connection each request came on.
-fn h2_front(dir: &Path, issued: Option<&Issued>, upstream: &TestUpstream) -> TestNginx {
-    let tls = match issued {
+/// An nginx in front of `upstream`, over TLS with `issued` or plain, speaking HTTP/2
+/// (`listen ... http2`, h2c when plain) or HTTP/1.1, naming in `x-connection` the
+/// connection each request came on.
+fn front(dir: &Path, issued: Option<&Issued>, http2: bool, upstream: &TestUpstream) -> TestNginx {
+    let http2 = if http2 { "http2" } else { "" };
+    let listen = match issued {
         Some(issued) => {
             let (cert, key) = issued.write(dir, "front");
             format!(
-                "ssl http2;\n ssl_certificate {};\n ssl_certificate_key {};",
+                "ssl {http2};\n ssl_certificate {};\n ssl_certificate_key {};",
                 cert.display(),
                 key.display()
             )
         }
-        None => "http2;".to_string(),
+        None => format!("{http2};"),
     };
     TestNginx::start(&format!(
         r#"
-        listen 127.0.0.1:{{port}} {tls}
+        listen 127.0.0.1:{{port}} {listen}
         client_max_body_size 10m;
         location / {{
             proxy_pass {};
@@ -206,14 +208,42 @@ fn h2_front(dir: &Path, issued: Option<&Issued>, upstream: &TestUpstream) -> Tes
     ))
 }
 
+/// `n` concurrent GETs of `path`: each answer's status, `x-connection` and
+/// `x-protocol`.
+async fn concurrent(app: &TestApp, path: &str, n: usize) -> Vec<(u16, String, String)> {
+    let requests = (0..n).map(|_| {
+        let request = app.client.get(app.url(path));
+        async move {
+            let res = request.send().await.unwrap();
+            let header = |h: &str| {
+                res.headers()
+                    .get(h)
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                res.status().as_u16(),
+                header("x-connection"),
+                header("x-protocol"),
+            )
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
 #[actix_web::test]
 async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("Intercom Test CA");
     let ca_file = ca.write(dir.path(), "ca.pem");
     let upstream = TestUpstream::start("slow");
-    let h2c = h2_front(dir.path(), None, &upstream);
-    let tls = h2_front(dir.path(), Some(&ca.server(&["localhost"])), &upstream);
+    let h2c = front(dir.path(), None, true, &upstream);
+    let tls = front(
+        dir.path(),
+        Some(&ca.server(&["localhost"])),
+        true,
+        &upstream,
+    );
     let mut config = route(
         "mux-h2c",
         &format!("http://127.0.0.1:{}", h2c.port),
@@ -236,24 +266,7 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
         ("mux-tls", true),
     ];
     for (name, counted) in bursts {
-        let requests = (0..24).map(|_| {
-            let request = app.client.get(app.url(&format!("/{name}/slow?ms=300")));
-            async move {
-                let res = request.send().await.unwrap();
-                let header = |h: &str| {
-                    res.headers()
-                        .get(h)
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default()
-                };
-                (
-                    res.status().as_u16(),
-                    header("x-connection"),
-                    header("x-protocol"),
-                )
-            }
-        });
-        let answers = futures_util::future::join_all(requests).await;
+        let answers = concurrent(&app, &format!("/{name}/slow?ms=300"), 24).await;
         assert!(
             answers
                 .iter()
@@ -288,10 +301,50 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
 }
 
 #[actix_web::test]
+async fn upstream_pool_size_bounds_a_tls_routes_http1_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Intercom Test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let upstream = TestUpstream::start("slow");
+    // Over TLS, HTTP/1.1 only: each request in flight needs a connection of its own.
+    let tls = front(
+        dir.path(),
+        Some(&ca.server(&["localhost"])),
+        false,
+        &upstream,
+    );
+    let mut config = String::from("[server]\nupstream_pool_size = 2\n");
+    config += &route(
+        "pool-h1",
+        &format!("https://localhost:{}", tls.port),
+        &format!("upstream_tls = {{ ca_file = \"{}\" }}", ca_file.display()),
+    );
+    let app = spawn_app(&config).await;
+    // 12 requests at once, each held 200 ms: they queue for the 2 connections of each
+    // worker instead of opening 12.
+    let answers = concurrent(&app, "/pool-h1/slow?ms=200", 12).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, protocol)| *status == 200 && protocol == "HTTP/1.1"),
+        "{answers:?}"
+    );
+    let connections: std::collections::BTreeSet<&String> = answers
+        .iter()
+        .map(|(_, connection, _)| connection)
+        .collect();
+    assert!(
+        connections.len() <= 4,
+        "12 concurrent requests came on {} connections (2 workers, 2 each)",
+        connections.len()
+    );
+}
+
+#[actix_web::test]
 async fn http2_failures_are_sorted_retried_and_timed_out_as_http1_ones() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = TestUpstream::start("slow");
-    let h2c = h2_front(dir.path(), None, &upstream);
+    let h2c = front(dir.path(), None, true, &upstream);
     let dead = dead_address();
     let mut config = String::from(
         r#"
