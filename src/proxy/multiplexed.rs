@@ -220,7 +220,7 @@ pub enum Sent {
 impl std::fmt::Display for Sent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Sent::Invalid => f.write_str("the request cannot be sent over HTTP/2"),
+            Sent::Invalid => f.write_str("the request cannot be expressed in hyper's types"),
             Sent::TimedOut => f.write_str("no answer in time"),
             Sent::Failed(error) => {
                 write!(f, "{error}")?;

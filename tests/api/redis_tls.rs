@@ -116,20 +116,16 @@ fn write_secrets(path: &Path, client: &Issued) {
 }
 
 /// A `redis-server` that speaks only TLS, on an announced port.
-fn start_tls_redis(pki: &Pki, verify_clients: bool) -> (ChildProcess, u16) {
+async fn start_tls_redis(pki: &Pki, verify_clients: bool) -> (ChildProcess, u16) {
     let port = announced_port();
     let mut cmd = Command::new("redis-server");
     cmd.args(pki.server_args(port, verify_clients));
     let process = ChildProcess::spawn("redis-server-tls", cmd);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !pki.cli(port, &["PING"]).contains("PONG") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the TLS redis-server did not start:\n{}",
-            process.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(
+        eventually(PATIENCE, async || pki.cli(port, &["PING"]).contains("PONG")).await,
+        "the TLS redis-server did not start:\n{}",
+        process.log_text()
+    );
     (process, port)
 }
 
@@ -171,7 +167,7 @@ async fn ready_after_requests(app: &TestApp, want: &str) -> bool {
 async fn redis_over_tls_is_verified_against_the_system_roots() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (_redis, port) = start_tls_redis(&pki, false);
+    let (_redis, port) = start_tls_redis(&pki, false).await;
     let secrets = pki.secrets(dir.path());
     let config = |public: u16, admin: u16| {
         format!(
@@ -234,7 +230,7 @@ async fn redis_over_tls_is_verified_against_the_system_roots() {
 async fn mtls_redis_is_reached_with_the_ca_file_and_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (_redis, port) = start_tls_redis(&pki, true);
+    let (_redis, port) = start_tls_redis(&pki, true).await;
     let secrets = pki.secrets(dir.path());
     let redis = |ca: &Path, client: bool| {
         format!(
@@ -278,7 +274,7 @@ async fn mtls_redis_is_reached_with_the_ca_file_and_the_client_certificate() {
 async fn a_rotated_client_certificate_is_presented_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (_redis, port) = start_tls_redis(&pki, true);
+    let (_redis, port) = start_tls_redis(&pki, true).await;
     // First a certificate Redis does not trust (another CA's): refused.
     let secrets = dir.path().join("secrets.toml");
     write_secrets(&secrets, &TestCa::new("Stranger CA").client("intercom"));

@@ -208,9 +208,10 @@ fn front(dir: &Path, issued: Option<&Issued>, http2: bool, upstream: &TestUpstre
     ))
 }
 
-/// `n` concurrent GETs of `path`: each answer's status, `x-connection` and
-/// `x-protocol`.
-async fn concurrent(app: &TestApp, path: &str, n: usize) -> Vec<(u16, String, String)> {
+/// Sends `n` concurrent GETs of `path`, asserts each was answered 200 over `protocol`
+/// (nginx's `$server_protocol`), and returns how many connections (nginx's
+/// `$connection`) they came on.
+async fn connections_used(app: &TestApp, path: &str, n: usize, protocol: &str) -> usize {
     let requests = (0..n).map(|_| {
         let request = app.client.get(app.url(path));
         async move {
@@ -228,7 +229,18 @@ async fn concurrent(app: &TestApp, path: &str, n: usize) -> Vec<(u16, String, St
             )
         }
     });
-    futures_util::future::join_all(requests).await
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, spoken)| *status == 200 && spoken == protocol),
+        "{path}: {answers:?}"
+    );
+    let connections: std::collections::BTreeSet<&String> = answers
+        .iter()
+        .map(|(_, connection, _)| connection)
+        .collect();
+    connections.len()
 }
 
 #[actix_web::test]
@@ -266,23 +278,13 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_few_connections() {
         ("mux-tls", true),
     ];
     for (name, counted) in bursts {
-        let answers = concurrent(&app, &format!("/{name}/slow?ms=300"), 24).await;
-        assert!(
-            answers
-                .iter()
-                .all(|(status, _, protocol)| *status == 200 && protocol == "HTTP/2.0"),
-            "{name}: {answers:?}"
-        );
-        let connections: std::collections::BTreeSet<&String> = answers
-            .iter()
-            .map(|(_, connection, _)| connection)
-            .collect();
+        let connections =
+            connections_used(&app, &format!("/{name}/slow?ms=300"), 24, "HTTP/2.0").await;
         // One connection per worker (2) once warm: awc's pool opened one per request
         // in flight, every time.
         assert!(
-            !counted || connections.len() <= 2,
-            "{name}: 24 concurrent requests came on {} connections",
-            connections.len()
+            !counted || connections <= 2,
+            "{name}: 24 concurrent requests came on {connections} connections"
         );
     }
 
@@ -322,21 +324,10 @@ async fn upstream_pool_size_bounds_a_tls_routes_http1_connections() {
     let app = spawn_app(&config).await;
     // 12 requests at once, each held 200 ms: they queue for the 2 connections of each
     // worker instead of opening 12.
-    let answers = concurrent(&app, "/pool-h1/slow?ms=200", 12).await;
+    let connections = connections_used(&app, "/pool-h1/slow?ms=200", 12, "HTTP/1.1").await;
     assert!(
-        answers
-            .iter()
-            .all(|(status, _, protocol)| *status == 200 && protocol == "HTTP/1.1"),
-        "{answers:?}"
-    );
-    let connections: std::collections::BTreeSet<&String> = answers
-        .iter()
-        .map(|(_, connection, _)| connection)
-        .collect();
-    assert!(
-        connections.len() <= 4,
-        "12 concurrent requests came on {} connections (2 workers, 2 each)",
-        connections.len()
+        connections <= 4,
+        "12 concurrent requests came on {connections} connections (2 workers, 2 each)"
     );
 }
 
