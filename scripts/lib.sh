@@ -15,6 +15,18 @@ apt_need() {
   fi
 }
 
+# free_ports N: N distinct free loopback ports. They are held open together while they
+# are chosen: asked for one at a time, the kernel may hand the same port out twice.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))
+EOF
+}
+
 # The Debian packages the build needs (josekit links OpenSSL).
 build_deps() {
   if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
