@@ -572,15 +572,35 @@ fn answer(
         headers = std::mem::take(&mut head.headers);
         payload
     });
-    remove_hop_by_hop(&mut headers);
-    UpstreamAnswer {
-        status: response.status(),
+    UpstreamAnswer::new(
+        response.status(),
         headers,
-        body: UpstreamBody {
-            response: ResponseBody::Awc(response),
-            in_flight: Some(in_flight),
-        },
+        ResponseBody::Awc(response),
         latency,
+        in_flight,
+    )
+}
+
+impl UpstreamAnswer {
+    /// Either client's answer, its hop-by-hop headers removed; the request stays in
+    /// flight until its body ends.
+    fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        response: ResponseBody,
+        latency: Duration,
+        in_flight: InFlight,
+    ) -> Self {
+        remove_hop_by_hop(&mut headers);
+        Self {
+            status,
+            headers,
+            body: UpstreamBody {
+                response,
+                in_flight: Some(in_flight),
+            },
+            latency,
+        }
     }
 }
 
@@ -594,26 +614,22 @@ fn multiplexed_answer(
     latency: Duration,
     in_flight: InFlight,
 ) -> UpstreamAnswer {
-    let (status, mut headers) = multiplexed::head(&response);
-    remove_hop_by_hop(&mut headers);
+    let (status, headers) = multiplexed::head(&response);
     let within = route.timeouts.total.saturating_sub(latency);
-    UpstreamAnswer {
+    UpstreamAnswer::new(
         status,
         headers,
-        body: UpstreamBody {
-            response: ResponseBody::Multiplexed(multiplexed::ResponseBody::new(
-                response.into_body(),
-                within,
-                permit,
-            )),
-            in_flight: Some(in_flight),
-        },
+        ResponseBody::Multiplexed(multiplexed::ResponseBody::new(
+            response.into_body(),
+            within,
+            permit,
+        )),
         latency,
-    }
+        in_flight,
+    )
 }
 
-/// Sends `request` with the body, if the client framed one; a buffered body is kept for
-/// another attempt, a streamed one is consumed.
+/// Sends `request` with the body, if the client framed one.
 fn dispatch(
     request: awc::ClientRequest,
     body: &mut Option<RequestBody>,
@@ -622,21 +638,16 @@ fn dispatch(
     if framing == BodyFraming::None {
         return Ok(request.send());
     }
-    Ok(match body.take() {
-        Some(RequestBody::Buffered(bytes)) => {
-            *body = Some(RequestBody::Buffered(bytes.clone()));
-            request.send_body(bytes)
-        }
-        Some(RequestBody::Streamed(stream)) => match framing {
+    Ok(match body_for_attempt(body)? {
+        Attempt::Buffered(bytes) => request.send_body(bytes),
+        Attempt::Streamed(stream) => match framing {
             BodyFraming::Sized(len) => request.send_body(SizedStream::new(len, stream)),
             _ => request.send_stream(stream),
         },
-        Some(RequestBody::Empty) | None => return Err(ApiError::Internal),
     })
 }
 
-/// [`dispatch`] for hyper: the body, if the client framed one; a buffered body is kept
-/// for another attempt, a streamed one is consumed.
+/// [`dispatch`] for hyper: the body, if the client framed one.
 fn multiplexed_body(
     body: &mut Option<RequestBody>,
     framing: BodyFraming,
@@ -644,14 +655,29 @@ fn multiplexed_body(
     if framing == BodyFraming::None {
         return Ok(multiplexed::empty());
     }
-    Ok(match body.take() {
+    Ok(match body_for_attempt(body)? {
+        Attempt::Buffered(bytes) => multiplexed::full(bytes),
+        Attempt::Streamed(stream) => multiplexed::pump(stream),
+    })
+}
+
+/// The body one attempt sends.
+enum Attempt {
+    Buffered(Bytes),
+    Streamed(LimitedBody),
+}
+
+/// The body for one attempt, for either client: a buffered body is kept for another
+/// attempt, a streamed one is consumed.
+fn body_for_attempt(body: &mut Option<RequestBody>) -> Result<Attempt, ApiError> {
+    match body.take() {
         Some(RequestBody::Buffered(bytes)) => {
             *body = Some(RequestBody::Buffered(bytes.clone()));
-            multiplexed::full(bytes)
+            Ok(Attempt::Buffered(bytes))
         }
-        Some(RequestBody::Streamed(stream)) => multiplexed::pump(stream),
-        Some(RequestBody::Empty) | None => return Err(ApiError::Internal),
-    })
+        Some(RequestBody::Streamed(stream)) => Ok(Attempt::Streamed(stream)),
+        Some(RequestBody::Empty) | None => Err(ApiError::Internal),
+    }
 }
 
 /// Why the client's body could not be sent on: over the route's limit, paused past
