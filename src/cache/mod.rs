@@ -5,6 +5,7 @@
 //!
 //! This is the edge's cache; exchanged tokens live in the two-tier [`tiered`] cache.
 
+pub mod front;
 pub mod sealed;
 pub mod tiered;
 
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use moka::Expiry;
 use sha2::Sha256;
+
+use front::{Front, Held};
 
 /// HMAC-SHA256 of a token under the cache's key.
 pub type CacheKey = [u8; 32];
@@ -58,19 +61,19 @@ pub trait Expiring: Send + Sync + 'static {
     fn expires_at(&self) -> u64;
 }
 
-struct UntilExpiry {
-    max_ttl: Duration,
-}
+/// moka drops an entry at its deadline (the front, reading no timer wheel, checks it).
+struct UntilExpiry;
 
-impl<V: Expiring> Expiry<CacheKey, Arc<V>> for UntilExpiry {
+impl<V: Send + Sync + 'static> Expiry<CacheKey, Held<V>> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
-        value: &Arc<V>,
+        value: &Held<V>,
         _now: Instant,
     ) -> Option<Duration> {
-        let left = value.expires_at().saturating_sub(crate::clock::now_secs());
-        Some(Duration::from_secs(left).min(self.max_ttl))
+        Some(Duration::from_secs(
+            value.until.saturating_sub(crate::clock::now_secs()),
+        ))
     }
 }
 
@@ -137,7 +140,11 @@ pub struct TokenCache<V: Expiring, R: Clone + Send + Sync + 'static> {
     misses: metrics::Counter,
     coalesced: metrics::Counter,
     mac: Hmac<Sha256>,
-    positive: moka::future::Cache<CacheKey, Arc<V>, CacheKeyHashing>,
+    positive: moka::future::Cache<CacheKey, Held<V>, CacheKeyHashing>,
+    /// Each worker's copies of its recent hits, read first.
+    front: Front<V>,
+    /// How long a verdict is trusted, from when it was cached (`cache_max_ttl`).
+    max_ttl: u64,
     negative: moka::future::Cache<CacheKey, R, CacheKeyHashing>,
 }
 
@@ -157,11 +164,10 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
             mac,
             positive: moka::future::Cache::builder()
                 .max_capacity(limits.capacity)
-                .expire_after(UntilExpiry {
-                    max_ttl: limits.max_ttl,
-                })
-                .support_invalidation_closures()
+                .expire_after(UntilExpiry)
                 .build_with_hasher(CacheKeyHashing),
+            front: Front::default(),
+            max_ttl: limits.max_ttl.as_secs(),
             negative: moka::future::Cache::builder()
                 .max_capacity(limits.negative_capacity)
                 .time_to_live(limits.negative_ttl)
@@ -176,28 +182,27 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
         mac.finalize().into_bytes().into()
     }
 
-    /// Drops the entries `predicate` picks (revocations).
-    pub fn invalidate_if(&self, predicate: impl Fn(&V) -> bool + Send + Sync + 'static) {
-        if let Err(e) = self
-            .positive
-            .invalidate_entries_if(move |_, v| predicate(v))
-        {
-            tracing::error!(error = %e, "cache invalidation failed; clearing the cache");
-            self.positive.invalidate_all();
-        }
-    }
-
-    /// Drops every entry.
+    /// Drops every entry, the workers' copies too.
     pub fn invalidate_all(&self) {
         self.positive.invalidate_all();
+        // After moka's: a copy read from moka before it carries the older generation.
+        self.front.invalidate_all();
     }
 
-    /// Looks the key up in both caches.
+    /// Looks the key up: this worker's copies, then moka, then the refusals.
     pub async fn lookup(&self, key: &CacheKey) -> Lookup<V, R> {
-        if let Some(v) = self.positive.get(key).await {
-            if v.expires_at() > crate::clock::now_secs() {
+        let now = crate::clock::now_secs();
+        let generation = self.front.generation();
+        if let Some(v) = self.front.get(key, generation, now) {
+            self.hits.increment(1);
+            return Lookup::Hit(v);
+        }
+        if let Some(held) = self.positive.get(key).await {
+            if held.until > now {
                 self.hits.increment(1);
-                return Lookup::Hit(v);
+                let value = held.value.clone();
+                self.front.keep(*key, held, generation);
+                return Lookup::Hit(value);
             }
             self.positive.invalidate(key).await;
         }
@@ -221,7 +226,12 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
             .try_get_with(key, async move {
                 ran_inner.store(true, Ordering::Relaxed);
                 match loader.await {
-                    LoadOutcome::Value(v) => Ok(Arc::new(v)),
+                    LoadOutcome::Value(v) => Ok(Held {
+                        until: v
+                            .expires_at()
+                            .min(crate::clock::now_secs().saturating_add(self.max_ttl)),
+                        value: Arc::new(v),
+                    }),
                     LoadOutcome::Rejected(r) => Err(NoValue::Rejected(r)),
                     LoadOutcome::Failed(e) => Err(NoValue::Failed(e)),
                 }
@@ -234,7 +244,7 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
         metrics::gauge!("intercom_token_cache_entries", "cache" => self.name)
             .set(self.positive.entry_count() as f64);
         match result {
-            Ok(v) => Loaded::Value(v),
+            Ok(held) => Loaded::Value(held.value),
             Err(shared) => match (*shared).clone() {
                 NoValue::Rejected(rejected) => {
                     self.negative.insert(key, rejected.clone()).await;
@@ -300,6 +310,37 @@ mod tests {
         futures_util::future::join_all(tasks).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(matches!(cache.lookup(&key).await, Lookup::Hit(_)));
+    }
+
+    #[tokio::test]
+    async fn a_hit_from_the_workers_copy_goes_with_an_invalidation_and_at_max_ttl() {
+        let cache: TokenCache<Entry, ()> = TokenCache::new("test", &limits());
+        let key = cache.key("token");
+        let _ = cache
+            .load::<(), _>(key, async {
+                LoadOutcome::Value(Entry(crate::clock::now_secs() + 30))
+            })
+            .await;
+        for _ in 0..3 {
+            // The first from moka, the others from this thread's copy.
+            assert!(matches!(cache.lookup(&key).await, Lookup::Hit(_)));
+        }
+        cache.invalidate_all();
+        assert!(matches!(cache.lookup(&key).await, Lookup::Miss));
+
+        // `max_ttl` bounds the verdict from when it was cached, before the token's own expiry.
+        let brief = CacheLimits {
+            max_ttl: Duration::ZERO,
+            ..limits()
+        };
+        let cache: TokenCache<Entry, ()> = TokenCache::new("test", &brief);
+        let key = cache.key("token");
+        let _ = cache
+            .load::<(), _>(key, async {
+                LoadOutcome::Value(Entry(crate::clock::now_secs() + 30))
+            })
+            .await;
+        assert!(matches!(cache.lookup(&key).await, Lookup::Miss));
     }
 
     #[tokio::test]

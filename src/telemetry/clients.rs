@@ -12,7 +12,6 @@
 //!
 //! A client id is the AS's name for an integration, not a secret; no token is seen here.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
@@ -20,6 +19,11 @@ use std::time::Instant;
 use metrics::Counter;
 
 use crate::settings::ClientInsightSettings;
+
+/// The maps read on every answer to a verified client, hashed with foldhash (seeded per
+/// process) rather than SipHash: their keys are client ids of verified tokens, routes
+/// and scopes, and there are at most `tracked` clients and 64 scopes per client.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The label of every client beyond the top ones.
 const OTHER: &str = "other";
@@ -31,7 +35,7 @@ const ALPHA: f64 = 0.3;
 /// The per-client traffic of one Intercom.
 pub struct ClientInsight {
     settings: ClientInsightSettings,
-    clients: moka::sync::Cache<Arc<str>, Arc<Client>>,
+    clients: moka::sync::Cache<Arc<str>, Arc<Client>, foldhash::fast::RandomState>,
     /// Clients holding a label now (at most `top`).
     labelled: AtomicUsize,
     /// The `other` client's series, per route.
@@ -128,9 +132,11 @@ impl ClientInsight {
             |kind: &'static str| metrics::counter!("intercom_anomalies_total", "kind" => kind);
         Self {
             settings: settings.clone(),
-            clients: moka::sync::Cache::new(settings.tracked),
+            clients: moka::sync::Cache::builder()
+                .max_capacity(settings.tracked)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             labelled: AtomicUsize::new(0),
-            other: RwLock::new(HashMap::new()),
+            other: RwLock::new(HashMap::default()),
             epoch: Instant::now(),
             anomalies: Anomalies {
                 new_scope: anomaly("new_scope"),
