@@ -25,7 +25,7 @@ use super::{CacheKey, CacheKeyHashing};
 /// Entries each thread keeps at most (a worker's working set of hot tokens).
 pub const FRONT_CAPACITY: usize = 8192;
 
-/// A cached value with the second (since the epoch) after which it is not served.
+/// A cached value with the millisecond (since the epoch) from which it is not served.
 pub struct Held<V> {
     pub value: Arc<V>,
     /// The token's expiry or the cache's `max_ttl` from insertion, whichever is first.
@@ -70,7 +70,7 @@ impl<V: Send + Sync> Front<V> {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// This thread's copy of `key`, unless past its deadline (`now` in seconds).
+    /// This thread's copy of `key`, unless past its deadline (`now` in ms since the epoch).
     pub fn get(&self, key: &CacheKey, generation: u64, now: u64) -> Option<Arc<V>> {
         let mut front = self.thread().borrow_mut();
         if front.generation != generation {

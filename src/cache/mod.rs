@@ -71,8 +71,8 @@ impl<V: Send + Sync + 'static> Expiry<CacheKey, Held<V>> for UntilExpiry {
         value: &Held<V>,
         _now: Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.until.saturating_sub(crate::clock::now_secs()),
+        Some(Duration::from_millis(
+            value.until.saturating_sub(crate::clock::now_millis()),
         ))
     }
 }
@@ -143,7 +143,7 @@ pub struct TokenCache<V: Expiring, R: Clone + Send + Sync + 'static> {
     positive: moka::future::Cache<CacheKey, Held<V>, CacheKeyHashing>,
     /// Each worker's copies of its recent hits, read first.
     front: Front<V>,
-    /// How long a verdict is trusted, from when it was cached (`cache_max_ttl`).
+    /// How long a verdict is trusted from when it was cached (`cache_max_ttl`), in ms.
     max_ttl: u64,
     negative: moka::future::Cache<CacheKey, R, CacheKeyHashing>,
 }
@@ -167,7 +167,7 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
                 .expire_after(UntilExpiry)
                 .build_with_hasher(CacheKeyHashing),
             front: Front::default(),
-            max_ttl: limits.max_ttl.as_secs(),
+            max_ttl: limits.max_ttl.as_millis().try_into().unwrap_or(u64::MAX),
             negative: moka::future::Cache::builder()
                 .max_capacity(limits.negative_capacity)
                 .time_to_live(limits.negative_ttl)
@@ -191,7 +191,7 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
 
     /// Looks the key up: this worker's copies, then moka, then the refusals.
     pub async fn lookup(&self, key: &CacheKey) -> Lookup<V, R> {
-        let now = crate::clock::now_secs();
+        let now = crate::clock::now_millis();
         let generation = self.front.generation();
         if let Some(v) = self.front.get(key, generation, now) {
             self.hits.increment(1);
@@ -229,7 +229,8 @@ impl<V: Expiring, R: Clone + Send + Sync + 'static> TokenCache<V, R> {
                     LoadOutcome::Value(v) => Ok(Held {
                         until: v
                             .expires_at()
-                            .min(crate::clock::now_secs().saturating_add(self.max_ttl)),
+                            .saturating_mul(1000)
+                            .min(crate::clock::now_millis().saturating_add(self.max_ttl)),
                         value: Arc::new(v),
                     }),
                     LoadOutcome::Rejected(r) => Err(NoValue::Rejected(r)),
