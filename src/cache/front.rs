@@ -49,6 +49,14 @@ struct ThreadFront<V> {
     entries: HashMap<CacheKey, Held<V>, CacheKeyHashing>,
 }
 
+impl<V> ThreadFront<V> {
+    /// Empties the map, to be filled under `generation`.
+    fn start_over(&mut self, generation: u64) {
+        self.entries.clear();
+        self.generation = generation;
+    }
+}
+
 /// The per-thread fronts of one cache.
 pub struct Front<V: Send + Sync> {
     threads: ThreadLocal<RefCell<ThreadFront<V>>>,
@@ -76,8 +84,7 @@ impl<V: Send + Sync> Front<V> {
     pub fn get(&self, key: &CacheKey, generation: u64, now: u64) -> Option<Arc<V>> {
         let mut front = self.thread().borrow_mut();
         if front.generation != generation {
-            front.entries.clear();
-            front.generation = generation;
+            front.start_over(generation);
             return None;
         }
         match front.entries.get(key) {
@@ -98,8 +105,7 @@ impl<V: Send + Sync> Front<V> {
         }
         let mut front = self.thread().borrow_mut();
         if front.generation != generation || front.entries.len() >= FRONT_CAPACITY {
-            front.generation = generation;
-            front.entries.clear();
+            front.start_over(generation);
         }
         front.entries.insert(key, held);
     }
